@@ -1,0 +1,221 @@
+//! tcpmux: the TCPMUX client. Names a service, prints the server's reply
+//! line on stderr, then connects stdin and stdout to the service.
+
+use clap::Parser;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// The TCPMUX port (RFC 1078).
+const DEFAULT_PORT: u16 = 1;
+/// Longest reply line read from the server.
+const MAX_REPLY_LINE: usize = 1024;
+
+const EXIT_REFUSED: u8 = 1;
+const EXIT_CONNECT: u8 = 3;
+
+const AFTER_HELP: &str = "\
+Examples:
+  tcpmux localhost --list          list the services
+  tcpmux example.org:1 echo        talk to the \"echo\" service
+  echo hello | tcpmux [::1] echo
+
+The server's reply line (\"+...\" or \"-...\") goes to stderr; what the service
+sends goes to stdout. Sending stops at the end of stdin; the program ends when
+the service closes the connection.
+
+Exit status:
+  0 the service accepted (or the list was printed); 1 the server or the
+  service answered \"-\"; 2 bad arguments; 3 cannot connect or talk.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tcpmux",
+    version,
+    about = "Connect to a service through a TCPMUX (RFC 1078) server",
+    after_help = AFTER_HELP
+)]
+struct Args {
+    /// Server: HOST, HOST:PORT, [IPV6]:PORT or a bare IPv6 address (port 1 by default).
+    #[arg(value_name = "HOST[:PORT]")]
+    server: String,
+
+    /// Service name to ask for.
+    #[arg(
+        value_name = "SERVICE",
+        required_unless_present = "list",
+        conflicts_with = "list"
+    )]
+    service: Option<String>,
+
+    /// Print the list of services (HELP) and exit.
+    #[arg(short, long)]
+    list: bool,
+
+    /// Time allowed to connect and to get the reply line, in seconds.
+    #[arg(short, long, value_name = "SECONDS", default_value_t = 10.0)]
+    timeout: f64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tcpmux: {e}");
+            ExitCode::from(EXIT_CONNECT)
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<ExitCode, String> {
+    if !(args.timeout.is_finite() && args.timeout > 0.0) {
+        return Err(format!(
+            "--timeout {}: must be a positive number",
+            args.timeout
+        ));
+    }
+    let limit = Duration::from_secs_f64(args.timeout);
+    let name = match (&args.service, args.list) {
+        (_, true) => "HELP",
+        (Some(s), false) => s.as_str(),
+        (None, false) => return Err("no service given".into()),
+    };
+    if name.is_empty() || name.bytes().any(|b| !b.is_ascii_graphic()) {
+        return Err(format!(
+            "service name {name:?}: only visible ASCII characters are allowed"
+        ));
+    }
+    let mut stream = connect(&args.server, limit)?;
+    stream
+        .write_all(format!("{name}\r\n").as_bytes())
+        .map_err(|e| format!("{}: sending the service name: {e}", args.server))?;
+
+    if args.list {
+        let mut out = io::stdout().lock();
+        io::copy(&mut stream, &mut out)
+            .map_err(|e| format!("{}: reading the list: {e}", args.server))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    stream
+        .set_read_timeout(Some(limit))
+        .map_err(|e| e.to_string())?;
+    let line = read_reply_line(&mut stream)
+        .map_err(|e| format!("{}: reading the reply: {e}", args.server))?;
+    let shown = String::from_utf8_lossy(&line);
+    eprintln!("{}", shown.trim_end_matches(['\r', '\n']));
+    match line.first() {
+        Some(b'+') => {}
+        Some(b'-') => return Ok(ExitCode::from(EXIT_REFUSED)),
+        _ => {
+            return Err(format!(
+                "{}: the reply is neither \"+\" nor \"-\"",
+                args.server
+            ));
+        }
+    }
+    stream.set_read_timeout(None).map_err(|e| e.to_string())?;
+    bridge(stream).map_err(|e| format!("{}: {e}", args.server))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Splits "host:port", "[v6]:port", "v6" and "host" into a host and a port.
+fn split_host_port(server: &str) -> Result<(String, u16), String> {
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .map_err(|_| format!("{server}: \"{p}\" is not a port number"))
+    };
+    if let Some(rest) = server.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("{server}: missing \"]\""))?;
+        return match after.strip_prefix(':') {
+            Some(p) => Ok((host.to_string(), port(p)?)),
+            None if after.is_empty() => Ok((host.to_string(), DEFAULT_PORT)),
+            None => Err(format!("{server}: unexpected text after \"]\"")),
+        };
+    }
+    match server.rsplit_once(':') {
+        // More than one colon and no brackets: a bare IPv6 address.
+        Some((host, _)) if host.contains(':') => Ok((server.to_string(), DEFAULT_PORT)),
+        Some((host, p)) => Ok((host.to_string(), port(p)?)),
+        None => Ok((server.to_string(), DEFAULT_PORT)),
+    }
+}
+
+fn connect(server: &str, limit: Duration) -> Result<TcpStream, String> {
+    let (host, port) = split_host_port(server)?;
+    let addrs: Vec<SocketAddr> = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| format!("{server}: cannot resolve: {e}"))?
+        .collect();
+    let mut last = format!("{server}: no address");
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, limit) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = format!("{addr}: cannot connect: {e}"),
+        }
+    }
+    Err(last)
+}
+
+/// Reads the reply line byte by byte, so nothing the service sends after
+/// it is taken from the socket.
+fn read_reply_line(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < MAX_REPLY_LINE {
+        if stream.read(&mut byte)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed before a reply",
+            ));
+        }
+        line.push(byte[0]);
+        if byte[0] == b'\n' {
+            return Ok(line);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "reply line too long",
+    ))
+}
+
+/// Copies stdin to the connection and the connection to stdout, until the
+/// service closes the connection.
+fn bridge(stream: TcpStream) -> io::Result<()> {
+    let mut to_server = stream.try_clone()?;
+    std::thread::spawn(move || {
+        let _ = io::copy(&mut io::stdin().lock(), &mut to_server);
+        let _ = to_server.shutdown(Shutdown::Write);
+    });
+    let mut from_server = stream;
+    let mut out = io::stdout().lock();
+    io::copy(&mut from_server, &mut out)?;
+    out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_and_port_forms() {
+        assert_eq!(
+            split_host_port("localhost").unwrap(),
+            ("localhost".into(), 1)
+        );
+        assert_eq!(
+            split_host_port("localhost:7001").unwrap(),
+            ("localhost".into(), 7001)
+        );
+        assert_eq!(split_host_port("[::1]:7001").unwrap(), ("::1".into(), 7001));
+        assert_eq!(split_host_port("[::1]").unwrap(), ("::1".into(), 1));
+        assert_eq!(split_host_port("::1").unwrap(), ("::1".into(), 1));
+        assert!(split_host_port("host:x").is_err());
+        assert!(split_host_port("[::1").is_err());
+    }
+}

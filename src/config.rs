@@ -1,0 +1,581 @@
+//! The configuration: a main TOML file plus `conf.d/*.toml` drop-ins beside
+//! it, merged and validated once into an immutable [`Config`].
+//!
+//! Parsing is pure ([`parse_file`], [`build`]); [`load`] adds the file system.
+
+use crate::acl::{Acl, parse_net};
+use crate::limits;
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where the daemon looks for its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/tcpmuxd/tcpmuxd.toml";
+
+/// Name of the drop-in folder beside the main file.
+pub const DROPIN_DIR: &str = "conf.d";
+
+/// The address bound when neither socket activation nor `[tcpmux] listen`
+/// provides one.
+pub const DEFAULT_LISTEN: &str = "[::]:1";
+
+/// The name reserved by RFC 1078 for the list of services.
+pub const HELP_NAME: &str = "help";
+
+/// A configuration error: the file it was found in and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", path.display())]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(path: &Path, message: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
+    }
+}
+
+/// How a service's program is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LauncherKind {
+    /// The best launcher available: `exec` until systemd support is present.
+    #[default]
+    Auto,
+    /// Spawn the program directly as a child of tcpmuxd.
+    Exec,
+}
+
+/// The validated configuration the daemon serves with.
+#[derive(Debug)]
+pub struct Config {
+    pub tcpmux: TcpmuxSettings,
+    pub services: Vec<Arc<Service>>,
+    by_name: HashMap<String, usize>,
+    /// Files this configuration was read from, main file first.
+    pub files: Vec<PathBuf>,
+    /// Problems that do not stop the daemon (a service's program missing).
+    pub warnings: Vec<String>,
+}
+
+/// The `[tcpmux]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TcpmuxSettings {
+    /// Addresses bound when not socket-activated.
+    pub listen: Vec<SocketAddr>,
+    /// Time a client has to send its request line (and take the reply).
+    pub name_timeout: Duration,
+    /// Connections allowed at once in the handshake phase.
+    pub max_handshakes: usize,
+    /// Master access list, checked before each service's own.
+    pub acl: Acl,
+}
+
+/// One `[[service]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    /// The name as configured: what HELP lists and `TCPMUX_SERVICE` carries.
+    pub name: String,
+    /// Program and arguments; the first element is an absolute path.
+    pub command: Vec<String>,
+    /// Whether tcpmuxd sends the `+` line (true) or the program does (false).
+    pub plus: bool,
+    pub launcher: LauncherKind,
+    pub max_instances: usize,
+    pub acl: Acl,
+    /// User and group to run the program as (root only).
+    pub credentials: Option<Credentials>,
+    /// Extra environment variables for the program.
+    pub environment: Vec<(String, String)>,
+    /// The file the service was defined in.
+    pub source: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: Option<String>,
+    pub uid: Option<u32>,
+    pub gid: u32,
+}
+
+impl Config {
+    /// The service a client named, compared without regard to case.
+    pub fn service(&self, name: &str) -> Option<&Arc<Service>> {
+        self.by_name
+            .get(&name.to_ascii_lowercase())
+            .map(|&i| &self.services[i])
+    }
+}
+
+// ---- the file format -------------------------------------------------------
+
+/// One file as written. Every key is optional so drop-ins can set just a few.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    tcpmux: Option<RawTcpmux>,
+    #[serde(default, rename = "service")]
+    services: Vec<RawService>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTcpmux {
+    listen: Option<Vec<SocketAddr>>,
+    #[serde(default, with = "humantime_serde")]
+    name_timeout: Option<Duration>,
+    max_handshakes: Option<usize>,
+    #[serde(default, deserialize_with = "nets")]
+    allow: Option<Vec<IpNet>>,
+    #[serde(default, deserialize_with = "nets")]
+    deny: Option<Vec<IpNet>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: String,
+    command: Option<Vec<String>>,
+    #[serde(default = "default_plus")]
+    plus: bool,
+    #[serde(default)]
+    launcher: LauncherKind,
+    #[serde(default = "default_max_instances")]
+    max_instances: usize,
+    #[serde(default, deserialize_with = "nets")]
+    allow: Option<Vec<IpNet>>,
+    #[serde(default, deserialize_with = "nets")]
+    deny: Option<Vec<IpNet>>,
+    user: Option<String>,
+    group: Option<String>,
+    #[serde(default)]
+    environment: BTreeMap<String, String>,
+}
+
+fn default_plus() -> bool {
+    true
+}
+
+fn default_max_instances() -> usize {
+    limits::DEFAULT_MAX_INSTANCES
+}
+
+fn nets<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Vec<IpNet>>, D::Error> {
+    let texts = Vec::<String>::deserialize(de)?;
+    texts
+        .iter()
+        .map(|t| parse_net(t).map_err(serde::de::Error::custom))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// Parses one file's text. Unknown keys are errors; the message gives the
+/// line and the key.
+pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::new(path, e.to_string().trim_end().to_string()))
+}
+
+/// Merges parsed files (main file first, then drop-ins in order) and
+/// validates the result. Later files override keys of `[tcpmux]`; services
+/// add up, and a name defined twice is an error naming both files.
+pub fn build(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, ConfigError> {
+    let main = files
+        .first()
+        .map(|(p, _)| p.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    let mut merged = RawTcpmux::default();
+    let mut tcpmux_source = main.clone();
+    let mut services: Vec<Arc<Service>> = Vec::new();
+    let mut by_name: HashMap<String, usize> = HashMap::new();
+    let mut paths = Vec::new();
+
+    for (path, file) in files {
+        if let Some(t) = file.tcpmux {
+            tcpmux_source = path.clone();
+            merged.listen = t.listen.or(merged.listen);
+            merged.name_timeout = t.name_timeout.or(merged.name_timeout);
+            merged.max_handshakes = t.max_handshakes.or(merged.max_handshakes);
+            merged.allow = t.allow.or(merged.allow);
+            merged.deny = t.deny.or(merged.deny);
+        }
+        for raw in file.services {
+            let service = validate_service(&path, raw)?;
+            let key = service.name.to_ascii_lowercase();
+            if let Some(&i) = by_name.get(&key) {
+                let first = &services[i];
+                return Err(ConfigError::new(
+                    &path,
+                    format!(
+                        "service \"{}\" is already defined in {}",
+                        service.name,
+                        first.source.display()
+                    ),
+                ));
+            }
+            by_name.insert(key, services.len());
+            services.push(Arc::new(service));
+        }
+        paths.push(path);
+    }
+
+    let tcpmux = validate_tcpmux(&tcpmux_source, merged)?;
+    Ok(Config {
+        tcpmux,
+        services,
+        by_name,
+        files: paths,
+        warnings: Vec::new(),
+    })
+}
+
+fn validate_tcpmux(path: &Path, raw: RawTcpmux) -> Result<TcpmuxSettings, ConfigError> {
+    let name_timeout = raw.name_timeout.unwrap_or(limits::DEFAULT_NAME_TIMEOUT);
+    if name_timeout.is_zero() || name_timeout > limits::MAX_NAME_TIMEOUT {
+        return Err(ConfigError::new(
+            path,
+            format!(
+                "[tcpmux] name_timeout: {} is out of range (more than 0, at most {})",
+                humantime::format_duration(name_timeout),
+                humantime::format_duration(limits::MAX_NAME_TIMEOUT)
+            ),
+        ));
+    }
+    let max_handshakes = raw.max_handshakes.unwrap_or(limits::DEFAULT_MAX_HANDSHAKES);
+    if max_handshakes == 0 {
+        return Err(ConfigError::new(
+            path,
+            "[tcpmux] max_handshakes: must be at least 1",
+        ));
+    }
+    let listen = match raw.listen {
+        Some(l) => l,
+        None => vec![
+            DEFAULT_LISTEN
+                .parse()
+                .expect("DEFAULT_LISTEN is a valid address"),
+        ],
+    };
+    Ok(TcpmuxSettings {
+        listen,
+        name_timeout,
+        max_handshakes,
+        acl: Acl::new(raw.allow.unwrap_or_default(), raw.deny.unwrap_or_default()),
+    })
+}
+
+/// Whether `name` may be used as a service name: 1 to 255 visible ASCII
+/// characters, and not the reserved `help`.
+pub fn check_service_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("name is empty".into());
+    }
+    if name.len() > limits::MAX_NAME_LEN {
+        return Err(format!(
+            "name is {} bytes long, more than the {} a client may send",
+            name.len(),
+            limits::MAX_NAME_LEN
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(format!(
+            "name \"{}\" contains {c:?}: only visible ASCII characters are allowed",
+            name.escape_debug()
+        ));
+    }
+    if name.eq_ignore_ascii_case(HELP_NAME) {
+        return Err("name \"help\" is reserved for the list of services".into());
+    }
+    Ok(())
+}
+
+fn validate_service(path: &Path, raw: RawService) -> Result<Service, ConfigError> {
+    let name = raw.name;
+    let err =
+        |msg: String| ConfigError::new(path, format!("service \"{}\": {msg}", name.escape_debug()));
+    check_service_name(&name).map_err(&err)?;
+    let command = match raw.command {
+        None => {
+            return Err(err(
+                "command: missing (a list: program path, then arguments)".into(),
+            ));
+        }
+        Some(c) if c.is_empty() => return Err(err("command: is empty".into())),
+        Some(c) => c,
+    };
+    if !Path::new(&command[0]).is_absolute() {
+        return Err(err(format!(
+            "command: \"{}\" is not an absolute path",
+            command[0]
+        )));
+    }
+    if command.iter().any(|a| a.contains('\0')) {
+        return Err(err("command: contains a NUL character".into()));
+    }
+    if raw.max_instances == 0 {
+        return Err(err("max_instances: must be at least 1".into()));
+    }
+    for (key, value) in &raw.environment {
+        let valid = !key.is_empty()
+            && !key.starts_with(|c: char| c.is_ascii_digit())
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(err(format!(
+                "environment: \"{key}\" is not a valid variable name"
+            )));
+        }
+        if value.contains('\0') {
+            return Err(err(format!(
+                "environment: {key}: value contains a NUL character"
+            )));
+        }
+    }
+    let credentials =
+        resolve_credentials(raw.user.as_deref(), raw.group.as_deref()).map_err(&err)?;
+    Ok(Service {
+        command,
+        plus: raw.plus,
+        launcher: raw.launcher,
+        max_instances: raw.max_instances,
+        acl: Acl::new(raw.allow.unwrap_or_default(), raw.deny.unwrap_or_default()),
+        credentials,
+        environment: raw.environment.into_iter().collect(),
+        source: path.to_path_buf(),
+        name,
+    })
+}
+
+fn resolve_credentials(
+    user: Option<&str>,
+    group: Option<&str>,
+) -> Result<Option<Credentials>, String> {
+    use nix::unistd::{Group, User};
+    let user = match user {
+        None => None,
+        Some(u) => {
+            let found = match u.parse::<u32>() {
+                Ok(uid) => User::from_uid(uid.into()),
+                Err(_) => User::from_name(u),
+            };
+            match found {
+                Ok(Some(entry)) => Some(entry),
+                Ok(None) => return Err(format!("user: \"{u}\": no such user")),
+                Err(e) => return Err(format!("user: \"{u}\": cannot look up: {e}")),
+            }
+        }
+    };
+    let gid = match group {
+        None => user.as_ref().map(|u| u.gid.as_raw()),
+        Some(g) => {
+            let found = match g.parse::<u32>() {
+                Ok(gid) => Group::from_gid(gid.into()),
+                Err(_) => Group::from_name(g),
+            };
+            match found {
+                Ok(Some(entry)) => Some(entry.gid.as_raw()),
+                Ok(None) => return Err(format!("group: \"{g}\": no such group")),
+                Err(e) => return Err(format!("group: \"{g}\": cannot look up: {e}")),
+            }
+        }
+    };
+    Ok(gid.map(|gid| Credentials {
+        user: user.as_ref().map(|u| u.name.clone()),
+        uid: user.map(|u| u.uid.as_raw()),
+        gid,
+    }))
+}
+
+// ---- the file system -------------------------------------------------------
+
+/// The drop-in files for main file `path`, in the order they apply.
+pub fn dropin_files(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let dir = path.parent().unwrap_or(Path::new(".")).join(DROPIN_DIR);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(ConfigError::new(&dir, format!("cannot read folder: {e}"))),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry =
+            entry.map_err(|e| ConfigError::new(&dir, format!("cannot read folder: {e}")))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(".toml") && !name.starts_with('.') {
+            files.push(entry.path());
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Reads, merges and validates the main file and its drop-ins, and notes
+/// services whose program cannot be run now.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let mut parsed = Vec::new();
+    for file in std::iter::once(path.to_path_buf()).chain(dropin_files(path)?) {
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| ConfigError::new(&file, format!("cannot read: {e}")))?;
+        parsed.push((file.clone(), parse_file(&file, &text)?));
+    }
+    let mut config = build(parsed)?;
+    for service in &config.services {
+        if let Err(e) = crate::launch::check_program(&service.command[0]) {
+            config.warnings.push(format!(
+                "{}: service \"{}\": command {}: {e}; clients will be refused until it is installed",
+                service.source.display(),
+                service.name,
+                service.command[0]
+            ));
+        }
+    }
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build_from(files: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let parsed = files
+            .iter()
+            .map(|(p, t)| {
+                let path = PathBuf::from(p);
+                parse_file(&path, t).map(|f| (path, f))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        build(parsed)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = build_from(&[(
+            "main.toml",
+            "[[service]]\nname = \"echo\"\ncommand = [\"/bin/cat\"]\n",
+        )])
+        .unwrap();
+        assert_eq!(
+            c.tcpmux.listen,
+            vec!["[::]:1".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(c.tcpmux.name_timeout, limits::DEFAULT_NAME_TIMEOUT);
+        let s = c.service("ECHO").unwrap();
+        assert!(s.plus);
+        assert_eq!(s.launcher, LauncherKind::Auto);
+        assert_eq!(s.max_instances, limits::DEFAULT_MAX_INSTANCES);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = build_from(&[("main.toml", "[tcpmux]\nname_timeout = \"5s\"\nbogus = 1\n")])
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(text.starts_with("main.toml: "), "{text}");
+        assert!(text.contains("line 3"), "{text}");
+        assert!(text.contains("bogus"), "{text}");
+    }
+
+    #[test]
+    fn dropins_override_keys_and_add_services() {
+        let c = build_from(&[
+            ("main.toml", "[tcpmux]\nname_timeout = \"5s\"\nlisten = [\"127.0.0.1:1\"]\n[[service]]\nname = \"a\"\ncommand = [\"/bin/cat\"]\n"),
+            ("conf.d/10.toml", "[tcpmux]\nname_timeout = \"500ms\"\n[[service]]\nname = \"b\"\ncommand = [\"/bin/cat\"]\nplus = false\n"),
+        ])
+        .unwrap();
+        assert_eq!(c.tcpmux.name_timeout, Duration::from_millis(500));
+        assert_eq!(
+            c.tcpmux.listen,
+            vec!["127.0.0.1:1".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(c.services.len(), 2);
+        assert!(!c.service("b").unwrap().plus);
+        assert_eq!(
+            c.service("b").unwrap().source,
+            PathBuf::from("conf.d/10.toml")
+        );
+    }
+
+    #[test]
+    fn duplicate_names_both_files() {
+        let e = build_from(&[
+            (
+                "main.toml",
+                "[[service]]\nname = \"Echo\"\ncommand = [\"/bin/cat\"]\n",
+            ),
+            (
+                "conf.d/50-echo.toml",
+                "[[service]]\nname = \"echo\"\ncommand = [\"/bin/cat\"]\n",
+            ),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("conf.d/50-echo.toml: "), "{e}");
+        assert!(e.contains("main.toml"), "{e}");
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let cases = [
+            (
+                "[[service]]\nname = \"help\"\ncommand = [\"/bin/cat\"]\n",
+                "reserved",
+            ),
+            (
+                "[[service]]\nname = \"a b\"\ncommand = [\"/bin/cat\"]\n",
+                "visible ASCII",
+            ),
+            (
+                "[[service]]\nname = \"x\"\ncommand = [\"cat\"]\n",
+                "absolute path",
+            ),
+            ("[[service]]\nname = \"x\"\n", "command: missing"),
+            (
+                "[[service]]\nname = \"x\"\ncommand = []\n",
+                "command: is empty",
+            ),
+            (
+                "[[service]]\nname = \"x\"\ncommand = [\"/bin/cat\"]\nmax_instances = 0\n",
+                "max_instances",
+            ),
+            (
+                "[[service]]\nname = \"x\"\ncommand = [\"/bin/cat\"]\nallow = [\"300.0.0.1\"]\n",
+                "300.0.0.1",
+            ),
+            (
+                "[[service]]\nname = \"x\"\ncommand = [\"/bin/cat\"]\nlauncher = \"inetd\"\n",
+                "inetd",
+            ),
+            (
+                "[[service]]\nname = \"x\"\ncommand = [\"/bin/cat\"]\nuser = \"no-such-user-here\"\n",
+                "no such user",
+            ),
+            (
+                "[[service]]\nname = \"x\"\ncommand = [\"/bin/cat\"]\nenvironment = { \"1X\" = \"y\" }\n",
+                "1X",
+            ),
+            ("[tcpmux]\nname_timeout = \"0s\"\n", "name_timeout"),
+            ("[tcpmux]\nname_timeout = \"ten seconds\"\n", "name_timeout"),
+            ("[tcpmux]\nlisten = [\"localhost\"]\n", "listen"),
+        ];
+        for (text, needle) in cases {
+            let e = build_from(&[("main.toml", text)]).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn service_names() {
+        assert!(check_service_name("example.com-chat-2").is_ok());
+        assert!(check_service_name(&"a".repeat(255)).is_ok());
+        assert!(check_service_name(&"a".repeat(256)).is_err());
+        assert!(check_service_name("HeLp").is_err());
+        assert!(check_service_name("").is_err());
+    }
+}

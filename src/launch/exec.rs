@@ -1,0 +1,151 @@
+//! The `exec` launcher: the program runs as a direct child of tcpmuxd, with
+//! the connection as its standard input and output (inetd's `nowait` style).
+
+use super::{Connection, LaunchError, Launcher, check_program, session_environment};
+use crate::config::Service;
+use crate::limits::MAX_STDERR_LINE;
+use crate::sessions::SessionSlot;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use tokio::io::AsyncReadExt;
+use tokio::process::{ChildStderr, Command};
+
+/// PATH given to programs; the rest of tcpmuxd's environment is not passed on.
+pub const SESSION_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Debug, Default, Clone)]
+pub struct ExecLauncher;
+
+impl Launcher for ExecLauncher {
+    fn precheck(&self, service: &Service) -> Result<(), LaunchError> {
+        check_program(&service.command[0]).map_err(|cause| LaunchError::Program {
+            path: service.command[0].clone(),
+            cause,
+        })
+    }
+
+    async fn launch(
+        &self,
+        service: Arc<Service>,
+        conn: Connection,
+        slot: SessionSlot,
+    ) -> Result<(), LaunchError> {
+        let Connection {
+            stream,
+            peer,
+            local,
+        } = conn;
+        // The program expects an ordinary blocking socket; O_NONBLOCK is a
+        // property of the open file, shared by every copy of the descriptor.
+        let socket = stream.into_std().map_err(LaunchError::Socket)?;
+        socket.set_nonblocking(false).map_err(LaunchError::Socket)?;
+        let stdout = socket.try_clone().map_err(LaunchError::Socket)?;
+
+        let program = &service.command[0];
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(&service.command[1..])
+            .env_clear()
+            .env("PATH", SESSION_PATH)
+            .envs(service.environment.iter().map(|(k, v)| (k, v)))
+            .envs(session_environment(&service, peer, local))
+            .current_dir("/")
+            .process_group(0)
+            .stdin(Stdio::from(OwnedFd::from(socket)))
+            .stdout(Stdio::from(OwnedFd::from(stdout)))
+            .stderr(Stdio::piped());
+        if let Some(cred) = &service.credentials {
+            cmd.gid(cred.gid);
+            if let Some(uid) = cred.uid {
+                cmd.uid(uid);
+            }
+        }
+        let mut child = Command::from(cmd)
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|source| LaunchError::Spawn {
+                path: program.clone(),
+                source,
+            })?;
+        let pid = child.id().unwrap_or(0);
+        let remote_addr = peer.ip().to_canonical();
+        tracing::debug!(tcpmux_service = %service.name, %remote_addr, pid, "session started");
+
+        let stderr_task = child
+            .stderr
+            .take()
+            .map(|err| tokio::spawn(log_stderr(service.name.clone(), pid, err)));
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            if let Some(task) = stderr_task {
+                // The program may have left its stderr open in a grandchild;
+                // its exit is what ends the session.
+                task.abort();
+            }
+            drop(slot);
+            match status {
+                Ok(status) => tracing::info!(
+                    tcpmux_service = %service.name,
+                    %remote_addr,
+                    remote_port = peer.port(),
+                    pid,
+                    exit_status = %describe_exit(status),
+                    "session ended"
+                ),
+                Err(e) => tracing::error!(
+                    tcpmux_service = %service.name, pid, "session: cannot wait for the program: {e}"
+                ),
+            }
+        });
+        Ok(())
+    }
+}
+
+/// "exit code 0", "signal 9 (core dumped)".
+pub fn describe_exit(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        format!("exit code {code}")
+    } else if let Some(sig) = status.signal() {
+        let core = if status.core_dumped() {
+            " (core dumped)"
+        } else {
+            ""
+        };
+        format!("signal {sig}{core}")
+    } else {
+        status.to_string()
+    }
+}
+
+/// Copies a program's stderr into the log, line by line, each line cut at
+/// [`MAX_STDERR_LINE`] bytes.
+async fn log_stderr(service: String, pid: u32, mut stderr: ChildStderr) {
+    let mut buf = Vec::with_capacity(MAX_STDERR_LINE);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = match stderr.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        for &b in &chunk[..n] {
+            if b == b'\n' || buf.len() >= MAX_STDERR_LINE {
+                emit_stderr_line(&service, pid, &buf);
+                buf.clear();
+                if b == b'\n' {
+                    continue;
+                }
+            }
+            buf.push(b);
+        }
+    }
+    if !buf.is_empty() {
+        emit_stderr_line(&service, pid, &buf);
+    }
+}
+
+fn emit_stderr_line(service: &str, pid: u32, line: &[u8]) {
+    let line = String::from_utf8_lossy(line);
+    let line = line.trim_end_matches('\r');
+    tracing::info!(tcpmux_service = %service, pid, "stderr: {line}");
+}

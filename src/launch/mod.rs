@@ -1,0 +1,79 @@
+//! Starting a service's program on an accepted connection.
+//!
+//! The handshake decides *what* to start; a [`Launcher`] decides *how*. The
+//! handshake knows nothing of processes or units.
+
+pub mod exec;
+
+use crate::config::Service;
+use crate::sessions::SessionSlot;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+
+/// A connection whose handshake is done, ready to be handed to a service.
+#[derive(Debug)]
+pub struct Connection {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("program {path}: {cause}")]
+    Program { path: String, cause: String },
+    #[error("preparing the connection for the program: {0}")]
+    Socket(std::io::Error),
+    #[error("starting {path}: {source}")]
+    Spawn {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// One way of running a service's program.
+pub trait Launcher {
+    /// Checks, before the client is told `+`, what can be checked without
+    /// starting anything.
+    fn precheck(&self, service: &Service) -> Result<(), LaunchError>;
+
+    /// Starts the program with `conn` as its standard input and output.
+    /// `slot` is held until the session ends.
+    fn launch(
+        &self,
+        service: Arc<Service>,
+        conn: Connection,
+        slot: SessionSlot,
+    ) -> impl Future<Output = Result<(), LaunchError>> + Send;
+}
+
+/// Whether `path` names a regular file this process may execute.
+pub fn check_program(path: &str) -> Result<(), String> {
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => "not found".to_string(),
+        _ => e.to_string(),
+    })?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    rustix::fs::access(Path::new(path), rustix::fs::Access::EXEC_OK)
+        .map_err(|_| "not executable".to_string())
+}
+
+/// The environment every session gets, as systemd's `Accept=yes` sets it
+/// (`REMOTE_*`) plus tcpmuxd's own.
+pub fn session_environment(
+    service: &Service,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("TCPMUX_SERVICE", service.name.clone()),
+        ("REMOTE_ADDR", peer.ip().to_canonical().to_string()),
+        ("REMOTE_PORT", peer.port().to_string()),
+        ("LOCAL_ADDR", local.ip().to_canonical().to_string()),
+        ("LOCAL_PORT", local.port().to_string()),
+    ]
+}

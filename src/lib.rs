@@ -1,0 +1,13 @@
+//! tcpmuxd: a TCPMUX (RFC 1078) server that hands each connection to the
+//! program of the service its client names.
+
+pub mod acl;
+pub mod config;
+pub mod launch;
+pub mod limits;
+pub mod listen;
+pub mod log;
+pub mod notify;
+pub mod server;
+pub mod sessions;
+pub mod tcpmux;

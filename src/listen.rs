@@ -1,0 +1,156 @@
+//! The listening sockets: taken from systemd by name and type (socket
+//! activation), or bound from the configuration.
+
+use rustix::net::SocketType;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+/// `FileDescriptorName=` of the TCPMUX socket (TCP port 1).
+pub const FDNAME_TCPMUX: &str = "tcpmux";
+/// `FileDescriptorName=` of the Message Send Protocol sockets (port 18).
+pub const FDNAME_MSP: &str = "msp";
+
+/// The sockets the daemon serves.
+#[derive(Debug, Default)]
+pub struct Sockets {
+    pub tcpmux: Vec<TcpListener>,
+    pub msp_stream: Vec<TcpListener>,
+    pub msp_datagram: Vec<UdpSocket>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("socket activation: {0}")]
+    Activation(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// What a passed socket is for, decided from its name and type alone:
+/// systemd does not keep the order of the descriptors between boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Tcpmux,
+    MspStream,
+    MspDatagram,
+}
+
+/// Decides the role of a passed socket, or says why it cannot be used.
+pub fn classify(name: &str, kind: SocketType, listening: bool) -> Result<Role, String> {
+    let role = match (name, kind) {
+        (FDNAME_TCPMUX, SocketType::STREAM) => Role::Tcpmux,
+        (FDNAME_MSP, SocketType::STREAM) => Role::MspStream,
+        (FDNAME_MSP, SocketType::DGRAM) => Role::MspDatagram,
+        (FDNAME_TCPMUX, _) => {
+            return Err(format!(
+                "socket named \"{FDNAME_TCPMUX}\" is not a stream socket (use ListenStream=)"
+            ));
+        }
+        (FDNAME_MSP, _) => {
+            return Err(format!(
+                "socket named \"{FDNAME_MSP}\" is neither a stream nor a datagram socket"
+            ));
+        }
+        _ => {
+            return Err(format!(
+                "socket named \"{name}\" is not one of ours: set FileDescriptorName={FDNAME_TCPMUX} \
+                 or FileDescriptorName={FDNAME_MSP} in its .socket unit"
+            ));
+        }
+    };
+    if kind == SocketType::STREAM && !listening {
+        return Err(format!(
+            "socket named \"{name}\" is a connection, not a listening socket (remove Accept=yes)"
+        ));
+    }
+    Ok(role)
+}
+
+/// Takes the sockets systemd passed (`LISTEN_PID`, `LISTEN_FDS`,
+/// `LISTEN_FDNAMES`) and removes those variables, so that no child inherits
+/// them. `None` when the daemon was not socket-activated.
+///
+/// # Safety
+/// Changes the environment: call it before any other thread exists.
+pub unsafe fn take_activated() -> Result<Option<Sockets>, ListenError> {
+    // SAFETY: the caller guarantees that no other thread runs yet.
+    let fds = unsafe { sd_notify::listen_fds_with_names_and_unset_env() }
+        .map_err(|e| ListenError::Activation(format!("LISTEN_FDS/LISTEN_FDNAMES: {e}")))?;
+    let fds: Vec<(RawFd, String)> = fds.collect();
+    if fds.is_empty() {
+        return Ok(None);
+    }
+    let mut sockets = Sockets::default();
+    for (raw, name) in fds {
+        // SAFETY: systemd passed these descriptors to this process for it to
+        // own; sd-notify checked LISTEN_PID and the count.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let kind = rustix::net::sockopt::socket_type(&fd)
+            .map_err(|e| ListenError::Activation(format!("descriptor {raw} (\"{name}\"): {e}")))?;
+        let listening = kind == SocketType::STREAM
+            && rustix::net::sockopt::socket_acceptconn(&fd).map_err(|e| {
+                ListenError::Activation(format!("descriptor {raw} (\"{name}\"): {e}"))
+            })?;
+        let role = classify(&name, kind, listening)
+            .map_err(|e| ListenError::Activation(format!("descriptor {raw}: {e}")))?;
+        match role {
+            Role::Tcpmux => sockets.tcpmux.push(TcpListener::from(fd)),
+            Role::MspStream => sockets.msp_stream.push(TcpListener::from(fd)),
+            Role::MspDatagram => sockets.msp_datagram.push(UdpSocket::from(fd)),
+        }
+    }
+    Ok(Some(sockets))
+}
+
+/// Binds TCP listeners on `addrs`.
+pub fn bind_tcp(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, ListenError> {
+    addrs
+        .iter()
+        .map(|&addr| TcpListener::bind(addr).map_err(|source| ListenError::Bind { addr, source }))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_by_name_and_type() {
+        assert_eq!(
+            classify("tcpmux", SocketType::STREAM, true),
+            Ok(Role::Tcpmux)
+        );
+        assert_eq!(
+            classify("msp", SocketType::STREAM, true),
+            Ok(Role::MspStream)
+        );
+        assert_eq!(
+            classify("msp", SocketType::DGRAM, false),
+            Ok(Role::MspDatagram)
+        );
+    }
+
+    #[test]
+    fn wrong_sockets_are_explained() {
+        assert!(
+            classify("tcpmux", SocketType::DGRAM, false)
+                .unwrap_err()
+                .contains("ListenStream")
+        );
+        assert!(
+            classify("web", SocketType::STREAM, true)
+                .unwrap_err()
+                .contains("FileDescriptorName")
+        );
+        assert!(classify("unknown", SocketType::STREAM, true).is_err());
+        assert!(
+            classify("tcpmux", SocketType::STREAM, false)
+                .unwrap_err()
+                .contains("Accept=yes")
+        );
+        assert!(classify("msp", SocketType::SEQPACKET, true).is_err());
+    }
+}

@@ -1,0 +1,181 @@
+//! tcpmuxd: startup only. Parse the command line, read the environment,
+//! take the sockets, then hand over to the server.
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use tcpmuxd::config::{self, DEFAULT_CONFIG_PATH};
+use tcpmuxd::listen::{self, Sockets};
+use tcpmuxd::log::{self, LogTarget};
+use tcpmuxd::notify::Notifier;
+use tcpmuxd::server::{self, State};
+
+/// Exit status for a configuration that cannot be used (sysexits EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
+/// Exit status for sockets that cannot be used or bound.
+const EXIT_SOCKETS: u8 = 71;
+
+const AFTER_HELP: &str = "\
+Sockets:
+  Under systemd, tcpmuxd takes its sockets from socket activation, by
+  FileDescriptorName=: \"tcpmux\" (stream, TCP port 1) and \"msp\" (stream and
+  datagram, port 18). Otherwise it binds [tcpmux] listen from the config
+  (default [::]:1).
+
+Configuration:
+  FILE, then every *.toml in conf.d/ beside it, in lexical order. Drop-ins may
+  set [tcpmux] keys (a later file wins) and add [[service]] entries. Unknown
+  keys are errors. Check a configuration with --check before reloading.
+
+Signals:
+  SIGHUP reloads the configuration (an invalid one is rejected and the old one
+  kept); SIGTERM and SIGINT stop accepting, finish handshakes in progress and
+  exit. Running sessions are left running.
+
+Exit status:
+  0 success; 1 other errors; 71 sockets cannot be used; 78 invalid config.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tcpmuxd",
+    version,
+    about = "TCPMUX (RFC 1078) server: hands each connection to the service its client names",
+    after_help = AFTER_HELP
+)]
+struct Args {
+    /// Main configuration file; drop-ins are read from conf.d/ beside it.
+    #[arg(short, long, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+
+    /// Validate the configuration and its drop-ins, print the result and exit.
+    #[arg(long)]
+    check: bool,
+
+    /// Where log entries go.
+    #[arg(long, value_enum, value_name = "TARGET", default_value = "auto")]
+    log_target: LogTarget,
+
+    /// Least severe level logged: error, warn, info, debug or trace (or a
+    /// tracing filter such as "tcpmuxd=debug").
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    log_level: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.check {
+        return check(&args);
+    }
+
+    // Everything read from the environment is read here, before any thread
+    // exists; the socket and watchdog variables are removed so that no
+    // child inherits them.
+    let connected_to_journal = libsystemd::logging::connected_to_journal();
+    let notify_enabled = std::env::var_os("NOTIFY_SOCKET").is_some();
+    // SAFETY: no other thread exists yet.
+    let watchdog = unsafe { sd_notify::watchdog_enabled_and_unset_env() };
+    // SAFETY: as above.
+    let activated = unsafe { listen::take_activated() };
+
+    if let Err(e) = log::init(args.log_target, &args.log_level, connected_to_journal) {
+        eprintln!("tcpmuxd: {e}");
+        return ExitCode::FAILURE;
+    }
+    let notifier = Notifier::new(notify_enabled, watchdog);
+
+    let config = match config::load(&args.config) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!("invalid configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+
+    let (sockets, is_activated) = match activated {
+        Ok(Some(sockets)) => (sockets, true),
+        Ok(None) => match listen::bind_tcp(&config.tcpmux.listen) {
+            Ok(tcpmux) => (
+                Sockets {
+                    tcpmux,
+                    ..Sockets::default()
+                },
+                false,
+            ),
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::from(EXIT_SOCKETS);
+            }
+        },
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(EXIT_SOCKETS);
+        }
+    };
+    if sockets.tcpmux.is_empty() {
+        tracing::error!(
+            "socket activation passed no socket named \"{}\": nothing to serve",
+            listen::FDNAME_TCPMUX
+        );
+        return ExitCode::from(EXIT_SOCKETS);
+    }
+    let msp_count = sockets.msp_stream.len() + sockets.msp_datagram.len();
+    if msp_count > 0 {
+        tracing::warn!(
+            "{msp_count} Message Send Protocol sockets (\"{}\") received; this version does not serve MSP yet",
+            listen::FDNAME_MSP
+        );
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let state = Arc::new(State::new(config, args.config, is_activated, notifier));
+    // MSP sockets stay open (unserved) for as long as the daemon runs.
+    let _msp = (sockets.msp_stream, sockets.msp_datagram);
+    match runtime.block_on(server::serve(sockets.tcpmux, state)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--check`: validate and report, on stdout and stderr only.
+fn check(args: &Args) -> ExitCode {
+    match config::load(&args.config) {
+        Ok(config) => {
+            for w in &config.warnings {
+                eprintln!("warning: {w}");
+            }
+            let names: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+            println!(
+                "{}: valid ({} files, {} services: {})",
+                args.config.display(),
+                config.files.len(),
+                names.len(),
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tcpmuxd: invalid configuration: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}

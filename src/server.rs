@@ -1,0 +1,443 @@
+//! Accepting connections, running each handshake, reloading and shutting
+//! down.
+
+use crate::config::{self, Config, LauncherKind, Service};
+use crate::launch::exec::ExecLauncher;
+use crate::launch::{Connection, Launcher};
+use crate::limits;
+use crate::notify::Notifier;
+use crate::sessions::SessionTable;
+use crate::tcpmux::{self, HandshakeError, Request, RequestError, reply};
+use arc_swap::ArcSwap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What the daemon shares between its tasks.
+pub struct State {
+    pub config: ArcSwap<Config>,
+    pub config_path: PathBuf,
+    /// Whether the listening sockets came from systemd.
+    pub activated: bool,
+    pub sessions: Arc<SessionTable>,
+    pub stats: Stats,
+    pub notifier: Notifier,
+    pub exec: ExecLauncher,
+}
+
+/// Live counters, shown in systemd's `STATUS=` line.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Connections in the handshake phase now.
+    pub handshakes: AtomicUsize,
+    /// Connections handed to a service since startup.
+    pub served: AtomicU64,
+    /// Connections answered with `-` since startup.
+    pub refused: AtomicU64,
+}
+
+impl State {
+    pub fn new(config: Config, config_path: PathBuf, activated: bool, notifier: Notifier) -> Self {
+        State {
+            config: ArcSwap::from_pointee(config),
+            config_path,
+            activated,
+            sessions: Arc::default(),
+            stats: Stats::default(),
+            notifier,
+            exec: ExecLauncher,
+        }
+    }
+
+    /// One line for `STATUS=`.
+    pub fn status_line(&self) -> String {
+        format!(
+            "{} in handshake, {} sessions running; {} handed off, {} refused",
+            self.stats.handshakes.load(Ordering::Relaxed),
+            self.sessions.total(),
+            self.stats.served.load(Ordering::Relaxed),
+            self.stats.refused.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Reads the configuration again and, when it is valid, serves new
+    /// connections with it. Running sessions are not touched; an invalid
+    /// configuration leaves the old one in place.
+    pub fn reload(&self) -> Result<(), config::ConfigError> {
+        self.notifier.reloading();
+        let result = config::load(&self.config_path).map(|new| {
+            for w in &new.warnings {
+                tracing::warn!("{w}");
+            }
+            if !self.activated && self.config.load().tcpmux.listen != new.tcpmux.listen {
+                tracing::warn!(
+                    "[tcpmux] listen changed: the new addresses take effect at the next restart"
+                );
+            }
+            tracing::info!(
+                services = new.services.len(),
+                "configuration reloaded from {}",
+                self.config_path.display()
+            );
+            self.config.store(Arc::new(new));
+        });
+        if let Err(e) = &result {
+            tracing::error!("reload failed, still serving the previous configuration: {e}");
+        }
+        self.notifier.ready();
+        result
+    }
+}
+
+/// Releases a handshake place when the handshake ends.
+struct HandshakeGuard<'a>(&'a AtomicUsize);
+
+impl Drop for HandshakeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves TCPMUX on `listeners` until `shutdown` is cancelled, then waits
+/// (at most `name_timeout` and a little) for handshakes in progress.
+pub async fn run(listeners: Vec<TcpListener>, state: Arc<State>, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    let mut loops = Vec::new();
+    for listener in listeners {
+        loops.push(tokio::spawn(accept_loop(
+            listener,
+            Arc::clone(&state),
+            tracker.clone(),
+            shutdown.clone(),
+        )));
+    }
+    for l in loops {
+        let _ = l.await;
+    }
+    tracker.close();
+    let grace = state.config.load().tcpmux.name_timeout + limits::SHUTDOWN_GRACE;
+    if timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            "{} handshakes still running after {}; exiting anyway",
+            tracker.len(),
+            humantime::format_duration(grace)
+        );
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<State>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let max = state.config.load().tcpmux.max_handshakes;
+                if state.stats.handshakes.fetch_add(1, Ordering::Relaxed) >= max {
+                    state.stats.handshakes.fetch_sub(1, Ordering::Relaxed);
+                    state.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    // Never wait on this client: the reply fits the empty
+                    // send buffer of a new connection.
+                    let _ = stream.try_write(reply::OVERLOADED);
+                    log_outcome(peer, None, Outcome::Overloaded);
+                    continue;
+                }
+                let state = Arc::clone(&state);
+                tracker.spawn(async move {
+                    let _guard = HandshakeGuard(&state.stats.handshakes);
+                    handle(stream, peer, &state).await;
+                });
+            }
+            Err(e) if is_per_connection_error(&e) => {
+                tracing::debug!("accept: {e}");
+            }
+            Err(e) => {
+                // Out of descriptors or memory: wait for some to be freed
+                // rather than spin on a socket that stays readable.
+                tracing::warn!(
+                    "accept: {e}; pausing {} ms",
+                    limits::ACCEPT_ERROR_BACKOFF.as_millis()
+                );
+                tokio::time::sleep(limits::ACCEPT_ERROR_BACKOFF).await;
+            }
+        }
+    }
+}
+
+fn is_per_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}
+
+/// How a connection's handshake ended, for the log and the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Served,
+    Help,
+    Unknown,
+    Denied,
+    Busy,
+    Timeout,
+    TooLong,
+    BadName,
+    Closed,
+    Unavailable,
+    SpawnFailed,
+    Overloaded,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Served => "served",
+            Outcome::Help => "help",
+            Outcome::Unknown => "unknown",
+            Outcome::Denied => "denied",
+            Outcome::Busy => "busy",
+            Outcome::Timeout => "timeout",
+            Outcome::TooLong => "too-long",
+            Outcome::BadName => "bad-name",
+            Outcome::Closed => "closed",
+            Outcome::Unavailable => "unavailable",
+            Outcome::SpawnFailed => "spawn-failed",
+            Outcome::Overloaded => "overloaded",
+        }
+    }
+}
+
+async fn handle(stream: TcpStream, peer: SocketAddr, state: &State) {
+    let config = state.config.load_full();
+    let mut name = None;
+    let outcome = handshake(stream, peer, &config, state, &mut name).await;
+    match outcome {
+        Outcome::Served => state.stats.served.fetch_add(1, Ordering::Relaxed),
+        Outcome::Help | Outcome::Closed => 0,
+        _ => state.stats.refused.fetch_add(1, Ordering::Relaxed),
+    };
+    log_outcome(peer, name.as_deref(), outcome);
+}
+
+fn log_outcome(peer: SocketAddr, service: Option<&str>, outcome: Outcome) {
+    let remote_addr = peer.ip().to_canonical();
+    let remote_port = peer.port();
+    let outcome_str = outcome.as_str();
+    let service = service.unwrap_or("");
+    match outcome {
+        Outcome::SpawnFailed => tracing::error!(
+            tcpmux_service = %service, %remote_addr, remote_port, outcome = %outcome_str,
+            "connection from {remote_addr}: {outcome_str}"
+        ),
+        _ => tracing::info!(
+            tcpmux_service = %service, %remote_addr, remote_port, outcome = %outcome_str,
+            "connection from {remote_addr}: {outcome_str}"
+        ),
+    }
+}
+
+/// Runs one handshake to its end. `name` is set to the service the client
+/// asked for, once known.
+async fn handshake(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    config: &Config,
+    state: &State,
+    name: &mut Option<String>,
+) -> Outcome {
+    let limit = config.tcpmux.name_timeout;
+    let ip = peer.ip().to_canonical();
+    if !config.tcpmux.acl.permits(ip) {
+        return refuse(stream, reply::DENIED, limit, Outcome::Denied).await;
+    }
+    let line = match timeout(limit, tcpmux::read_request_line(&mut stream)).await {
+        Err(_) => return refuse(stream, reply::TIMEOUT, limit, Outcome::Timeout).await,
+        Ok(Err(HandshakeError::TooLong)) => {
+            return refuse(stream, reply::TOO_LONG, limit, Outcome::TooLong).await;
+        }
+        Ok(Err(HandshakeError::Closed | HandshakeError::Io(_))) => return Outcome::Closed,
+        Ok(Ok(line)) => line,
+    };
+    let requested = match tcpmux::parse_request(&line) {
+        Ok(Request::Help) => {
+            *name = Some(config::HELP_NAME.to_string());
+            let names = config
+                .services
+                .iter()
+                .filter(|s| s.acl.permits(ip))
+                .map(|s| s.name.as_str());
+            let text = tcpmux::help_text(names);
+            return refuse(stream, &text, limit, Outcome::Help).await;
+        }
+        Ok(Request::Service(requested)) => requested,
+        Err(RequestError::TooLong) => {
+            return refuse(stream, reply::TOO_LONG, limit, Outcome::TooLong).await;
+        }
+        Err(e) => {
+            tracing::debug!(%ip, "bad request line: {e}");
+            return refuse(stream, reply::BAD_NAME, limit, Outcome::BadName).await;
+        }
+    };
+    let Some(service) = config.service(&requested) else {
+        *name = Some(requested);
+        return refuse(stream, reply::UNKNOWN, limit, Outcome::Unknown).await;
+    };
+    *name = Some(service.name.clone());
+    if !service.acl.permits(ip) {
+        return refuse(stream, reply::DENIED, limit, Outcome::Denied).await;
+    }
+    let Some(slot) = state
+        .sessions
+        .try_acquire(&service.name, service.max_instances)
+    else {
+        return refuse(stream, reply::BUSY, limit, Outcome::Busy).await;
+    };
+    let launcher = launcher_for(state, service);
+    if let Err(e) = launcher.precheck(service) {
+        tracing::error!(tcpmux_service = %service.name, "service \"{}\": {e}", service.name);
+        return refuse(stream, reply::UNAVAILABLE, limit, Outcome::Unavailable).await;
+    }
+    if service.plus {
+        match timeout(limit, stream.write_all(reply::PLUS)).await {
+            Ok(Ok(())) => {}
+            _ => return Outcome::Closed,
+        }
+    }
+    let Ok(local) = stream.local_addr() else {
+        return Outcome::Closed;
+    };
+    let conn = Connection {
+        stream,
+        peer,
+        local,
+    };
+    match launcher.launch(Arc::clone(service), conn, slot).await {
+        Ok(()) => Outcome::Served,
+        Err(e) => {
+            tracing::error!(tcpmux_service = %service.name, "service \"{}\": {e}", service.name);
+            Outcome::SpawnFailed
+        }
+    }
+}
+
+fn launcher_for<'a>(state: &'a State, service: &Service) -> &'a ExecLauncher {
+    match service.launcher {
+        LauncherKind::Auto | LauncherKind::Exec => &state.exec,
+    }
+}
+
+/// Writes a final reply, closes our side, and reads what the client still
+/// sends (bounded), so the close does not reset the connection before the
+/// client has read the reply.
+///
+/// Returns `outcome`, or [`Outcome::Closed`] when the client was gone
+/// before it could be told.
+async fn refuse(mut stream: TcpStream, text: &[u8], limit: Duration, outcome: Outcome) -> Outcome {
+    match timeout(limit, stream.write_all(text)).await {
+        Ok(Ok(())) => {}
+        _ => return Outcome::Closed,
+    }
+    if stream.shutdown().await.is_err() {
+        return outcome;
+    }
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut total = 0;
+        while total < limits::DRAIN_LIMIT {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = timeout(limits::DRAIN_TIMEOUT.min(limit), drain).await;
+    outcome
+}
+
+/// Runs the daemon: serves until SIGTERM or SIGINT, reloads on SIGHUP,
+/// keeps systemd informed.
+pub async fn serve(tcpmux: Vec<std::net::TcpListener>, state: Arc<State>) -> io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut listeners = Vec::new();
+    for l in tcpmux {
+        l.set_nonblocking(true)?;
+        let l = TcpListener::from_std(l)?;
+        match l.local_addr() {
+            Ok(addr) => tracing::info!(%addr, "listening for TCPMUX on {addr}"),
+            Err(e) => tracing::info!("listening for TCPMUX (address unknown: {e})"),
+        }
+        listeners.push(l);
+    }
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(run(listeners, Arc::clone(&state), shutdown.clone()));
+    let background = tokio::spawn(report_status(Arc::clone(&state)));
+
+    let config = state.config.load();
+    tracing::info!(
+        services = config.services.len(),
+        "tcpmuxd {} ready, {} services",
+        env!("CARGO_PKG_VERSION"),
+        config.services.len()
+    );
+    drop(config);
+    state.notifier.ready();
+
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => { let _ = state.reload(); }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    tracing::info!("shutting down: no new connections; finishing handshakes in progress");
+    state.notifier.stopping();
+    shutdown.cancel();
+    let _ = server.await;
+    background.abort();
+    tracing::info!(
+        sessions = state.sessions.total(),
+        "stopped; {} sessions keep running",
+        state.sessions.total()
+    );
+    Ok(())
+}
+
+/// Keeps `STATUS=` current and feeds the watchdog.
+async fn report_status(state: Arc<State>) {
+    let mut last = String::new();
+    let mut status_tick = tokio::time::interval(limits::STATUS_INTERVAL);
+    let watchdog = state.notifier.watchdog_interval();
+    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    loop {
+        tokio::select! {
+            _ = status_tick.tick() => {
+                let line = state.status_line();
+                if line != last {
+                    state.notifier.status(&line);
+                    last = line;
+                }
+            }
+            _ = watchdog_tick.tick(), if watchdog.is_some() => state.notifier.watchdog(),
+        }
+    }
+}

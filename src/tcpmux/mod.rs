@@ -1,0 +1,64 @@
+//! The RFC 1078 handshake: read the request line, parse it, answer.
+
+pub mod handshake;
+pub mod request;
+
+pub use handshake::{HandshakeError, read_request_line};
+pub use request::{Request, RequestError, find_line_end, parse_request};
+
+/// The replies tcpmuxd itself sends. Each is one line ending in CRLF and
+/// never contains a NUL byte.
+pub mod reply {
+    pub const PLUS: &[u8] = b"+\r\n";
+    pub const UNKNOWN: &[u8] = b"-Unknown service\r\n";
+    pub const DENIED: &[u8] = b"-Access denied\r\n";
+    pub const BUSY: &[u8] = b"-Service busy, try again later\r\n";
+    pub const UNAVAILABLE: &[u8] = b"-Service unavailable\r\n";
+    pub const TOO_LONG: &[u8] = b"-Service name too long\r\n";
+    pub const BAD_NAME: &[u8] = b"-Invalid service name\r\n";
+    pub const TIMEOUT: &[u8] = b"-Timed out waiting for the service name\r\n";
+    pub const OVERLOADED: &[u8] = b"-Too many connections, try again later\r\n";
+    pub const SHUTTING_DOWN: &[u8] = b"-Server shutting down\r\n";
+}
+
+/// The HELP answer: each name on its own CRLF-ended line.
+pub fn help_text<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for name in names {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_are_single_crlf_lines_without_nul() {
+        for r in [
+            reply::PLUS,
+            reply::UNKNOWN,
+            reply::DENIED,
+            reply::BUSY,
+            reply::UNAVAILABLE,
+            reply::TOO_LONG,
+            reply::BAD_NAME,
+            reply::TIMEOUT,
+            reply::OVERLOADED,
+            reply::SHUTTING_DOWN,
+        ] {
+            assert!(r.ends_with(b"\r\n"));
+            assert_eq!(r.iter().filter(|&&b| b == b'\n').count(), 1);
+            assert!(!r.contains(&0));
+            assert!(r[0] == b'+' || r[0] == b'-');
+        }
+    }
+
+    #[test]
+    fn help_lists_names() {
+        assert_eq!(help_text(["a", "B"]), b"a\r\nB\r\n");
+        assert_eq!(help_text([]), b"");
+    }
+}
