@@ -1,0 +1,75 @@
+//! The `tcpmux` client against the real daemon.
+
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+const CONFIG: &str = r#"
+[[service]]
+name = "echo"
+command = ["/bin/cat"]
+
+[[service]]
+name = "refuser"
+command = ["/bin/sh", "-c", "printf -- '-Not today\r\n'"]
+plus = false
+"#;
+
+fn client(d: &Daemon, args: &[&str], input: &[u8]) -> (i32, Vec<u8>, String) {
+    let mut child = Command::new(CLIENT)
+        .arg(d.addr.to_string())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn lists_services() {
+    let d = Daemon::start(CONFIG);
+    let (code, out, _) = client(&d, &["--list"], b"");
+    assert_eq!(code, 0);
+    assert_eq!(out, b"echo\r\nrefuser\r\n");
+}
+
+#[test]
+fn bridges_stdin_and_stdout_after_plus() {
+    let d = Daemon::start(CONFIG);
+    let (code, out, err) = client(&d, &["ECHO"], b"one\ntwo\n");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, b"one\ntwo\n");
+    assert_eq!(err.trim(), "+");
+}
+
+#[test]
+fn exits_non_zero_on_minus_and_prints_the_reason() {
+    let d = Daemon::start(CONFIG);
+    let (code, out, err) = client(&d, &["nosuch"], b"");
+    assert_eq!(code, 1);
+    assert!(out.is_empty());
+    assert_eq!(err.trim(), "-Unknown service");
+    let (code, _, err) = client(&d, &["refuser"], b"");
+    assert_eq!(code, 1);
+    assert_eq!(err.trim(), "-Not today");
+}
+
+#[test]
+fn cannot_connect_is_exit_3() {
+    let l = loopback_listener();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    let out = Command::new(CLIENT).arg(addr.to_string()).arg("echo").output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+}

@@ -1,0 +1,517 @@
+//! The TCPMUX protocol spoken over real loopback sockets to the real daemon.
+
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::net::Shutdown;
+use std::time::{Duration, Instant};
+
+const BASE: &str = r#"
+[tcpmux]
+name_timeout = "2s"
+
+[[service]]
+name = "echo"
+command = ["/bin/cat"]
+
+[[service]]
+name = "Dedicated"
+command = ["/bin/sh", "-c", "printf '+Go ahead\r\n'; exec cat"]
+plus = false
+
+[[service]]
+name = "env"
+command = ["/usr/bin/env"]
+"#;
+
+#[test]
+fn help_lists_every_service_one_per_crlf_line_then_closes() {
+    let d = Daemon::start(BASE);
+    let reply = d.exchange(b"HELP\r\n");
+    assert_eq!(reply, b"echo\r\nDedicated\r\nenv\r\n");
+    // Any case, bare LF.
+    assert_eq!(d.exchange(b"help\n"), reply);
+    assert_eq!(d.exchange(b"HeLp\r\n"), reply);
+}
+
+#[test]
+fn names_are_case_insensitive_and_plus_comes_first() {
+    let d = Daemon::start(BASE);
+    for name in ["echo", "ECHO", "eChO"] {
+        let mut s = d.connect();
+        s.write_all(format!("{name}\r\n").as_bytes()).unwrap();
+        assert_eq!(read_line(&mut s), b"+\r\n");
+        s.write_all(b"ping\n").unwrap();
+        assert_eq!(read_line(&mut s), b"ping\n");
+    }
+}
+
+#[test]
+fn bare_lf_ends_the_name() {
+    let d = Daemon::start(BASE);
+    let mut s = d.connect();
+    s.write_all(b"echo\n").unwrap();
+    assert_eq!(read_line(&mut s), b"+\r\n");
+}
+
+#[test]
+fn name_split_over_many_writes() {
+    let d = Daemon::start(BASE);
+    let mut s = d.connect();
+    s.set_nodelay(true).unwrap();
+    for b in b"echo\r\n" {
+        s.write_all(&[*b]).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    assert_eq!(read_line(&mut s), b"+\r\n");
+    s.write_all(b"x\n").unwrap();
+    assert_eq!(read_line(&mut s), b"x\n");
+}
+
+#[test]
+fn data_sent_with_the_name_reaches_the_service() {
+    let d = Daemon::start(BASE);
+    // Plus mode: all in one write, then close our side.
+    let mut s = d.connect();
+    s.write_all(b"echo\r\nfirst line\nsecond line\n").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_end(&mut s), b"+\r\nfirst line\nsecond line\n");
+    // Dedicated mode: the program reads the pipelined bytes itself.
+    let mut s = d.connect();
+    s.write_all(b"dedicated\nhello\n").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_end(&mut s), b"+Go ahead\r\nhello\n");
+}
+
+#[test]
+fn dedicated_service_sends_its_own_reply() {
+    let d = Daemon::start(BASE);
+    let mut s = d.connect();
+    s.write_all(b"DEDICATED\r\n").unwrap();
+    assert_eq!(read_line(&mut s), b"+Go ahead\r\n");
+    s.write_all(b"abc\n").unwrap();
+    assert_eq!(read_line(&mut s), b"abc\n");
+}
+
+#[test]
+fn unknown_name_gets_minus_and_close() {
+    let d = Daemon::start(BASE);
+    let reply = d.exchange(b"nosuch\r\n");
+    assert_eq!(reply, b"-Unknown service\r\n");
+    assert!(d.wait_log("outcome=unknown"), "{}", d.log());
+}
+
+#[test]
+fn malformed_names_get_minus_without_nul() {
+    let d = Daemon::start(BASE);
+    for request in [&b"\r\n"[..], b"a\0b\r\n", b"caf\xc3\xa9\r\n", b"two words\r\n"] {
+        let reply = d.exchange(request);
+        assert!(reply.starts_with(b"-"), "{request:?}: {reply:?}");
+        assert!(reply.ends_with(b"\r\n") && !reply.contains(&0), "{reply:?}");
+    }
+}
+
+#[test]
+fn over_long_names_are_refused_and_memory_stays_flat() {
+    let d = Daemon::start(BASE);
+    let mut long = vec![b'a'; 256];
+    long.extend_from_slice(b"\r\n");
+    assert_eq!(d.exchange(&long), b"-Service name too long\r\n");
+    let mut max = vec![b'a'; 255];
+    max.extend_from_slice(b"\r\n");
+    assert_eq!(d.exchange(&max), b"-Unknown service\r\n");
+
+    let before = d.rss_kib();
+    for _ in 0..5 {
+        let mut s = d.connect();
+        let writer = {
+            let mut s = s.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let chunk = vec![b'x'; 64 * 1024];
+                for _ in 0..16 {
+                    // 1 MiB without a line end; the daemon may close early.
+                    if s.write_all(&chunk).is_err() {
+                        break;
+                    }
+                }
+            })
+        };
+        let reply = read_to_end(&mut s);
+        assert!(reply.is_empty() || reply == b"-Service name too long\r\n", "{reply:?}");
+        writer.join().unwrap();
+    }
+    let after = d.rss_kib();
+    assert!(after < before + 4096, "RSS grew from {before} KiB to {after} KiB");
+    // Still serving.
+    assert_eq!(d.help().len(), 3);
+}
+
+#[test]
+fn silent_client_is_answered_and_closed_after_name_timeout() {
+    let d = Daemon::start(&BASE.replace("name_timeout = \"2s\"", "name_timeout = \"300ms\""));
+    let started = Instant::now();
+    let mut s = d.connect();
+    s.write_all(b"ec").unwrap(); // a partial name, then silence
+    let reply = read_to_end(&mut s);
+    assert_eq!(reply, b"-Timed out waiting for the service name\r\n");
+    assert!(started.elapsed() < WAIT);
+    assert!(d.wait_log("outcome=timeout"), "{}", d.log());
+}
+
+#[test]
+fn missing_or_non_executable_command_gets_minus_never_plus() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_exec = dir.path().join("not-executable");
+    std::fs::write(&not_exec, "#!/bin/sh\necho hi\n").unwrap();
+    let config = format!(
+        r#"
+[[service]]
+name = "gone"
+command = ["/nonexistent/program"]
+
+[[service]]
+name = "noexec"
+command = ["{}"]
+
+[[service]]
+name = "gone-dedicated"
+command = ["/nonexistent/program"]
+plus = false
+"#,
+        not_exec.display()
+    );
+    let d = Daemon::start(&config);
+    assert!(d.log().contains("/nonexistent/program: not found"), "{}", d.log());
+    for name in ["gone", "noexec", "gone-dedicated"] {
+        let reply = d.exchange(format!("{name}\r\n").as_bytes());
+        assert_eq!(reply, b"-Service unavailable\r\n", "{name}");
+    }
+    // Root may read any file, but a file without execute bits stays
+    // unexecutable.
+    assert!(d.wait_log("not executable"), "{}", d.log());
+}
+
+#[test]
+fn master_acl_and_service_acl_filter_help_and_connections() {
+    let config = r#"
+[tcpmux]
+deny = ["127.0.0.3"]
+
+[[service]]
+name = "public"
+command = ["/bin/cat"]
+
+[[service]]
+name = "private"
+command = ["/bin/cat"]
+allow = ["127.0.0.1/32"]
+
+[[service]]
+name = "not-from-2"
+command = ["/bin/cat"]
+deny = ["127.0.0.2"]
+"#;
+    let d = Daemon::start(config);
+    let help = |src: &str| {
+        let mut s = connect_from(src, d.addr);
+        s.write_all(b"HELP\r\n").unwrap();
+        String::from_utf8(read_to_end(&mut s)).unwrap()
+    };
+    assert_eq!(help("127.0.0.1"), "public\r\nprivate\r\nnot-from-2\r\n");
+    assert_eq!(help("127.0.0.2"), "public\r\n");
+    assert_eq!(help("127.0.0.3"), "-Access denied\r\n");
+
+    let ask = |src: &str, name: &str| {
+        let mut s = connect_from(src, d.addr);
+        s.write_all(format!("{name}\r\n").as_bytes()).unwrap();
+        read_line(&mut s)
+    };
+    assert_eq!(ask("127.0.0.2", "private"), b"-Access denied\r\n");
+    assert_eq!(ask("127.0.0.2", "not-from-2"), b"-Access denied\r\n");
+    assert_eq!(ask("127.0.0.2", "public"), b"+\r\n");
+    assert_eq!(ask("127.0.0.1", "private"), b"+\r\n");
+    assert_eq!(ask("127.0.0.3", "public"), b"-Access denied\r\n");
+    assert!(d.wait_log("outcome=denied"));
+}
+
+#[test]
+fn max_instances_refuses_the_next_client_until_one_ends() {
+    let config = r#"
+[[service]]
+name = "echo"
+command = ["/bin/cat"]
+max_instances = 2
+"#;
+    let d = Daemon::start(config);
+    let open = |d: &Daemon| {
+        let mut s = d.connect();
+        s.write_all(b"echo\r\n").unwrap();
+        let line = read_line(&mut s);
+        (s, line)
+    };
+    let (mut a, la) = open(&d);
+    let (_b, lb) = open(&d);
+    assert_eq!((la.as_slice(), lb.as_slice()), (&b"+\r\n"[..], &b"+\r\n"[..]));
+    let (_, lc) = open(&d);
+    assert_eq!(lc, b"-Service busy, try again later\r\n");
+
+    // End one session; its place comes back once the program has exited.
+    a.shutdown(Shutdown::Write).unwrap();
+    assert!(read_to_end(&mut a).is_empty());
+    assert!(wait_until(|| open(&d).1 == b"+\r\n"), "{}", d.log());
+}
+
+#[test]
+fn two_hundred_concurrent_sessions() {
+    let config = r#"
+[[service]]
+name = "echo"
+command = ["/bin/cat"]
+max_instances = 250
+"#;
+    let d = Daemon::start(config);
+    let mut sessions = Vec::new();
+    for _ in 0..200 {
+        let mut s = d.connect();
+        s.write_all(b"echo\r\n").unwrap();
+        sessions.push(s);
+    }
+    for (i, s) in sessions.iter_mut().enumerate() {
+        assert_eq!(read_line(s), b"+\r\n", "session {i}");
+        s.write_all(format!("session {i}\n").as_bytes()).unwrap();
+    }
+    for (i, s) in sessions.iter_mut().enumerate() {
+        assert_eq!(read_line(s), format!("session {i}\n").as_bytes());
+    }
+    assert!(d.wait_notify("200 sessions running"), "{}", d.log());
+    for s in &sessions {
+        s.shutdown(Shutdown::Write).unwrap();
+    }
+    for s in sessions.iter_mut() {
+        assert!(read_to_end(s).is_empty());
+    }
+}
+
+#[test]
+fn the_child_environment_and_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = script(
+        dir.path(),
+        "probe",
+        "env | sort\n\
+         echo FLAGS=$(awk '/^flags:/ {print $2}' /proc/self/fdinfo/0)\n\
+         echo STDERR-LINE >&2",
+    );
+    let config = format!(
+        r#"
+[[service]]
+name = "Probe"
+command = ["{probe}"]
+
+[service.environment]
+GREETING = "hello"
+"#
+    );
+    let d = Daemon::start(&config);
+    let mut s = d.connect();
+    let local = s.local_addr().unwrap();
+    s.write_all(b"PROBE\r\n").unwrap();
+    let out = String::from_utf8(read_to_end(&mut s)).unwrap();
+    let out = out.strip_prefix("+\r\n").expect("plus first");
+    let vars: std::collections::HashMap<&str, &str> =
+        out.lines().filter_map(|l| l.split_once('=')).collect();
+    assert_eq!(vars["TCPMUX_SERVICE"], "Probe");
+    assert_eq!(vars["REMOTE_ADDR"], "127.0.0.1");
+    assert_eq!(vars["REMOTE_PORT"], local.port().to_string());
+    assert_eq!(vars["LOCAL_ADDR"], "127.0.0.1");
+    assert_eq!(vars["LOCAL_PORT"], d.addr.port().to_string());
+    assert_eq!(vars["GREETING"], "hello");
+    for name in vars.keys() {
+        assert!(!name.starts_with("LISTEN_"), "{name} leaked to the child");
+        assert!(!name.starts_with("NOTIFY_") && !name.starts_with("WATCHDOG_"), "{name} leaked");
+    }
+    // O_NONBLOCK is 04000 octal: the child gets a blocking socket.
+    let flags = u32::from_str_radix(vars["FLAGS"], 8).expect("octal flags");
+    assert_eq!(flags & 0o4000, 0, "the service's stdin is non-blocking");
+    // stderr is logged with the service name; the exit status too.
+    assert!(d.wait_log("stderr: STDERR-LINE"), "{}", d.log());
+    assert!(d.wait_log("exit_status=exit code 0"), "{}", d.log());
+    let line = d.log().lines().find(|l| l.contains("STDERR-LINE")).unwrap().to_string();
+    assert!(line.contains("tcpmux_service=Probe"), "{line}");
+}
+
+#[test]
+fn services_run_as_the_configured_user() {
+    if !is_root() {
+        eprintln!("skipped: switching users needs root");
+        return;
+    }
+    let config = r#"
+[[service]]
+name = "id"
+command = ["/bin/sh", "-c", "id -u; id -g; id -G"]
+user = "nobody"
+group = "nogroup"
+"#;
+    let d = Daemon::start(config);
+    let out = String::from_utf8(d.exchange(b"id\r\n")).unwrap();
+    let uid = nix_id("nobody", "-u");
+    let gid = nix_id("nobody", "-g");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "+");
+    assert_eq!(lines[1], uid);
+    assert_eq!(lines[2], gid);
+    assert_eq!(lines[3], gid, "supplementary groups are dropped");
+}
+
+fn nix_id(user: &str, flag: &str) -> String {
+    let out = std::process::Command::new("id").arg(flag).arg(user).output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn reload_applies_a_valid_config_and_keeps_sessions_and_rejects_an_invalid_one() {
+    let d = Daemon::start(BASE);
+    let mut session = d.connect();
+    session.write_all(b"echo\r\n").unwrap();
+    assert_eq!(read_line(&mut session), b"+\r\n");
+
+    let added = format!("{BASE}\n[[service]]\nname = \"added\"\ncommand = [\"/bin/cat\"]\n");
+    d.rewrite_config(&added);
+    d.reload();
+    assert_eq!(d.help(), ["echo", "Dedicated", "env", "added"]);
+    session.write_all(b"still here\n").unwrap();
+    assert_eq!(read_line(&mut session), b"still here\n");
+
+    d.rewrite_config("[tcpmux]\nthis is not toml\n");
+    d.reload();
+    assert!(d.wait_log("reload failed, still serving the previous configuration"), "{}", d.log());
+    assert_eq!(d.help(), ["echo", "Dedicated", "env", "added"]);
+    session.write_all(b"and still\n").unwrap();
+    assert_eq!(read_line(&mut session), b"and still\n");
+
+    // Sessions keep running when the daemon stops, too.
+    let status = d.stop();
+    assert!(status.success(), "{status:?}");
+    session.write_all(b"after stop\n").unwrap();
+    assert_eq!(read_line(&mut session), b"after stop\n");
+}
+
+#[test]
+fn notifies_systemd_of_status_and_stopping() {
+    let d = Daemon::start(BASE);
+    assert!(d.wait_notify("STATUS="), "{}", d.log());
+    d.exchange(b"nosuch\r\n");
+    assert!(d.wait_notify("1 refused"), "{}", d.log());
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_notify("STOPPING=1"), "{}", d.log());
+}
+
+#[test]
+fn binds_configured_addresses_without_socket_activation() {
+    let config = format!("[tcpmux]\nlisten = [\"127.0.0.1:0\"]\n{}", BASE.replace("[tcpmux]", ""));
+    let d = Daemon::start_with(&config, &[], vec![]);
+    assert_eq!(d.addr.ip().to_string(), "127.0.0.1");
+    assert_eq!(d.help(), ["echo", "Dedicated", "env"]);
+}
+
+#[test]
+fn socket_activation_maps_sockets_by_name_and_type_not_position() {
+    let msp_udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let msp_tcp = loopback_listener();
+    let tcpmux = loopback_listener();
+    let passed = vec![
+        Passed::Datagram(msp_udp, "msp"),
+        Passed::Stream(msp_tcp, "msp"),
+        Passed::Stream(tcpmux, "tcpmux"),
+    ];
+    let d = Daemon::start_with(BASE, &[], passed);
+    assert_eq!(d.help(), ["echo", "Dedicated", "env"]);
+    assert!(d.log().contains("does not serve MSP yet"), "{}", d.log());
+}
+
+#[test]
+fn socket_activation_with_a_foreign_name_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, BASE).unwrap();
+    let passed = [Passed::Stream(loopback_listener(), "web")];
+    let mut cmd = daemon_command(&config, &passed);
+    cmd.args(["--log-target", "stderr"]);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(71));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"web\"") && err.contains("FileDescriptorName=tcpmux"), "{err}");
+}
+
+fn check(files: &[(&str, &str)]) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    let out = std::process::Command::new(DAEMON)
+        .arg("--config")
+        .arg(dir.path().join(files[0].0))
+        .arg("--check")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_accepts_a_valid_config_with_dropins() {
+    let (code, out, err) = check(&[
+        ("tcpmuxd.toml", BASE),
+        ("conf.d/50-more.toml", "[[service]]\nname = \"more\"\ncommand = [\"/bin/cat\"]\n"),
+        ("conf.d/README", "not a drop-in"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("valid (2 files, 4 services: echo, Dedicated, env, more)"), "{out}");
+}
+
+#[test]
+fn check_names_file_line_and_key_of_errors() {
+    let (code, _, err) = check(&[("tcpmuxd.toml", "[tcpmux]\nname_timeout = \"1s\"\nname_timout = \"2s\"\n")]);
+    assert_eq!(code, 78);
+    assert!(err.contains("tcpmuxd.toml: ") && err.contains("line 3") && err.contains("name_timout"), "{err}");
+
+    let (code, _, err) = check(&[
+        ("tcpmuxd.toml", BASE),
+        ("conf.d/50-echo.toml", "[[service]]\nname = \"ECHO\"\ncommand = [\"/bin/cat\"]\n"),
+    ]);
+    assert_eq!(code, 78);
+    assert!(err.contains("conf.d/50-echo.toml: service \"ECHO\" is already defined in"), "{err}");
+    assert!(err.contains("tcpmuxd.toml"), "{err}");
+
+    let (code, _, err) = check(&[(
+        "tcpmuxd.toml",
+        "[[service]]\nname = \"x\"\ncommand = [\"/bin/cat\"]\nmax_instances = -1\n",
+    )]);
+    assert_eq!(code, 78);
+    assert!(err.contains("max_instances"), "{err}");
+
+    let (code, _, err) = check(&[("tcpmuxd.toml", "[[service]]\nname = \"x\"\ncommand = [\"/usr/bin/nosuch\"]\n")]);
+    assert_eq!(code, 0);
+    assert!(err.contains("warning: ") && err.contains("/usr/bin/nosuch: not found"), "{err}");
+
+    let (code, _, err) = check(&[("missing-dir/none.toml", "")]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn check_reports_an_unreadable_file() {
+    let out = std::process::Command::new(DAEMON)
+        .args(["--config", "/nonexistent/tcpmuxd.toml", "--check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/tcpmuxd.toml: cannot read"), "{err}");
+}
