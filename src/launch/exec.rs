@@ -20,10 +20,19 @@ pub struct ExecLauncher;
 
 impl Launcher for ExecLauncher {
     fn precheck(&self, service: &Service) -> Result<(), LaunchError> {
-        check_program(&service.command[0]).map_err(|cause| LaunchError::Program {
-            path: service.command[0].clone(),
+        let path = &service.command[0];
+        check_program(path).map_err(|cause| LaunchError::Program {
+            path: path.clone(),
             cause,
-        })
+        })?;
+        if service.credentials.is_some() && !rustix::process::geteuid().is_root() {
+            return Err(LaunchError::Program {
+                path: path.clone(),
+                cause: "cannot switch to the configured user or group: tcpmuxd is not running as root"
+                    .into(),
+            });
+        }
+        Ok(())
     }
 
     async fn launch(
