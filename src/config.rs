@@ -47,11 +47,13 @@ impl ConfigError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LauncherKind {
-    /// The best launcher available: `exec` until systemd support is present.
+    /// `systemd` when tcpmuxd runs as a systemd service, else `exec`.
     #[default]
     Auto,
     /// Spawn the program directly as a child of tcpmuxd.
     Exec,
+    /// Start a transient unit `tcpmux-NAME@INSTANCE.service` per connection.
+    Systemd,
 }
 
 /// The validated configuration the daemon serves with.
@@ -84,8 +86,10 @@ pub struct TcpmuxSettings {
 pub struct Service {
     /// The name as configured: what HELP lists and `TCPMUX_SERVICE` carries.
     pub name: String,
-    /// Program and arguments; the first element is an absolute path.
-    pub command: Vec<String>,
+    /// Program and arguments; the first element is an absolute path. None:
+    /// systemd takes `ExecStart=` from the drop-ins of the service's template
+    /// (systemd launcher only).
+    pub command: Option<Vec<String>>,
     /// Whether tcpmuxd sends the `+` line (true) or the program does (false).
     pub plus: bool,
     pub launcher: LauncherKind,
@@ -104,6 +108,16 @@ pub struct Credentials {
     pub user: Option<String>,
     pub uid: Option<u32>,
     pub gid: u32,
+}
+
+impl Service {
+    /// The program's path, when the configuration gives a command.
+    pub fn program(&self) -> Option<&str> {
+        self.command
+            .as_ref()
+            .and_then(|c| c.first())
+            .map(String::as_str)
+    }
 }
 
 impl Config {
@@ -301,23 +315,24 @@ fn validate_service(path: &Path, raw: RawService) -> Result<Service, ConfigError
     let err =
         |msg: String| ConfigError::new(path, format!("service \"{}\": {msg}", name.escape_debug()));
     check_service_name(&name).map_err(&err)?;
-    let command = match raw.command {
-        None => {
-            return Err(err(
-                "command: missing (a list: program path, then arguments)".into(),
-            ));
+    if let Some(command) = &raw.command {
+        let Some(program) = command.first() else {
+            return Err(err("command: is empty".into()));
+        };
+        if !Path::new(program).is_absolute() {
+            return Err(err(format!(
+                "command: \"{program}\" is not an absolute path"
+            )));
         }
-        Some(c) if c.is_empty() => return Err(err("command: is empty".into())),
-        Some(c) => c,
-    };
-    if !Path::new(&command[0]).is_absolute() {
-        return Err(err(format!(
-            "command: \"{}\" is not an absolute path",
-            command[0]
-        )));
-    }
-    if command.iter().any(|a| a.contains('\0')) {
-        return Err(err("command: contains a NUL character".into()));
+        if command.iter().any(|a| a.contains('\0')) {
+            return Err(err("command: contains a NUL character".into()));
+        }
+    } else if raw.launcher == LauncherKind::Exec {
+        return Err(err(
+            "command: missing (a list: program path, then arguments); only the systemd \
+             launcher can take the program from unit drop-ins"
+                .into(),
+        ));
     }
     if raw.max_instances == 0 {
         return Err(err("max_instances: must be at least 1".into()));
@@ -340,7 +355,7 @@ fn validate_service(path: &Path, raw: RawService) -> Result<Service, ConfigError
     let credentials =
         resolve_credentials(raw.user.as_deref(), raw.group.as_deref()).map_err(&err)?;
     Ok(Service {
-        command,
+        command: raw.command,
         plus: raw.plus,
         launcher: raw.launcher,
         max_instances: raw.max_instances,
@@ -427,12 +442,14 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     }
     let mut config = build(parsed)?;
     for service in &config.services {
-        if let Err(e) = crate::launch::check_program(&service.command[0]) {
+        let Some(program) = service.program() else {
+            continue;
+        };
+        if let Err(e) = crate::launch::check_program(program) {
             config.warnings.push(format!(
-                "{}: service \"{}\": command {}: {e}; clients will be refused until it is installed",
+                "{}: service \"{}\": command {program}: {e}; clients will be refused until it is installed",
                 service.source.display(),
                 service.name,
-                service.command[0]
             ));
         }
     }
@@ -535,7 +552,10 @@ mod tests {
                 "[[service]]\nname = \"x\"\ncommand = [\"cat\"]\n",
                 "absolute path",
             ),
-            ("[[service]]\nname = \"x\"\n", "command: missing"),
+            (
+                "[[service]]\nname = \"x\"\nlauncher = \"exec\"\n",
+                "command: missing",
+            ),
             (
                 "[[service]]\nname = \"x\"\ncommand = []\n",
                 "command: is empty",
@@ -568,6 +588,17 @@ mod tests {
             let e = build_from(&[("main.toml", text)]).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn command_may_come_from_systemd_dropins() {
+        let c = build_from(&[(
+            "main.toml",
+            "[[service]]\nname = \"x\"\nlauncher = \"systemd\"\n",
+        )])
+        .unwrap();
+        assert_eq!(c.service("x").unwrap().command, None);
+        assert_eq!(c.service("x").unwrap().launcher, LauncherKind::Systemd);
     }
 
     #[test]

@@ -50,3 +50,11 @@ pub const DRAIN_LIMIT: usize = 64 * 1024;
 
 /// How long that draining may take at most.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Time systemd has to start a session unit (its start job to end) before
+/// the connection is given up.
+pub const UNIT_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// First and longest pause between attempts to reconnect to the system bus.
+pub const BUS_RECONNECT_MIN: Duration = Duration::from_millis(500);
+pub const BUS_RECONNECT_MAX: Duration = Duration::from_secs(30);

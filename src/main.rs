@@ -73,6 +73,10 @@ fn main() -> ExitCode {
     // child inherits them.
     let connected_to_journal = libsystemd::logging::connected_to_journal();
     let notify_enabled = std::env::var_os("NOTIFY_SOCKET").is_some();
+    // Run as a systemd service (not merely on a systemd host): the default
+    // launcher then starts each session as a unit.
+    let under_systemd =
+        std::env::var_os("INVOCATION_ID").is_some() && sd_notify::booted().unwrap_or(false);
     // SAFETY: no other thread exists yet.
     let watchdog = unsafe { sd_notify::watchdog_enabled_and_unset_env() };
     // SAFETY: as above.
@@ -140,7 +144,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let state = Arc::new(State::new(config, args.config, is_activated, notifier));
+    let state = Arc::new(State::new(
+        config,
+        args.config,
+        is_activated,
+        notifier,
+        under_systemd,
+    ));
     // MSP sockets stay open (unserved) for as long as the daemon runs.
     let _msp = (sockets.msp_stream, sockets.msp_datagram);
     match runtime.block_on(server::serve(sockets.tcpmux, state)) {

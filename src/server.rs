@@ -3,7 +3,8 @@
 
 use crate::config::{self, Config, LauncherKind, Service};
 use crate::launch::exec::ExecLauncher;
-use crate::launch::{Connection, Launcher};
+use crate::launch::systemd::{self as systemd_launch, SystemdLauncher};
+use crate::launch::{Connection, Failed, LaunchError, Launcher};
 use crate::limits;
 use crate::notify::Notifier;
 use crate::sessions::SessionTable;
@@ -31,6 +32,11 @@ pub struct State {
     pub stats: Stats,
     pub notifier: Notifier,
     pub exec: ExecLauncher,
+    /// Whether tcpmuxd runs as a systemd service: `launcher = "auto"` then
+    /// means `systemd`.
+    pub under_systemd: bool,
+    /// Started when first needed.
+    pub systemd: std::sync::OnceLock<SystemdLauncher>,
 }
 
 /// Live counters, shown in systemd's `STATUS=` line.
@@ -45,8 +51,16 @@ pub struct Stats {
 }
 
 impl State {
-    pub fn new(config: Config, config_path: PathBuf, activated: bool, notifier: Notifier) -> Self {
+    pub fn new(
+        config: Config,
+        config_path: PathBuf,
+        activated: bool,
+        notifier: Notifier,
+        under_systemd: bool,
+    ) -> Self {
         State {
+            under_systemd,
+            systemd: std::sync::OnceLock::new(),
             config: ArcSwap::from_pointee(config),
             config_path,
             activated,
@@ -71,7 +85,7 @@ impl State {
     /// Reads the configuration again and, when it is valid, serves new
     /// connections with it. Running sessions are not touched; an invalid
     /// configuration leaves the old one in place.
-    pub fn reload(&self) -> Result<(), config::ConfigError> {
+    pub async fn reload(&self) -> Result<(), config::ConfigError> {
         self.notifier.reloading();
         let result = config::load(&self.config_path).map(|new| {
             for w in &new.warnings {
@@ -92,8 +106,41 @@ impl State {
         if let Err(e) = &result {
             tracing::error!("reload failed, still serving the previous configuration: {e}");
         }
+        self.start_systemd_if_needed().await;
         self.notifier.ready();
         result
+    }
+
+    /// Whether the current configuration has services for the systemd
+    /// launcher.
+    fn wants_systemd(&self) -> bool {
+        let config = self.config.load();
+        config.services.iter().any(|s| match s.launcher {
+            LauncherKind::Systemd => true,
+            LauncherKind::Auto => self.under_systemd,
+            LauncherKind::Exec => false,
+        })
+    }
+
+    /// Connects the systemd launcher when the configuration needs it, and
+    /// tells it the services (to find template unit files that would make
+    /// every start fail).
+    pub async fn start_systemd_if_needed(&self) {
+        if self.systemd.get().is_none() && self.wants_systemd() {
+            let config = self.config.load_full();
+            let launcher = SystemdLauncher::start(
+                systemd_launch::system_bus(),
+                Arc::clone(&self.sessions),
+                &config,
+            )
+            .await;
+            let _ = self.systemd.set(launcher);
+        }
+        if let Some(launcher) = self.systemd.get() {
+            let config = self.config.load_full();
+            launcher.set_services(&config);
+            launcher.check_templates(&config, self.under_systemd).await;
+        }
     }
 }
 
@@ -329,16 +376,61 @@ async fn handshake(
     };
     match launcher.launch(Arc::clone(service), conn, slot).await {
         Ok(()) => Outcome::Served,
-        Err(e) => {
-            tracing::error!(tcpmux_service = %service.name, "service \"{}\": {e}", service.name);
+        Err(Failed { error, conn }) => {
+            tracing::error!(tcpmux_service = %service.name, "service \"{}\": {error}", service.name);
+            // A dedicated service's client has heard nothing yet.
+            if let (false, Some(socket)) = (service.plus, conn)
+                && socket.set_nonblocking(true).is_ok()
+                && let Ok(stream) = TcpStream::from_std(socket)
+            {
+                refuse(stream, reply::UNAVAILABLE, limit, Outcome::SpawnFailed).await;
+            }
             Outcome::SpawnFailed
         }
     }
 }
 
-fn launcher_for<'a>(state: &'a State, service: &Service) -> &'a ExecLauncher {
-    match service.launcher {
-        LauncherKind::Auto | LauncherKind::Exec => &state.exec,
+/// The launcher a service uses.
+enum Chosen<'a> {
+    Exec(&'a ExecLauncher),
+    Systemd(&'a SystemdLauncher),
+    /// The systemd launcher was asked for but could not be set up.
+    Missing,
+}
+
+fn launcher_for<'a>(state: &'a State, service: &Service) -> Chosen<'a> {
+    let systemd = match service.launcher {
+        LauncherKind::Exec => false,
+        LauncherKind::Systemd => true,
+        LauncherKind::Auto => state.under_systemd,
+    };
+    match (systemd, state.systemd.get()) {
+        (false, _) => Chosen::Exec(&state.exec),
+        (true, Some(l)) => Chosen::Systemd(l),
+        (true, None) => Chosen::Missing,
+    }
+}
+
+impl Launcher for Chosen<'_> {
+    fn precheck(&self, service: &Service) -> Result<(), LaunchError> {
+        match self {
+            Chosen::Exec(l) => l.precheck(service),
+            Chosen::Systemd(l) => l.precheck(service),
+            Chosen::Missing => Err(LaunchError::Systemd("not available".into())),
+        }
+    }
+
+    async fn launch(
+        &self,
+        service: Arc<Service>,
+        conn: Connection,
+        slot: crate::sessions::SessionSlot,
+    ) -> Result<(), Failed> {
+        match self {
+            Chosen::Exec(l) => l.launch(service, conn, slot).await,
+            Chosen::Systemd(l) => l.launch(service, conn, slot).await,
+            Chosen::Missing => Err(LaunchError::Systemd("not available".into()).into()),
+        }
     }
 }
 
@@ -388,6 +480,7 @@ pub async fn serve(tcpmux: Vec<std::net::TcpListener>, state: Arc<State>) -> io:
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
 
+    state.start_systemd_if_needed().await;
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(run(listeners, Arc::clone(&state), shutdown.clone()));
     let background = tokio::spawn(report_status(Arc::clone(&state)));
@@ -404,7 +497,7 @@ pub async fn serve(tcpmux: Vec<std::net::TcpListener>, state: Arc<State>) -> io:
 
     loop {
         tokio::select! {
-            _ = hangup.recv() => { let _ = state.reload(); }
+            _ = hangup.recv() => { let _ = state.reload().await; }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }

@@ -34,6 +34,17 @@ impl SessionTable {
         })
     }
 
+    /// Takes a slot for a session that already runs (found after a restart),
+    /// whatever the limit.
+    pub fn acquire_unbounded(self: &Arc<Self>, name: &str) -> SessionSlot {
+        let key = name.to_ascii_lowercase();
+        *self.lock().entry(key.clone()).or_insert(0) += 1;
+        SessionSlot {
+            table: Arc::clone(self),
+            key,
+        }
+    }
+
     /// Sessions running now, all services together.
     pub fn total(&self) -> usize {
         self.lock().values().sum()

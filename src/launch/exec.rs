@@ -1,7 +1,7 @@
 //! The `exec` launcher: the program runs as a direct child of tcpmuxd, with
 //! the connection as its standard input and output (inetd's `nowait` style).
 
-use super::{Connection, LaunchError, Launcher, check_program, session_environment};
+use super::{Connection, Failed, LaunchError, Launcher, check_program, session_environment};
 use crate::config::Service;
 use crate::limits::MAX_STDERR_LINE;
 use crate::sessions::SessionSlot;
@@ -20,16 +20,17 @@ pub struct ExecLauncher;
 
 impl Launcher for ExecLauncher {
     fn precheck(&self, service: &Service) -> Result<(), LaunchError> {
-        let path = &service.command[0];
+        let path = service.program().ok_or(LaunchError::NoCommand)?;
         check_program(path).map_err(|cause| LaunchError::Program {
-            path: path.clone(),
+            path: path.to_string(),
             cause,
         })?;
         if service.credentials.is_some() && !rustix::process::geteuid().is_root() {
             return Err(LaunchError::Program {
-                path: path.clone(),
-                cause: "cannot switch to the configured user or group: tcpmuxd is not running as root"
-                    .into(),
+                path: path.to_string(),
+                cause:
+                    "cannot switch to the configured user or group: tcpmuxd is not running as root"
+                        .into(),
             });
         }
         Ok(())
@@ -40,7 +41,10 @@ impl Launcher for ExecLauncher {
         service: Arc<Service>,
         conn: Connection,
         slot: SessionSlot,
-    ) -> Result<(), LaunchError> {
+    ) -> Result<(), Failed> {
+        let Some(command) = service.command.as_deref() else {
+            return Err(LaunchError::NoCommand.into());
+        };
         let Connection {
             stream,
             peer,
@@ -51,10 +55,12 @@ impl Launcher for ExecLauncher {
         let socket = stream.into_std().map_err(LaunchError::Socket)?;
         socket.set_nonblocking(false).map_err(LaunchError::Socket)?;
         let stdout = socket.try_clone().map_err(LaunchError::Socket)?;
+        // Kept to answer the client if the program cannot be started.
+        let reply = socket.try_clone().ok();
 
-        let program = &service.command[0];
+        let program = &command[0];
         let mut cmd = std::process::Command::new(program);
-        cmd.args(&service.command[1..])
+        cmd.args(&command[1..])
             .env_clear()
             .env("PATH", SESSION_PATH)
             .envs(service.environment.iter().map(|(k, v)| (k, v)))
@@ -73,9 +79,12 @@ impl Launcher for ExecLauncher {
         let mut child = Command::from(cmd)
             .kill_on_drop(false)
             .spawn()
-            .map_err(|source| LaunchError::Spawn {
-                path: program.clone(),
-                source,
+            .map_err(|source| Failed {
+                error: LaunchError::Spawn {
+                    path: program.clone(),
+                    source,
+                },
+                conn: reply,
             })?;
         let pid = child.id().unwrap_or(0);
         let remote_addr = peer.ip().to_canonical();

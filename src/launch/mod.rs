@@ -4,6 +4,7 @@
 //! handshake knows nothing of processes or units.
 
 pub mod exec;
+pub mod systemd;
 
 use crate::config::Service;
 use crate::sessions::SessionSlot;
@@ -31,6 +32,24 @@ pub enum LaunchError {
         path: String,
         source: std::io::Error,
     },
+    #[error("no command configured: only the systemd launcher can take it from unit drop-ins")]
+    NoCommand,
+    #[error("systemd launcher: {0}")]
+    Systemd(String),
+}
+
+/// A launch that failed, with the client's connection when it can still be
+/// answered.
+#[derive(Debug)]
+pub struct Failed {
+    pub error: LaunchError,
+    pub conn: Option<std::net::TcpStream>,
+}
+
+impl From<LaunchError> for Failed {
+    fn from(error: LaunchError) -> Self {
+        Failed { error, conn: None }
+    }
 }
 
 /// One way of running a service's program.
@@ -46,7 +65,7 @@ pub trait Launcher {
         service: Arc<Service>,
         conn: Connection,
         slot: SessionSlot,
-    ) -> impl Future<Output = Result<(), LaunchError>> + Send;
+    ) -> impl Future<Output = Result<(), Failed>> + Send;
 }
 
 /// Whether `path` names a regular file this process may execute.

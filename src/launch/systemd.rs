@@ -1,0 +1,473 @@
+//! The `systemd` launcher: each connection becomes a transient unit
+//! `tcpmux-NAME@INSTANCE.service`, started through systemd's D-Bus API with
+//! the connection as its standard input and output. The session then lives
+//! in its own cgroup, with the sandboxing, limits and journal of the unit's
+//! drop-ins, and outlives restarts of tcpmuxd.
+//!
+//! Sessions are counted from the manager's own signals: a slot is held from
+//! the start of a unit until systemd reports the unit unloaded
+//! (`UnitRemoved`; the units are garbage-collected once inactive or failed).
+
+use super::{Connection, Failed, LaunchError, Launcher, check_program, session_environment};
+use crate::config::{Config, LauncherKind, Service};
+use crate::limits;
+use crate::sessions::{SessionSlot, SessionTable};
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::future::Future;
+use std::os::fd::OwnedFd;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::oneshot;
+use zbus::{Fd, OwnedVariant, Variant};
+use zbus_systemd::systemd1::ManagerProxy;
+
+/// Every session unit's name starts with this.
+pub const UNIT_PREFIX: &str = "tcpmux-";
+
+/// The systemd version from which `ExtraFileDescriptors=` exists.
+pub const EXTRA_FDS_MIN_VERSION: u32 = 257;
+
+/// Name under which the connection is passed in `LISTEN_FDNAMES` (systemd
+/// 257 and later).
+pub const CONNECTION_FD_NAME: &str = "connection";
+
+/// The template whose drop-ins configure service `name`:
+/// `tcpmux-NAME@.service`, NAME escaped as `systemd-escape` does.
+pub fn template_name(service: &str) -> String {
+    format!(
+        "{UNIT_PREFIX}{}@.service",
+        libsystemd::unit::escape_name(service)
+    )
+}
+
+/// The unit of one session of service `name`.
+pub fn unit_name(service: &str, instance: &str) -> String {
+    format!(
+        "{UNIT_PREFIX}{}@{instance}.service",
+        libsystemd::unit::escape_name(service)
+    )
+}
+
+/// The escaped service part of a session unit's name, if it is one.
+pub fn escaped_service_of(unit: &str) -> Option<&str> {
+    let rest = unit.strip_prefix(UNIT_PREFIX)?.strip_suffix(".service")?;
+    let (service, instance) = rest.split_once('@')?;
+    (!service.is_empty() && !instance.is_empty()).then_some(service)
+}
+
+/// The leading number of systemd's version string ("252.36-1~deb12u1").
+pub fn major_version(version: &str) -> u32 {
+    let digits: String = version.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().unwrap_or(0)
+}
+
+type ConnectFuture = Pin<Box<dyn Future<Output = zbus::Result<zbus::Connection>> + Send>>;
+/// How to reach the manager: the system bus, or (in tests) a peer.
+pub type Connector = Arc<dyn Fn() -> ConnectFuture + Send + Sync>;
+
+/// The system bus.
+pub fn system_bus() -> Connector {
+    Arc::new(|| Box::pin(zbus::Connection::system()))
+}
+
+#[derive(Clone)]
+pub struct SystemdLauncher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connector: Connector,
+    bus: Mutex<Option<Bus>>,
+    reconnecting: AtomicBool,
+    /// Start jobs waited for, by unit name.
+    pending: Mutex<HashMap<String, oneshot::Sender<String>>>,
+    /// Session units and their slots, by unit name.
+    running: Mutex<HashMap<String, SessionSlot>>,
+    sessions: Arc<SessionTable>,
+    /// Configured services by escaped name, to adopt units found running.
+    services: Mutex<HashMap<String, String>>,
+    instance_prefix: String,
+    counter: AtomicU64,
+}
+
+#[derive(Clone)]
+struct Bus {
+    manager: ManagerProxy<'static>,
+    version: u32,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Plain maps: a panic elsewhere cannot leave them half-updated.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl SystemdLauncher {
+    /// Connects to the manager. When that fails, the launcher keeps trying
+    /// in the background and refuses sessions meanwhile.
+    pub async fn start(connector: Connector, sessions: Arc<SessionTable>, config: &Config) -> Self {
+        // Instance names must stay unique across restarts of tcpmuxd while
+        // units of the previous run are still loaded.
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or(0);
+        let launcher = SystemdLauncher {
+            inner: Arc::new(Inner {
+                connector,
+                bus: Mutex::new(None),
+                reconnecting: AtomicBool::new(false),
+                pending: Mutex::default(),
+                running: Mutex::default(),
+                sessions,
+                services: Mutex::default(),
+                instance_prefix: format!("{started:x}"),
+                counter: AtomicU64::new(0),
+            }),
+        };
+        launcher.set_services(config);
+        if let Err(e) = connect(&launcher.inner).await {
+            tracing::error!("systemd launcher: cannot reach the service manager: {e}; retrying");
+            spawn_reconnect(Arc::clone(&launcher.inner));
+        }
+        launcher
+    }
+
+    /// Whether the manager can be reached now.
+    pub fn is_connected(&self) -> bool {
+        lock(&self.inner.bus).is_some()
+    }
+
+    /// Session units being tracked now.
+    pub fn tracked_units(&self) -> usize {
+        lock(&self.inner.running).len()
+    }
+
+    /// Learns the services of a (new) configuration.
+    pub fn set_services(&self, config: &Config) {
+        let map = config
+            .services
+            .iter()
+            .map(|s| (libsystemd::unit::escape_name(&s.name), s.name.clone()))
+            .collect();
+        *lock(&self.inner.services) = map;
+    }
+
+    /// Logs an error for each service that uses this launcher but has a
+    /// template unit FILE: systemd refuses transient units of a template
+    /// that has a fragment.
+    pub async fn check_templates(&self, config: &Config, auto_is_systemd: bool) {
+        let Some(bus) = lock(&self.inner.bus).clone() else {
+            return;
+        };
+        for s in &config.services {
+            let uses_systemd = match s.launcher {
+                LauncherKind::Systemd => true,
+                LauncherKind::Auto => auto_is_systemd,
+                LauncherKind::Exec => false,
+            };
+            if !uses_systemd {
+                continue;
+            }
+            let template = template_name(&s.name);
+            if let Ok(state) = bus.manager.get_unit_file_state(template.clone()).await {
+                tracing::error!(
+                    tcpmux_service = %s.name,
+                    "service \"{}\": a unit file {template} exists (state {state}); systemd refuses \
+                     transient instances of a template with a unit file, so every connection will \
+                     fail. Move its settings into a drop-in, {template}.d/*.conf, and remove the file",
+                    s.name
+                );
+            }
+        }
+    }
+
+    fn next_instance(&self) -> String {
+        let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n}", self.inner.instance_prefix)
+    }
+}
+
+/// Connects, subscribes, takes stock of running sessions, and starts
+/// watching the manager's signals.
+async fn connect(inner: &Arc<Inner>) -> Result<(), String> {
+    let conn = (inner.connector)().await.map_err(|e| e.to_string())?;
+    let manager = ManagerProxy::new(&conn).await.map_err(|e| e.to_string())?;
+    // Signals must flow before the first job starts, or its end is missed.
+    let jobs = manager
+        .receive_job_removed()
+        .await
+        .map_err(|e| e.to_string())?;
+    let removed = manager
+        .receive_unit_removed()
+        .await
+        .map_err(|e| e.to_string())?;
+    manager
+        .subscribe()
+        .await
+        .map_err(|e| format!("Subscribe: {e}"))?;
+    let version = manager
+        .version()
+        .await
+        .map(|v| major_version(&v))
+        .unwrap_or(0);
+    tokio::spawn(watch(Arc::downgrade(inner), jobs, removed));
+    adopt(inner, &manager).await?;
+    tracing::info!(
+        systemd_version = version,
+        "systemd launcher: connected to the service manager"
+    );
+    *lock(&inner.bus) = Some(Bus { manager, version });
+    Ok(())
+}
+
+/// Counts session units that run already (started before a restart of
+/// tcpmuxd, or while the bus was away) against their services.
+async fn adopt(inner: &Arc<Inner>, manager: &ManagerProxy<'static>) -> Result<(), String> {
+    let pattern = format!("{UNIT_PREFIX}*@*.service");
+    let units = manager
+        .list_units_by_patterns(Vec::new(), vec![pattern])
+        .await
+        .map_err(|e| format!("ListUnitsByPatterns: {e}"))?;
+    let names: Vec<String> = units.into_iter().map(|u| u.0).collect();
+    let mut adopted = Vec::new();
+    {
+        let services = lock(&inner.services);
+        let mut running = lock(&inner.running);
+        // Units that went away while nobody was listening.
+        running.retain(|unit, _| names.contains(unit));
+        for unit in &names {
+            if running.contains_key(unit) {
+                continue;
+            }
+            let Some(service) = escaped_service_of(unit).and_then(|e| services.get(e)) else {
+                continue;
+            };
+            running.insert(unit.clone(), inner.sessions.acquire_unbounded(service));
+            adopted.push(unit.clone());
+        }
+    }
+    // A unit removed between the listing and now sent its signal too early
+    // to be seen: ask for each one again.
+    for unit in &adopted {
+        if manager.get_unit(unit.clone()).await.is_err() {
+            lock(&inner.running).remove(unit);
+        }
+    }
+    if !adopted.is_empty() {
+        tracing::info!(
+            "systemd launcher: {} running sessions adopted",
+            adopted.len()
+        );
+    }
+    Ok(())
+}
+
+type JobStream = zbus_systemd::systemd1::JobRemovedStream;
+type RemovedStream = zbus_systemd::systemd1::UnitRemovedStream;
+
+async fn watch(inner: std::sync::Weak<Inner>, mut jobs: JobStream, mut removed: RemovedStream) {
+    loop {
+        tokio::select! {
+            job = jobs.next() => {
+                let Some(job) = job else { break };
+                let Some(inner) = inner.upgrade() else { return };
+                if let Ok(args) = job.args()
+                    && let Some(tx) = lock(&inner.pending).remove(args.unit.as_str())
+                {
+                    let _ = tx.send(args.result.to_string());
+                }
+            }
+            unit = removed.next() => {
+                let Some(unit) = unit else { break };
+                let Some(inner) = inner.upgrade() else { return };
+                if let Ok(args) = unit.args()
+                    && lock(&inner.running).remove(args.id.as_str()).is_some()
+                {
+                    tracing::info!(unit = %args.id, "session ended: {} unloaded", args.id);
+                }
+            }
+        }
+    }
+    if let Some(inner) = inner.upgrade() {
+        lost(&inner);
+    }
+}
+
+/// The connection to the manager is gone: refuse new sessions, fail those
+/// waiting for their start job, and reconnect.
+fn lost(inner: &Arc<Inner>) {
+    if lock(&inner.bus).take().is_some() {
+        tracing::error!("systemd launcher: connection to the service manager lost; reconnecting");
+    }
+    lock(&inner.pending).clear();
+    spawn_reconnect(Arc::clone(inner));
+}
+
+fn spawn_reconnect(inner: Arc<Inner>) {
+    if inner.reconnecting.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut pause = limits::BUS_RECONNECT_MIN;
+        loop {
+            tokio::time::sleep(pause).await;
+            match connect(&inner).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::debug!("systemd launcher: reconnecting: {e}");
+                    pause = (pause * 2).min(limits::BUS_RECONNECT_MAX);
+                }
+            }
+        }
+        inner.reconnecting.store(false, Ordering::Release);
+    });
+}
+
+fn is_disconnect(e: &zbus::Error) -> bool {
+    matches!(e, zbus::Error::InputOutput(_))
+}
+
+/// The unit's properties, as `StartTransientUnit` takes them.
+fn properties(
+    service: &Service,
+    peer: std::net::SocketAddr,
+    local: std::net::SocketAddr,
+    socket: &std::net::TcpStream,
+    version: u32,
+) -> Result<Vec<(String, OwnedVariant)>, LaunchError> {
+    fn value<'a>(v: impl Into<Variant<'a>>) -> Result<OwnedVariant, LaunchError> {
+        OwnedVariant::try_from(v.into()).map_err(|e| LaunchError::Systemd(e.to_string()))
+    }
+    let fd = || -> Result<Fd<'static>, LaunchError> {
+        let dup: OwnedFd = socket.try_clone().map_err(LaunchError::Socket)?.into();
+        Ok(Fd::from(dup))
+    };
+    let environment: Vec<String> = session_environment(service, peer, local)
+        .into_iter()
+        .chain(
+            service
+                .environment
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.clone())),
+        )
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
+    let mut props = vec![
+        (
+            "Description".to_string(),
+            value(format!("TCPMUX service {} for {peer}", service.name))?,
+        ),
+        ("Type".into(), value("exec")?),
+        ("CollectMode".into(), value("inactive-or-failed")?),
+        ("StandardInputFileDescriptor".into(), value(fd()?)?),
+        ("StandardOutputFileDescriptor".into(), value(fd()?)?),
+        ("StandardError".into(), value("journal")?),
+        ("Environment".into(), value(environment)?),
+    ];
+    if let Some(command) = &service.command {
+        let exec: Vec<(String, Vec<String>, bool)> =
+            vec![(command[0].clone(), command.clone(), false)];
+        props.push(("ExecStart".into(), value(exec)?));
+    }
+    if let Some(cred) = &service.credentials {
+        if let Some(user) = cred.user.clone().or(cred.uid.map(|u| u.to_string())) {
+            props.push(("User".into(), value(user)?));
+        }
+        props.push(("Group".into(), value(cred.gid.to_string())?));
+    }
+    if version >= EXTRA_FDS_MIN_VERSION {
+        let extra: Vec<(Fd<'static>, String)> = vec![(fd()?, CONNECTION_FD_NAME.to_string())];
+        props.push(("ExtraFileDescriptors".into(), value(extra)?));
+    }
+    Ok(props)
+}
+
+impl Launcher for SystemdLauncher {
+    fn precheck(&self, service: &Service) -> Result<(), LaunchError> {
+        if !self.is_connected() {
+            return Err(LaunchError::Systemd(
+                "not connected to the service manager (system bus); retrying".into(),
+            ));
+        }
+        match service.program() {
+            Some(path) => check_program(path).map_err(|cause| LaunchError::Program {
+                path: path.to_string(),
+                cause,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    async fn launch(
+        &self,
+        service: Arc<Service>,
+        conn: Connection,
+        slot: SessionSlot,
+    ) -> Result<(), Failed> {
+        let inner = &self.inner;
+        let Some(bus) = lock(&inner.bus).clone() else {
+            return Err(LaunchError::Systemd("not connected to the service manager".into()).into());
+        };
+        let unit = unit_name(&service.name, &self.next_instance());
+        let Connection {
+            stream,
+            peer,
+            local,
+        } = conn;
+        let socket = stream.into_std().map_err(LaunchError::Socket)?;
+        // The unit's process gets the same open file: it must be blocking.
+        socket.set_nonblocking(false).map_err(LaunchError::Socket)?;
+        let props = match properties(&service, peer, local, &socket, bus.version) {
+            Ok(p) => p,
+            Err(error) => {
+                return Err(Failed {
+                    error,
+                    conn: Some(socket),
+                });
+            }
+        };
+
+        let (tx, rx) = oneshot::channel();
+        lock(&inner.pending).insert(unit.clone(), tx);
+        lock(&inner.running).insert(unit.clone(), slot);
+        let started = bus
+            .manager
+            .start_transient_unit(unit.clone(), "fail".into(), props, Vec::new())
+            .await;
+        if let Err(e) = started {
+            lock(&inner.pending).remove(&unit);
+            lock(&inner.running).remove(&unit);
+            if is_disconnect(&e) {
+                lost(inner);
+            }
+            return Err(Failed {
+                error: LaunchError::Systemd(format!("starting {unit}: {e}")),
+                conn: Some(socket),
+            });
+        }
+        let failure = match tokio::time::timeout(limits::UNIT_START_TIMEOUT, rx).await {
+            Ok(Ok(result)) if result == "done" => {
+                tracing::info!(tcpmux_service = %service.name, %unit, "session started as {unit}");
+                return Ok(());
+            }
+            Ok(Ok(result)) => format!(
+                "{unit}: start job ended with result \"{result}\" (see journalctl -u {unit})"
+            ),
+            Ok(Err(_)) => format!("{unit}: connection to the service manager lost while starting"),
+            Err(_) => {
+                lock(&inner.pending).remove(&unit);
+                format!(
+                    "{unit}: no start result from systemd within {}",
+                    humantime::format_duration(limits::UNIT_START_TIMEOUT)
+                )
+            }
+        };
+        Err(Failed {
+            error: LaunchError::Systemd(failure),
+            conn: Some(socket),
+        })
+    }
+}
