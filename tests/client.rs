@@ -69,7 +69,11 @@ fn cannot_connect_is_exit_3() {
     let l = loopback_listener();
     let addr = l.local_addr().unwrap();
     drop(l);
-    let out = Command::new(CLIENT).arg(addr.to_string()).arg("echo").output().unwrap();
+    let out = Command::new(CLIENT)
+        .arg(addr.to_string())
+        .arg("echo")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
 }

@@ -105,7 +105,12 @@ fn unknown_name_gets_minus_and_close() {
 #[test]
 fn malformed_names_get_minus_without_nul() {
     let d = Daemon::start(BASE);
-    for request in [&b"\r\n"[..], b"a\0b\r\n", b"caf\xc3\xa9\r\n", b"two words\r\n"] {
+    for request in [
+        &b"\r\n"[..],
+        b"a\0b\r\n",
+        b"caf\xc3\xa9\r\n",
+        b"two words\r\n",
+    ] {
         let reply = d.exchange(request);
         assert!(reply.starts_with(b"-"), "{request:?}: {reply:?}");
         assert!(reply.ends_with(b"\r\n") && !reply.contains(&0), "{reply:?}");
@@ -138,11 +143,17 @@ fn over_long_names_are_refused_and_memory_stays_flat() {
             })
         };
         let reply = read_to_end(&mut s);
-        assert!(reply.is_empty() || reply == b"-Service name too long\r\n", "{reply:?}");
+        assert!(
+            reply.is_empty() || reply == b"-Service name too long\r\n",
+            "{reply:?}"
+        );
         writer.join().unwrap();
     }
     let after = d.rss_kib();
-    assert!(after < before + 4096, "RSS grew from {before} KiB to {after} KiB");
+    assert!(
+        after < before + 4096,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
     // Still serving.
     assert_eq!(d.help().len(), 3);
 }
@@ -182,7 +193,11 @@ plus = false
         not_exec.display()
     );
     let d = Daemon::start(&config);
-    assert!(d.log().contains("/nonexistent/program: not found"), "{}", d.log());
+    assert!(
+        d.log().contains("/nonexistent/program: not found"),
+        "{}",
+        d.log()
+    );
     for name in ["gone", "noexec", "gone-dedicated"] {
         let reply = d.exchange(format!("{name}\r\n").as_bytes());
         assert_eq!(reply, b"-Service unavailable\r\n", "{name}");
@@ -252,7 +267,10 @@ max_instances = 2
     };
     let (mut a, la) = open(&d);
     let (_b, lb) = open(&d);
-    assert_eq!((la.as_slice(), lb.as_slice()), (&b"+\r\n"[..], &b"+\r\n"[..]));
+    assert_eq!(
+        (la.as_slice(), lb.as_slice()),
+        (&b"+\r\n"[..], &b"+\r\n"[..])
+    );
     let (_, lc) = open(&d);
     assert_eq!(lc, b"-Service busy, try again later\r\n");
 
@@ -329,7 +347,10 @@ GREETING = "hello"
     assert_eq!(vars["GREETING"], "hello");
     for name in vars.keys() {
         assert!(!name.starts_with("LISTEN_"), "{name} leaked to the child");
-        assert!(!name.starts_with("NOTIFY_") && !name.starts_with("WATCHDOG_"), "{name} leaked");
+        assert!(
+            !name.starts_with("NOTIFY_") && !name.starts_with("WATCHDOG_"),
+            "{name} leaked"
+        );
     }
     // O_NONBLOCK is 04000 octal: the child gets a blocking socket.
     let flags = u32::from_str_radix(vars["FLAGS"], 8).expect("octal flags");
@@ -337,7 +358,12 @@ GREETING = "hello"
     // stderr is logged with the service name; the exit status too.
     assert!(d.wait_log("stderr: STDERR-LINE"), "{}", d.log());
     assert!(d.wait_log("exit_status=exit code 0"), "{}", d.log());
-    let line = d.log().lines().find(|l| l.contains("STDERR-LINE")).unwrap().to_string();
+    let line = d
+        .log()
+        .lines()
+        .find(|l| l.contains("STDERR-LINE"))
+        .unwrap()
+        .to_string();
     assert!(line.contains("tcpmux_service=Probe"), "{line}");
 }
 
@@ -366,7 +392,11 @@ group = "nogroup"
 }
 
 fn nix_id(user: &str, flag: &str) -> String {
-    let out = std::process::Command::new("id").arg(flag).arg(user).output().unwrap();
+    let out = std::process::Command::new("id")
+        .arg(flag)
+        .arg(user)
+        .output()
+        .unwrap();
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
@@ -386,7 +416,11 @@ fn reload_applies_a_valid_config_and_keeps_sessions_and_rejects_an_invalid_one()
 
     d.rewrite_config("[tcpmux]\nthis is not toml\n");
     d.reload();
-    assert!(d.wait_log("reload failed, still serving the previous configuration"), "{}", d.log());
+    assert!(
+        d.wait_log("reload failed, still serving the previous configuration"),
+        "{}",
+        d.log()
+    );
     assert_eq!(d.help(), ["echo", "Dedicated", "env", "added"]);
     session.write_all(b"and still\n").unwrap();
     assert_eq!(read_line(&mut session), b"and still\n");
@@ -410,7 +444,10 @@ fn notifies_systemd_of_status_and_stopping() {
 
 #[test]
 fn binds_configured_addresses_without_socket_activation() {
-    let config = format!("[tcpmux]\nlisten = [\"127.0.0.1:0\"]\n{}", BASE.replace("[tcpmux]", ""));
+    let config = format!(
+        "[tcpmux]\nlisten = [\"127.0.0.1:0\"]\n{}",
+        BASE.replace("[tcpmux]", "")
+    );
     let d = Daemon::start_with(&config, &[], vec![]);
     assert_eq!(d.addr.ip().to_string(), "127.0.0.1");
     assert_eq!(d.help(), ["echo", "Dedicated", "env"]);
@@ -442,7 +479,10 @@ fn socket_activation_with_a_foreign_name_is_a_clear_error() {
     let out = cmd.output().unwrap();
     assert_eq!(out.status.code(), Some(71));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("\"web\"") && err.contains("FileDescriptorName=tcpmux"), "{err}");
+    assert!(
+        err.contains("\"web\"") && err.contains("FileDescriptorName=tcpmux"),
+        "{err}"
+    );
 }
 
 fn check(files: &[(&str, &str)]) -> (i32, String, String) {
@@ -469,25 +509,43 @@ fn check(files: &[(&str, &str)]) -> (i32, String, String) {
 fn check_accepts_a_valid_config_with_dropins() {
     let (code, out, err) = check(&[
         ("tcpmuxd.toml", BASE),
-        ("conf.d/50-more.toml", "[[service]]\nname = \"more\"\ncommand = [\"/bin/cat\"]\n"),
+        (
+            "conf.d/50-more.toml",
+            "[[service]]\nname = \"more\"\ncommand = [\"/bin/cat\"]\n",
+        ),
         ("conf.d/README", "not a drop-in"),
     ]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("valid (2 files, 4 services: echo, Dedicated, env, more)"), "{out}");
+    assert!(
+        out.contains("valid (2 files, 4 services: echo, Dedicated, env, more)"),
+        "{out}"
+    );
 }
 
 #[test]
 fn check_names_file_line_and_key_of_errors() {
-    let (code, _, err) = check(&[("tcpmuxd.toml", "[tcpmux]\nname_timeout = \"1s\"\nname_timout = \"2s\"\n")]);
+    let (code, _, err) = check(&[(
+        "tcpmuxd.toml",
+        "[tcpmux]\nname_timeout = \"1s\"\nname_timout = \"2s\"\n",
+    )]);
     assert_eq!(code, 78);
-    assert!(err.contains("tcpmuxd.toml: ") && err.contains("line 3") && err.contains("name_timout"), "{err}");
+    assert!(
+        err.contains("tcpmuxd.toml: ") && err.contains("line 3") && err.contains("name_timout"),
+        "{err}"
+    );
 
     let (code, _, err) = check(&[
         ("tcpmuxd.toml", BASE),
-        ("conf.d/50-echo.toml", "[[service]]\nname = \"ECHO\"\ncommand = [\"/bin/cat\"]\n"),
+        (
+            "conf.d/50-echo.toml",
+            "[[service]]\nname = \"ECHO\"\ncommand = [\"/bin/cat\"]\n",
+        ),
     ]);
     assert_eq!(code, 78);
-    assert!(err.contains("conf.d/50-echo.toml: service \"ECHO\" is already defined in"), "{err}");
+    assert!(
+        err.contains("conf.d/50-echo.toml: service \"ECHO\" is already defined in"),
+        "{err}"
+    );
     assert!(err.contains("tcpmuxd.toml"), "{err}");
 
     let (code, _, err) = check(&[(
@@ -497,9 +555,15 @@ fn check_names_file_line_and_key_of_errors() {
     assert_eq!(code, 78);
     assert!(err.contains("max_instances"), "{err}");
 
-    let (code, _, err) = check(&[("tcpmuxd.toml", "[[service]]\nname = \"x\"\ncommand = [\"/usr/bin/nosuch\"]\n")]);
+    let (code, _, err) = check(&[(
+        "tcpmuxd.toml",
+        "[[service]]\nname = \"x\"\ncommand = [\"/usr/bin/nosuch\"]\n",
+    )]);
     assert_eq!(code, 0);
-    assert!(err.contains("warning: ") && err.contains("/usr/bin/nosuch: not found"), "{err}");
+    assert!(
+        err.contains("warning: ") && err.contains("/usr/bin/nosuch: not found"),
+        "{err}"
+    );
 
     let (code, _, err) = check(&[("missing-dir/none.toml", "")]);
     assert_eq!(code, 0, "{err}");
@@ -513,5 +577,8 @@ fn check_reports_an_unreadable_file() {
         .unwrap();
     assert_eq!(out.status.code(), Some(78));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("/nonexistent/tcpmuxd.toml: cannot read"), "{err}");
+    assert!(
+        err.contains("/nonexistent/tcpmuxd.toml: cannot read"),
+        "{err}"
+    );
 }

@@ -55,7 +55,11 @@ impl Daemon {
     /// Starts the daemon socket-activated on a fresh loopback listener named
     /// "tcpmux", with `config` as its main file.
     pub fn start(config: &str) -> Daemon {
-        Self::start_with(config, &[], vec![Passed::Stream(loopback_listener(), "tcpmux")])
+        Self::start_with(
+            config,
+            &[],
+            vec![Passed::Stream(loopback_listener(), "tcpmux")],
+        )
     }
 
     /// Starts the daemon with drop-in files and the given passed sockets
@@ -107,7 +111,9 @@ impl Daemon {
                 if n == 0 {
                     break;
                 }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
         let mut daemon = Daemon {
@@ -122,7 +128,11 @@ impl Daemon {
             panic!("tcpmuxd did not become ready; log:\n{}", daemon.log());
         }
         if daemon.addr.port() == 0 {
-            assert!(daemon.wait_log("listening for TCPMUX on "), "{}", daemon.log());
+            assert!(
+                daemon.wait_log("listening for TCPMUX on "),
+                "{}",
+                daemon.log()
+            );
             daemon.addr = daemon.bound_addr();
         }
         daemon
@@ -200,8 +210,16 @@ impl Daemon {
         let mut buf = [0u8; 4096];
         while self.notify.recv(&mut buf).is_ok() {}
         self.signal(libc::SIGHUP);
-        assert!(self.wait_notify("RELOADING=1"), "no RELOADING=1; log:\n{}", self.log());
-        assert!(self.wait_notify("READY=1"), "no READY=1 after reload; log:\n{}", self.log());
+        assert!(
+            self.wait_notify("RELOADING=1"),
+            "no RELOADING=1; log:\n{}",
+            self.log()
+        );
+        assert!(
+            self.wait_notify("READY=1"),
+            "no READY=1 after reload; log:\n{}",
+            self.log()
+        );
     }
 
     /// Rewrites the main configuration file.
@@ -336,7 +354,9 @@ pub fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
     use std::os::fd::FromRawFd;
     // std has no bind-before-connect; do it with libc.
     let src: std::net::Ipv4Addr = source.parse().unwrap();
-    let SocketAddr::V4(dst) = addr else { panic!("IPv4 only") };
+    let SocketAddr::V4(dst) = addr else {
+        panic!("IPv4 only")
+    };
     // SAFETY: plain socket calls on a descriptor we own.
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
@@ -345,14 +365,22 @@ pub fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
         sa.sin_family = libc::AF_INET as libc::sa_family_t;
         sa.sin_addr.s_addr = u32::from(src).to_be();
         assert_eq!(
-            libc::bind(fd, &sa as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sa) as u32),
+            libc::bind(
+                fd,
+                &sa as *const _ as *const libc::sockaddr,
+                std::mem::size_of_val(&sa) as u32
+            ),
             0,
             "bind {source}"
         );
         sa.sin_addr.s_addr = u32::from(*dst.ip()).to_be();
         sa.sin_port = dst.port().to_be();
         assert_eq!(
-            libc::connect(fd, &sa as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sa) as u32),
+            libc::connect(
+                fd,
+                &sa as *const _ as *const libc::sockaddr,
+                std::mem::size_of_val(&sa) as u32
+            ),
             0,
             "connect"
         );
