@@ -443,6 +443,30 @@ fn notifies_systemd_of_status_and_stopping() {
 }
 
 #[test]
+fn feeds_the_watchdog_when_systemd_asks() {
+    let passed = vec![Passed::Stream(loopback_listener(), "tcpmux")];
+    let d = Daemon::start_env(BASE, &[], passed, &[("WATCHDOG_USEC", "200000")]);
+    assert!(d.wait_notify("WATCHDOG=1"), "{}", d.log());
+    assert!(d.wait_notify("WATCHDOG=1"), "only one WATCHDOG=1");
+}
+
+#[test]
+fn a_program_that_cannot_be_executed_gets_minus_in_dedicated_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    // Executable bits, but neither a binary nor a script: exec fails.
+    let bogus = dir.path().join("bogus");
+    std::fs::write(&bogus, b"\x01\x02not a program").unwrap();
+    std::fs::set_permissions(&bogus, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = format!(
+        "[[service]]\nname = \"bogus\"\ncommand = [\"{}\"]\nplus = false\n",
+        bogus.display()
+    );
+    let d = Daemon::start(&config);
+    assert_eq!(d.exchange(b"bogus\r\n"), b"-Service unavailable\r\n");
+    assert!(d.wait_log("outcome=spawn-failed"), "{}", d.log());
+}
+
+#[test]
 fn binds_configured_addresses_without_socket_activation() {
     let config = format!(
         "[tcpmux]\nlisten = [\"127.0.0.1:0\"]\n{}",

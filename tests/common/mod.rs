@@ -65,6 +65,16 @@ impl Daemon {
     /// Starts the daemon with drop-in files and the given passed sockets
     /// (none: it binds `[tcpmux] listen` itself).
     pub fn start_with(config: &str, dropins: &[(&str, &str)], passed: Vec<Passed>) -> Daemon {
+        Self::start_env(config, dropins, passed, &[])
+    }
+
+    /// As [`Daemon::start_with`], with extra environment variables.
+    pub fn start_env(
+        config: &str,
+        dropins: &[(&str, &str)],
+        passed: Vec<Passed>,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("tcpmuxd.toml");
         std::fs::write(&config_path, config).expect("write config");
@@ -98,6 +108,7 @@ impl Daemon {
             .env_remove("LISTEN_FDNAMES")
             .env_remove("JOURNAL_STREAM")
             .env("NOTIFY_SOCKET", &notify_path)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
