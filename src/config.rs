@@ -56,10 +56,51 @@ pub enum LauncherKind {
     Systemd,
 }
 
+/// How the Message Send Protocol delivers a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    /// Write it to the recipient's terminal, as write(1) does.
+    #[default]
+    Tty,
+    /// Log it as a structured journal entry.
+    Journal,
+    /// Run `[msp] command` with the message on its standard input.
+    Command,
+}
+
+/// The `[msp]` section: Message Send Protocol (RFC 1159, RFC 1312).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MspSettings {
+    /// Addresses bound for both TCP and UDP when not socket-activated;
+    /// empty: MSP is served only on sockets passed by systemd.
+    pub listen: Vec<SocketAddr>,
+    pub deliver: Delivery,
+    /// Program and arguments for `deliver = "command"`.
+    pub command: Option<Vec<String>>,
+    /// Time the delivery command may run.
+    pub command_timeout: Duration,
+    /// Whether messages with an empty recipient go to the console.
+    pub console: bool,
+    /// Messages accepted per source address (IPv6: per /64) per minute.
+    pub rate_per_minute: u32,
+    /// TCP: time allowed between messages, and for a whole connection.
+    pub idle_timeout: Duration,
+    pub connection_timeout: Duration,
+    /// TCP connections served at once.
+    pub max_connections: usize,
+    /// How long a delivered version B message is remembered, so that a
+    /// retransmission is acknowledged but not shown again.
+    pub dedup_window: Duration,
+    /// The login records read to find a user's terminals.
+    pub utmp: PathBuf,
+}
+
 /// The validated configuration the daemon serves with.
 #[derive(Debug)]
 pub struct Config {
     pub tcpmux: TcpmuxSettings,
+    pub msp: MspSettings,
     pub services: Vec<Arc<Service>>,
     by_name: HashMap<String, usize>,
     /// Files this configuration was read from, main file first.
@@ -136,6 +177,7 @@ impl Config {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     tcpmux: Option<RawTcpmux>,
+    msp: Option<RawMsp>,
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
 }
@@ -151,6 +193,26 @@ struct RawTcpmux {
     allow: Option<Vec<IpNet>>,
     #[serde(default, deserialize_with = "nets")]
     deny: Option<Vec<IpNet>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMsp {
+    listen: Option<Vec<SocketAddr>>,
+    deliver: Option<Delivery>,
+    command: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde")]
+    command_timeout: Option<Duration>,
+    console: Option<bool>,
+    rate_per_minute: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    connection_timeout: Option<Duration>,
+    max_connections: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    dedup_window: Option<Duration>,
+    utmp: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -207,6 +269,8 @@ pub fn build(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, ConfigError> {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
     let mut merged = RawTcpmux::default();
     let mut tcpmux_source = main.clone();
+    let mut msp = RawMsp::default();
+    let mut msp_source = main.clone();
     let mut services: Vec<Arc<Service>> = Vec::new();
     let mut by_name: HashMap<String, usize> = HashMap::new();
     let mut paths = Vec::new();
@@ -219,6 +283,20 @@ pub fn build(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, ConfigError> {
             merged.max_handshakes = t.max_handshakes.or(merged.max_handshakes);
             merged.allow = t.allow.or(merged.allow);
             merged.deny = t.deny.or(merged.deny);
+        }
+        if let Some(m) = file.msp {
+            msp_source = path.clone();
+            msp.listen = m.listen.or(msp.listen);
+            msp.deliver = m.deliver.or(msp.deliver);
+            msp.command = m.command.or(msp.command);
+            msp.command_timeout = m.command_timeout.or(msp.command_timeout);
+            msp.console = m.console.or(msp.console);
+            msp.rate_per_minute = m.rate_per_minute.or(msp.rate_per_minute);
+            msp.idle_timeout = m.idle_timeout.or(msp.idle_timeout);
+            msp.connection_timeout = m.connection_timeout.or(msp.connection_timeout);
+            msp.max_connections = m.max_connections.or(msp.max_connections);
+            msp.dedup_window = m.dedup_window.or(msp.dedup_window);
+            msp.utmp = m.utmp.or(msp.utmp);
         }
         for raw in file.services {
             let service = validate_service(&path, raw)?;
@@ -241,8 +319,10 @@ pub fn build(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, ConfigError> {
     }
 
     let tcpmux = validate_tcpmux(&tcpmux_source, merged)?;
+    let msp = validate_msp(&msp_source, msp)?;
     Ok(Config {
         tcpmux,
+        msp,
         services,
         by_name,
         files: paths,
@@ -270,6 +350,12 @@ fn validate_tcpmux(path: &Path, raw: RawTcpmux) -> Result<TcpmuxSettings, Config
         ));
     }
     let listen = match raw.listen {
+        Some(l) if l.is_empty() => {
+            return Err(ConfigError::new(
+                path,
+                "[tcpmux] listen: is empty; give at least one address, or leave the key out for the default",
+            ));
+        }
         Some(l) => l,
         None => vec![
             DEFAULT_LISTEN
@@ -284,6 +370,90 @@ fn validate_tcpmux(path: &Path, raw: RawTcpmux) -> Result<TcpmuxSettings, Config
         acl: Acl::new(raw.allow.unwrap_or_default(), raw.deny.unwrap_or_default()),
     })
 }
+
+fn validate_msp(path: &Path, raw: RawMsp) -> Result<MspSettings, ConfigError> {
+    let err = |msg: String| ConfigError::new(path, format!("[msp] {msg}"));
+    let deliver = raw.deliver.unwrap_or_default();
+    if let Some(command) = &raw.command {
+        match command.first() {
+            None => return Err(err("command: is empty".into())),
+            Some(p) if !Path::new(p).is_absolute() => {
+                return Err(err(format!("command: \"{p}\" is not an absolute path")));
+            }
+            Some(_) => {}
+        }
+    } else if deliver == Delivery::Command {
+        return Err(err(
+            "command: missing, and deliver = \"command\" needs it".into()
+        ));
+    }
+    let positive = |key: &str, d: Option<Duration>, default: Duration| {
+        let d = d.unwrap_or(default);
+        if d.is_zero() {
+            Err(err(format!("{key}: must be more than 0")))
+        } else {
+            Ok(d)
+        }
+    };
+    let rate_per_minute = raw
+        .rate_per_minute
+        .unwrap_or(limits::DEFAULT_MSP_RATE_PER_MINUTE);
+    if rate_per_minute == 0 {
+        return Err(err("rate_per_minute: must be at least 1".into()));
+    }
+    let max_connections = raw
+        .max_connections
+        .unwrap_or(limits::DEFAULT_MSP_MAX_CONNECTIONS);
+    if max_connections == 0 {
+        return Err(err("max_connections: must be at least 1".into()));
+    }
+    Ok(MspSettings {
+        listen: raw.listen.unwrap_or_default(),
+        deliver,
+        command: raw.command,
+        command_timeout: positive(
+            "command_timeout",
+            raw.command_timeout,
+            limits::DEFAULT_MSP_COMMAND_TIMEOUT,
+        )?,
+        console: raw.console.unwrap_or(false),
+        rate_per_minute,
+        idle_timeout: positive(
+            "idle_timeout",
+            raw.idle_timeout,
+            limits::DEFAULT_MSP_IDLE_TIMEOUT,
+        )?,
+        connection_timeout: positive(
+            "connection_timeout",
+            raw.connection_timeout,
+            limits::DEFAULT_MSP_CONNECTION_TIMEOUT,
+        )?,
+        max_connections,
+        dedup_window: positive(
+            "dedup_window",
+            raw.dedup_window,
+            limits::DEFAULT_MSP_DEDUP_WINDOW,
+        )?,
+        utmp: raw.utmp.unwrap_or_else(|| PathBuf::from(DEFAULT_UTMP)),
+    })
+}
+
+/// Variables tcpmuxd sets for every session.
+pub const RESERVED_ENVIRONMENT: &[&str] = &[
+    "TCPMUX_SERVICE",
+    "REMOTE_ADDR",
+    "REMOTE_PORT",
+    "LOCAL_ADDR",
+    "LOCAL_PORT",
+    "PATH",
+];
+
+/// Longest service name, escaped, that still fits a unit name:
+/// `tcpmux-` + NAME + `@` + instance (up to 30) + `.service` within 255.
+pub const MAX_ESCAPED_NAME_LEN: usize = 255 - "tcpmux-@.service".len() - 30;
+
+/// Where glibc keeps the login records.
+pub const DEFAULT_UTMP: &str = "/var/run/utmp";
 
 /// Whether `name` may be used as a service name: 1 to 255 visible ASCII
 /// characters, and not the reserved `help`.
@@ -334,6 +504,15 @@ fn validate_service(path: &Path, raw: RawService) -> Result<Service, ConfigError
                 .into(),
         ));
     }
+    if raw.launcher != LauncherKind::Exec {
+        let escaped = libsystemd::unit::escape_name(&name).len();
+        if escaped > MAX_ESCAPED_NAME_LEN {
+            return Err(err(format!(
+                "name is {escaped} characters long once escaped for systemd unit names, more than \
+                 {MAX_ESCAPED_NAME_LEN}; shorten it, or set launcher = \"exec\""
+            )));
+        }
+    }
     if raw.max_instances == 0 {
         return Err(err("max_instances: must be at least 1".into()));
     }
@@ -349,6 +528,11 @@ fn validate_service(path: &Path, raw: RawService) -> Result<Service, ConfigError
         if value.contains('\0') {
             return Err(err(format!(
                 "environment: {key}: value contains a NUL character"
+            )));
+        }
+        if RESERVED_ENVIRONMENT.contains(&key.as_str()) || key.starts_with("LISTEN_") {
+            return Err(err(format!(
+                "environment: {key} is set by tcpmuxd for every session and cannot be configured"
             )));
         }
     }
@@ -583,6 +767,13 @@ mod tests {
             ("[tcpmux]\nname_timeout = \"0s\"\n", "name_timeout"),
             ("[tcpmux]\nname_timeout = \"ten seconds\"\n", "name_timeout"),
             ("[tcpmux]\nlisten = [\"localhost\"]\n", "listen"),
+            ("[tcpmux]\nlisten = []\n", "listen: is empty"),
+            (
+                "[[service]]\nname = \"x\"\ncommand = [\"/bin/cat\"]\nenvironment = { REMOTE_ADDR = \"y\" }\n",
+                "REMOTE_ADDR",
+            ),
+            ("[msp]\ndeliver = \"command\"\n", "[msp] command: missing"),
+            ("[msp]\nrate_per_minute = 0\n", "rate_per_minute"),
         ];
         for (text, needle) in cases {
             let e = build_from(&[("main.toml", text)]).unwrap_err().to_string();
@@ -599,6 +790,16 @@ mod tests {
         .unwrap();
         assert_eq!(c.service("x").unwrap().command, None);
         assert_eq!(c.service("x").unwrap().launcher, LauncherKind::Systemd);
+    }
+
+    #[test]
+    fn names_too_long_for_unit_names_need_the_exec_launcher() {
+        let long = "-".repeat(60);
+        let text = format!("[[service]]\nname = \"{long}\"\ncommand = [\"/bin/cat\"]\n");
+        let e = build_from(&[("main.toml", &text)]).unwrap_err().to_string();
+        assert!(e.contains("escaped"), "{e}");
+        let text = format!("{text}launcher = \"exec\"\n");
+        assert!(build_from(&[("main.toml", &text)]).is_ok());
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Extra time given to in-flight handshakes on shutdown, beyond
 /// `name_timeout`, before the daemon exits anyway.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// After a refusal or the HELP list, tcpmuxd closes its side and reads what
 /// the client still sends, up to this many bytes, so that closing does not
@@ -58,3 +58,46 @@ pub const UNIT_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// First and longest pause between attempts to reconnect to the system bus.
 pub const BUS_RECONNECT_MIN: Duration = Duration::from_millis(500);
 pub const BUS_RECONNECT_MAX: Duration = Duration::from_secs(30);
+
+/// Default for `[msp] rate_per_minute`: messages accepted per source address
+/// (IPv6: per /64) per minute, in bursts of as many.
+pub const DEFAULT_MSP_RATE_PER_MINUTE: u32 = 30;
+
+/// IPv6 sources are grouped by this prefix length for MSP rate limits.
+pub const MSP_V6_PREFIX: u8 = 64;
+
+/// Sources whose rate is tracked at once; the idlest is forgotten first.
+pub const MSP_MAX_TRACKED_SOURCES: usize = 16 * 1024;
+
+/// Default for `[msp] max_connections`: MSP TCP connections at once.
+pub const DEFAULT_MSP_MAX_CONNECTIONS: usize = 256;
+
+/// Default for `[msp] idle_timeout`: time allowed for each message on a TCP
+/// connection.
+pub const DEFAULT_MSP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default for `[msp] connection_timeout`: lifetime of an MSP TCP connection.
+pub const DEFAULT_MSP_CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Default for `[msp] command_timeout`: time the delivery command may run.
+pub const DEFAULT_MSP_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default for `[msp] dedup_window`: how long delivered messages are
+/// remembered to suppress retransmissions.
+pub const DEFAULT_MSP_DEDUP_WINDOW: Duration = Duration::from_secs(300);
+
+/// Delivered messages remembered at once for duplicate suppression.
+pub const MSP_DEDUP_CAPACITY: usize = 16 * 1024;
+
+/// MSP datagrams being delivered at once; more are dropped (silently, as
+/// RFC 1312 answers failures over UDP).
+pub const MSP_MAX_UDP_IN_FLIGHT: usize = 64;
+
+/// Longest first line of the delivery command's stderr kept as the reason.
+pub const MSP_MAX_REASON_LEN: usize = 200;
+
+/// How long a finished program's stderr is still read for its last lines.
+pub const STDERR_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Time allowed for one D-Bus call to the service manager.
+pub const DBUS_CALL_TIMEOUT: Duration = Duration::from_secs(10);

@@ -76,6 +76,16 @@ pub fn classify(name: &str, kind: SocketType, listening: bool) -> Result<Role, S
 /// # Safety
 /// Changes the environment: call it before any other thread exists.
 pub unsafe fn take_activated() -> Result<Option<Sockets>, ListenError> {
+    // Variables meant for another process (LISTEN_PID not ours) are removed
+    // and otherwise ignored.
+    let ours = std::env::var("LISTEN_PID").ok() == Some(std::process::id().to_string());
+    if !ours {
+        for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+            // SAFETY: the caller guarantees that no other thread runs yet.
+            unsafe { std::env::remove_var(var) };
+        }
+        return Ok(None);
+    }
     // SAFETY: the caller guarantees that no other thread runs yet.
     let fds = unsafe { sd_notify::listen_fds_with_names_and_unset_env() }
         .map_err(|e| ListenError::Activation(format!("LISTEN_FDS/LISTEN_FDNAMES: {e}")))?;
@@ -96,6 +106,14 @@ pub unsafe fn take_activated() -> Result<Option<Sockets>, ListenError> {
             })?;
         let role = classify(&name, kind, listening)
             .map_err(|e| ListenError::Activation(format!("descriptor {raw}: {e}")))?;
+        let family = rustix::net::sockopt::socket_domain(&fd)
+            .map_err(|e| ListenError::Activation(format!("descriptor {raw} (\"{name}\"): {e}")))?;
+        if family != rustix::net::AddressFamily::INET && family != rustix::net::AddressFamily::INET6
+        {
+            return Err(ListenError::Activation(format!(
+                "descriptor {raw} (\"{name}\"): not an IPv4 or IPv6 socket"
+            )));
+        }
         match role {
             Role::Tcpmux => sockets.tcpmux.push(TcpListener::from(fd)),
             Role::MspStream => sockets.msp_stream.push(TcpListener::from(fd)),

@@ -71,12 +71,19 @@ fn main() -> ExitCode {
     // Everything read from the environment is read here, before any thread
     // exists; the socket and watchdog variables are removed so that no
     // child inherits them.
-    let connected_to_journal = libsystemd::logging::connected_to_journal();
+    // The journal also when run by systemd with stderr elsewhere, as long as
+    // its socket is there.
+    let connected_to_journal = libsystemd::logging::connected_to_journal()
+        || (std::env::var_os("INVOCATION_ID").is_some()
+            && std::path::Path::new("/run/systemd/journal/socket").exists());
     let notify_enabled = std::env::var_os("NOTIFY_SOCKET").is_some();
     // Run as a systemd service (not merely on a systemd host): the default
     // launcher then starts each session as a unit.
-    let under_systemd =
-        std::env::var_os("INVOCATION_ID").is_some() && sd_notify::booted().unwrap_or(false);
+    // INVOCATION_ID alone is inherited by anything a service starts; being
+    // a child of PID 1 makes it ours.
+    let under_systemd = std::env::var_os("INVOCATION_ID").is_some()
+        && rustix::process::getppid().is_some_and(|p| p.is_init())
+        && sd_notify::booted().unwrap_or(false);
     // SAFETY: no other thread exists yet.
     let watchdog = unsafe { sd_notify::watchdog_enabled_and_unset_env() };
     // SAFETY: as above.

@@ -15,7 +15,10 @@ impl Notifier {
     /// `enabled`: whether `NOTIFY_SOCKET` was set at startup. `watchdog`: the
     /// `WatchdogSec=` interval, if any.
     pub fn new(enabled: bool, watchdog: Option<Duration>) -> Self {
-        Notifier { enabled, watchdog }
+        Notifier {
+            enabled,
+            watchdog: watchdog.filter(|w| !w.is_zero()),
+        }
     }
 
     pub fn disabled() -> Self {

@@ -37,6 +37,9 @@ pub struct State {
     pub under_systemd: bool,
     /// Started when first needed.
     pub systemd: std::sync::OnceLock<SystemdLauncher>,
+    /// Whether `launcher = "auto"` services use the systemd launcher: under
+    /// systemd, when the manager could be reached at startup.
+    pub auto_systemd: std::sync::atomic::AtomicBool,
 }
 
 /// Live counters, shown in systemd's `STATUS=` line.
@@ -61,6 +64,7 @@ impl State {
         State {
             under_systemd,
             systemd: std::sync::OnceLock::new(),
+            auto_systemd: std::sync::atomic::AtomicBool::new(false),
             config: ArcSwap::from_pointee(config),
             config_path,
             activated,
@@ -134,12 +138,24 @@ impl State {
                 &config,
             )
             .await;
+            if self.under_systemd {
+                if launcher.is_connected() {
+                    self.auto_systemd.store(true, Ordering::Relaxed);
+                } else {
+                    tracing::warn!(
+                        "launcher = \"auto\" services use the exec launcher: the service manager \
+                         could not be reached at startup"
+                    );
+                }
+            }
             let _ = self.systemd.set(launcher);
         }
         if let Some(launcher) = self.systemd.get() {
             let config = self.config.load_full();
-            launcher.set_services(&config);
-            launcher.check_templates(&config, self.under_systemd).await;
+            launcher.set_services(&config, self.auto_systemd.load(Ordering::Relaxed));
+            // D-Bus may be slow: never hold up the caller (signal handling).
+            let launcher = launcher.clone();
+            tokio::spawn(async move { launcher.check_templates().await });
         }
     }
 }
@@ -347,7 +363,8 @@ async fn handshake(
     };
     *name = Some(service.name.clone());
     if !service.acl.permits(ip) {
-        return refuse(stream, reply::DENIED, limit, Outcome::Denied).await;
+        // HELP hides this service from this client; so does the answer.
+        return refuse(stream, reply::UNKNOWN, limit, Outcome::Denied).await;
     }
     let Some(slot) = state
         .sessions
@@ -402,7 +419,7 @@ fn launcher_for<'a>(state: &'a State, service: &Service) -> Chosen<'a> {
     let systemd = match service.launcher {
         LauncherKind::Exec => false,
         LauncherKind::Systemd => true,
-        LauncherKind::Auto => state.under_systemd,
+        LauncherKind::Auto => state.auto_systemd.load(Ordering::Relaxed),
     };
     match (systemd, state.systemd.get()) {
         (false, _) => Chosen::Exec(&state.exec),

@@ -209,8 +209,7 @@ fn string(props: &HashMap<String, OwnedVariant>, key: &str) -> String {
     String::try_from(props[key].try_clone().unwrap()).unwrap()
 }
 
-const ECHO: &str =
-    "[[service]]\nname = \"my-echo\"\ncommand = [\"/bin/cat\", \"-u\"]\nlauncher = \"systemd\"\n";
+const ECHO: &str = "[[service]]\nname = \"my-echo\"\ncommand = [\"/bin/cat\", \"-u\", \"$HOME\"]\nlauncher = \"systemd\"\n";
 
 #[tokio::test]
 async fn starts_a_transient_unit_with_the_connection_as_stdio() {
@@ -256,6 +255,10 @@ async fn starts_a_transient_unit_with_the_connection_as_stdio() {
     }
     let exec = format!("{:?}", p["ExecStart"]);
     assert!(exec.contains("/bin/cat") && exec.contains("-u"), "{exec}");
+    assert!(
+        exec.contains("$$HOME"),
+        "a $ must reach the program as written: {exec}"
+    );
     // systemd 252 has no ExtraFileDescriptors.
     assert!(!p.contains_key("ExtraFileDescriptors"));
 
@@ -273,10 +276,17 @@ async fn starts_a_transient_unit_with_the_connection_as_stdio() {
     client.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"from the unit\n");
 
-    // The slot is held until systemd unloads the unit.
+    // The slot is held until systemd unloads the unit. A daemon-reload
+    // sends UnitRemoved for units it loads again at once: still running.
     assert_eq!(h.sessions.running("my-echo"), 1);
     let emitter = SignalEmitter::new(&h.server, MANAGER_PATH).unwrap();
     let path = OwnedObjectPath::try_from("/org/freedesktop/systemd1/unit/x").unwrap();
+    Mock::unit_removed(&emitter, started.name.clone(), path.clone())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(h.sessions.running("my-echo"), 1, "a reload is not the end");
+    h.mock.loaded.lock().unwrap().retain(|n| n != &started.name);
     Mock::unit_removed(&emitter, started.name.clone(), path)
         .await
         .unwrap();

@@ -242,8 +242,9 @@ deny = ["127.0.0.2"]
         s.write_all(format!("{name}\r\n").as_bytes()).unwrap();
         read_line(&mut s)
     };
-    assert_eq!(ask("127.0.0.2", "private"), b"-Access denied\r\n");
-    assert_eq!(ask("127.0.0.2", "not-from-2"), b"-Access denied\r\n");
+    // A service hidden from a client by its ACL looks like no service.
+    assert_eq!(ask("127.0.0.2", "private"), b"-Unknown service\r\n");
+    assert_eq!(ask("127.0.0.2", "not-from-2"), b"-Unknown service\r\n");
     assert_eq!(ask("127.0.0.2", "public"), b"+\r\n");
     assert_eq!(ask("127.0.0.1", "private"), b"+\r\n");
     assert_eq!(ask("127.0.0.3", "public"), b"-Access denied\r\n");

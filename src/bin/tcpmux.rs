@@ -9,6 +9,8 @@ use std::time::Duration;
 
 /// The TCPMUX port (RFC 1078).
 const DEFAULT_PORT: u16 = 1;
+/// Most bytes of a HELP list read from the server.
+const MAX_LIST_LEN: u64 = 1024 * 1024;
 /// Longest reply line read from the server.
 const MAX_REPLY_LINE: usize = 1024;
 
@@ -92,16 +94,24 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         .write_all(format!("{name}\r\n").as_bytes())
         .map_err(|e| format!("{}: sending the service name: {e}", args.server))?;
 
-    if args.list {
-        let mut out = io::stdout().lock();
-        io::copy(&mut stream, &mut out)
-            .map_err(|e| format!("{}: reading the list: {e}", args.server))?;
-        return Ok(ExitCode::SUCCESS);
-    }
-
     stream
         .set_read_timeout(Some(limit))
         .map_err(|e| e.to_string())?;
+    if args.list {
+        let mut list = Vec::new();
+        (&mut stream)
+            .take(MAX_LIST_LEN)
+            .read_to_end(&mut list)
+            .map_err(|e| format!("{}: reading the list: {e}", args.server))?;
+        if list.first() == Some(&b'-') {
+            let shown = String::from_utf8_lossy(&list);
+            eprintln!("{}", shown.trim_end_matches(['\r', '\n']));
+            return Ok(ExitCode::from(EXIT_REFUSED));
+        }
+        io::stdout().write_all(&list).map_err(|e| e.to_string())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+
     let line = read_reply_line(&mut stream)
         .map_err(|e| format!("{}: reading the reply: {e}", args.server))?;
     let shown = String::from_utf8_lossy(&line);

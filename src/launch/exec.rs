@@ -3,7 +3,7 @@
 
 use super::{Connection, Failed, LaunchError, Launcher, check_program, session_environment};
 use crate::config::Service;
-use crate::limits::MAX_STDERR_LINE;
+use crate::limits::{MAX_STDERR_LINE, STDERR_DRAIN_TIMEOUT};
 use crate::sessions::SessionSlot;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -25,12 +25,12 @@ impl Launcher for ExecLauncher {
             path: path.to_string(),
             cause,
         })?;
-        if service.credentials.is_some() && !rustix::process::geteuid().is_root() {
+        if service.credentials.is_some() && !can_switch_credentials() {
             return Err(LaunchError::Program {
                 path: path.to_string(),
-                cause:
-                    "cannot switch to the configured user or group: tcpmuxd is not running as root"
-                        .into(),
+                cause: "cannot switch to the configured user or group: tcpmuxd lacks CAP_SETUID \
+                        and CAP_SETGID (not root, or a service manager took them)"
+                    .into(),
             });
         }
         Ok(())
@@ -96,10 +96,16 @@ impl Launcher for ExecLauncher {
             .map(|err| tokio::spawn(log_stderr(service.name.clone(), pid, err)));
         tokio::spawn(async move {
             let status = child.wait().await;
-            if let Some(task) = stderr_task {
-                // The program may have left its stderr open in a grandchild;
-                // its exit is what ends the session.
-                task.abort();
+            if let Some(mut task) = stderr_task {
+                // Let the last lines through, but do not wait for a
+                // grandchild that kept stderr open: the program's exit is
+                // what ends the session.
+                if tokio::time::timeout(STDERR_DRAIN_TIMEOUT, &mut task)
+                    .await
+                    .is_err()
+                {
+                    task.abort();
+                }
             }
             drop(slot);
             match status {
@@ -118,6 +124,15 @@ impl Launcher for ExecLauncher {
         });
         Ok(())
     }
+}
+
+/// Whether this process may change the user and group of its children.
+fn can_switch_credentials() -> bool {
+    use rustix::thread::{CapabilitySet, capabilities};
+    capabilities(None).is_ok_and(|caps| {
+        caps.effective
+            .contains(CapabilitySet::SETUID | CapabilitySet::SETGID)
+    })
 }
 
 /// "exit code 0", "signal 9 (core dumped)".

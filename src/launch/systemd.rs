@@ -88,6 +88,12 @@ struct Inner {
     sessions: Arc<SessionTable>,
     /// Configured services by escaped name, to adopt units found running.
     services: Mutex<HashMap<String, String>>,
+    /// Services that start units through this launcher, to check for
+    /// template unit files.
+    launched: Mutex<Vec<String>>,
+    /// Counts connections, so that only the watcher of the current one may
+    /// declare it lost.
+    generation: AtomicU64,
     instance_prefix: String,
     counter: AtomicU64,
 }
@@ -96,6 +102,38 @@ struct Inner {
 struct Bus {
     manager: ManagerProxy<'static>,
     version: u32,
+    generation: u64,
+}
+
+/// A D-Bus call, bounded in time: a stuck manager must not hold handshakes
+/// or a reload forever.
+async fn call<T>(what: &str, fut: impl Future<Output = zbus::Result<T>>) -> Result<T, CallError> {
+    match tokio::time::timeout(limits::DBUS_CALL_TIMEOUT, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(CallError {
+            message: format!("{what}: {e}"),
+            disconnected: matches!(e, zbus::Error::InputOutput(_)),
+        }),
+        Err(_) => Err(CallError {
+            message: format!(
+                "{what}: no answer within {}",
+                humantime::format_duration(limits::DBUS_CALL_TIMEOUT)
+            ),
+            disconnected: false,
+        }),
+    }
+}
+
+#[derive(Debug)]
+struct CallError {
+    message: String,
+    disconnected: bool,
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -122,11 +160,13 @@ impl SystemdLauncher {
                 running: Mutex::default(),
                 sessions,
                 services: Mutex::default(),
+                launched: Mutex::default(),
+                generation: AtomicU64::new(0),
                 instance_prefix: format!("{started:x}"),
                 counter: AtomicU64::new(0),
             }),
         };
-        launcher.set_services(config);
+        launcher.set_services(config, false);
         if let Err(e) = connect(&launcher.inner).await {
             tracing::error!("systemd launcher: cannot reach the service manager: {e}; retrying");
             spawn_reconnect(Arc::clone(&launcher.inner));
@@ -144,43 +184,32 @@ impl SystemdLauncher {
         lock(&self.inner.running).len()
     }
 
-    /// Learns the services of a (new) configuration.
-    pub fn set_services(&self, config: &Config) {
+    /// Learns the services of a (new) configuration. `auto_is_systemd`:
+    /// whether `launcher = "auto"` services start units here.
+    pub fn set_services(&self, config: &Config, auto_is_systemd: bool) {
         let map = config
             .services
             .iter()
             .map(|s| (libsystemd::unit::escape_name(&s.name), s.name.clone()))
             .collect();
         *lock(&self.inner.services) = map;
-    }
-
-    /// Logs an error for each service that uses this launcher but has a
-    /// template unit FILE: systemd refuses transient units of a template
-    /// that has a fragment.
-    pub async fn check_templates(&self, config: &Config, auto_is_systemd: bool) {
-        let Some(bus) = lock(&self.inner.bus).clone() else {
-            return;
-        };
-        for s in &config.services {
-            let uses_systemd = match s.launcher {
+        *lock(&self.inner.launched) = config
+            .services
+            .iter()
+            .filter(|s| match s.launcher {
                 LauncherKind::Systemd => true,
                 LauncherKind::Auto => auto_is_systemd,
                 LauncherKind::Exec => false,
-            };
-            if !uses_systemd {
-                continue;
-            }
-            let template = template_name(&s.name);
-            if let Ok(state) = bus.manager.get_unit_file_state(template.clone()).await {
-                tracing::error!(
-                    tcpmux_service = %s.name,
-                    "service \"{}\": a unit file {template} exists (state {state}); systemd refuses \
-                     transient instances of a template with a unit file, so every connection will \
-                     fail. Move its settings into a drop-in, {template}.d/*.conf, and remove the file",
-                    s.name
-                );
-            }
-        }
+            })
+            .map(|s| s.name.clone())
+            .collect();
+    }
+
+    /// Logs an error for each service of this launcher that has a template
+    /// unit FILE: systemd refuses transient units of a template with a
+    /// fragment. Runs again after every reconnection.
+    pub async fn check_templates(&self) {
+        check_templates(&self.inner).await;
     }
 
     fn next_instance(&self) -> String {
@@ -189,36 +218,72 @@ impl SystemdLauncher {
     }
 }
 
+async fn check_templates(inner: &Arc<Inner>) {
+    let Some(bus) = lock(&inner.bus).clone() else {
+        return;
+    };
+    let services = lock(&inner.launched).clone();
+    for name in services {
+        let template = template_name(&name);
+        let state = call(
+            "GetUnitFileState",
+            bus.manager.get_unit_file_state(template.clone()),
+        )
+        .await;
+        if let Ok(state) = state {
+            tracing::error!(
+                tcpmux_service = %name,
+                "service \"{name}\": a unit file {template} exists (state {state}); systemd refuses \
+                 transient instances of a template with a unit file, so every connection will \
+                 fail. Move its settings into a drop-in, {template}.d/*.conf, and remove the file"
+            );
+        }
+    }
+}
+
 /// Connects, subscribes, takes stock of running sessions, and starts
 /// watching the manager's signals.
 async fn connect(inner: &Arc<Inner>) -> Result<(), String> {
-    let conn = (inner.connector)().await.map_err(|e| e.to_string())?;
-    let manager = ManagerProxy::new(&conn).await.map_err(|e| e.to_string())?;
-    // Signals must flow before the first job starts, or its end is missed.
-    let jobs = manager
-        .receive_job_removed()
+    let conn = call("connecting to the system bus", (inner.connector)())
         .await
         .map_err(|e| e.to_string())?;
-    let removed = manager
-        .receive_unit_removed()
+    let manager = call("Manager", ManagerProxy::new(&conn))
         .await
         .map_err(|e| e.to_string())?;
-    manager
-        .subscribe()
+    // Signals must flow before the first job starts, or its end is missed;
+    // the streams keep what arrives until the watcher reads it.
+    let jobs = call("JobRemoved", manager.receive_job_removed())
         .await
-        .map_err(|e| format!("Subscribe: {e}"))?;
-    let version = manager
-        .version()
+        .map_err(|e| e.to_string())?;
+    let removed = call("UnitRemoved", manager.receive_unit_removed())
+        .await
+        .map_err(|e| e.to_string())?;
+    call("Subscribe", manager.subscribe())
+        .await
+        .map_err(|e| e.to_string())?;
+    let version = call("Version", manager.version())
         .await
         .map(|v| major_version(&v))
         .unwrap_or(0);
-    tokio::spawn(watch(Arc::downgrade(inner), jobs, removed));
     adopt(inner, &manager).await?;
+    let generation = inner.generation.fetch_add(1, Ordering::AcqRel) + 1;
+    tokio::spawn(watch(
+        Arc::downgrade(inner),
+        generation,
+        manager.clone(),
+        jobs,
+        removed,
+    ));
     tracing::info!(
         systemd_version = version,
         "systemd launcher: connected to the service manager"
     );
-    *lock(&inner.bus) = Some(Bus { manager, version });
+    *lock(&inner.bus) = Some(Bus {
+        manager,
+        version,
+        generation,
+    });
+    check_templates(inner).await;
     Ok(())
 }
 
@@ -226,10 +291,12 @@ async fn connect(inner: &Arc<Inner>) -> Result<(), String> {
 /// tcpmuxd, or while the bus was away) against their services.
 async fn adopt(inner: &Arc<Inner>, manager: &ManagerProxy<'static>) -> Result<(), String> {
     let pattern = format!("{UNIT_PREFIX}*@*.service");
-    let units = manager
-        .list_units_by_patterns(Vec::new(), vec![pattern])
-        .await
-        .map_err(|e| format!("ListUnitsByPatterns: {e}"))?;
+    let units = call(
+        "ListUnitsByPatterns",
+        manager.list_units_by_patterns(Vec::new(), vec![pattern]),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let names: Vec<String> = units.into_iter().map(|u| u.0).collect();
     let mut adopted = Vec::new();
     {
@@ -251,7 +318,10 @@ async fn adopt(inner: &Arc<Inner>, manager: &ManagerProxy<'static>) -> Result<()
     // A unit removed between the listing and now sent its signal too early
     // to be seen: ask for each one again.
     for unit in &adopted {
-        if manager.get_unit(unit.clone()).await.is_err() {
+        if call("GetUnit", manager.get_unit(unit.clone()))
+            .await
+            .is_err()
+        {
             lock(&inner.running).remove(unit);
         }
     }
@@ -267,7 +337,13 @@ async fn adopt(inner: &Arc<Inner>, manager: &ManagerProxy<'static>) -> Result<()
 type JobStream = zbus_systemd::systemd1::JobRemovedStream;
 type RemovedStream = zbus_systemd::systemd1::UnitRemovedStream;
 
-async fn watch(inner: std::sync::Weak<Inner>, mut jobs: JobStream, mut removed: RemovedStream) {
+async fn watch(
+    inner: std::sync::Weak<Inner>,
+    generation: u64,
+    manager: ManagerProxy<'static>,
+    mut jobs: JobStream,
+    mut removed: RemovedStream,
+) {
     loop {
         tokio::select! {
             job = jobs.next() => {
@@ -283,24 +359,45 @@ async fn watch(inner: std::sync::Weak<Inner>, mut jobs: JobStream, mut removed: 
                 let Some(unit) = unit else { break };
                 let Some(inner) = inner.upgrade() else { return };
                 if let Ok(args) = unit.args()
-                    && lock(&inner.running).remove(args.id.as_str()).is_some()
+                    && lock(&inner.running).contains_key(args.id.as_str())
                 {
-                    tracing::info!(unit = %args.id, "session ended: {} unloaded", args.id);
+                    tokio::spawn(confirm_removed(inner, manager.clone(), args.id.to_string()));
                 }
             }
         }
     }
     if let Some(inner) = inner.upgrade() {
-        lost(&inner);
+        lost(&inner, generation);
+    }
+}
+
+/// systemd also sends UnitRemoved for every unit during a daemon-reload,
+/// then loads them again: a session has ended only if its unit is gone
+/// once the manager answers again.
+async fn confirm_removed(inner: Arc<Inner>, manager: ManagerProxy<'static>, unit: String) {
+    match call("GetUnit", manager.get_unit(unit.clone())).await {
+        Ok(_) => {}
+        Err(e) if e.disconnected => {}
+        Err(_) => {
+            if lock(&inner.running).remove(&unit).is_some() {
+                tracing::info!(%unit, "session ended: {unit} unloaded");
+            }
+        }
     }
 }
 
 /// The connection to the manager is gone: refuse new sessions, fail those
-/// waiting for their start job, and reconnect.
-fn lost(inner: &Arc<Inner>) {
-    if lock(&inner.bus).take().is_some() {
-        tracing::error!("systemd launcher: connection to the service manager lost; reconnecting");
+/// waiting for their start job, and reconnect. Only the current
+/// connection's watcher or user may say so.
+fn lost(inner: &Arc<Inner>, generation: u64) {
+    {
+        let mut bus = lock(&inner.bus);
+        if bus.as_ref().is_none_or(|b| b.generation != generation) {
+            return;
+        }
+        *bus = None;
     }
+    tracing::error!("systemd launcher: connection to the service manager lost; reconnecting");
     lock(&inner.pending).clear();
     spawn_reconnect(Arc::clone(inner));
 }
@@ -323,10 +420,6 @@ fn spawn_reconnect(inner: Arc<Inner>) {
         }
         inner.reconnecting.store(false, Ordering::Release);
     });
-}
-
-fn is_disconnect(e: &zbus::Error) -> bool {
-    matches!(e, zbus::Error::InputOutput(_))
 }
 
 /// The unit's properties, as `StartTransientUnit` takes them.
@@ -368,8 +461,10 @@ fn properties(
         ("Environment".into(), value(environment)?),
     ];
     if let Some(command) = &service.command {
-        let exec: Vec<(String, Vec<String>, bool)> =
-            vec![(command[0].clone(), command.clone(), false)];
+        // systemd expands $VARIABLES in ExecStart at run time; the exec
+        // launcher does not, and neither must this one.
+        let argv: Vec<String> = command.iter().map(|a| a.replace('$', "$$")).collect();
+        let exec: Vec<(String, Vec<String>, bool)> = vec![(command[0].clone(), argv, false)];
         props.push(("ExecStart".into(), value(exec)?));
     }
     if let Some(cred) = &service.credentials {
@@ -433,41 +528,54 @@ impl Launcher for SystemdLauncher {
         let (tx, rx) = oneshot::channel();
         lock(&inner.pending).insert(unit.clone(), tx);
         lock(&inner.running).insert(unit.clone(), slot);
-        let started = bus
-            .manager
-            .start_transient_unit(unit.clone(), "fail".into(), props, Vec::new())
-            .await;
+        let started = call(
+            "StartTransientUnit",
+            bus.manager
+                .start_transient_unit(unit.clone(), "fail".into(), props, Vec::new()),
+        )
+        .await;
         if let Err(e) = started {
             lock(&inner.pending).remove(&unit);
             lock(&inner.running).remove(&unit);
-            if is_disconnect(&e) {
-                lost(inner);
+            if e.disconnected {
+                lost(inner, bus.generation);
             }
             return Err(Failed {
                 error: LaunchError::Systemd(format!("starting {unit}: {e}")),
                 conn: Some(socket),
             });
         }
-        let failure = match tokio::time::timeout(limits::UNIT_START_TIMEOUT, rx).await {
+        // From here on the unit may own the connection: hand it back for an
+        // answer only when its start job proves the program never ran.
+        let (failure, conn) = match tokio::time::timeout(limits::UNIT_START_TIMEOUT, rx).await {
             Ok(Ok(result)) if result == "done" => {
                 tracing::info!(tcpmux_service = %service.name, %unit, "session started as {unit}");
                 return Ok(());
             }
-            Ok(Ok(result)) => format!(
-                "{unit}: start job ended with result \"{result}\" (see journalctl -u {unit})"
+            Ok(Ok(result)) => (
+                format!(
+                    "{unit}: start job ended with result \"{result}\" (see journalctl -u {unit})"
+                ),
+                Some(socket),
             ),
-            Ok(Err(_)) => format!("{unit}: connection to the service manager lost while starting"),
+            Ok(Err(_)) => (
+                format!("{unit}: connection to the service manager lost while starting"),
+                None,
+            ),
             Err(_) => {
                 lock(&inner.pending).remove(&unit);
-                format!(
-                    "{unit}: no start result from systemd within {}",
-                    humantime::format_duration(limits::UNIT_START_TIMEOUT)
+                (
+                    format!(
+                        "{unit}: no start result from systemd within {}",
+                        humantime::format_duration(limits::UNIT_START_TIMEOUT)
+                    ),
+                    None,
                 )
             }
         };
         Err(Failed {
             error: LaunchError::Systemd(failure),
-            conn: Some(socket),
+            conn,
         })
     }
 }

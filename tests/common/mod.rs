@@ -107,6 +107,7 @@ impl Daemon {
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_FDNAMES")
             .env_remove("JOURNAL_STREAM")
+            .env_remove("INVOCATION_ID")
             .env("NOTIFY_SOCKET", &notify_path)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
