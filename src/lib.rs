@@ -7,6 +7,7 @@ pub mod launch;
 pub mod limits;
 pub mod listen;
 pub mod log;
+pub mod msp;
 pub mod notify;
 pub mod server;
 pub mod sessions;

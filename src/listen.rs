@@ -131,6 +131,14 @@ pub fn bind_tcp(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, ListenError> {
         .collect()
 }
 
+/// Binds UDP sockets on `addrs`.
+pub fn bind_udp(addrs: &[SocketAddr]) -> Result<Vec<UdpSocket>, ListenError> {
+    addrs
+        .iter()
+        .map(|&addr| UdpSocket::bind(addr).map_err(|source| ListenError::Bind { addr, source }))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -108,14 +108,8 @@ fn main() -> ExitCode {
 
     let (sockets, is_activated) = match activated {
         Ok(Some(sockets)) => (sockets, true),
-        Ok(None) => match listen::bind_tcp(&config.tcpmux.listen) {
-            Ok(tcpmux) => (
-                Sockets {
-                    tcpmux,
-                    ..Sockets::default()
-                },
-                false,
-            ),
+        Ok(None) => match bind_all(&config) {
+            Ok(sockets) => (sockets, false),
             Err(e) => {
                 tracing::error!("{e}");
                 return ExitCode::from(EXIT_SOCKETS);
@@ -133,14 +127,6 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(EXIT_SOCKETS);
     }
-    let msp_count = sockets.msp_stream.len() + sockets.msp_datagram.len();
-    if msp_count > 0 {
-        tracing::warn!(
-            "{msp_count} Message Send Protocol sockets (\"{}\") received; this version does not serve MSP yet",
-            listen::FDNAME_MSP
-        );
-    }
-
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -158,15 +144,22 @@ fn main() -> ExitCode {
         notifier,
         under_systemd,
     ));
-    // MSP sockets stay open (unserved) for as long as the daemon runs.
-    let _msp = (sockets.msp_stream, sockets.msp_datagram);
-    match runtime.block_on(server::serve(sockets.tcpmux, state)) {
+    match runtime.block_on(server::serve(sockets, state)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Binds the configured TCPMUX addresses, and MSP's for TCP and UDP.
+fn bind_all(config: &config::Config) -> Result<Sockets, listen::ListenError> {
+    Ok(Sockets {
+        tcpmux: listen::bind_tcp(&config.tcpmux.listen)?,
+        msp_stream: listen::bind_tcp(&config.msp.listen)?,
+        msp_datagram: listen::bind_udp(&config.msp.listen)?,
+    })
 }
 
 /// `--check`: validate and report, on stdout and stderr only.

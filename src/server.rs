@@ -37,6 +37,7 @@ pub struct State {
     pub under_systemd: bool,
     /// Started when first needed.
     pub systemd: std::sync::OnceLock<SystemdLauncher>,
+    pub msp: crate::msp::serve::MspState,
     /// Whether `launcher = "auto"` services use the systemd launcher: under
     /// systemd, when the manager could be reached at startup.
     pub auto_systemd: std::sync::atomic::AtomicBool,
@@ -61,7 +62,10 @@ impl State {
         notifier: Notifier,
         under_systemd: bool,
     ) -> Self {
+        let msp =
+            crate::msp::serve::MspState::new(config.msp.rate_per_minute, config.msp.dedup_window);
         State {
+            msp,
             under_systemd,
             systemd: std::sync::OnceLock::new(),
             auto_systemd: std::sync::atomic::AtomicBool::new(false),
@@ -78,11 +82,13 @@ impl State {
     /// One line for `STATUS=`.
     pub fn status_line(&self) -> String {
         format!(
-            "{} in handshake, {} sessions running; {} handed off, {} refused",
+            "{} in handshake, {} sessions running; {} handed off, {} refused; MSP: {} delivered, {} refused",
             self.stats.handshakes.load(Ordering::Relaxed),
             self.sessions.total(),
             self.stats.served.load(Ordering::Relaxed),
             self.stats.refused.load(Ordering::Relaxed),
+            self.msp.delivered.load(Ordering::Relaxed),
+            self.msp.refused.load(Ordering::Relaxed),
         )
     }
 
@@ -481,7 +487,8 @@ async fn refuse(mut stream: TcpStream, text: &[u8], limit: Duration, outcome: Ou
 
 /// Runs the daemon: serves until SIGTERM or SIGINT, reloads on SIGHUP,
 /// keeps systemd informed.
-pub async fn serve(tcpmux: Vec<std::net::TcpListener>, state: Arc<State>) -> io::Result<()> {
+pub async fn serve(sockets: crate::listen::Sockets, state: Arc<State>) -> io::Result<()> {
+    let tcpmux = sockets.tcpmux;
     use tokio::signal::unix::{SignalKind, signal};
     let mut listeners = Vec::new();
     for l in tcpmux {
@@ -499,6 +506,34 @@ pub async fn serve(tcpmux: Vec<std::net::TcpListener>, state: Arc<State>) -> io:
 
     state.start_systemd_if_needed().await;
     let shutdown = CancellationToken::new();
+    let msp_tracker = TaskTracker::new();
+    let mut msp_loops = Vec::new();
+    for l in sockets.msp_stream {
+        l.set_nonblocking(true)?;
+        let l = TcpListener::from_std(l)?;
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(%addr, "listening for MSP on {addr}/tcp");
+        }
+        msp_loops.push(tokio::spawn(crate::msp::serve::serve_tcp(
+            l,
+            Arc::clone(&state),
+            msp_tracker.clone(),
+            shutdown.clone(),
+        )));
+    }
+    for s in sockets.msp_datagram {
+        s.set_nonblocking(true)?;
+        let s = tokio::net::UdpSocket::from_std(s)?;
+        if let Ok(addr) = s.local_addr() {
+            tracing::info!(%addr, "listening for MSP on {addr}/udp");
+        }
+        msp_loops.push(tokio::spawn(crate::msp::serve::serve_udp(
+            s,
+            Arc::clone(&state),
+            msp_tracker.clone(),
+            shutdown.clone(),
+        )));
+    }
     let server = tokio::spawn(run(listeners, Arc::clone(&state), shutdown.clone()));
     let background = tokio::spawn(report_status(Arc::clone(&state)));
 
@@ -523,6 +558,12 @@ pub async fn serve(tcpmux: Vec<std::net::TcpListener>, state: Arc<State>) -> io:
     state.notifier.stopping();
     shutdown.cancel();
     let _ = server.await;
+    for l in msp_loops {
+        let _ = l.await;
+    }
+    msp_tracker.close();
+    let msp_grace = state.config.load().msp.command_timeout + limits::SHUTDOWN_GRACE;
+    let _ = timeout(msp_grace, msp_tracker.wait()).await;
     background.abort();
     tracing::info!(
         sessions = state.sessions.total(),

@@ -1,0 +1,174 @@
+//! Delivering an accepted message: to a terminal, to the journal, or to a
+//! command.
+
+use super::message::{Message, latin1};
+use super::tty;
+use crate::config::{Delivery, MspSettings};
+use crate::launch::exec::SESSION_PATH;
+use crate::limits::MSP_MAX_REASON_LEN;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// `MESSAGE_ID` of the journal entry each message becomes with
+/// `deliver = "journal"`; `journalctl MESSAGE_ID=...` lists them all.
+pub const JOURNAL_MESSAGE_ID: &str = "3c4f0b9e2d7a4c61a8e5f1b27d9c6e04";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        }
+    }
+}
+
+/// A message with where it came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Envelope<'a> {
+    pub message: &'a Message,
+    pub peer: SocketAddr,
+    pub transport: Transport,
+}
+
+impl Envelope<'_> {
+    /// The message's fields as environment variables or journal fields.
+    pub fn fields(&self) -> Vec<(&'static str, String)> {
+        let m = self.message;
+        vec![
+            ("MSP_VERSION", m.version().as_char().to_string()),
+            ("MSP_RECIPIENT", latin1(&m.recipient)),
+            ("MSP_RECIPIENT_TERMINAL", latin1(&m.recipient_terminal)),
+            ("MSP_SENDER", latin1(&m.sender)),
+            ("MSP_SENDER_TERMINAL", latin1(&m.sender_terminal)),
+            ("MSP_COOKIE", latin1(&m.cookie)),
+            ("MSP_SIGNATURE", latin1(&m.signature)),
+            ("MSP_TRANSPORT", self.transport.as_str().to_string()),
+            ("REMOTE_ADDR", self.peer.ip().to_canonical().to_string()),
+            ("REMOTE_PORT", self.peer.port().to_string()),
+        ]
+    }
+}
+
+/// Delivers by the configured method; the error is the reason given to the
+/// sender.
+pub async fn deliver(settings: &MspSettings, envelope: &Envelope<'_>) -> Result<(), String> {
+    match settings.deliver {
+        Delivery::Journal => to_journal(envelope),
+        Delivery::Command => to_command(settings, envelope).await,
+        Delivery::Tty => {
+            let settings = settings.clone();
+            let message = envelope.message.clone();
+            let peer = envelope.peer;
+            tokio::task::spawn_blocking(move || to_tty(&settings, &message, peer))
+                .await
+                .map_err(|e| format!("terminal delivery failed: {e}"))?
+        }
+    }
+}
+
+fn to_journal(envelope: &Envelope<'_>) -> Result<(), String> {
+    let m = envelope.message;
+    let text = format!(
+        "Message from {}@{} to {}: {}",
+        latin1(&m.sender),
+        envelope.peer.ip().to_canonical(),
+        latin1(&m.recipient),
+        latin1(&m.text)
+    );
+    let mut fields = envelope.fields();
+    fields.push(("MESSAGE_ID", JOURNAL_MESSAGE_ID.to_string()));
+    fields.push(("SYSLOG_IDENTIFIER", "tcpmuxd".to_string()));
+    libsystemd::logging::journal_send(
+        libsystemd::logging::Priority::Notice,
+        &text,
+        fields.into_iter(),
+    )
+    .map_err(|e| format!("the journal is not available: {e}"))
+}
+
+async fn to_command(settings: &MspSettings, envelope: &Envelope<'_>) -> Result<(), String> {
+    let Some(command) = settings.command.as_deref() else {
+        return Err("no delivery command configured".into());
+    };
+    let mut child = tokio::process::Command::new(&command[0])
+        .args(&command[1..])
+        .env_clear()
+        .env("PATH", SESSION_PATH)
+        .envs(envelope.fields())
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            tracing::error!("[msp] command {}: {e}", command[0]);
+            "delivery failed".to_string()
+        })?;
+    let text = latin1(&envelope.message.text);
+    let mut stdin = child.stdin.take();
+    let mut stderr = child.stderr.take();
+    let run = async {
+        if let Some(stdin) = stdin.as_mut() {
+            // A command that does not read its input may close it early.
+            let _ = stdin.write_all(text.as_bytes()).await;
+        }
+        drop(stdin.take());
+        let mut reason = Vec::new();
+        if let Some(stderr) = stderr.as_mut() {
+            let _ = stderr
+                .take(MSP_MAX_REASON_LEN as u64)
+                .read_to_end(&mut reason)
+                .await;
+        }
+        let status = child.wait().await;
+        (status, reason)
+    };
+    match tokio::time::timeout(settings.command_timeout, run).await {
+        Err(_) => Err("delivery timed out".into()),
+        Ok((Err(e), _)) => Err(format!("delivery failed: {e}")),
+        Ok((Ok(status), _)) if status.success() => Ok(()),
+        Ok((Ok(status), reason)) => {
+            let reason = String::from_utf8_lossy(&reason);
+            let first = reason.lines().next().unwrap_or("").trim();
+            if first.is_empty() {
+                Err(format!(
+                    "delivery failed ({})",
+                    crate::launch::exec::describe_exit(status)
+                ))
+            } else {
+                Err(first.chars().filter(|c| !c.is_control()).collect())
+            }
+        }
+    }
+}
+
+fn to_tty(settings: &MspSettings, m: &Message, peer: SocketAddr) -> Result<(), String> {
+    let recipient = latin1(&m.recipient);
+    let terminal = latin1(&m.recipient_terminal);
+    let terminals = if recipient.is_empty() {
+        vec![std::path::PathBuf::from(tty::CONSOLE)]
+    } else {
+        let logins = tty::read_logins(&settings.utmp).map_err(|e| {
+            tracing::error!("[msp] cannot read the login records: {e}");
+            "cannot find the recipient's terminals".to_string()
+        })?;
+        tty::choose_terminals(&logins, &recipient, &terminal)?
+    };
+    let when = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let bytes = tty::render(
+        &latin1(&m.sender),
+        &peer.ip().to_canonical().to_string(),
+        &latin1(&m.sender_terminal),
+        &when,
+        &m.text,
+    );
+    tty::write_terminals(&terminals, &bytes).map(|_| ())
+}
