@@ -375,7 +375,7 @@ struct Pty {
 
 fn open_pty(utmp: &Path, user: &str) -> Pty {
     let pty = nix::pty::openpty(None, None).unwrap();
-    let slave_path = PathBuf::from(nix::unistd::ttyname(&pty.slave).unwrap());
+    let slave_path = nix::unistd::ttyname(&pty.slave).unwrap();
     let line = slave_path
         .strip_prefix("/dev")
         .unwrap()
