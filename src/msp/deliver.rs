@@ -63,10 +63,14 @@ pub async fn deliver(settings: &MspSettings, envelope: &Envelope<'_>) -> Result<
         Delivery::Journal => to_journal(envelope),
         Delivery::Command => to_command(settings, envelope).await,
         Delivery::Tty => {
-            let settings = settings.clone();
+            let logins = if envelope.message.recipient.is_empty() {
+                Vec::new()
+            } else {
+                logins(settings).await?
+            };
             let message = envelope.message.clone();
             let peer = envelope.peer;
-            tokio::task::spawn_blocking(move || to_tty(&settings, &message, peer))
+            tokio::task::spawn_blocking(move || to_tty(&logins, &message, peer))
                 .await
                 .map_err(|e| format!("terminal delivery failed: {e}"))?
         }
@@ -150,17 +154,56 @@ async fn to_command(settings: &MspSettings, envelope: &Envelope<'_>) -> Result<(
     }
 }
 
-fn to_tty(settings: &MspSettings, m: &Message, peer: SocketAddr) -> Result<(), String> {
+/// Where systemd-logind keeps its state: present when logind runs.
+const LOGIND_RUNTIME_DIR: &str = "/run/systemd/seats";
+
+/// The users logged in on terminals: from systemd-logind when it runs,
+/// else from the login records (utmp).
+async fn logins(settings: &MspSettings) -> Result<Vec<tty::Login>, String> {
+    if std::path::Path::new(LOGIND_RUNTIME_DIR).exists() {
+        match tokio::time::timeout(crate::limits::DBUS_CALL_TIMEOUT, logind_logins()).await {
+            Ok(Ok(logins)) => return Ok(logins),
+            Ok(Err(e)) => {
+                tracing::warn!("[msp] systemd-logind: {e}; reading the login records instead")
+            }
+            Err(_) => tracing::warn!(
+                "[msp] systemd-logind did not answer; reading the login records instead"
+            ),
+        }
+    }
+    let path = settings.utmp.clone();
+    tokio::task::spawn_blocking(move || tty::read_logins(&path))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)
+        .map_err(|e| {
+            tracing::error!("[msp] cannot read the login records: {e}");
+            "cannot find the recipient's terminals".to_string()
+        })
+}
+
+async fn logind_logins() -> zbus::Result<Vec<tty::Login>> {
+    use zbus_systemd::login1::{ManagerProxy, SessionProxy};
+    let conn = zbus::Connection::system().await?;
+    let manager = ManagerProxy::new(&conn).await?;
+    let mut logins = Vec::new();
+    for (_id, _uid, user, _seat, path) in manager.list_sessions().await? {
+        let session = SessionProxy::builder(&conn).path(path).build().await?;
+        let line = session.tty().await.unwrap_or_default();
+        if let Some(login) = tty::Login::new(user, line) {
+            logins.push(login);
+        }
+    }
+    Ok(logins)
+}
+
+fn to_tty(logins: &[tty::Login], m: &Message, peer: SocketAddr) -> Result<(), String> {
     let recipient = latin1(&m.recipient);
     let terminal = latin1(&m.recipient_terminal);
     let terminals = if recipient.is_empty() {
         vec![std::path::PathBuf::from(tty::CONSOLE)]
     } else {
-        let logins = tty::read_logins(&settings.utmp).map_err(|e| {
-            tracing::error!("[msp] cannot read the login records: {e}");
-            "cannot find the recipient's terminals".to_string()
-        })?;
-        tty::choose_terminals(&logins, &recipient, &terminal)?
+        tty::choose_terminals(logins, &recipient, &terminal)?
     };
     let when = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let bytes = tty::render(

@@ -23,6 +23,18 @@ pub struct Login {
     pub line: String,
 }
 
+impl Login {
+    /// A login on a terminal; None for sessions without one (graphical,
+    /// or a line that would lead out of /dev).
+    pub fn new(user: String, line: String) -> Option<Login> {
+        let line = line
+            .strip_prefix("/dev/")
+            .map(str::to_string)
+            .unwrap_or(line);
+        (!user.is_empty() && valid_line(&line)).then_some(Login { user, line })
+    }
+}
+
 /// The user logins in a utmp file.
 pub fn read_logins(path: &Path) -> Result<Vec<Login>, String> {
     let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -43,9 +55,8 @@ pub fn read_logins(path: &Path) -> Result<Vec<Login>, String> {
                 .collect();
             String::from_utf8_lossy(&bytes).into_owned()
         };
-        let (user, line) = (text(&entry.ut_user), text(&entry.ut_line));
-        if !user.is_empty() && valid_line(&line) {
-            logins.push(Login { user, line });
+        if let Some(login) = Login::new(text(&entry.ut_user), text(&entry.ut_line)) {
+            logins.push(login);
         }
     }
     Ok(logins)
