@@ -490,7 +490,12 @@ fn socket_activation_maps_sockets_by_name_and_type_not_position() {
     ];
     let d = Daemon::start_with(BASE, &[], passed);
     assert_eq!(d.help(), ["echo", "Dedicated", "env"]);
-    assert!(d.log().contains("does not serve MSP yet"), "{}", d.log());
+    assert!(d.wait_log("listening for MSP on"), "{}", d.log());
+    assert!(
+        d.log().contains("/tcp") && d.log().contains("/udp"),
+        "{}",
+        d.log()
+    );
 }
 
 #[test]

@@ -1,0 +1,635 @@
+#!/usr/bin/env bash
+# End-to-end test of tcpmuxd under a real systemd.
+#
+# Boots the machine's own systemd as PID 1 of a throw-away container
+# (systemd-nspawn with a volatile root: the host's /usr, an empty /etc),
+# installs the shipped units and drop-ins, and then checks, from inside the
+# container, what a user would: socket activation, sessions, reload,
+# restart, the journal and the sandbox.
+#
+# Usage: tests/systemd-e2e.sh STAGE
+#   STAGE/bin/tcpmuxd, STAGE/bin/tcpmux   the binaries under test
+#   STAGE/units/, STAGE/packaging/        copies of the repository's units/
+#                                         and packaging/
+# `cargo test` stages these itself (tests/systemd_e2e.rs).
+#
+# Environment:
+#   E2E_SYSTEMD_LAUNCHER=0   leave out the checks of the systemd launcher
+#   E2E_MAX_EXPOSURE=2.0     highest `systemd-analyze security` exposure
+#                            accepted for tcpmuxd.service
+#   E2E_MASK="a.service ..." more units to mask in the container (units the
+#                            host happens to have that fail in a container)
+#
+# Exit status: 0 every check passed; 1 a check failed or the container could
+# not be set up; 77 systemd cannot be booted here (not root, or no
+# systemd-nspawn).
+
+set -uo pipefail
+
+readonly SKIP=77
+E2E_SYSTEMD_LAUNCHER=${E2E_SYSTEMD_LAUNCHER:-1}
+E2E_MAX_EXPOSURE=${E2E_MAX_EXPOSURE:-2.0}
+E2E_MASK=${E2E_MASK:-}
+
+# Every wait is bounded; a healthy run needs a fraction of each.
+readonly BOOT_TIMEOUT=60     # container up and systemd settled
+readonly CMD_TIMEOUT=30      # any one command run inside
+readonly WAIT_TIMEOUT=15     # a state we expect to appear
+readonly SESSION_TIMEOUT=120 # the long-lived session of the restart check
+
+# Where the staged files appear inside the container.
+readonly OPT=/opt/tcpmuxd
+readonly CLIENT=$OPT/bin/tcpmux
+readonly CONFIG=/etc/tcpmuxd/tcpmuxd.toml
+
+stage=${1:-}
+if [ -z "$stage" ] || [ ! -x "$stage/bin/tcpmuxd" ] || [ ! -x "$stage/bin/tcpmux" ] ||
+    [ ! -f "$stage/units/tcpmuxd.service" ] || [ ! -d "$stage/packaging" ]; then
+    echo "usage: $0 STAGE (with STAGE/bin/tcpmuxd, STAGE/bin/tcpmux, STAGE/units/, STAGE/packaging/)" >&2
+    exit 2
+fi
+stage=$(cd "$stage" && pwd)
+
+if [ "$(id -u)" != 0 ]; then
+    echo "skipped: booting systemd in a container needs root" >&2
+    exit $SKIP
+fi
+for tool in systemd-nspawn nsenter; do
+    if ! command -v "$tool" >/dev/null; then
+        echo "skipped: $tool is not installed (Debian: systemd-container, util-linux)" >&2
+        exit $SKIP
+    fi
+done
+
+# ---- reporting ---------------------------------------------------------------
+
+failures=0
+failed_checks=()
+
+section() { printf '\n== %s\n' "$*"; }
+note() { printf '      %s\n' "$*"; }
+pass() { printf 'PASS  %s\n' "$*"; }
+fail() {
+    local check=$1
+    printf 'FAIL  %s\n' "$check"
+    shift
+    # Whatever explains the failure, indented under it.
+    if [ $# -gt 0 ] && [ -n "$*" ]; then
+        printf '%s\n' "$*" | sed 's/^/      | /'
+    fi
+    failures=$((failures + 1))
+    failed_checks+=("$check")
+}
+die() {
+    printf 'ERROR %s\n' "$1" >&2
+    shift
+    if [ $# -gt 0 ] && [ -n "$*" ]; then
+        printf '%s\n' "$*" | sed 's/^/      | /' >&2
+    fi
+    exit 1
+}
+
+# Runs CMD until it succeeds or SECONDS have passed.
+wait_until() {
+    local seconds=$1
+    shift
+    local deadline=$((SECONDS + seconds))
+    until "$@"; do
+        [ "$SECONDS" -lt "$deadline" ] || return 1
+        sleep 0.2
+    done
+}
+
+# ---- the container -------------------------------------------------------------
+
+machine="tcpmuxd-e2e-$$-$RANDOM"
+work=$(mktemp -d)
+nspawn_pid=
+pid1=
+root=
+cgroups=()
+session_pids=()
+
+teardown() {
+    local status=$?
+    exec 7>&-
+    for pid in "${session_pids[@]}"; do
+        kill "$pid" 2>/dev/null
+    done
+    if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
+        # SIGTERM makes nspawn halt the container cleanly, in about a second.
+        kill -TERM "$nspawn_pid" 2>/dev/null
+        if ! wait_until 20 eval '! kill -0 "$nspawn_pid" 2>/dev/null'; then
+            # Killing nspawn alone would leave the container running: its
+            # init takes every process of the container with it.
+            [ -n "$pid1" ] && kill -KILL "$pid1" 2>/dev/null
+            kill -KILL "$nspawn_pid" 2>/dev/null
+        fi
+        wait "$nspawn_pid" 2>/dev/null
+    fi
+    # nspawn leaves its supervisor/ and payload/ below our cgroup: remove
+    # the tree depth first, once the last process in it is gone.
+    for dir in "${cgroups[@]}"; do
+        [ -d "$dir" ] || continue
+        wait_until 10 eval 'find "$dir" -depth -type d -exec rmdir {} + 2>/dev/null; [ ! -d "$dir" ]' ||
+            echo "warning: cannot remove cgroup $dir" >&2
+    done
+    rm -rf "$work"
+    exit "$status"
+}
+trap teardown EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# The container gets a cgroup of its own, so that what nspawn creates below
+# it does not clutter the cgroup this script runs in and can be removed
+# afterwards. cgroup v2 has one hierarchy; a v1 ("hybrid") host has the named
+# systemd hierarchy and usually a v2 one beside it.
+if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+    cgroups=("/sys/fs/cgroup/$machine")
+else
+    for hierarchy in systemd unified; do
+        if [ -d "/sys/fs/cgroup/$hierarchy" ]; then
+            cgroups+=("/sys/fs/cgroup/$hierarchy/$machine")
+        fi
+    done
+fi
+for dir in "${cgroups[@]}"; do
+    mkdir -p "$dir" || die "cannot create cgroup $dir"
+done
+
+masks=(systemd-firstboot.service)
+read -r -a extra_masks <<<"$E2E_MASK"
+masks+=("${extra_masks[@]}")
+kernel_args=()
+for unit in "${masks[@]}"; do
+    kernel_args+=("systemd.mask=$unit")
+done
+
+section "booting systemd in container $machine"
+# --register=no and --keep-unit: nspawn must not need a systemd on the host.
+# --volatile=yes: a tmpfs root with the host's /usr read-only and an empty
+# /etc, so nothing persists and the host is not touched.
+(
+    for dir in "${cgroups[@]}"; do
+        echo "$BASHPID" >"$dir/cgroup.procs" || exit 1
+    done
+    exec systemd-nspawn -q -D / --volatile=yes -M "$machine" -b \
+        --register=no --keep-unit --private-network \
+        --bind-ro="$stage:$OPT" --console=pipe -- "${kernel_args[@]}"
+) >"$work/console.log" 2>&1 </dev/null &
+nspawn_pid=$!
+
+find_pid1() {
+    local child
+    kill -0 "$nspawn_pid" 2>/dev/null || return 2
+    for child in $(cat /proc/"$nspawn_pid"/task/*/children 2>/dev/null); do
+        if [ "$(cat /proc/"$child"/comm 2>/dev/null)" = systemd ]; then
+            pid1=$child
+            return 0
+        fi
+    done
+    return 1
+}
+wait_until "$BOOT_TIMEOUT" find_pid1 ||
+    die "the container's systemd did not start" "$(cat "$work/console.log")"
+root=/proc/$pid1/root
+wait_until "$BOOT_TIMEOUT" test -S "$root/run/systemd/private" ||
+    die "the container's systemd does not answer" "$(cat "$work/console.log")"
+
+# Runs a command inside the container, with a clean environment.
+ct() {
+    timeout "$CMD_TIMEOUT" nsenter -t "$pid1" -a \
+        env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"
+}
+show() { ct systemctl show -p "$2" --value "$1"; }
+active_running() {
+    [ "$(ct systemctl show -p ActiveState,SubState --value tcpmuxd.service | tr '\n' ' ')" = "active running " ]
+}
+lists() { ct "$CLIENT" localhost --list 2>/dev/null | tr -d '\r' | grep -qx "$1"; }
+exposure() {
+    ct systemd-analyze security --no-pager "$1" 2>&1 |
+        sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p'
+}
+# One journal entry per connection, with structured fields. Captured whole
+# and then searched: a pipe into grep -q can die of SIGPIPE under pipefail.
+journal_has() {
+    local entries
+    entries=$(ct journalctl -u tcpmuxd.service -o json --no-pager 2>/dev/null) || return 1
+    printf '%s\n' "$entries" | grep -F "\"TCPMUX_SERVICE\":\"$1\"" | grep -F "\"OUTCOME\":\"$2\"" |
+        grep -F '"REMOTE_ADDR":"' | grep -qF '"REMOTE_PORT":"'
+}
+
+state=$(timeout "$BOOT_TIMEOUT" nsenter -t "$pid1" -a \
+    env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin systemctl is-system-running --wait)
+case "$state" in
+running) pass "container booted: $state" ;;
+degraded)
+    pass "container booted: degraded (units of the host that fail in a container; E2E_MASK can mask them)"
+    ct systemctl --failed --no-legend --plain --no-pager | sed 's/^/      /'
+    ;;
+*) die "the container did not boot: '$state'" "$(cat "$work/console.log")" ;;
+esac
+
+# ---- installing, as a package would --------------------------------------------
+
+section "installing tcpmuxd"
+etc=$root/etc
+mkdir -p "$etc/systemd/system/tcpmux-.service.d" "$etc/systemd/system/tcpmuxd.service.d" \
+    "$etc/tcpmuxd/conf.d"
+cp "$stage/units/tcpmuxd.socket" "$stage/units/tcpmuxd-msp.socket" \
+    "$stage/units/tcpmuxd.service" "$etc/systemd/system/"
+cp "$stage/units/tcpmux-.service.d/10-defaults.conf" "$etc/systemd/system/tcpmux-.service.d/"
+# The container's /usr is the host's, read-only: the binary lives in the
+# staged directory, and the shipped unit stays as it is.
+cat >"$etc/systemd/system/tcpmuxd.service.d/50-e2e.conf" <<EOF
+[Service]
+ExecStart=
+ExecStart=$OPT/bin/tcpmuxd --config $CONFIG
+EOF
+# An empty /etc has no hosts file and no name service configuration;
+# clients name "localhost", and dynamic users have names.
+printf '127.0.0.1 localhost\n::1 localhost ip6-localhost\n' >"$etc/hosts"
+printf 'passwd: files systemd\ngroup: files systemd\nhosts: files\n' >"$etc/nsswitch.conf"
+cat >"$root$CONFIG" <<'EOF'
+# Socket-activated: no listen addresses.
+[tcpmux]
+name_timeout = "5s"
+
+[[service]]
+name = "echo"
+command = ["/bin/cat"]
+launcher = "exec"
+EOF
+ct systemctl daemon-reload || die "systemctl daemon-reload failed"
+
+if out=$(ct "$OPT/bin/tcpmuxd" --config "$CONFIG" --check 2>&1); then
+    pass "tcpmuxd --check: $out"
+else
+    fail "tcpmuxd --check accepts the configuration" "$out"
+fi
+
+# ---- socket activation ------------------------------------------------------
+
+section "socket activation"
+if out=$(ct systemctl enable --now tcpmuxd.socket tcpmuxd-msp.socket 2>&1); then
+    pass "systemctl enable --now tcpmuxd.socket tcpmuxd-msp.socket"
+else
+    fail "systemctl enable --now tcpmuxd.socket tcpmuxd-msp.socket" "$out"
+fi
+out=$(ct systemctl is-active tcpmuxd.socket tcpmuxd-msp.socket tcpmuxd.service)
+if [ "$(printf '%s' "$out" | tr '\n' ' ')" = "active active inactive" ]; then
+    pass "sockets listening, tcpmuxd.service not started before a client comes"
+else
+    fail "sockets active and tcpmuxd.service inactive before the first client" "$out"
+fi
+
+if out=$(ct "$CLIENT" localhost --list 2>&1) && printf '%s\n' "$out" | tr -d '\r' | grep -qx echo; then
+    pass "tcpmux localhost --list lists the configured services"
+else
+    fail "tcpmux localhost --list lists \"echo\"" "$out"
+fi
+
+# READY=1 and the client's answer travel separately: give systemd a moment.
+wait_until "$WAIT_TIMEOUT" active_running
+out=$(ct systemctl show -p ActiveState,SubState,Type,WatchdogUSec,StatusText tcpmuxd.service)
+if printf '%s\n' "$out" | grep -qx ActiveState=active && printf '%s\n' "$out" | grep -qx SubState=running &&
+    printf '%s\n' "$out" | grep -qx Type=notify && printf '%s\n' "$out" | grep -qx WatchdogUSec=30s &&
+    printf '%s\n' "$out" | grep -q '^StatusText=.'; then
+    pass "the first connection started tcpmuxd.service (Type=notify: READY, STATUS=)"
+    note "$(printf '%s\n' "$out" | grep ^StatusText=)"
+else
+    fail "tcpmuxd.service is active and running (Type=notify, WatchdogSec=30s, STATUS=) after the first connection" \
+        "$out" "$(ct journalctl -u tcpmuxd.service --no-pager -n 30)"
+fi
+
+out="$(show tcpmuxd.socket SubState) $(show tcpmuxd-msp.socket SubState)"
+if [ "$out" = "running running" ]; then
+    pass "both socket units handed their sockets to tcpmuxd.service"
+else
+    fail "tcpmuxd.socket and tcpmuxd-msp.socket are running (taken by the service)" "$out"
+fi
+
+main_pid=$(show tcpmuxd.service MainPID)
+proc_status=$(ct cat "/proc/$main_pid/status" 2>&1)
+caps=$(printf '%s\n' "$proc_status" | awk '/^Cap(Inh|Prm|Eff|Bnd|Amb):/ { print $2 }' | sort -u)
+uid=$(printf '%s\n' "$proc_status" | awk '/^Uid:/ { print $2 }')
+if [ "$caps" = 0000000000000000 ] && [ "$uid" = 0 ]; then
+    pass "tcpmuxd runs as root without any capability"
+else
+    fail "tcpmuxd runs as uid 0 with empty capability sets" "$proc_status"
+fi
+
+# ---- sessions and the journal -------------------------------------------------
+
+section "sessions (exec launcher)"
+if out=$(printf 'hello through tcpmux\n' | ct "$CLIENT" localhost echo 2>"$work/err") &&
+    [ "$out" = "hello through tcpmux" ]; then
+    pass "tcpmux localhost echo: a session of /bin/cat echoes"
+else
+    fail "tcpmux localhost echo echoes its input" "stdout: $out" "stderr: $(cat "$work/err")"
+fi
+
+out=$(ct "$CLIENT" localhost no-such-service </dev/null 2>&1)
+code=$?
+if [ "$code" = 1 ] && printf '%s\n' "$out" | grep -q -- '-Unknown service'; then
+    pass "an unknown service is refused with -Unknown service"
+else
+    fail "tcpmux localhost no-such-service exits 1 with -Unknown service" "exit $code: $out"
+fi
+
+if wait_until "$WAIT_TIMEOUT" journal_has echo served; then
+    pass "journal: TCPMUX_SERVICE=echo OUTCOME=served with REMOTE_ADDR and REMOTE_PORT"
+else
+    fail "journalctl -u tcpmuxd -o json has TCPMUX_SERVICE, REMOTE_ADDR, REMOTE_PORT, OUTCOME=served" \
+        "$(ct journalctl -u tcpmuxd.service --no-pager -n 10)"
+fi
+if wait_until "$WAIT_TIMEOUT" journal_has no-such-service unknown; then
+    pass "journal: OUTCOME=unknown for the refused name"
+else
+    fail "journal has OUTCOME=unknown for no-such-service" \
+        "$(ct journalctl -u tcpmuxd.service --no-pager -n 10)"
+fi
+
+# ---- reload ---------------------------------------------------------------
+
+section "reload"
+cat >"$etc/tcpmuxd/conf.d/50-reload.toml" <<'EOF'
+[[service]]
+name = "added-by-reload"
+command = ["/bin/cat"]
+launcher = "exec"
+EOF
+before=$(show tcpmuxd.service MainPID)
+# Once the new service is listed the reload has happened; a daemon that sent
+# RELOADING=1 without READY=1 would leave the unit "reloading".
+if out=$(ct systemctl reload tcpmuxd.service 2>&1) && wait_until "$WAIT_TIMEOUT" lists added-by-reload &&
+    wait_until "$WAIT_TIMEOUT" active_running && [ "$(show tcpmuxd.service MainPID)" = "$before" ]; then
+    pass "systemctl reload: same process, active again (READY after RELOADING), new service listed"
+else
+    fail "systemctl reload tcpmuxd applies conf.d/50-reload.toml" "$out" \
+        "$(ct systemctl show -p ActiveState,SubState,MainPID tcpmuxd.service)" \
+        "$(ct journalctl -u tcpmuxd.service --no-pager -n 20)"
+fi
+
+printf '[[service]]\nname = "broken"\nno_such_key = 1\n' >"$etc/tcpmuxd/conf.d/60-broken.toml"
+journal_names_broken() {
+    local text
+    text=$(ct journalctl -u tcpmuxd.service -o cat --no-pager 2>/dev/null) || return 1
+    printf '%s\n' "$text" | grep -q '60-broken.toml'
+}
+if ct systemctl reload tcpmuxd.service && wait_until "$WAIT_TIMEOUT" journal_names_broken &&
+    wait_until "$WAIT_TIMEOUT" active_running && lists added-by-reload && ! lists broken; then
+    pass "reload with an invalid drop-in keeps the old configuration and stays active"
+else
+    fail "an invalid configuration is rejected on reload and the old one kept" \
+        "$(ct systemctl show -p ActiveState,SubState tcpmuxd.service)" \
+        "$(ct journalctl -u tcpmuxd.service --no-pager -n 10)"
+fi
+rm -f "$etc/tcpmuxd/conf.d/60-broken.toml"
+
+# ---- the sandbox ------------------------------------------------------------
+
+section "sandbox"
+level=$(exposure tcpmuxd.service)
+if [ -n "$level" ] && awk -v l="$level" -v max="$E2E_MAX_EXPOSURE" 'BEGIN { exit !(l <= max) }'; then
+    pass "systemd-analyze security tcpmuxd.service: exposure $level (at most $E2E_MAX_EXPOSURE)"
+else
+    fail "systemd-analyze security tcpmuxd.service: exposure at most $E2E_MAX_EXPOSURE" \
+        "$(ct systemd-analyze security --no-pager tcpmuxd.service 2>&1 | grep -v '✓')"
+fi
+
+# Any transient unit named tcpmux-*.service gets the session defaults, with
+# or without tcpmuxd: check the drop-in on a unit started by hand.
+probe=tcpmux-e2e-probe@1.service
+out=$(ct systemd-run --quiet --wait --pipe --unit="$probe" /usr/bin/id 2>&1)
+uid=$(printf '%s\n' "$out" | sed -n 's/^uid=\([0-9]*\).*/\1/p')
+# DynamicUser= allocates from 61184 to 65519.
+if [ -n "$uid" ] && [ "$uid" -ge 61184 ] && [ "$uid" -le 65519 ]; then
+    pass "tcpmux-.service.d/10-defaults.conf applies to a transient tcpmux-*.service (DynamicUser: $out)"
+else
+    fail "a transient $probe runs as a dynamic user" "$out"
+fi
+probe=tcpmux-e2e-probe@2.service
+if ct systemd-run --quiet --unit="$probe" /bin/sleep "$CMD_TIMEOUT" &&
+    out=$(ct systemctl show -p MemoryMax,TasksMax,RuntimeMaxUSec,ProtectSystem,CollectMode "$probe"); then
+    note "session defaults as applied: $(printf '%s' "$out" | tr '\n' ' ')"
+    note "systemd-analyze security of a session unit: exposure $(exposure "$probe")"
+    ct systemctl stop "$probe"
+else
+    fail "a transient $probe starts" "$out"
+fi
+
+# ---- watchdog ---------------------------------------------------------------
+
+section "watchdog"
+# WatchdogSec=30s: tcpmuxd must ping every 15 s, so the time of the last
+# ping moves within 16 s of any moment.
+last_ping() { show tcpmuxd.service WatchdogTimestampMonotonic; }
+first=$(last_ping)
+if wait_until 17 eval '[ "$(last_ping)" != "$first" ]'; then
+    pass "tcpmuxd sends WATCHDOG=1 (last ping moved)"
+else
+    fail "WatchdogTimestamp of tcpmuxd.service advances within 16 s" \
+        "$(ct systemctl show -p WatchdogTimestamp,WatchdogUSec tcpmuxd.service)"
+fi
+
+# ---- the systemd launcher ---------------------------------------------------
+
+# Sessions as transient units. Returns early when tcpmuxd does not accept
+# the configuration: every later check depends on it.
+systemd_launcher_checks() {
+    section "sessions as transient units (systemd launcher)"
+    local dropin out unit before
+    for dropin in "$stage"/units/examples/*.service.d; do
+        mkdir -p "$etc/systemd/system/${dropin##*/}"
+        cp "$dropin"/*.conf "$etc/systemd/system/${dropin##*/}/"
+    done
+    ct systemctl daemon-reload
+    cat >"$etc/tcpmuxd/conf.d/70-systemd.toml" <<'EOF'
+[[service]]
+name = "hold"
+command = ["/bin/cat"]
+launcher = "systemd"
+
+# Defined by its unit drop-in alone: tcpmux-daytime@.service.d/50-exec.conf.
+[[service]]
+name = "daytime"
+launcher = "systemd"
+
+# DynamicUser=no, User=nobody: tcpmux-whoami@.service.d/50-user.conf.
+[[service]]
+name = "whoami"
+launcher = "systemd"
+EOF
+    if out=$(ct "$OPT/bin/tcpmuxd" --config "$CONFIG" --check 2>&1); then
+        pass "tcpmuxd --check accepts launcher = \"systemd\" and services without a command"
+    else
+        fail "tcpmuxd --check accepts launcher = \"systemd\" and services without a command" "$out"
+        rm -f "$etc/tcpmuxd/conf.d/70-systemd.toml"
+        note "the other systemd launcher checks were not run"
+        return 1
+    fi
+    if ct systemctl reload tcpmuxd.service && wait_until "$WAIT_TIMEOUT" active_running &&
+        wait_until "$WAIT_TIMEOUT" lists hold && lists daytime && lists whoami; then
+        pass "reload: hold, daytime and whoami listed"
+    else
+        fail "reload serves hold, daytime and whoami" "$(ct "$CLIENT" localhost --list 2>&1)" \
+            "$(ct journalctl -u tcpmuxd.service --no-pager -n 10)"
+    fi
+
+    # A session kept open through a FIFO, so that it can be used again after
+    # tcpmuxd restarts.
+    mkfifo "$work/hold.in"
+    timeout "$SESSION_TIMEOUT" nsenter -t "$pid1" -a env -i PATH=/usr/bin:/bin "$CLIENT" localhost hold \
+        <"$work/hold.in" >"$work/hold.out" 2>"$work/hold.err" &
+    session_pids+=($!)
+    exec 7>"$work/hold.in"
+    echo "before restart" >&7
+    hold_said() { grep -qx "$1" "$work/hold.out"; }
+    if wait_until "$WAIT_TIMEOUT" hold_said "before restart"; then
+        pass "tcpmux localhost hold: the session echoes"
+    else
+        fail "a session of \"hold\" echoes" "stdout: $(cat "$work/hold.out")" "stderr: $(cat "$work/hold.err")" \
+            "$(ct journalctl -u tcpmuxd.service --no-pager -n 10)"
+    fi
+
+    session_units() {
+        ct systemctl list-units --plain --no-legend --no-pager 'tcpmux-hold@*' | awk '{ print $1 }'
+    }
+    unit=$(session_units)
+    if [ "$(printf '%s\n' "$unit" | grep -c '^tcpmux-hold@.*\.service$')" = 1 ]; then
+        pass "the session runs as transient unit $unit"
+        out=$(ct systemctl show -p DynamicUser,DropInPaths "$unit")
+        if printf '%s\n' "$out" | grep -qx DynamicUser=yes &&
+            printf '%s\n' "$out" | grep -q 'tcpmux-.service.d/10-defaults.conf'; then
+            pass "$unit has the session defaults (DynamicUser=yes from 10-defaults.conf)"
+        else
+            fail "$unit picks up tcpmux-.service.d/10-defaults.conf" "$out"
+        fi
+        note "systemd-analyze security $unit: exposure $(exposure "$unit")"
+    else
+        fail "systemctl list-units 'tcpmux-*' shows one tcpmux-hold@INSTANCE.service during the session" \
+            "$(ct systemctl list-units --all --no-pager 'tcpmux-*')"
+    fi
+
+    before=$(show tcpmuxd.service MainPID)
+    if out=$(ct systemctl restart tcpmuxd.service 2>&1) && wait_until "$WAIT_TIMEOUT" active_running &&
+        [ "$(show tcpmuxd.service MainPID)" != "$before" ]; then
+        echo "after restart" >&7
+        if wait_until "$WAIT_TIMEOUT" hold_said "after restart"; then
+            pass "systemctl restart tcpmuxd: the open session keeps working"
+        else
+            fail "a session survives systemctl restart tcpmuxd" "stdout: $(cat "$work/hold.out")" \
+                "stderr: $(cat "$work/hold.err")"
+        fi
+    else
+        fail "systemctl restart tcpmuxd.service gives a new, running tcpmuxd" "$out" \
+            "$(ct systemctl status --no-pager tcpmuxd.service)"
+    fi
+
+    exec 7>&-
+    if wait_until "$WAIT_TIMEOUT" eval '[ -z "$(session_units)" ]'; then
+        pass "the session's unit is gone once the client closes"
+    else
+        fail "tcpmux-hold@*.service goes away after the session ends" "$(session_units)"
+    fi
+
+    out=$(ct "$CLIENT" localhost daytime </dev/null 2>&1)
+    if printf '%s\n' "$out" | grep -q 'UTC 20[0-9][0-9]'; then
+        pass "daytime (ExecStart= from its drop-in only): $(printf '%s\n' "$out" | tail -n 1)"
+    else
+        fail "tcpmux localhost daytime prints the date from the drop-in's ExecStart=/bin/date -u" "$out" \
+            "$(ct journalctl --no-pager -n 10 -u 'tcpmux-daytime@*' 2>&1)"
+    fi
+
+    out=$(ct "$CLIENT" localhost whoami </dev/null 2>/dev/null | tr -d '\r')
+    if [ "$out" = nobody ]; then
+        pass "whoami (drop-in DynamicUser=no, User=nobody) runs as nobody"
+    else
+        fail "tcpmux localhost whoami prints nobody" "$out" \
+            "$(ct journalctl --no-pager -n 10 -u 'tcpmux-whoami@*' 2>&1)"
+    fi
+
+    if wait_until "$WAIT_TIMEOUT" journal_has hold served; then
+        pass "journal: TCPMUX_SERVICE=hold OUTCOME=served"
+    else
+        fail "journal has OUTCOME=served for hold" "$(ct journalctl -u tcpmuxd.service --no-pager -n 10)"
+    fi
+}
+
+# The other way to run tcpmuxd (packaging/README.md): as the user "tcpmuxd",
+# allowed by the shipped polkit rule to start session units, and no others.
+dedicated_user_checks() {
+    section "tcpmuxd as the dedicated user tcpmuxd (polkit rule)"
+    local out uid main_pid
+    if [ ! -x "$root/usr/lib/polkit-1/polkitd" ]; then
+        note "not run: polkitd is not installed"
+        return
+    fi
+    mkdir -p "$etc/sysusers.d" "$etc/polkit-1/rules.d"
+    cp "$stage/packaging/sysusers.d/tcpmuxd.conf" "$etc/sysusers.d/"
+    # The rule belongs in /usr/share/polkit-1/rules.d/, but in this container
+    # that directory belongs to the host's polkitd user id: use /etc.
+    cp "$stage/packaging/polkit/50-tcpmuxd.rules" "$etc/polkit-1/rules.d/"
+    if ! out=$(ct systemd-sysusers 2>&1); then
+        fail "systemd-sysusers creates the user from packaging/sysusers.d/tcpmuxd.conf" "$out"
+        return
+    fi
+    cat >"$etc/systemd/system/tcpmuxd.service.d/60-user.conf" <<'EOF'
+[Service]
+User=tcpmuxd
+EOF
+    ct systemctl daemon-reload
+    uid=$(ct id -u tcpmuxd)
+    if out=$(ct systemctl restart tcpmuxd.service 2>&1) && wait_until "$WAIT_TIMEOUT" active_running; then
+        main_pid=$(show tcpmuxd.service MainPID)
+        out=$(ct cat "/proc/$main_pid/status" | awk '/^Uid:/ { print $2 }')
+        if [ -n "$uid" ] && [ "$out" = "$uid" ]; then
+            pass "tcpmuxd runs as tcpmuxd (uid $uid) with the drop-in User=tcpmuxd"
+        else
+            fail "tcpmuxd runs as user tcpmuxd (uid ${uid:-unknown})" "uid of MainPID $main_pid: $out"
+        fi
+    else
+        fail "systemctl restart tcpmuxd with User=tcpmuxd" "$out" "$(ct journalctl -u tcpmuxd.service --no-pager -n 10)"
+    fi
+
+    out=$(printf 'from the tcpmuxd user\n' | ct "$CLIENT" localhost hold 2>"$work/err")
+    if [ "$out" = "from the tcpmuxd user" ]; then
+        pass "the polkit rule lets user tcpmuxd start session units"
+    else
+        fail "a session works when tcpmuxd runs as user tcpmuxd" "stdout: $out" "stderr: $(cat "$work/err")" \
+            "$(ct journalctl -u tcpmuxd.service -u polkit.service --no-pager -n 10)"
+    fi
+    out=$(ct systemd-run --quiet --wait --pipe -p User=tcpmuxd busctl call org.freedesktop.systemd1 \
+        /org/freedesktop/systemd1 org.freedesktop.systemd1.Manager StopUnit ss dbus.service fail 2>&1)
+    if printf '%s\n' "$out" | grep -q 'Access denied' && [ "$(ct systemctl is-active dbus.service)" = active ]; then
+        pass "the polkit rule does not let user tcpmuxd stop other units"
+    else
+        fail "user tcpmuxd is refused StopUnit dbus.service" "$out"
+    fi
+    note "systemd-analyze security tcpmuxd.service with User=tcpmuxd: exposure $(exposure tcpmuxd.service)"
+}
+
+if [ "$E2E_SYSTEMD_LAUNCHER" = 1 ]; then
+    systemd_launcher_checks && dedicated_user_checks
+else
+    section "systemd launcher checks left out (E2E_SYSTEMD_LAUNCHER=$E2E_SYSTEMD_LAUNCHER)"
+fi
+
+# ---- the end ------------------------------------------------------------------
+
+section "result"
+restarts=$(show tcpmuxd.service NRestarts)
+if [ "$restarts" = 0 ] && ! ct systemctl is-failed --quiet tcpmuxd.service; then
+    pass "tcpmuxd.service never failed or restarted on its own"
+else
+    fail "tcpmuxd.service did not fail (NRestarts=$restarts)" "$(ct journalctl -u tcpmuxd.service --no-pager -n 20)"
+fi
+if [ "$failures" = 0 ]; then
+    echo "all checks passed"
+    exit 0
+fi
+echo "$failures checks failed:"
+printf '  %s\n' "${failed_checks[@]}"
+exit 1
