@@ -8,7 +8,7 @@
 # restart, the journal and the sandbox.
 #
 # Usage: tests/systemd-e2e.sh STAGE
-#   STAGE/bin/tcpmuxd, STAGE/bin/tcpmux   the binaries under test
+#   STAGE/bin/{tcpmuxd,tcpmux,msend}      the binaries under test
 #   STAGE/units/, STAGE/packaging/        copies of the repository's units/
 #                                         and packaging/
 # `cargo test` stages these itself (tests/systemd_e2e.rs).
@@ -616,6 +616,38 @@ if [ "$E2E_SYSTEMD_LAUNCHER" = 1 ]; then
 else
     section "systemd launcher checks left out (E2E_SYSTEMD_LAUNCHER=$E2E_SYSTEMD_LAUNCHER)"
 fi
+
+# ---- the Message Send Protocol -----------------------------------------------
+
+section "Message Send Protocol (tcpmuxd-msp.socket, journal delivery)"
+cat >"$etc/tcpmuxd/conf.d/80-msp.toml" <<'EOF'
+[msp]
+deliver = "journal"
+EOF
+ct systemctl reload tcpmuxd.service
+readonly MSP_MESSAGE_ID=3c4f0b9e2d7a4c61a8e5f1b27d9c6e04
+msp_in_journal() {
+    local entries
+    entries=$(ct journalctl MESSAGE_ID=$MSP_MESSAGE_ID -o json --no-pager 2>/dev/null) || return 1
+    printf '%s\n' "$entries" | grep -F '"MSP_RECIPIENT":"alice"' | grep -F "\"MSP_TRANSPORT\":\"$1\"" |
+        grep -F '"REMOTE_ADDR":"' | grep -qF "$2"
+}
+if wait_until "$WAIT_TIMEOUT" active_running &&
+    out=$(ct "$OPT/bin/msend" alice@localhost "hello over tcp" 2>&1) &&
+    wait_until "$WAIT_TIMEOUT" msp_in_journal tcp "hello over tcp"; then
+    pass "msend over TCP port 18: acknowledged, one journal entry with the MSP_* fields"
+else
+    fail "msend alice@localhost over TCP is delivered to the journal" "$out" \
+        "$(ct journalctl -u tcpmuxd.service --no-pager -n 10)"
+fi
+if out=$(ct "$OPT/bin/msend" --udp alice@localhost "hello over udp" 2>&1) &&
+    wait_until "$WAIT_TIMEOUT" msp_in_journal udp "hello over udp"; then
+    pass "msend --udp to port 18: acknowledged and delivered"
+else
+    fail "msend --udp alice@localhost is delivered to the journal" "$out" \
+        "$(ct journalctl -u tcpmuxd.service --no-pager -n 10)"
+fi
+rm -f "$etc/tcpmuxd/conf.d/80-msp.toml"
 
 # ---- the end ------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ const UNITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/units");
 const PACKAGING: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging");
 const DAEMON: &str = env!("CARGO_BIN_EXE_tcpmuxd");
 const CLIENT: &str = env!("CARGO_BIN_EXE_tcpmux");
+const MSEND: &str = env!("CARGO_BIN_EXE_msend");
 
 /// The script's exit status when systemd cannot be booted here.
 const EXIT_SKIP: i32 = 77;
@@ -33,6 +34,7 @@ fn systemd_end_to_end() {
     fs::create_dir(&bin).expect("create STAGE/bin");
     fs::copy(DAEMON, bin.join("tcpmuxd")).expect("stage tcpmuxd");
     fs::copy(CLIENT, bin.join("tcpmux")).expect("stage tcpmux");
+    fs::copy(MSEND, bin.join("msend")).expect("stage msend");
     copy_dir(Path::new(UNITS), &stage.path().join("units"));
     copy_dir(Path::new(PACKAGING), &stage.path().join("packaging"));
     // Seen from inside the container, where tcpmuxd has no capabilities.
