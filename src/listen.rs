@@ -131,6 +131,44 @@ pub fn bind_tcp(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, ListenError> {
         .collect()
 }
 
+/// The next connection, or None once `shutdown` is cancelled. Errors that
+/// concern one connection are skipped; others (out of descriptors or
+/// memory) pause the loop for [`ACCEPT_ERROR_BACKOFF`] so that a listener
+/// that stays readable does not make it spin.
+///
+/// [`ACCEPT_ERROR_BACKOFF`]: crate::limits::ACCEPT_ERROR_BACKOFF
+pub async fn accept(
+    listener: &tokio::net::TcpListener,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok(conn) => return Some(conn),
+            Err(e) if is_per_connection_error(&e) => tracing::debug!("accept: {e}"),
+            Err(e) => {
+                tracing::warn!(
+                    "accept: {e}; pausing {} ms",
+                    crate::limits::ACCEPT_ERROR_BACKOFF.as_millis()
+                );
+                tokio::time::sleep(crate::limits::ACCEPT_ERROR_BACKOFF).await;
+            }
+        }
+    }
+}
+
+fn is_per_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::Interrupted
+    )
+}
+
 /// Binds UDP sockets on `addrs`.
 pub fn bind_udp(addrs: &[SocketAddr]) -> Result<Vec<UdpSocket>, ListenError> {
     addrs

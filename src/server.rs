@@ -208,52 +208,23 @@ async fn accept_loop(
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let max = state.config.load().tcpmux.max_handshakes;
-                if state.stats.handshakes.fetch_add(1, Ordering::Relaxed) >= max {
-                    state.stats.handshakes.fetch_sub(1, Ordering::Relaxed);
-                    state.stats.refused.fetch_add(1, Ordering::Relaxed);
-                    // Never wait on this client: the reply fits the empty
-                    // send buffer of a new connection.
-                    let _ = stream.try_write(reply::OVERLOADED);
-                    log_outcome(peer, None, Outcome::Overloaded);
-                    continue;
-                }
-                let state = Arc::clone(&state);
-                tracker.spawn(async move {
-                    let _guard = HandshakeGuard(&state.stats.handshakes);
-                    handle(stream, peer, &state).await;
-                });
-            }
-            Err(e) if is_per_connection_error(&e) => {
-                tracing::debug!("accept: {e}");
-            }
-            Err(e) => {
-                // Out of descriptors or memory: wait for some to be freed
-                // rather than spin on a socket that stays readable.
-                tracing::warn!(
-                    "accept: {e}; pausing {} ms",
-                    limits::ACCEPT_ERROR_BACKOFF.as_millis()
-                );
-                tokio::time::sleep(limits::ACCEPT_ERROR_BACKOFF).await;
-            }
+    while let Some((stream, peer)) = crate::listen::accept(&listener, &shutdown).await {
+        let max = state.config.load().tcpmux.max_handshakes;
+        if state.stats.handshakes.fetch_add(1, Ordering::Relaxed) >= max {
+            state.stats.handshakes.fetch_sub(1, Ordering::Relaxed);
+            state.stats.refused.fetch_add(1, Ordering::Relaxed);
+            // Never wait on this client: the reply fits the empty send
+            // buffer of a new connection.
+            let _ = stream.try_write(reply::OVERLOADED);
+            log_outcome(peer, None, Outcome::Overloaded);
+            continue;
         }
+        let state = Arc::clone(&state);
+        tracker.spawn(async move {
+            let _guard = HandshakeGuard(&state.stats.handshakes);
+            handle(stream, peer, &state).await;
+        });
     }
-}
-
-fn is_per_connection_error(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-    )
 }
 
 /// How a connection's handshake ended, for the log and the counters.

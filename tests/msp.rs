@@ -98,6 +98,20 @@ impl Msp {
     }
 }
 
+/// A daemon with `config` and an MSP TCP socket, and a connection to it.
+fn msp_tcp_daemon(config: &str) -> (Daemon, TcpStream) {
+    let l = loopback_listener();
+    let addr = l.local_addr().unwrap();
+    let passed = vec![
+        Passed::Stream(loopback_listener(), "tcpmux"),
+        Passed::Stream(l, "msp"),
+    ];
+    let d = Daemon::start_with(config, &[], passed);
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    (d, s)
+}
+
 /// Reads one NUL-terminated reply.
 fn reply(s: &mut TcpStream) -> String {
     let mut out = Vec::new();
@@ -347,18 +361,7 @@ fn the_command_method_reports_its_exit_and_times_out() {
     let config = format!(
         "[msp]\ndeliver = \"command\"\ncommand = [\"{slow}\"]\ncommand_timeout = \"300ms\"\n"
     );
-    let l = loopback_listener();
-    let addr = l.local_addr().unwrap();
-    let d = Daemon::start_with(
-        &config,
-        &[],
-        vec![
-            Passed::Stream(loopback_listener(), "tcpmux"),
-            Passed::Stream(l, "msp"),
-        ],
-    );
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
+    let (d, mut s) = msp_tcp_daemon(&config);
     s.write_all(&b(["chris", "", "hi", "sandy", "", "1", ""]))
         .unwrap();
     assert_eq!(reply(&mut s), "-delivery timed out");
@@ -424,18 +427,7 @@ fn the_tty_method_writes_to_the_users_terminal_and_honours_mesg() {
     let utmp = dir.path().join("utmp");
     let mut pty = open_pty(&utmp, "tester");
     let config = format!("[msp]\ndeliver = \"tty\"\nutmp = \"{}\"\n", utmp.display());
-    let l = loopback_listener();
-    let addr = l.local_addr().unwrap();
-    let _d = Daemon::start_with(
-        &config,
-        &[],
-        vec![
-            Passed::Stream(loopback_listener(), "tcpmux"),
-            Passed::Stream(l, "msp"),
-        ],
-    );
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
+    let (_d, mut s) = msp_tcp_daemon(&config);
 
     mesg(&pty, true);
     s.write_all(&b([

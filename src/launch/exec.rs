@@ -45,15 +45,7 @@ impl Launcher for ExecLauncher {
         let Some(command) = service.command.as_deref() else {
             return Err(LaunchError::NoCommand.into());
         };
-        let Connection {
-            stream,
-            peer,
-            local,
-        } = conn;
-        // The program expects an ordinary blocking socket; O_NONBLOCK is a
-        // property of the open file, shared by every copy of the descriptor.
-        let socket = stream.into_std().map_err(LaunchError::Socket)?;
-        socket.set_nonblocking(false).map_err(LaunchError::Socket)?;
+        let (socket, peer, local) = conn.into_blocking()?;
         let stdout = socket.try_clone().map_err(LaunchError::Socket)?;
         // Kept to answer the client if the program cannot be started.
         let reply = socket.try_clone().ok();

@@ -21,6 +21,20 @@ pub struct Connection {
     pub local: SocketAddr,
 }
 
+impl Connection {
+    /// The connection as an ordinary blocking socket, ready to become a
+    /// program's stdin and stdout. O_NONBLOCK belongs to the open file,
+    /// shared by every copy of the descriptor, so the program would see the
+    /// runtime's non-blocking mode otherwise.
+    pub fn into_blocking(
+        self,
+    ) -> Result<(std::net::TcpStream, SocketAddr, SocketAddr), LaunchError> {
+        let socket = self.stream.into_std().map_err(LaunchError::Socket)?;
+        socket.set_nonblocking(false).map_err(LaunchError::Socket)?;
+        Ok((socket, self.peer, self.local))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
     #[error("program {path}: {cause}")]

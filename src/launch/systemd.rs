@@ -507,14 +507,7 @@ impl Launcher for SystemdLauncher {
             return Err(LaunchError::Systemd("not connected to the service manager".into()).into());
         };
         let unit = unit_name(&service.name, &self.next_instance());
-        let Connection {
-            stream,
-            peer,
-            local,
-        } = conn;
-        let socket = stream.into_std().map_err(LaunchError::Socket)?;
-        // The unit's process gets the same open file: it must be blocking.
-        socket.set_nonblocking(false).map_err(LaunchError::Socket)?;
+        let (socket, peer, local) = conn.into_blocking()?;
         let props = match properties(&service, peer, local, &socket, bus.version) {
             Ok(p) => p,
             Err(error) => {

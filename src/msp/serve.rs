@@ -168,31 +168,19 @@ pub async fn serve_tcp(
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let max = state.config.load().msp.max_connections;
-                if state.msp.tcp_connections.fetch_add(1, Ordering::Relaxed) >= max {
-                    state.msp.tcp_connections.fetch_sub(1, Ordering::Relaxed);
-                    state.msp.dropped.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(remote_addr = %peer.ip().to_canonical(), "MSP: too many connections");
-                    continue;
-                }
-                let state = Arc::clone(&state);
-                tracker.spawn(async move {
-                    handle_tcp(stream, peer, &state).await;
-                    state.msp.tcp_connections.fetch_sub(1, Ordering::Relaxed);
-                });
-            }
-            Err(e) => {
-                tracing::warn!("MSP accept: {e}");
-                tokio::time::sleep(limits::ACCEPT_ERROR_BACKOFF).await;
-            }
+    while let Some((stream, peer)) = crate::listen::accept(&listener, &shutdown).await {
+        let max = state.config.load().msp.max_connections;
+        if state.msp.tcp_connections.fetch_add(1, Ordering::Relaxed) >= max {
+            state.msp.tcp_connections.fetch_sub(1, Ordering::Relaxed);
+            state.msp.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(remote_addr = %peer.ip().to_canonical(), "MSP: too many connections");
+            continue;
         }
+        let state = Arc::clone(&state);
+        tracker.spawn(async move {
+            handle_tcp(stream, peer, &state).await;
+            state.msp.tcp_connections.fetch_sub(1, Ordering::Relaxed);
+        });
     }
 }
 
