@@ -444,6 +444,26 @@ fn notifies_systemd_of_status_and_stopping() {
 }
 
 #[test]
+fn connections_over_max_handshakes_are_answered_at_once() {
+    let d = Daemon::start(&BASE.replace("[tcpmux]", "[tcpmux]\nmax_handshakes = 2"));
+    // Two silent clients hold both handshake places.
+    let silent: Vec<_> = (0..2).map(|_| d.connect()).collect();
+    assert!(d.wait_notify("2 in handshake"), "{}", d.log());
+    assert_eq!(
+        d.exchange(b"echo\r\n"),
+        b"-Too many connections, try again later\r\n"
+    );
+    assert!(d.wait_log("outcome=overloaded"), "{}", d.log());
+    drop(silent);
+    // The places come back when those clients leave.
+    assert!(
+        wait_until(|| d.exchange(b"HELP\r\n") == b"echo\r\nDedicated\r\nenv\r\n"),
+        "{}",
+        d.log()
+    );
+}
+
+#[test]
 fn feeds_the_watchdog_when_systemd_asks() {
     let passed = vec![Passed::Stream(loopback_listener(), "tcpmux")];
     let d = Daemon::start_env(BASE, &[], passed, &[("WATCHDOG_USEC", "200000")]);
