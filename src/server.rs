@@ -125,11 +125,13 @@ impl State {
     /// launcher.
     fn wants_systemd(&self) -> bool {
         let config = self.config.load();
-        config.services.iter().any(|s| match s.launcher {
-            LauncherKind::Systemd => true,
-            LauncherKind::Auto => self.under_systemd,
-            LauncherKind::Exec => false,
-        })
+        let msp_command = config.msp.deliver == config::Delivery::Command;
+        (self.under_systemd && msp_command)
+            || config.services.iter().any(|s| match s.launcher {
+                LauncherKind::Systemd => true,
+                LauncherKind::Auto => self.under_systemd,
+                LauncherKind::Exec => false,
+            })
     }
 
     /// Connects the systemd launcher when the configuration needs it, and

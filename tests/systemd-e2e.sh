@@ -649,6 +649,34 @@ else
 fi
 rm -f "$etc/tcpmuxd/conf.d/80-msp.toml"
 
+section "Message Send Protocol (command delivery as tcpmux-msp@ units)"
+cat >"$etc/tcpmuxd/conf.d/80-msp.toml" <<'EOF'
+[msp]
+deliver = "command"
+command = ["/bin/sh", "-c", "if [ \"$MSP_RECIPIENT\" = bob ]; then echo 'bob is away' >&2; exit 1; fi; cat >/dev/null"]
+EOF
+ct systemctl reload tcpmuxd.service
+msp_units_logged() {
+    local text
+    text=$(ct journalctl -u 'tcpmux-msp@*' -o cat --no-pager 2>/dev/null) || return 1
+    [ -n "$text" ]
+}
+if wait_until "$WAIT_TIMEOUT" active_running &&
+    out=$(ct "$OPT/bin/msend" alice@localhost "by command" 2>&1) &&
+    wait_until "$WAIT_TIMEOUT" msp_units_logged; then
+    pass "msend: delivered by the command, run as a transient tcpmux-msp@ unit"
+else
+    fail "[msp] deliver = \"command\" runs as tcpmux-msp@*.service" "$out" \
+        "$(ct journalctl -u tcpmuxd.service --no-pager -n 10)"
+fi
+out=$(ct "$OPT/bin/msend" bob@localhost "anyone?" 2>&1)
+if [ $? = 1 ] && printf '%s\n' "$out" | grep -q 'refused: bob is away'; then
+    pass "a failing delivery command's first stderr line is the reason sent back"
+else
+    fail "msend bob@localhost is refused with the command's reason" "$out"
+fi
+rm -f "$etc/tcpmuxd/conf.d/80-msp.toml"
+
 # ---- the end ------------------------------------------------------------------
 
 section "result"

@@ -353,3 +353,77 @@ async fn units_found_running_are_counted_against_their_service() {
     assert_eq!(h.launcher.tracked_units(), 2);
     assert_eq!(h.sessions.total(), 2);
 }
+
+#[tokio::test]
+async fn msp_commands_run_as_oneshot_units_with_the_message_on_stdin() {
+    let h = harness(ECHO, &[]).await;
+    let command = vec!["/usr/local/bin/on-message".to_string(), "$X".to_string()];
+    let env = vec![("MSP_RECIPIENT", "alice".to_string())];
+    h.launcher
+        .run_oneshot(
+            "msp",
+            "MSP delivery".into(),
+            &command,
+            env.clone(),
+            b"hello",
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+    let started = h.mock.started.lock().unwrap().pop().unwrap();
+    assert!(started.name.starts_with("tcpmux-msp@"), "{}", started.name);
+    let p = &started.props;
+    assert_eq!(string(p, "Type"), "oneshot");
+    assert_eq!(
+        u64::try_from(p["TimeoutStartUSec"].try_clone().unwrap()).unwrap(),
+        3_000_000
+    );
+    assert!(format!("{:?}", p["Environment"]).contains("MSP_RECIPIENT=alice"));
+    assert!(format!("{:?}", p["ExecStart"]).contains("$$X"));
+    let stdin: OwnedFd = zbus::Fd::try_from(p["StandardInputFileDescriptor"].try_clone().unwrap())
+        .unwrap()
+        .as_fd()
+        .try_clone_to_owned()
+        .unwrap();
+    let mut text = String::new();
+    std::fs::File::from(stdin)
+        .read_to_string(&mut text)
+        .unwrap();
+    assert_eq!(text, "hello");
+
+    // A failed job: the first line of the program's stderr is the reason.
+    *h.mock.result.lock().unwrap() = "failed".into();
+    let mock = h.mock.clone();
+    let writer = tokio::spawn(async move {
+        // Play the program: write to the stderr the unit was given.
+        loop {
+            if let Some(s) = mock.started.lock().unwrap().pop() {
+                let fd: OwnedFd =
+                    zbus::Fd::try_from(s.props["StandardErrorFileDescriptor"].try_clone().unwrap())
+                        .unwrap()
+                        .as_fd()
+                        .try_clone_to_owned()
+                        .unwrap();
+                std::fs::File::from(fd)
+                    .write_all(b"alice is away\nmore\n")
+                    .unwrap();
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let err = h
+        .launcher
+        .run_oneshot(
+            "msp",
+            "MSP delivery".into(),
+            &command,
+            env,
+            b"hi",
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap_err();
+    writer.await.unwrap();
+    assert_eq!(err, "alice is away");
+}

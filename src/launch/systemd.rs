@@ -212,6 +212,116 @@ impl SystemdLauncher {
         check_templates(&self.inner).await;
     }
 
+    /// Starts a transient unit and waits for its start job to end. `slot`,
+    /// when given, is held until the unit is unloaded.
+    async fn start_job(
+        &self,
+        bus: &Bus,
+        unit: &str,
+        props: Vec<(String, OwnedVariant)>,
+        slot: Option<SessionSlot>,
+        limit: std::time::Duration,
+    ) -> JobEnd {
+        let inner = &self.inner;
+        let (tx, rx) = oneshot::channel();
+        lock(&inner.pending).insert(unit.to_string(), tx);
+        if let Some(slot) = slot {
+            lock(&inner.running).insert(unit.to_string(), slot);
+        }
+        let started = call(
+            "StartTransientUnit",
+            bus.manager
+                .start_transient_unit(unit.to_string(), "fail".into(), props, Vec::new()),
+        )
+        .await;
+        if let Err(e) = started {
+            lock(&inner.pending).remove(unit);
+            lock(&inner.running).remove(unit);
+            if e.disconnected {
+                lost(inner, bus.generation);
+            }
+            return JobEnd::Refused(e.to_string());
+        }
+        match tokio::time::timeout(limit, rx).await {
+            Ok(Ok(result)) => JobEnd::Result(result),
+            Ok(Err(_)) => JobEnd::Lost,
+            Err(_) => {
+                lock(&inner.pending).remove(unit);
+                JobEnd::TimedOut(limit)
+            }
+        }
+    }
+
+    /// Runs `command` to its end as a transient unit `tcpmux-NAME@...service`
+    /// (`Type=oneshot`, killed after `limit`), with `input` on its standard
+    /// input. Ok when it exits 0; otherwise the first line of its stderr, or
+    /// a description of how it failed.
+    pub async fn run_oneshot(
+        &self,
+        name: &str,
+        description: String,
+        command: &[String],
+        environment: Vec<(&'static str, String)>,
+        input: &[u8],
+        limit: std::time::Duration,
+    ) -> Result<(), String> {
+        use rustix::pipe::{PipeFlags, pipe_with};
+        let Some(bus) = lock(&self.inner.bus).clone() else {
+            return Err("not connected to the service manager".into());
+        };
+        let unit = unit_name(name, &self.next_instance());
+        let pipe = || pipe_with(PipeFlags::CLOEXEC).map_err(|e| format!("pipe: {e}"));
+        let (stdin, mut feed) = pipe()?;
+        let (reason, stderr) = pipe()?;
+        // Small enough for the pipe's buffer: written before the unit runs.
+        rustix::io::write(&mut feed, input).map_err(|e| format!("pipe: {e}"))?;
+        drop(feed);
+        let value = |v: Variant<'_>| OwnedVariant::try_from(v).map_err(|e| e.to_string());
+        let argv: Vec<String> = command.iter().map(|a| a.replace('$', "$$")).collect();
+        let exec: Vec<(String, Vec<String>, bool)> = vec![(command[0].clone(), argv, false)];
+        let env: Vec<String> = environment
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let props = vec![
+            ("Description".to_string(), value(description.into())?),
+            ("Type".into(), value("oneshot".into())?),
+            ("CollectMode".into(), value("inactive-or-failed".into())?),
+            (
+                "TimeoutStartUSec".into(),
+                value((limit.as_micros() as u64).into())?,
+            ),
+            (
+                "StandardInputFileDescriptor".into(),
+                value(Fd::from(stdin).into())?,
+            ),
+            ("StandardOutput".into(), value("null".into())?),
+            (
+                "StandardErrorFileDescriptor".into(),
+                value(Fd::from(stderr).into())?,
+            ),
+            ("Environment".into(), value(env.into())?),
+            ("ExecStart".into(), value(exec.into())?),
+        ];
+        let end = self
+            .start_job(&bus, &unit, props, None, limit + limits::DBUS_CALL_TIMEOUT)
+            .await;
+        match end {
+            JobEnd::Result(result) if result == "done" => Ok(()),
+            JobEnd::Result(result) if result == "timeout" => Err("delivery timed out".into()),
+            JobEnd::Result(result) => match first_line(reason).await {
+                Some(line) => Err(line),
+                None => Err(format!("delivery failed ({unit}: {result})")),
+            },
+            JobEnd::Refused(e) => {
+                tracing::error!("starting {unit}: {e}");
+                Err("delivery failed".into())
+            }
+            JobEnd::Lost => Err("delivery failed: connection to the service manager lost".into()),
+            JobEnd::TimedOut(_) => Err("delivery timed out".into()),
+        }
+    }
+
     fn next_instance(&self) -> String {
         let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
         format!("{}-{n}", self.inner.instance_prefix)
@@ -332,6 +442,37 @@ async fn adopt(inner: &Arc<Inner>, manager: &ManagerProxy<'static>) -> Result<()
         );
     }
     Ok(())
+}
+
+/// How waiting for a unit's start job ended.
+enum JobEnd {
+    /// The job's result: "done", "failed", "timeout", "dependency", ...
+    Result(String),
+    /// systemd refused to create the unit.
+    Refused(String),
+    /// The connection to the manager broke before the job ended.
+    Lost,
+    TimedOut(std::time::Duration),
+}
+
+/// The first line a finished program wrote to `pipe`, if any.
+async fn first_line(pipe: OwnedFd) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe).ok()?;
+    let mut limited = receiver.take(limits::MSP_MAX_REASON_LEN as u64);
+    let mut text = Vec::new();
+    let read = limited.read_to_end(&mut text);
+    // A grandchild may hold the pipe open: take what is there.
+    let _ = tokio::time::timeout(limits::STDERR_DRAIN_TIMEOUT, read).await;
+    let text = String::from_utf8_lossy(&text);
+    let line: String = text
+        .lines()
+        .next()?
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    let line = line.trim().to_string();
+    (!line.is_empty()).then_some(line)
 }
 
 type JobStream = zbus_systemd::systemd1::JobRemovedStream;
@@ -518,53 +659,35 @@ impl Launcher for SystemdLauncher {
             }
         };
 
-        let (tx, rx) = oneshot::channel();
-        lock(&inner.pending).insert(unit.clone(), tx);
-        lock(&inner.running).insert(unit.clone(), slot);
-        let started = call(
-            "StartTransientUnit",
-            bus.manager
-                .start_transient_unit(unit.clone(), "fail".into(), props, Vec::new()),
-        )
-        .await;
-        if let Err(e) = started {
-            lock(&inner.pending).remove(&unit);
-            lock(&inner.running).remove(&unit);
-            if e.disconnected {
-                lost(inner, bus.generation);
-            }
-            return Err(Failed {
-                error: LaunchError::Systemd(format!("starting {unit}: {e}")),
-                conn: Some(socket),
-            });
-        }
         // From here on the unit may own the connection: hand it back for an
-        // answer only when its start job proves the program never ran.
-        let (failure, conn) = match tokio::time::timeout(limits::UNIT_START_TIMEOUT, rx).await {
-            Ok(Ok(result)) if result == "done" => {
+        // answer only when the unit was never made, or its start job proves
+        // the program never ran.
+        let (failure, conn) = match self
+            .start_job(&bus, &unit, props, Some(slot), limits::UNIT_START_TIMEOUT)
+            .await
+        {
+            JobEnd::Result(result) if result == "done" => {
                 tracing::info!(tcpmux_service = %service.name, %unit, "session started as {unit}");
                 return Ok(());
             }
-            Ok(Ok(result)) => (
+            JobEnd::Result(result) => (
                 format!(
                     "{unit}: start job ended with result \"{result}\" (see journalctl -u {unit})"
                 ),
                 Some(socket),
             ),
-            Ok(Err(_)) => (
+            JobEnd::Refused(e) => (format!("starting {unit}: {e}"), Some(socket)),
+            JobEnd::Lost => (
                 format!("{unit}: connection to the service manager lost while starting"),
                 None,
             ),
-            Err(_) => {
-                lock(&inner.pending).remove(&unit);
-                (
-                    format!(
-                        "{unit}: no start result from systemd within {}",
-                        humantime::format_duration(limits::UNIT_START_TIMEOUT)
-                    ),
-                    None,
-                )
-            }
+            JobEnd::TimedOut(limit) => (
+                format!(
+                    "{unit}: no start result from systemd within {}",
+                    humantime::format_duration(limit)
+                ),
+                None,
+            ),
         };
         Err(Failed {
             error: LaunchError::Systemd(failure),

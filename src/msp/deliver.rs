@@ -5,10 +5,14 @@ use super::message::{Message, latin1};
 use super::tty;
 use crate::config::{Delivery, MspSettings};
 use crate::launch::exec::SESSION_PATH;
+use crate::launch::systemd::SystemdLauncher;
 use crate::limits::MSP_MAX_REASON_LEN;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Under systemd, the delivery command runs as `tcpmux-msp@INSTANCE.service`.
+pub const MSP_UNIT_NAME: &str = "msp";
 
 /// `MESSAGE_ID` of the journal entry each message becomes with
 /// `deliver = "journal"`; `journalctl MESSAGE_ID=...` lists them all.
@@ -58,10 +62,35 @@ impl Envelope<'_> {
 
 /// Delivers by the configured method; the error is the reason given to the
 /// sender.
-pub async fn deliver(settings: &MspSettings, envelope: &Envelope<'_>) -> Result<(), String> {
+/// `systemd`: the launcher to run the delivery command through, as a
+/// transient unit `tcpmux-msp@INSTANCE.service`; None runs it directly.
+pub async fn deliver(
+    settings: &MspSettings,
+    envelope: &Envelope<'_>,
+    systemd: Option<&SystemdLauncher>,
+) -> Result<(), String> {
     match settings.deliver {
         Delivery::Journal => to_journal(envelope),
-        Delivery::Command => to_command(settings, envelope).await,
+        Delivery::Command => match (systemd, settings.command.as_deref()) {
+            (Some(launcher), Some(command)) => {
+                let text = latin1(&envelope.message.text);
+                let description = format!(
+                    "MSP delivery of a message from {}",
+                    envelope.peer.ip().to_canonical()
+                );
+                launcher
+                    .run_oneshot(
+                        MSP_UNIT_NAME,
+                        description,
+                        command,
+                        envelope.fields(),
+                        text.as_bytes(),
+                        settings.command_timeout,
+                    )
+                    .await
+            }
+            _ => to_command(settings, envelope).await,
+        },
         Delivery::Tty => {
             let logins = if envelope.message.recipient.is_empty() {
                 Vec::new()

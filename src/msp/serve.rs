@@ -100,7 +100,12 @@ pub async fn accept_message(
             peer,
             transport,
         };
-        match deliver::deliver(&settings, &envelope).await {
+        let systemd = if state.auto_systemd.load(Ordering::Relaxed) {
+            state.systemd.get()
+        } else {
+            None
+        };
+        match deliver::deliver(&settings, &envelope, systemd).await {
             Ok(()) => {
                 if let Some(key) = key {
                     lock(&msp.dedup).insert(key, Instant::now());
