@@ -57,7 +57,7 @@ struct Args {
     #[arg(short, long, default_value_t = DEFAULT_PORT)]
     port: u16,
 
-    /// Seconds to wait for the server's answer (over UDP: per try).
+    /// Seconds to wait for the server's answer (over UDP: in all, over the tries).
     #[arg(short, long, value_name = "SECONDS", default_value_t = 5.0)]
     timeout: f64,
 }
@@ -122,7 +122,7 @@ fn run(args: &Args) -> Result<ExitCode, Failure> {
     }
     let addr = resolve(host, args.port)?;
     if args.udp {
-        send_udp(addr, &raw, limit, !msg.recipient.is_empty())
+        send_udp(addr, &raw, limit / UDP_TRIES, !msg.recipient.is_empty())
     } else {
         send_tcp(addr, &raw, limit)
     }

@@ -183,13 +183,17 @@ async fn to_command(settings: &MspSettings, envelope: &Envelope<'_>) -> Result<(
     }
 }
 
-/// Where systemd-logind keeps its state: present when logind runs.
+/// Where systemd-logind keeps its state, and the bus it answers on: both
+/// present when logind runs.
 const LOGIND_RUNTIME_DIR: &str = "/run/systemd/seats";
+const SYSTEM_BUS_SOCKET: &str = "/run/dbus/system_bus_socket";
 
 /// The users logged in on terminals: from systemd-logind when it runs,
 /// else from the login records (utmp).
 async fn logins(settings: &MspSettings) -> Result<Vec<tty::Login>, String> {
-    if std::path::Path::new(LOGIND_RUNTIME_DIR).exists() {
+    let logind_running = std::path::Path::new(LOGIND_RUNTIME_DIR).exists()
+        && std::path::Path::new(SYSTEM_BUS_SOCKET).exists();
+    if logind_running {
         match tokio::time::timeout(crate::limits::DBUS_CALL_TIMEOUT, logind_logins()).await {
             Ok(Ok(logins)) => return Ok(logins),
             Ok(Err(e)) => {

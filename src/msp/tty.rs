@@ -37,7 +37,12 @@ impl Login {
 
 /// The user logins in a utmp file.
 pub fn read_logins(path: &Path) -> Result<Vec<Login>, String> {
-    let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let data = match std::fs::read(path) {
+        Ok(data) => data,
+        // No login records: nobody is logged in.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
     let size = std::mem::size_of::<libc::utmpx>();
     let mut logins = Vec::new();
     for record in data.chunks_exact(size) {

@@ -18,7 +18,6 @@ pub mod reply {
     pub const BAD_NAME: &[u8] = b"-Invalid service name\r\n";
     pub const TIMEOUT: &[u8] = b"-Timed out waiting for the service name\r\n";
     pub const OVERLOADED: &[u8] = b"-Too many connections, try again later\r\n";
-    pub const SHUTTING_DOWN: &[u8] = b"-Server shutting down\r\n";
 }
 
 /// The HELP answer: each name on its own CRLF-ended line.
@@ -47,7 +46,6 @@ mod tests {
             reply::BAD_NAME,
             reply::TIMEOUT,
             reply::OVERLOADED,
-            reply::SHUTTING_DOWN,
         ] {
             assert!(r.ends_with(b"\r\n"));
             assert_eq!(r.iter().filter(|&&b| b == b'\n').count(), 1);
