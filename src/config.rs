@@ -118,6 +118,12 @@ pub struct TcpmuxSettings {
     pub name_timeout: Duration,
     /// Connections allowed at once in the handshake phase.
     pub max_handshakes: usize,
+    /// Of those, from one source (an IPv4 address, or an IPv6 prefix).
+    pub max_handshakes_per_source: usize,
+    /// IPv6 sources are grouped by this prefix length for per-source limits.
+    pub ipv6_source_prefix: u8,
+    /// Sessions running at once, all services together.
+    pub max_sessions: usize,
     /// Master access list, checked before each service's own.
     pub acl: Acl,
 }
@@ -135,6 +141,9 @@ pub struct Service {
     pub plus: bool,
     pub launcher: LauncherKind,
     pub max_instances: usize,
+    /// Sessions started per second at most (a token bucket with as many
+    /// in reserve).
+    pub max_starts_per_second: u32,
     pub acl: Acl,
     /// User and group to run the program as (root only).
     pub credentials: Option<Credentials>,
@@ -189,6 +198,9 @@ struct RawTcpmux {
     #[serde(default, with = "humantime_serde")]
     name_timeout: Option<Duration>,
     max_handshakes: Option<usize>,
+    max_handshakes_per_source: Option<usize>,
+    ipv6_source_prefix: Option<u8>,
+    max_sessions: Option<usize>,
     #[serde(default, deserialize_with = "nets")]
     allow: Option<Vec<IpNet>>,
     #[serde(default, deserialize_with = "nets")]
@@ -226,6 +238,8 @@ struct RawService {
     launcher: LauncherKind,
     #[serde(default = "default_max_instances")]
     max_instances: usize,
+    #[serde(default = "default_max_starts_per_second")]
+    max_starts_per_second: u32,
     #[serde(default, deserialize_with = "nets")]
     allow: Option<Vec<IpNet>>,
     #[serde(default, deserialize_with = "nets")]
@@ -242,6 +256,10 @@ fn default_plus() -> bool {
 
 fn default_max_instances() -> usize {
     limits::DEFAULT_MAX_INSTANCES
+}
+
+fn default_max_starts_per_second() -> u32 {
+    limits::DEFAULT_MAX_STARTS_PER_SECOND
 }
 
 fn nets<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Vec<IpNet>>, D::Error> {
@@ -281,6 +299,11 @@ pub fn build(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, ConfigError> {
             merged.listen = t.listen.or(merged.listen);
             merged.name_timeout = t.name_timeout.or(merged.name_timeout);
             merged.max_handshakes = t.max_handshakes.or(merged.max_handshakes);
+            merged.max_handshakes_per_source = t
+                .max_handshakes_per_source
+                .or(merged.max_handshakes_per_source);
+            merged.ipv6_source_prefix = t.ipv6_source_prefix.or(merged.ipv6_source_prefix);
+            merged.max_sessions = t.max_sessions.or(merged.max_sessions);
             merged.allow = t.allow.or(merged.allow);
             merged.deny = t.deny.or(merged.deny);
         }
@@ -349,6 +372,33 @@ fn validate_tcpmux(path: &Path, raw: RawTcpmux) -> Result<TcpmuxSettings, Config
             "[tcpmux] max_handshakes: must be at least 1",
         ));
     }
+    let at_least_one =
+        |key: &str, value: Option<usize>, default: usize| match value.unwrap_or(default) {
+            0 => Err(ConfigError::new(
+                path,
+                format!("[tcpmux] {key}: must be at least 1"),
+            )),
+            n => Ok(n),
+        };
+    let max_handshakes_per_source = at_least_one(
+        "max_handshakes_per_source",
+        raw.max_handshakes_per_source,
+        limits::DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
+    )?;
+    let max_sessions = at_least_one(
+        "max_sessions",
+        raw.max_sessions,
+        limits::DEFAULT_MAX_SESSIONS,
+    )?;
+    let ipv6_source_prefix = raw
+        .ipv6_source_prefix
+        .unwrap_or(limits::DEFAULT_IPV6_SOURCE_PREFIX);
+    if ipv6_source_prefix > 128 {
+        return Err(ConfigError::new(
+            path,
+            format!("[tcpmux] ipv6_source_prefix: {ipv6_source_prefix} is longer than 128 bits"),
+        ));
+    }
     let listen = match raw.listen {
         Some(l) if l.is_empty() => {
             return Err(ConfigError::new(
@@ -367,6 +417,9 @@ fn validate_tcpmux(path: &Path, raw: RawTcpmux) -> Result<TcpmuxSettings, Config
         listen,
         name_timeout,
         max_handshakes,
+        max_handshakes_per_source,
+        ipv6_source_prefix,
+        max_sessions,
         acl: Acl::new(raw.allow.unwrap_or_default(), raw.deny.unwrap_or_default()),
     })
 }
@@ -516,6 +569,9 @@ fn validate_service(path: &Path, raw: RawService) -> Result<Service, ConfigError
     if raw.max_instances == 0 {
         return Err(err("max_instances: must be at least 1".into()));
     }
+    if raw.max_starts_per_second == 0 {
+        return Err(err("max_starts_per_second: must be at least 1".into()));
+    }
     for (key, value) in &raw.environment {
         let valid = !key.is_empty()
             && !key.starts_with(|c: char| c.is_ascii_digit())
@@ -543,6 +599,7 @@ fn validate_service(path: &Path, raw: RawService) -> Result<Service, ConfigError
         plus: raw.plus,
         launcher: raw.launcher,
         max_instances: raw.max_instances,
+        max_starts_per_second: raw.max_starts_per_second,
         acl: Acl::new(raw.allow.unwrap_or_default(), raw.deny.unwrap_or_default()),
         credentials,
         environment: raw.environment.into_iter().collect(),

@@ -2,6 +2,7 @@
 //! program of the service its client names.
 
 pub mod acl;
+pub mod admission;
 pub mod config;
 pub mod launch;
 pub mod limits;

@@ -23,6 +23,29 @@ pub const MAX_NAME_TIMEOUT: Duration = Duration::from_secs(300);
 /// handshake phase (accepted, not yet answered or handed to a service).
 pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
 
+/// Default for `[tcpmux] max_handshakes_per_source`: of those, from one
+/// source address (IPv6: one prefix of `ipv6_source_prefix` bits).
+pub const DEFAULT_MAX_HANDSHAKES_PER_SOURCE: usize = 64;
+
+/// Default for `[tcpmux] ipv6_source_prefix`: IPv6 clients in one /64 are
+/// usually one host or one site.
+pub const DEFAULT_IPV6_SOURCE_PREFIX: u8 = 64;
+
+/// Default for `[tcpmux] max_sessions`: sessions running at once, all
+/// services together.
+pub const DEFAULT_MAX_SESSIONS: usize = 1024;
+
+/// Default for `[[service]] max_starts_per_second`: sessions of one service
+/// started per second, with as many in reserve for bursts.
+pub const DEFAULT_MAX_STARTS_PER_SECOND: u32 = 100;
+
+/// How often limits hit are summed up in one log line.
+pub const LIMIT_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Lines of one session's stderr logged per second at most; the rest are
+/// counted and reported when the session ends.
+pub const MAX_STDERR_LINES_PER_SECOND: u32 = 50;
+
 /// Default for `[[service]] max_instances`: sessions of one service running
 /// at once.
 pub const DEFAULT_MAX_INSTANCES: usize = 64;

@@ -1,13 +1,14 @@
 //! Accepting connections, running each handshake, reloading and shutting
 //! down.
 
+use crate::admission::{Limit, LimitHits, PerSource, StartRate, describe_hits, source_key};
 use crate::config::{self, Config, LauncherKind, Service};
 use crate::launch::exec::ExecLauncher;
 use crate::launch::systemd::{self as systemd_launch, SystemdLauncher};
 use crate::launch::{Connection, Failed, LaunchError, Launcher};
 use crate::limits;
 use crate::notify::Notifier;
-use crate::sessions::SessionTable;
+use crate::sessions::{Full, SessionTable};
 use crate::tcpmux::{self, HandshakeError, Request, RequestError, reply};
 use arc_swap::ArcSwap;
 use std::io;
@@ -41,6 +42,10 @@ pub struct State {
     /// Whether `launcher = "auto"` services use the systemd launcher: under
     /// systemd, when the manager could be reached at startup.
     pub auto_systemd: std::sync::atomic::AtomicBool,
+    /// Handshakes in progress per source.
+    pub sources: Arc<PerSource>,
+    /// Session starts per service, for `max_starts_per_second`.
+    pub starts: StartRate,
 }
 
 /// Live counters, shown in systemd's `STATUS=` line.
@@ -52,6 +57,8 @@ pub struct Stats {
     pub served: AtomicU64,
     /// Connections answered with `-` since startup.
     pub refused: AtomicU64,
+    /// How often each limit was hit since startup.
+    pub hits: LimitHits,
 }
 
 impl State {
@@ -69,6 +76,8 @@ impl State {
             under_systemd,
             systemd: std::sync::OnceLock::new(),
             auto_systemd: std::sync::atomic::AtomicBool::new(false),
+            sources: Arc::default(),
+            starts: StartRate::default(),
             config: ArcSwap::from_pointee(config),
             config_path,
             activated,
@@ -82,11 +91,12 @@ impl State {
     /// One line for `STATUS=`.
     pub fn status_line(&self) -> String {
         format!(
-            "{} in handshake, {} sessions running; {} handed off, {} refused; MSP: {} delivered, {} refused",
+            "{} in handshake, {} sessions running; {} handed off, {} refused, {} limits hit; MSP: {} delivered, {} refused",
             self.stats.handshakes.load(Ordering::Relaxed),
             self.sessions.total(),
             self.stats.served.load(Ordering::Relaxed),
             self.stats.refused.load(Ordering::Relaxed),
+            self.stats.hits.total(),
             self.msp.delivered.load(Ordering::Relaxed),
             self.msp.refused.load(Ordering::Relaxed),
         )
@@ -111,6 +121,7 @@ impl State {
                 "configuration reloaded from {}",
                 self.config_path.display()
             );
+            self.starts.retain(|name| new.service(name).is_some());
             self.config.store(Arc::new(new));
         });
         if let Err(e) = &result {
@@ -211,19 +222,32 @@ async fn accept_loop(
     shutdown: CancellationToken,
 ) {
     while let Some((stream, peer)) = crate::listen::accept(&listener, &shutdown).await {
-        let max = state.config.load().tcpmux.max_handshakes;
-        if state.stats.handshakes.fetch_add(1, Ordering::Relaxed) >= max {
+        let config = state.config.load();
+        // Refusals here never wait on the client: the reply fits the empty
+        // send buffer of a new connection, and the accept loop moves on.
+        if state.stats.handshakes.fetch_add(1, Ordering::Relaxed) >= config.tcpmux.max_handshakes {
             state.stats.handshakes.fetch_sub(1, Ordering::Relaxed);
-            state.stats.refused.fetch_add(1, Ordering::Relaxed);
-            // Never wait on this client: the reply fits the empty send
-            // buffer of a new connection.
             let _ = stream.try_write(reply::OVERLOADED);
+            count_outcome(&state, Outcome::Overloaded);
             log_outcome(peer, None, Outcome::Overloaded);
             continue;
         }
+        let source = source_key(peer.ip(), config.tcpmux.ipv6_source_prefix);
+        let Some(source_guard) = state
+            .sources
+            .try_enter(source, config.tcpmux.max_handshakes_per_source)
+        else {
+            state.stats.handshakes.fetch_sub(1, Ordering::Relaxed);
+            let _ = stream.try_write(reply::SOURCE_LIMIT);
+            count_outcome(&state, Outcome::SourceLimit);
+            log_outcome(peer, None, Outcome::SourceLimit);
+            continue;
+        };
+        drop(config);
         let state = Arc::clone(&state);
         tracker.spawn(async move {
             let _guard = HandshakeGuard(&state.stats.handshakes);
+            let _source = source_guard;
             handle(stream, peer, &state).await;
         });
     }
@@ -244,9 +268,25 @@ pub enum Outcome {
     Unavailable,
     SpawnFailed,
     Overloaded,
+    SourceLimit,
+    SessionsFull,
+    StartRate,
 }
 
 impl Outcome {
+    /// The limit this outcome means was hit, if any.
+    pub fn limit(self) -> Option<Limit> {
+        match self {
+            Outcome::Overloaded => Some(Limit::MaxHandshakes),
+            Outcome::SourceLimit => Some(Limit::MaxHandshakesPerSource),
+            Outcome::Timeout => Some(Limit::NameTimeout),
+            Outcome::Busy => Some(Limit::MaxInstances),
+            Outcome::SessionsFull => Some(Limit::MaxSessions),
+            Outcome::StartRate => Some(Limit::MaxStartsPerSecond),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Served => "served",
@@ -261,6 +301,9 @@ impl Outcome {
             Outcome::Unavailable => "unavailable",
             Outcome::SpawnFailed => "spawn-failed",
             Outcome::Overloaded => "overloaded",
+            Outcome::SourceLimit => "source-limit",
+            Outcome::SessionsFull => "sessions-full",
+            Outcome::StartRate => "start-rate",
         }
     }
 }
@@ -269,12 +312,19 @@ async fn handle(stream: TcpStream, peer: SocketAddr, state: &State) {
     let config = state.config.load_full();
     let mut name = None;
     let outcome = handshake(stream, peer, &config, state, &mut name).await;
+    count_outcome(state, outcome);
+    log_outcome(peer, name.as_deref(), outcome);
+}
+
+fn count_outcome(state: &State, outcome: Outcome) {
     match outcome {
         Outcome::Served => state.stats.served.fetch_add(1, Ordering::Relaxed),
         Outcome::Help | Outcome::Closed => 0,
         _ => state.stats.refused.fetch_add(1, Ordering::Relaxed),
     };
-    log_outcome(peer, name.as_deref(), outcome);
+    if let Some(limit) = outcome.limit() {
+        state.stats.hits.hit(limit);
+    }
 }
 
 fn log_outcome(peer: SocketAddr, service: Option<&str>, outcome: Outcome) {
@@ -284,6 +334,12 @@ fn log_outcome(peer: SocketAddr, service: Option<&str>, outcome: Outcome) {
     let service = service.unwrap_or("");
     match outcome {
         Outcome::SpawnFailed => tracing::error!(
+            tcpmux_service = %service, %remote_addr, remote_port, outcome = %outcome_str,
+            "connection from {remote_addr}: {outcome_str}"
+        ),
+        // A flood must not become a flood of log lines: limits hit are
+        // summed up every LIMIT_LOG_INTERVAL instead.
+        _ if outcome.limit().is_some() => tracing::debug!(
             tcpmux_service = %service, %remote_addr, remote_port, outcome = %outcome_str,
             "connection from {remote_addr}: {outcome_str}"
         ),
@@ -345,12 +401,24 @@ async fn handshake(
         // HELP hides this service from this client; so does the answer.
         return refuse(stream, reply::UNKNOWN, limit, Outcome::Denied).await;
     }
-    let Some(slot) = state
-        .sessions
-        .try_acquire(&service.name, service.max_instances)
-    else {
-        return refuse(stream, reply::BUSY, limit, Outcome::Busy).await;
+    let slot = match state.sessions.try_acquire(
+        &service.name,
+        service.max_instances,
+        config.tcpmux.max_sessions,
+    ) {
+        Ok(slot) => slot,
+        Err(Full::Service) => return refuse(stream, reply::BUSY, limit, Outcome::Busy).await,
+        Err(Full::All) => {
+            return refuse(stream, reply::SESSIONS_FULL, limit, Outcome::SessionsFull).await;
+        }
     };
+    if !state.starts.allow(
+        &service.name,
+        service.max_starts_per_second,
+        std::time::Instant::now(),
+    ) {
+        return refuse(stream, reply::START_RATE, limit, Outcome::StartRate).await;
+    }
     let launcher = launcher_for(state, service);
     if let Err(e) = launcher.precheck(service) {
         tracing::error!(tcpmux_service = %service.name, "service \"{}\": {e}", service.name);
@@ -552,8 +620,20 @@ async fn report_status(state: Arc<State>) {
     let mut status_tick = tokio::time::interval(limits::STATUS_INTERVAL);
     let watchdog = state.notifier.watchdog_interval();
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    let mut limits_tick = tokio::time::interval(limits::LIMIT_LOG_INTERVAL);
+    let mut hits_before = state.stats.hits.snapshot();
     loop {
         tokio::select! {
+            _ = limits_tick.tick() => {
+                let now = state.stats.hits.snapshot();
+                if let Some(text) = describe_hits(&hits_before, &now) {
+                    tracing::warn!(
+                        "limits hit in the last {}: {text}",
+                        humantime::format_duration(limits::LIMIT_LOG_INTERVAL)
+                    );
+                }
+                hits_before = now;
+            }
             _ = status_tick.tick() => {
                 let line = state.status_line();
                 if line != last {

@@ -18,17 +18,35 @@ pub struct SessionSlot {
     key: String,
 }
 
+/// Which limit refused a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// The service runs `max_instances` sessions.
+    Service,
+    /// All services together run `max_sessions`.
+    All,
+}
+
 impl SessionTable {
-    /// Takes a slot for service `name` unless `max` sessions already run.
-    pub fn try_acquire(self: &Arc<Self>, name: &str, max: usize) -> Option<SessionSlot> {
+    /// Takes a slot for service `name` unless it runs `max` sessions already,
+    /// or all services together run `max_total`.
+    pub fn try_acquire(
+        self: &Arc<Self>,
+        name: &str,
+        max: usize,
+        max_total: usize,
+    ) -> Result<SessionSlot, Full> {
         let key = name.to_ascii_lowercase();
         let mut running = self.lock();
+        if running.values().sum::<usize>() >= max_total {
+            return Err(Full::All);
+        }
         let count = running.entry(key.clone()).or_insert(0);
         if *count >= max {
-            return None;
+            return Err(Full::Service);
         }
         *count += 1;
-        Some(SessionSlot {
+        Ok(SessionSlot {
             table: Arc::clone(self),
             key,
         })
@@ -84,14 +102,15 @@ mod tests {
     #[test]
     fn slots_are_bounded_and_returned() {
         let table = Arc::new(SessionTable::default());
-        let a = table.try_acquire("Echo", 2).unwrap();
-        let b = table.try_acquire("echo", 2).unwrap();
-        assert!(table.try_acquire("ECHO", 2).is_none());
-        assert!(table.try_acquire("other", 2).is_some());
+        let a = table.try_acquire("Echo", 2, 10).unwrap();
+        let b = table.try_acquire("echo", 2, 10).unwrap();
+        assert_eq!(table.try_acquire("ECHO", 2, 10).unwrap_err(), Full::Service);
+        let c = table.try_acquire("other", 2, 3).unwrap();
+        assert_eq!(table.try_acquire("third", 2, 3).unwrap_err(), Full::All);
         assert_eq!(table.running("echo"), 2);
         drop(a);
-        assert!(table.try_acquire("echo", 2).is_some());
-        drop(b);
+        assert!(table.try_acquire("echo", 2, 10).is_ok());
+        drop((b, c));
         assert_eq!(table.total(), 0);
     }
 }

@@ -215,7 +215,7 @@ const ECHO: &str = "[[service]]\nname = \"my-echo\"\ncommand = [\"/bin/cat\", \"
 async fn starts_a_transient_unit_with_the_connection_as_stdio() {
     let h = harness(ECHO, &[]).await;
     let service = Arc::clone(h.config.service("my-echo").unwrap());
-    let slot = h.sessions.try_acquire("my-echo", 1).unwrap();
+    let slot = h.sessions.try_acquire("my-echo", 1, 10).unwrap();
     let (conn, mut client) = tcp_pair().await;
     let peer = conn.peer;
     h.launcher.precheck(&service).unwrap();
@@ -307,7 +307,7 @@ async fn a_service_without_command_sends_no_exec_start() {
     )
     .await;
     let service = Arc::clone(h.config.service("dropin").unwrap());
-    let slot = h.sessions.try_acquire("dropin", 1).unwrap();
+    let slot = h.sessions.try_acquire("dropin", 1, 10).unwrap();
     let (conn, _client) = tcp_pair().await;
     h.launcher.precheck(&service).unwrap();
     h.launcher
@@ -324,7 +324,7 @@ async fn a_failed_start_job_is_an_error_that_returns_the_connection() {
     let h = harness(ECHO, &[]).await;
     *h.mock.result.lock().unwrap() = "failed".into();
     let service = Arc::clone(h.config.service("my-echo").unwrap());
-    let slot = h.sessions.try_acquire("my-echo", 1).unwrap();
+    let slot = h.sessions.try_acquire("my-echo", 1, 10).unwrap();
     let (conn, _client) = tcp_pair().await;
     let failed = h.launcher.launch(service, conn, slot).await.unwrap_err();
     assert!(

@@ -284,10 +284,14 @@ max_instances = 2
 #[test]
 fn two_hundred_concurrent_sessions() {
     let config = r#"
+[tcpmux]
+max_handshakes_per_source = 256
+
 [[service]]
 name = "echo"
 command = ["/bin/cat"]
 max_instances = 250
+max_starts_per_second = 1000
 "#;
     let d = Daemon::start(config);
     let mut sessions = Vec::new();

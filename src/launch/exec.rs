@@ -3,7 +3,7 @@
 
 use super::{Connection, Failed, LaunchError, Launcher, check_program, session_environment};
 use crate::config::Service;
-use crate::limits::{MAX_STDERR_LINE, STDERR_DRAIN_TIMEOUT};
+use crate::limits::{MAX_STDERR_LINE, MAX_STDERR_LINES_PER_SECOND, STDERR_DRAIN_TIMEOUT};
 use crate::sessions::SessionSlot;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -144,10 +144,26 @@ pub fn describe_exit(status: ExitStatus) -> String {
 }
 
 /// Copies a program's stderr into the log, line by line, each line cut at
-/// [`MAX_STDERR_LINE`] bytes.
+/// [`MAX_STDERR_LINE`] bytes and at most [`MAX_STDERR_LINES_PER_SECOND`]
+/// lines a second: a program that floods its stderr must not flood the
+/// log. Lines over the rate are counted and reported at the end.
 async fn log_stderr(service: String, pid: u32, mut stderr: ChildStderr) {
     let mut buf = Vec::with_capacity(MAX_STDERR_LINE);
-    let mut chunk = [0u8; 1024];
+    let mut chunk = [0u8; 4096];
+    let mut window = std::time::Instant::now();
+    let (mut logged, mut dropped) = (0u32, 0u64);
+    let mut emit = |line: &[u8]| {
+        if window.elapsed() >= std::time::Duration::from_secs(1) {
+            window = std::time::Instant::now();
+            logged = 0;
+        }
+        if logged < MAX_STDERR_LINES_PER_SECOND {
+            logged += 1;
+            emit_stderr_line(&service, pid, line);
+        } else {
+            dropped += 1;
+        }
+    };
     loop {
         let n = match stderr.read(&mut chunk).await {
             Ok(0) | Err(_) => break,
@@ -155,7 +171,7 @@ async fn log_stderr(service: String, pid: u32, mut stderr: ChildStderr) {
         };
         for &b in &chunk[..n] {
             if b == b'\n' || buf.len() >= MAX_STDERR_LINE {
-                emit_stderr_line(&service, pid, &buf);
+                emit(&buf);
                 buf.clear();
                 if b == b'\n' {
                     continue;
@@ -165,7 +181,14 @@ async fn log_stderr(service: String, pid: u32, mut stderr: ChildStderr) {
         }
     }
     if !buf.is_empty() {
-        emit_stderr_line(&service, pid, &buf);
+        emit(&buf);
+    }
+    if dropped > 0 {
+        tracing::warn!(
+            tcpmux_service = %service,
+            pid,
+            "{dropped} lines of stderr not logged (more than {MAX_STDERR_LINES_PER_SECOND} a second)"
+        );
     }
 }
 

@@ -6,23 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-/// The source a limit applies to: an IPv4 address, or an IPv6 address cut
-/// to its first `v6_prefix` bits (one /64 is usually one host or site).
-pub fn source_key(ip: IpAddr, v6_prefix: u8) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6);
-            let prefix = u32::from(v6_prefix.min(128));
-            let mask = if prefix == 0 {
-                0
-            } else {
-                u128::MAX << (128 - prefix)
-            };
-            IpAddr::V6((bits & mask).into())
-        }
-        v4 => v4,
-    }
-}
+pub use crate::admission::source_key;
 
 /// Identity of a version B message for duplicate detection (RFC 1312:
 /// cookie, sender and sender's terminal; plus the source address).
@@ -162,18 +146,6 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ipv6_sources_are_grouped_by_prefix() {
-        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
-        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(source_key(a, 64), source_key(b, 64));
-        assert_ne!(source_key(a, 64), source_key(c, 64));
-        assert_ne!(source_key(a, 128), source_key(b, 128));
-        let v4: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
-        assert_eq!(source_key(v4, 64), "192.0.2.1".parse::<IpAddr>().unwrap());
-    }
 
     #[test]
     fn duplicates_are_remembered_for_the_window_case_insensitively() {

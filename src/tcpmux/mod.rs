@@ -18,6 +18,9 @@ pub mod reply {
     pub const BAD_NAME: &[u8] = b"-Invalid service name\r\n";
     pub const TIMEOUT: &[u8] = b"-Timed out waiting for the service name\r\n";
     pub const OVERLOADED: &[u8] = b"-Too many connections, try again later\r\n";
+    pub const SOURCE_LIMIT: &[u8] = b"-Too many connections from your address, try again later\r\n";
+    pub const SESSIONS_FULL: &[u8] = b"-Server busy, try again later\r\n";
+    pub const START_RATE: &[u8] = b"-Service started too often, try again later\r\n";
 }
 
 /// The HELP answer: each name on its own CRLF-ended line.
@@ -46,6 +49,9 @@ mod tests {
             reply::BAD_NAME,
             reply::TIMEOUT,
             reply::OVERLOADED,
+            reply::SOURCE_LIMIT,
+            reply::SESSIONS_FULL,
+            reply::START_RATE,
         ] {
             assert!(r.ends_with(b"\r\n"));
             assert_eq!(r.iter().filter(|&&b| b == b'\n').count(), 1);
