@@ -50,6 +50,11 @@ pub const MAX_STDERR_LINES_PER_SECOND: u32 = 50;
 /// at once.
 pub const DEFAULT_MAX_INSTANCES: usize = 64;
 
+/// Backlog of the sockets tcpmuxd binds itself (systemd's default for
+/// socket units is the same): connections the kernel completes while the
+/// daemon is busy or restarting.
+pub const LISTEN_BACKLOG: i32 = 4096;
+
 /// Pause after an `accept()` error (for example EMFILE) before the next try,
 /// so that a full descriptor table does not make the accept loop spin.
 pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);

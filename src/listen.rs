@@ -123,11 +123,23 @@ pub unsafe fn take_activated() -> Result<Option<Sockets>, ListenError> {
     Ok(Some(sockets))
 }
 
-/// Binds TCP listeners on `addrs`.
+/// Binds TCP listeners on `addrs`, with a backlog of
+/// [`LISTEN_BACKLOG`](crate::limits::LISTEN_BACKLOG) (std's is 128).
 pub fn bind_tcp(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, ListenError> {
     addrs
         .iter()
-        .map(|&addr| TcpListener::bind(addr).map_err(|source| ListenError::Bind { addr, source }))
+        .map(|&addr| {
+            let listener =
+                TcpListener::bind(addr).map_err(|source| ListenError::Bind { addr, source })?;
+            // Listening again on a listening socket only changes its backlog.
+            rustix::net::listen(&listener, crate::limits::LISTEN_BACKLOG).map_err(|e| {
+                ListenError::Bind {
+                    addr,
+                    source: e.into(),
+                }
+            })?;
+            Ok(listener)
+        })
         .collect()
 }
 

@@ -438,7 +438,9 @@ async fn handshake(
         peer,
         local,
     };
-    match launcher.launch(Arc::clone(service), conn, slot).await {
+    // Boxed: the launch futures are large, and every waiting handshake
+    // would otherwise carry their space.
+    match Box::pin(launcher.launch(Arc::clone(service), conn, slot)).await {
         Ok(()) => Outcome::Served,
         Err(Failed { error, conn }) => {
             tracing::error!(tcpmux_service = %service.name, "service \"{}\": {error}", service.name);
@@ -513,7 +515,8 @@ async fn refuse(mut stream: TcpStream, text: &[u8], limit: Duration, outcome: Ou
         return outcome;
     }
     let drain = async {
-        let mut buf = [0u8; 4096];
+        // On the heap: every waiting handshake future would carry it.
+        let mut buf = vec![0u8; 4096];
         let mut total = 0;
         while total < limits::DRAIN_LIMIT {
             match stream.read(&mut buf).await {

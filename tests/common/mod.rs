@@ -47,8 +47,12 @@ pub struct Daemon {
 }
 
 /// A fresh listener on 127.0.0.1 with a port the kernel picks.
+/// Its backlog is systemd's default (4096), not std's 128.
 pub fn loopback_listener() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    // SAFETY: listen(2) on a socket we own; it only changes the backlog.
+    assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 4096) }, 0);
+    l
 }
 
 impl Daemon {
@@ -394,7 +398,8 @@ pub fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
                 std::mem::size_of_val(&sa) as u32
             ),
             0,
-            "connect"
+            "connect: {}",
+            std::io::Error::last_os_error()
         );
         let s = TcpStream::from_raw_fd(fd);
         s.set_read_timeout(Some(WAIT)).unwrap();
