@@ -560,6 +560,36 @@ EOF
 
 # The other way to run tcpmuxd (packaging/README.md): as the user "tcpmuxd",
 # allowed by the shipped polkit rule to start session units, and no others.
+# The system bus going away: HELP and exec sessions go on, systemd-launched
+# ones are refused with a reason, and come back once the bus does.
+bus_loss_checks() {
+    section "the system bus going away"
+    local out
+    ct systemctl stop dbus.socket dbus.service
+    if out=$(printf 'ping\n' | ct "$CLIENT" localhost echo 2>&1) &&
+        printf '%s\n' "$out" | grep -qx ping && lists hold; then
+        pass "without the bus: HELP and an exec-launched session still work"
+    else
+        fail "HELP and the echo service work while the bus is down" "$out"
+    fi
+    out=$(printf 'ping\n' | ct "$CLIENT" localhost hold 2>&1)
+    if printf '%s\n' "$out" | grep -qx -- '-Service unavailable'; then
+        pass "without the bus: a systemd-launched service answers -Service unavailable"
+    else
+        fail "hold is refused with -Service unavailable while the bus is down" "$out"
+    fi
+    ct systemctl start dbus.socket dbus.service
+    hold_works() {
+        printf 'back\n' | ct "$CLIENT" localhost hold 2>/dev/null | grep -qx back
+    }
+    if wait_until 45 hold_works; then
+        pass "the bus is back: tcpmuxd reconnected and starts session units again"
+    else
+        fail "sessions of hold work again after the bus restarts" \
+            "$(ct journalctl -u tcpmuxd.service --no-pager -n 10)"
+    fi
+}
+
 dedicated_user_checks() {
     section "tcpmuxd as the dedicated user tcpmuxd (polkit rule)"
     local out uid main_pid
@@ -612,7 +642,7 @@ EOF
 }
 
 if [ "$E2E_SYSTEMD_LAUNCHER" = 1 ]; then
-    systemd_launcher_checks && dedicated_user_checks
+    systemd_launcher_checks && bus_loss_checks && dedicated_user_checks
 else
     section "systemd launcher checks left out (E2E_SYSTEMD_LAUNCHER=$E2E_SYSTEMD_LAUNCHER)"
 fi
