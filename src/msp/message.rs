@@ -88,7 +88,8 @@ pub fn frame(buf: &[u8]) -> Result<Option<usize>, MspError> {
     };
     let version = Version::from_octet(first).ok_or(MspError::BadVersion(first))?;
     let mut nuls = 0;
-    for (i, &b) in buf.iter().enumerate().skip(1).take(MAX_MESSAGE_LEN) {
+    // The version octet and at most MAX_MESSAGE_LEN - 1 more.
+    for (i, &b) in buf.iter().enumerate().take(MAX_MESSAGE_LEN).skip(1) {
         if b == 0 {
             nuls += 1;
             if nuls == version.parts() {
@@ -300,6 +301,8 @@ mod tests {
         assert!(parse(&raw).is_ok());
         let raw = b(&["", "", &format!("{text}x"), "", "", "", ""]);
         assert_eq!(parse(&raw), Err(MspError::TooLong));
+        // Framing draws the same line (found by fuzzing).
+        assert_eq!(frame(&raw), Err(MspError::TooLong));
     }
 
     #[test]
