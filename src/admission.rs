@@ -118,16 +118,28 @@ pub enum Limit {
     MaxInstances,
     MaxSessions,
     MaxStartsPerSecond,
+    /// `[msp] rate_per_minute`.
+    MspRate,
+    /// `[msp] max_connections`.
+    MspConnections,
+    /// Datagrams dropped while the most are being delivered.
+    MspDatagramsInFlight,
 }
 
+/// How many kinds of limit there are.
+const LIMITS: usize = 9;
+
 impl Limit {
-    pub const ALL: [Limit; 6] = [
+    pub const ALL: [Limit; LIMITS] = [
         Limit::MaxHandshakes,
         Limit::MaxHandshakesPerSource,
         Limit::NameTimeout,
         Limit::MaxInstances,
         Limit::MaxSessions,
         Limit::MaxStartsPerSecond,
+        Limit::MspRate,
+        Limit::MspConnections,
+        Limit::MspDatagramsInFlight,
     ];
 
     /// The config key that sets it.
@@ -139,6 +151,9 @@ impl Limit {
             Limit::MaxInstances => "max_instances",
             Limit::MaxSessions => "max_sessions",
             Limit::MaxStartsPerSecond => "max_starts_per_second",
+            Limit::MspRate => "msp rate_per_minute",
+            Limit::MspConnections => "msp max_connections",
+            Limit::MspDatagramsInFlight => "msp datagrams in delivery",
         }
     }
 }
@@ -146,7 +161,7 @@ impl Limit {
 /// How often each limit was hit since startup.
 #[derive(Debug, Default)]
 pub struct LimitHits {
-    counts: [AtomicU64; 6],
+    counts: [AtomicU64; LIMITS],
 }
 
 impl LimitHits {
@@ -163,14 +178,14 @@ impl LimitHits {
     }
 
     /// A snapshot, for differences between two moments.
-    pub fn snapshot(&self) -> [u64; 6] {
+    pub fn snapshot(&self) -> [u64; LIMITS] {
         Limit::ALL.map(|l| self.get(l))
     }
 }
 
 /// "12 name_timeout, 3 max_handshakes_per_source" for the limits hit
 /// between two snapshots; None when none was.
-pub fn describe_hits(before: &[u64; 6], after: &[u64; 6]) -> Option<String> {
+pub fn describe_hits(before: &[u64; LIMITS], after: &[u64; LIMITS]) -> Option<String> {
     let parts: Vec<String> = Limit::ALL
         .iter()
         .enumerate()

@@ -8,6 +8,7 @@
 use super::deliver::{self, Envelope, Transport};
 use super::guard::{Dedup, DedupKey, RateLimiter, source_key};
 use super::message::{self, Message, Version, latin1};
+use crate::admission::Limit;
 use crate::limits;
 use crate::server::State;
 use std::net::SocketAddr;
@@ -19,6 +20,9 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// The reason given when a source sends too fast.
+const RATE_REASON: &str = "too many messages from your address; slow down";
 
 /// What MSP keeps between messages.
 #[derive(Debug)]
@@ -130,6 +134,11 @@ pub async fn accept_message(
         Verdict::Refused(r) => r.as_str(),
         _ => "",
     };
+    // A flood of refusals is summed up with the other limits instead.
+    if reason == RATE_REASON {
+        tracing::debug!(remote_addr = %peer.ip().to_canonical(), "MSP: {RATE_REASON}");
+        return verdict;
+    }
     tracing::info!(
         msp_version = %msg.version().as_char(),
         msp_recipient = %latin1(&msg.recipient),
@@ -178,6 +187,7 @@ pub async fn serve_tcp(
         if state.msp.tcp_connections.fetch_add(1, Ordering::Relaxed) >= max {
             state.msp.tcp_connections.fetch_sub(1, Ordering::Relaxed);
             state.msp.dropped.fetch_add(1, Ordering::Relaxed);
+            state.stats.hits.hit(Limit::MspConnections);
             tracing::debug!(remote_addr = %peer.ip().to_canonical(), "MSP: too many connections");
             continue;
         }
@@ -264,6 +274,7 @@ pub async fn serve_udp(
         };
         let Ok(permit) = Arc::clone(&state.msp.udp_in_flight).try_acquire_owned() else {
             state.msp.dropped.fetch_add(1, Ordering::Relaxed);
+            state.stats.hits.hit(Limit::MspDatagramsInFlight);
             continue;
         };
         let datagram = buf[..n].to_vec();
