@@ -305,7 +305,11 @@ fn one_source_over_its_rate_is_refused() {
     assert!(reply(&mut s).contains("too many messages"));
     assert_eq!(m.delivered().len(), 3);
     // Counted with the other limits and summed up, not logged per message.
-    assert!(m._daemon.wait_log("1 msp rate_per_minute"), "{}", m._daemon.log());
+    assert!(
+        m._daemon.wait_log("1 msp rate_per_minute"),
+        "{}",
+        m._daemon.log()
+    );
 }
 
 #[test]

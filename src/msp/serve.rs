@@ -95,9 +95,8 @@ pub async fn accept_message(
             break 'verdict Verdict::Duplicate;
         }
         if !lock(&msp.rate).allow(source_key(peer.ip(), limits::MSP_V6_PREFIX), now) {
-            break 'verdict Verdict::Refused(
-                "too many messages from your address; slow down".into(),
-            );
+            state.stats.hits.hit(Limit::MspRate);
+            break 'verdict Verdict::Refused(RATE_REASON.into());
         }
         let envelope = Envelope {
             message: msg,
