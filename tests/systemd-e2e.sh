@@ -563,7 +563,7 @@ EOF
 # The system bus going away: HELP and exec sessions go on, systemd-launched
 # ones are refused with a reason, and come back once the bus does.
 bus_loss_checks() {
-    section "the system bus going away"
+    section "the system bus and the journal going away"
     local out
     ct systemctl stop dbus.socket dbus.service
     if out=$(printf 'ping\n' | ct "$CLIENT" localhost echo 2>&1) &&
@@ -578,6 +578,16 @@ bus_loss_checks() {
     else
         fail "hold is refused with -Service unavailable while the bus is down" "$out"
     fi
+    # The journal going away, too: logging fails quietly, serving goes on.
+    ct systemctl stop systemd-journald.socket systemd-journald-dev-log.socket \
+        systemd-journald-audit.socket systemd-journald.service 2>/dev/null
+    if out=$(printf 'ping\n' | ct "$CLIENT" localhost echo 2>&1) &&
+        printf '%s\n' "$out" | grep -qx ping && lists hold; then
+        pass "without journald: HELP and sessions still work"
+    else
+        fail "tcpmuxd serves while journald is stopped" "$out"
+    fi
+    ct systemctl start systemd-journald.socket systemd-journald-dev-log.socket systemd-journald.service
     ct systemctl start dbus.socket dbus.service
     hold_works() {
         printf 'back\n' | ct "$CLIENT" localhost hold 2>/dev/null | grep -qx back
