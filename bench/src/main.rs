@@ -1,0 +1,183 @@
+//! tcpmux-bench: the client side of the loopback benchmark.
+//!
+//! Every measuring subcommand prints one tab-separated record per figure on
+//! stdout (see [`record`]); `report` turns a file of such records, from
+//! several rounds and servers, into the comparison table.
+
+mod args;
+mod load;
+mod memory;
+mod ops;
+mod record;
+mod report;
+
+use args::Args;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "\
+usage:
+  tcpmux-bench help ADDR [--concurrency N] [--seconds S] [--label NAME] [--once]
+      HELP handshakes: connect, HELP, read to EOF, close
+  tcpmux-bench dispatch ADDR SERVICE [--concurrency N] [--seconds S] [--label NAME] [--once]
+      plus-mode dispatch to an echoing service: name, '+', one line echoed,
+      then our end of input and the service's exit (EOF), then close
+  tcpmux-bench msp ADDR --file FILE [--concurrency N] [--seconds S] [--label NAME] [--once]
+      MSP version B over UDP, retransmitted until acknowledged; FILE is where
+      the server's delivery command appends the text, read back to count
+      messages lost or delivered twice
+  tcpmux-bench memory ADDR --pid PID [--count N] [--label NAME]
+      RSS of PID (and its descendants) idle, then with N silent connections
+  tcpmux-bench free ADDR...        fail unless every TCP and UDP ADDR can be bound
+  tcpmux-bench wait ADDR [--udp] [--seconds S]
+      wait until something listens on ADDR
+  tcpmux-bench report FILE         the table of a file of records, as Markdown
+
+Clients close with SO_LINGER 0 (a reset, no TIME_WAIT), so long runs do not
+run out of ephemeral ports.";
+
+fn main() -> ExitCode {
+    let args = match Args::parse(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(e) => return usage_error(&e),
+    };
+    let result = match args.command.as_str() {
+        "help" | "dispatch" | "msp" => measure(&args),
+        "memory" => memory_cmd(&args),
+        "free" => free_cmd(&args),
+        "wait" => wait_cmd(&args),
+        "report" => report_cmd(&args),
+        "" => return usage_error("no subcommand"),
+        other => return usage_error(&format!("unknown subcommand {other:?}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tcpmux-bench {}: {e}", args.command);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage_error(e: &str) -> ExitCode {
+    eprintln!("tcpmux-bench: {e}\n{USAGE}");
+    ExitCode::from(2)
+}
+
+fn addr(args: &Args, index: usize) -> Result<SocketAddr, String> {
+    let text = args.positional(index, "ADDR")?;
+    text.parse()
+        .map_err(|e| format!("{text}: not an address and port: {e}"))
+}
+
+fn measure(args: &Args) -> Result<(), String> {
+    let target = addr(args, 0)?;
+    let concurrency: usize = args.number("concurrency", 1)?;
+    let seconds: f64 = args.number("seconds", 3.0)?;
+    let label = args.value("label").unwrap_or("server").to_string();
+    let op = match args.command.as_str() {
+        "help" => ops::Op::Help,
+        "dispatch" => ops::Op::Dispatch {
+            service: args.positional(1, "SERVICE")?.to_string(),
+        },
+        _ => ops::Op::Msp {
+            run: ops::run_nonce(),
+        },
+    };
+    if args.flag("once") {
+        // A probe before measuring: one operation, its error in full.
+        return load::once(target, &op);
+    }
+    if concurrency == 0 || seconds.is_nan() || seconds <= 0.0 {
+        return Err("--concurrency and --seconds must be positive".into());
+    }
+    let summary = load::run(target, &op, concurrency, Duration::from_secs_f64(seconds));
+    let mut note = summary.error_note();
+    if let ops::Op::Msp { run } = &op {
+        let file = args.required("file")?;
+        let check = ops::verify_deliveries(file, run, &summary.acked)?;
+        note = join_notes(&[check.describe(summary.retries), note]);
+        record::Record {
+            errors: summary.errors + check.lost + check.duplicated,
+            ..summary.record(&args.command, concurrency, &label, note)
+        }
+        .print();
+    } else {
+        summary
+            .record(&args.command, concurrency, &label, note)
+            .print();
+    }
+    Ok(())
+}
+
+fn join_notes(notes: &[String]) -> String {
+    notes
+        .iter()
+        .filter(|n| !n.is_empty())
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn memory_cmd(args: &Args) -> Result<(), String> {
+    let target = addr(args, 0)?;
+    let pid: u32 = args.number("pid", 0)?;
+    if pid == 0 {
+        return Err("--pid is required".into());
+    }
+    let count: usize = args.number("count", 5000)?;
+    let label = args.value("label").unwrap_or("server");
+    for r in memory::measure(target, pid, count, label)? {
+        r.print();
+    }
+    Ok(())
+}
+
+fn free_cmd(args: &Args) -> Result<(), String> {
+    for i in 0..args.positional_count() {
+        let a = addr(args, i)?;
+        std::net::TcpListener::bind(a).map_err(|e| format!("TCP {a} is taken: {e}"))?;
+        std::net::UdpSocket::bind(a).map_err(|e| format!("UDP {a} is taken: {e}"))?;
+    }
+    Ok(())
+}
+
+fn wait_cmd(args: &Args) -> Result<(), String> {
+    let target = addr(args, 0)?;
+    let seconds: f64 = args.number("seconds", 10.0)?;
+    let udp = args.flag("udp");
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    loop {
+        let up = if udp {
+            memory::udp_bound(target)
+        } else {
+            std::net::TcpStream::connect_timeout(&target, Duration::from_secs(1))
+                .map(|s| load::close_with_reset(&s))
+                .is_ok()
+        };
+        if up {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let proto = if udp { "UDP" } else { "TCP" };
+            return Err(format!(
+                "nothing listens on {proto} {target} after {seconds} s"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn report_cmd(args: &Args) -> Result<(), String> {
+    let path = args.positional(0, "FILE")?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    let records = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(record::Record::parse)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{path}: {e}"))?;
+    print!("{}", report::table(&records));
+    Ok(())
+}
