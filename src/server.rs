@@ -333,19 +333,21 @@ fn log_outcome(peer: SocketAddr, service: Option<&str>, outcome: Outcome) {
     let outcome_str = outcome.as_str();
     let service = service.unwrap_or("");
     match outcome {
+        // The fields say who and what: the message does not repeat them
+        // (formatting is most of a HELP's cost).
         Outcome::SpawnFailed => tracing::error!(
             tcpmux_service = %service, %remote_addr, remote_port, outcome = %outcome_str,
-            "connection from {remote_addr}: {outcome_str}"
+            "connection"
         ),
         // A flood must not become a flood of log lines: limits hit are
         // summed up every LIMIT_LOG_INTERVAL instead.
         _ if outcome.limit().is_some() => tracing::debug!(
             tcpmux_service = %service, %remote_addr, remote_port, outcome = %outcome_str,
-            "connection from {remote_addr}: {outcome_str}"
+            "connection"
         ),
         _ => tracing::info!(
             tcpmux_service = %service, %remote_addr, remote_port, outcome = %outcome_str,
-            "connection from {remote_addr}: {outcome_str}"
+            "connection"
         ),
     }
 }
@@ -515,11 +517,13 @@ async fn refuse(mut stream: TcpStream, text: &[u8], limit: Duration, outcome: Ou
         return outcome;
     }
     let drain = async {
-        // On the heap: every waiting handshake future would carry it.
-        let mut buf = vec![0u8; 4096];
+        // On the heap (every waiting handshake future would carry it), and
+        // never zeroed: read_buf fills the spare capacity.
+        let mut buf = Vec::with_capacity(4096);
         let mut total = 0;
         while total < limits::DRAIN_LIMIT {
-            match stream.read(&mut buf).await {
+            buf.clear();
+            match stream.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => total += n,
             }

@@ -82,22 +82,27 @@ impl Launcher for ExecLauncher {
         let remote_addr = peer.ip().to_canonical();
         tracing::debug!(tcpmux_service = %service.name, %remote_addr, pid, "session started");
 
-        let stderr_task = child
-            .stderr
-            .take()
-            .map(|err| tokio::spawn(log_stderr(service.name.clone(), pid, err)));
+        let stderr = child.stderr.take();
+        // One task per session: it copies stderr to the log while it waits
+        // for the program.
         tokio::spawn(async move {
-            let status = child.wait().await;
-            if let Some(mut task) = stderr_task {
-                // Let the last lines through, but do not wait for a
-                // grandchild that kept stderr open: the program's exit is
-                // what ends the session.
-                if tokio::time::timeout(STDERR_DRAIN_TIMEOUT, &mut task)
-                    .await
-                    .is_err()
-                {
-                    task.abort();
+            let log = async {
+                if let Some(stderr) = stderr {
+                    log_stderr(service.name.clone(), pid, stderr).await;
                 }
+            };
+            tokio::pin!(log);
+            let mut logged_all = false;
+            let status = loop {
+                tokio::select! {
+                    status = child.wait() => break status,
+                    _ = &mut log, if !logged_all => logged_all = true,
+                }
+            };
+            // Let the last lines through, but do not wait for a grandchild
+            // that kept stderr open: the program's exit ends the session.
+            if !logged_all {
+                let _ = tokio::time::timeout(STDERR_DRAIN_TIMEOUT, &mut log).await;
             }
             drop(slot);
             match status {
