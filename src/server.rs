@@ -626,7 +626,9 @@ async fn report_status(state: Arc<State>) {
     let mut last = String::new();
     let mut status_tick = tokio::time::interval(limits::STATUS_INTERVAL);
     let watchdog = state.notifier.watchdog_interval();
-    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    // Without a watchdog the branch below is disabled; the interval only
+    // needs some valid period.
+    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(limits::LIMIT_LOG_INTERVAL));
     let mut limits_tick = tokio::time::interval(limits::LIMIT_LOG_INTERVAL);
     let mut hits_before = state.stats.hits.snapshot();
     loop {
