@@ -29,6 +29,8 @@ struct Mock {
     /// The start job's result the mock reports.
     result: Arc<Mutex<String>>,
     loaded: Arc<Mutex<Vec<String>>>,
+    /// The manager's version string.
+    version: String,
 }
 
 type UnitRow = (
@@ -50,7 +52,7 @@ impl Mock {
 
     #[zbus(property)]
     async fn version(&self) -> String {
-        "252.36-1~deb12u1".into()
+        self.version.clone()
     }
 
     async fn start_transient_unit(
@@ -151,7 +153,12 @@ fn config(text: &str) -> Config {
 }
 
 async fn harness(text: &str, preloaded: &[&str]) -> Harness {
+    harness_of_version(text, preloaded, "252.36-1~deb12u1").await
+}
+
+async fn harness_of_version(text: &str, preloaded: &[&str], version: &str) -> Harness {
     let mock = Mock {
+        version: version.to_string(),
         started: Arc::default(),
         result: Arc::new(Mutex::new("done".into())),
         loaded: Arc::new(Mutex::new(
@@ -426,4 +433,21 @@ async fn msp_commands_run_as_oneshot_units_with_the_message_on_stdin() {
         .unwrap_err();
     writer.await.unwrap();
     assert_eq!(err, "alice is away");
+}
+
+#[tokio::test]
+async fn systemd_257_also_gets_the_connection_in_extra_file_descriptors() {
+    let h = harness_of_version(ECHO, &[], "257.1").await;
+    let service = Arc::clone(h.config.service("my-echo").unwrap());
+    let slot = h.sessions.try_acquire("my-echo", 1, 10).unwrap();
+    let (conn, _client) = tcp_pair().await;
+    h.launcher
+        .launch(service, conn, slot)
+        .await
+        .map_err(|f| f.error)
+        .unwrap();
+    let started = h.mock.started.lock().unwrap().pop().unwrap();
+    let extra = &started.props["ExtraFileDescriptors"];
+    assert_eq!(extra.value_signature().to_string(), "a(hs)");
+    assert!(format!("{extra:?}").contains("\"connection\""), "{extra:?}");
 }
