@@ -82,7 +82,7 @@ pub struct MspSettings {
     pub command_timeout: Duration,
     /// Whether messages with an empty recipient go to the console.
     pub console: bool,
-    /// Messages accepted per source address (IPv6: per /64) per minute.
+    /// Messages accepted per source address (IPv6: per `[tcpmux] ipv6_source_prefix`) per minute.
     pub rate_per_minute: u32,
     /// TCP: time allowed between messages, and for a whole connection.
     pub idle_timeout: Duration,

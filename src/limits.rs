@@ -88,11 +88,8 @@ pub const BUS_RECONNECT_MIN: Duration = Duration::from_millis(500);
 pub const BUS_RECONNECT_MAX: Duration = Duration::from_secs(30);
 
 /// Default for `[msp] rate_per_minute`: messages accepted per source address
-/// (IPv6: per /64) per minute, in bursts of as many.
+/// (IPv6: per `[tcpmux] ipv6_source_prefix`) per minute, in bursts of as many.
 pub const DEFAULT_MSP_RATE_PER_MINUTE: u32 = 30;
-
-/// IPv6 sources are grouped by this prefix length for MSP rate limits.
-pub const MSP_V6_PREFIX: u8 = 64;
 
 /// Sources whose rate is tracked at once; the idlest is forgotten first.
 pub const MSP_MAX_TRACKED_SOURCES: usize = 16 * 1024;

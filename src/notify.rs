@@ -21,10 +21,6 @@ impl Notifier {
         }
     }
 
-    pub fn disabled() -> Self {
-        Notifier::new(false, None)
-    }
-
     /// How often to send `WATCHDOG=1`: half the interval systemd enforces.
     pub fn watchdog_interval(&self) -> Option<Duration> {
         self.watchdog.map(|w| w / 2)

@@ -69,10 +69,8 @@ impl State {
         notifier: Notifier,
         under_systemd: bool,
     ) -> Self {
-        let msp =
-            crate::msp::serve::MspState::new(config.msp.rate_per_minute, config.msp.dedup_window);
         State {
-            msp,
+            msp: Default::default(),
             under_systemd,
             systemd: std::sync::OnceLock::new(),
             auto_systemd: std::sync::atomic::AtomicBool::new(false),

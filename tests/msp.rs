@@ -313,6 +313,22 @@ fn one_source_over_its_rate_is_refused() {
 }
 
 #[test]
+fn a_reload_applies_a_new_rate_at_once() {
+    let m = start("");
+    let text = std::fs::read_to_string(m._daemon.config_path()).unwrap();
+    m._daemon
+        .rewrite_config(&text.replace("rate_per_minute = 100000", "rate_per_minute = 1"));
+    m._daemon.reload();
+    let mut s = m.tcp();
+    s.write_all(&b(["chris", "", "hi", "sandy", "", "n1", ""]))
+        .unwrap();
+    assert_eq!(reply(&mut s), "+");
+    s.write_all(&b(["chris", "", "hi", "sandy", "", "n2", ""]))
+        .unwrap();
+    assert!(reply(&mut s).contains("too many messages"));
+}
+
+#[test]
 fn a_thousand_datagrams_from_many_sockets_are_delivered_exactly_once() {
     let m = start("");
     let senders: Vec<_> = (0..20)

@@ -212,6 +212,15 @@ async fn tcp_pair() -> (Connection, std::net::TcpStream) {
     )
 }
 
+/// A copy of the descriptor passed as property `key`.
+fn fd_of(props: &HashMap<String, OwnedVariant>, key: &str) -> OwnedFd {
+    zbus::Fd::try_from(props[key].try_clone().unwrap())
+        .unwrap()
+        .as_fd()
+        .try_clone_to_owned()
+        .unwrap()
+}
+
 fn string(props: &HashMap<String, OwnedVariant>, key: &str) -> String {
     String::try_from(props[key].try_clone().unwrap()).unwrap()
 }
@@ -270,11 +279,7 @@ async fn starts_a_transient_unit_with_the_connection_as_stdio() {
     assert!(!p.contains_key("ExtraFileDescriptors"));
 
     // The descriptors are the client's connection, in blocking mode.
-    let fd: OwnedFd = zbus::Fd::try_from(p["StandardOutputFileDescriptor"].try_clone().unwrap())
-        .unwrap()
-        .as_fd()
-        .try_clone_to_owned()
-        .unwrap();
+    let fd: OwnedFd = fd_of(p, "StandardOutputFileDescriptor");
     let flags = rustix::fs::fcntl_getfl(&fd).unwrap();
     assert!(!flags.contains(rustix::fs::OFlags::NONBLOCK));
     let mut unit_side = std::net::TcpStream::from(fd);
@@ -387,11 +392,7 @@ async fn msp_commands_run_as_oneshot_units_with_the_message_on_stdin() {
     );
     assert!(format!("{:?}", p["Environment"]).contains("MSP_RECIPIENT=alice"));
     assert!(format!("{:?}", p["ExecStart"]).contains("$$X"));
-    let stdin: OwnedFd = zbus::Fd::try_from(p["StandardInputFileDescriptor"].try_clone().unwrap())
-        .unwrap()
-        .as_fd()
-        .try_clone_to_owned()
-        .unwrap();
+    let stdin: OwnedFd = fd_of(p, "StandardInputFileDescriptor");
     let mut text = String::new();
     std::fs::File::from(stdin)
         .read_to_string(&mut text)
@@ -405,12 +406,7 @@ async fn msp_commands_run_as_oneshot_units_with_the_message_on_stdin() {
         // Play the program: write to the stderr the unit was given.
         loop {
             if let Some(s) = mock.started.lock().unwrap().pop() {
-                let fd: OwnedFd =
-                    zbus::Fd::try_from(s.props["StandardErrorFileDescriptor"].try_clone().unwrap())
-                        .unwrap()
-                        .as_fd()
-                        .try_clone_to_owned()
-                        .unwrap();
+                let fd: OwnedFd = fd_of(&s.props, "StandardErrorFileDescriptor");
                 std::fs::File::from(fd)
                     .write_all(b"alice is away\nmore\n")
                     .unwrap();

@@ -30,35 +30,34 @@ impl DedupKey {
     }
 }
 
-/// Messages delivered recently, remembered for `window`, at most
-/// `capacity` of them (the oldest are forgotten first).
+/// Messages delivered recently, remembered for a window given with each
+/// call (so a reload applies at once), at most `capacity` of them (the
+/// oldest are forgotten first).
 #[derive(Debug)]
 pub struct Dedup {
-    window: Duration,
     capacity: usize,
     seen: HashMap<DedupKey, Instant>,
     order: VecDeque<(DedupKey, Instant)>,
 }
 
 impl Dedup {
-    pub fn new(window: Duration, capacity: usize) -> Self {
+    pub fn new(capacity: usize) -> Self {
         Dedup {
-            window,
             capacity: capacity.max(1),
             seen: HashMap::new(),
             order: VecDeque::new(),
         }
     }
 
-    /// Whether `key` was delivered within the window.
-    pub fn contains(&mut self, key: &DedupKey, now: Instant) -> bool {
-        self.expire(now);
+    /// Whether `key` was delivered within `window`.
+    pub fn contains(&mut self, key: &DedupKey, window: Duration, now: Instant) -> bool {
+        self.expire(window, now);
         self.seen.contains_key(key)
     }
 
     /// Remembers a delivered message.
-    pub fn insert(&mut self, key: DedupKey, now: Instant) {
-        self.expire(now);
+    pub fn insert(&mut self, key: DedupKey, window: Duration, now: Instant) {
+        self.expire(window, now);
         while self.seen.len() >= self.capacity {
             match self.order.pop_front() {
                 Some((old, at)) => {
@@ -81,9 +80,9 @@ impl Dedup {
         self.seen.is_empty()
     }
 
-    fn expire(&mut self, now: Instant) {
+    fn expire(&mut self, window: Duration, now: Instant) {
         while let Some((key, at)) = self.order.front() {
-            if now.duration_since(*at) < self.window {
+            if now.duration_since(*at) < window {
                 break;
             }
             if self.seen.get(key) == Some(at) {
@@ -94,28 +93,27 @@ impl Dedup {
     }
 }
 
-/// A token bucket per source: `per_minute` messages a minute, in bursts of
-/// up to `per_minute`. Tracks at most `capacity` sources; when full, the
-/// source idle longest is forgotten.
+/// A token bucket per source: `per_minute` (given with each call, so a
+/// reload applies at once) messages a minute, in bursts of up to as many.
+/// Tracks at most `capacity` sources; when full, the source idle longest is
+/// forgotten.
 #[derive(Debug)]
 pub struct RateLimiter {
-    per_minute: u32,
     capacity: usize,
     buckets: HashMap<IpAddr, (f64, Instant)>,
 }
 
 impl RateLimiter {
-    pub fn new(per_minute: u32, capacity: usize) -> Self {
+    pub fn new(capacity: usize) -> Self {
         RateLimiter {
-            per_minute,
             capacity: capacity.max(1),
             buckets: HashMap::new(),
         }
     }
 
     /// Takes a token for `source`, if it has one.
-    pub fn allow(&mut self, source: IpAddr, now: Instant) -> bool {
-        let max = f64::from(self.per_minute);
+    pub fn allow(&mut self, source: IpAddr, per_minute: u32, now: Instant) -> bool {
+        let max = f64::from(per_minute);
         let rate = max / 60.0;
         if !self.buckets.contains_key(&source) && self.buckets.len() >= self.capacity {
             let idlest = self
@@ -147,18 +145,25 @@ impl RateLimiter {
 mod tests {
     use super::*;
 
+    const MINUTE: Duration = Duration::from_secs(60);
+
     #[test]
     fn duplicates_are_remembered_for_the_window_case_insensitively() {
         let t0 = Instant::now();
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let mut d = Dedup::new(Duration::from_secs(60), 10);
-        d.insert(DedupKey::new(ip, b"Sandy", b"console", b"123"), t0);
-        assert!(d.contains(&DedupKey::new(ip, b"sandy", b"CONSOLE", b"123"), t0));
-        assert!(!d.contains(&DedupKey::new(ip, b"sandy", b"console", b"124"), t0));
+        let mut d = Dedup::new(10);
+        d.insert(DedupKey::new(ip, b"Sandy", b"console", b"123"), MINUTE, t0);
+        assert!(d.contains(&DedupKey::new(ip, b"sandy", b"CONSOLE", b"123"), MINUTE, t0));
+        assert!(!d.contains(&DedupKey::new(ip, b"sandy", b"console", b"124"), MINUTE, t0));
         let other: IpAddr = "192.0.2.2".parse().unwrap();
-        assert!(!d.contains(&DedupKey::new(other, b"sandy", b"console", b"123"), t0));
+        assert!(!d.contains(
+            &DedupKey::new(other, b"sandy", b"console", b"123"),
+            MINUTE,
+            t0
+        ));
         assert!(!d.contains(
             &DedupKey::new(ip, b"sandy", b"console", b"123"),
+            MINUTE,
             t0 + Duration::from_secs(61)
         ));
         assert!(d.is_empty());
@@ -168,13 +173,17 @@ mod tests {
     fn dedup_memory_is_bounded() {
         let t0 = Instant::now();
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let mut d = Dedup::new(Duration::from_secs(60), 100);
+        let mut d = Dedup::new(100);
         for i in 0..1000 {
-            d.insert(DedupKey::new(ip, b"s", b"t", format!("{i}").as_bytes()), t0);
+            d.insert(
+                DedupKey::new(ip, b"s", b"t", format!("{i}").as_bytes()),
+                MINUTE,
+                t0,
+            );
         }
         assert_eq!(d.len(), 100);
-        assert!(d.contains(&DedupKey::new(ip, b"s", b"t", b"999"), t0));
-        assert!(!d.contains(&DedupKey::new(ip, b"s", b"t", b"0"), t0));
+        assert!(d.contains(&DedupKey::new(ip, b"s", b"t", b"999"), MINUTE, t0));
+        assert!(!d.contains(&DedupKey::new(ip, b"s", b"t", b"0"), MINUTE, t0));
     }
 
     #[test]
@@ -182,23 +191,23 @@ mod tests {
         let t0 = Instant::now();
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
-        let mut r = RateLimiter::new(3, 10);
-        assert!(r.allow(a, t0) && r.allow(a, t0) && r.allow(a, t0));
-        assert!(!r.allow(a, t0));
-        assert!(r.allow(b, t0), "another source is not affected");
+        let mut r = RateLimiter::new(10);
+        assert!(r.allow(a, 3, t0) && r.allow(a, 3, t0) && r.allow(a, 3, t0));
+        assert!(!r.allow(a, 3, t0));
+        assert!(r.allow(b, 3, t0), "another source is not affected");
         assert!(
-            r.allow(a, t0 + Duration::from_secs(20)),
+            r.allow(a, 3, t0 + Duration::from_secs(20)),
             "one token back after 20 s"
         );
-        assert!(!r.allow(a, t0 + Duration::from_secs(20)));
+        assert!(!r.allow(a, 3, t0 + Duration::from_secs(20)));
     }
 
     #[test]
     fn rate_limiter_memory_is_bounded() {
         let t0 = Instant::now();
-        let mut r = RateLimiter::new(3, 50);
+        let mut r = RateLimiter::new(50);
         for i in 0..1000u32 {
-            r.allow(IpAddr::from(i.to_be_bytes()), t0);
+            r.allow(IpAddr::from(i.to_be_bytes()), 3, t0);
         }
         assert_eq!(r.sources(), 50);
     }

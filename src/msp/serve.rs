@@ -33,22 +33,17 @@ pub struct MspState {
     udp_in_flight: Arc<Semaphore>,
     pub delivered: AtomicU64,
     pub refused: AtomicU64,
-    pub dropped: AtomicU64,
 }
 
-impl MspState {
-    pub fn new(rate_per_minute: u32, dedup_window: std::time::Duration) -> Self {
+impl Default for MspState {
+    fn default() -> Self {
         MspState {
-            dedup: Mutex::new(Dedup::new(dedup_window, limits::MSP_DEDUP_CAPACITY)),
-            rate: Mutex::new(RateLimiter::new(
-                rate_per_minute,
-                limits::MSP_MAX_TRACKED_SOURCES,
-            )),
+            dedup: Mutex::new(Dedup::new(limits::MSP_DEDUP_CAPACITY)),
+            rate: Mutex::new(RateLimiter::new(limits::MSP_MAX_TRACKED_SOURCES)),
             tcp_connections: AtomicUsize::new(0),
             udp_in_flight: Arc::new(Semaphore::new(limits::MSP_MAX_UDP_IN_FLIGHT)),
             delivered: AtomicU64::new(0),
             refused: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
         }
     }
 }
@@ -75,7 +70,8 @@ pub async fn accept_message(
     peer: SocketAddr,
     transport: Transport,
 ) -> Verdict {
-    let settings = state.config.load().msp.clone();
+    let config = state.config.load_full();
+    let settings = &config.msp;
     let msp = &state.msp;
     let now = Instant::now();
     let verdict = 'verdict: {
@@ -90,11 +86,12 @@ pub async fn accept_message(
         let key = (msg.version() == Version::B && !msg.cookie.is_empty())
             .then(|| DedupKey::new(peer.ip(), &msg.sender, &msg.sender_terminal, &msg.cookie));
         if let Some(key) = &key
-            && lock(&msp.dedup).contains(key, now)
+            && lock(&msp.dedup).contains(key, settings.dedup_window, now)
         {
             break 'verdict Verdict::Duplicate;
         }
-        if !lock(&msp.rate).allow(source_key(peer.ip(), limits::MSP_V6_PREFIX), now) {
+        let source = source_key(peer.ip(), config.tcpmux.ipv6_source_prefix);
+        if !lock(&msp.rate).allow(source, settings.rate_per_minute, now) {
             state.stats.hits.hit(Limit::MspRate);
             break 'verdict Verdict::Refused(RATE_REASON.into());
         }
@@ -108,10 +105,10 @@ pub async fn accept_message(
         } else {
             None
         };
-        match deliver::deliver(&settings, &envelope, systemd).await {
+        match deliver::deliver(settings, &envelope, systemd).await {
             Ok(()) => {
                 if let Some(key) = key {
-                    lock(&msp.dedup).insert(key, Instant::now());
+                    lock(&msp.dedup).insert(key, settings.dedup_window, Instant::now());
                 }
                 Verdict::Delivered
             }
@@ -185,7 +182,6 @@ pub async fn serve_tcp(
         let max = state.config.load().msp.max_connections;
         if state.msp.tcp_connections.fetch_add(1, Ordering::Relaxed) >= max {
             state.msp.tcp_connections.fetch_sub(1, Ordering::Relaxed);
-            state.msp.dropped.fetch_add(1, Ordering::Relaxed);
             state.stats.hits.hit(Limit::MspConnections);
             tracing::debug!(remote_addr = %peer.ip().to_canonical(), "MSP: too many connections");
             continue;
@@ -199,7 +195,8 @@ pub async fn serve_tcp(
 }
 
 async fn handle_tcp(mut stream: TcpStream, peer: SocketAddr, state: &State) {
-    let settings = state.config.load().msp.clone();
+    let config = state.config.load_full();
+    let settings = &config.msp;
     let deadline = tokio::time::Instant::now() + settings.connection_timeout;
     let mut buf: Vec<u8> = Vec::with_capacity(2 * message::MAX_MESSAGE_LEN);
     let mut chunk = [0u8; 1024];
@@ -272,7 +269,6 @@ pub async fn serve_udp(
             }
         };
         let Ok(permit) = Arc::clone(&state.msp.udp_in_flight).try_acquire_owned() else {
-            state.msp.dropped.fetch_add(1, Ordering::Relaxed);
             state.stats.hits.hit(Limit::MspDatagramsInFlight);
             continue;
         };
