@@ -69,3 +69,82 @@ pub fn init(
     }
     Ok(LogTarget::Stderr)
 }
+
+/// A value that a peer or a session's program chose, made safe for the
+/// log: every control character (C0, DEL and C1) and every invalid UTF-8
+/// byte is written as `\xNN`, and the bidirectional overrides (U+202A to
+/// U+202E, U+2066 to U+2069) as `\u{NNNN}`. A line feed or an escape
+/// sequence from a client then cannot forge a log line or reach the
+/// terminal of whoever reads the log, on stderr or in the journal.
+///
+/// Every value that comes from outside is logged through this one type.
+pub struct Escaped<'a>(&'a [u8]);
+
+/// The [`Escaped`] form of `value`, for `%escaped(v)` in log fields and
+/// `{}` in messages.
+pub fn escaped<T: AsRef<[u8]> + ?Sized>(value: &T) -> Escaped<'_> {
+    Escaped(value.as_ref())
+}
+
+/// Whether `c` must not reach a log reader's terminal as it is.
+fn needs_escape(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for chunk in self.0.utf8_chunks() {
+            let text = chunk.valid();
+            let mut start = 0;
+            for (i, c) in text.char_indices() {
+                if needs_escape(c) {
+                    f.write_str(&text[start..i])?;
+                    match u8::try_from(u32::from(c)) {
+                        Ok(b) => write!(f, "\\x{b:02x}")?,
+                        Err(_) => write!(f, "\\u{{{:04x}}}", u32::from(c))?,
+                    }
+                    start = i + c.len_utf8();
+                }
+            }
+            f.write_str(&text[start..])?;
+            for b in chunk.invalid() {
+                write!(f, "\\x{b:02x}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escaped("plain text").to_string(), "plain text");
+        assert_eq!(
+            escaped("a\nb\r\x1b[31mc\x7f").to_string(),
+            "a\\x0ab\\x0d\\x1b[31mc\\x7f"
+        );
+        assert_eq!(
+            escaped("caf\u{e9} \u{20ac}").to_string(),
+            "caf\u{e9} \u{20ac}"
+        );
+        assert_eq!(escaped("\u{85}x\u{9b}").to_string(), "\\x85x\\x9b");
+        assert_eq!(
+            escaped("a\u{202e}b\u{2066}").to_string(),
+            "a\\u{202e}b\\u{2066}"
+        );
+        assert_eq!(
+            escaped(b"ok\xff\xfe!".as_slice()).to_string(),
+            "ok\\xff\\xfe!"
+        );
+        assert_eq!(escaped("\t").to_string(), "\\x09");
+    }
+}
