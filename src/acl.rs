@@ -27,15 +27,33 @@ impl Acl {
 }
 
 /// Parses one ACL entry: a network in CIDR notation or a single address.
+/// IPv4-mapped IPv6 entries (`::ffff:10.0.0.0/104`) are made IPv4
+/// (`10.0.0.0/8`), as client addresses are, so that they match.
 pub fn parse_net(text: &str) -> Result<IpNet, String> {
-    if let Ok(net) = text.parse::<IpNet>() {
-        return Ok(net.trunc());
-    }
-    match text.parse::<IpAddr>() {
-        Ok(addr) => Ok(IpNet::from(addr)),
-        Err(_) => Err(format!(
-            "\"{text}\" is neither an address nor a network in CIDR notation"
-        )),
+    let net = match (text.parse::<IpNet>(), text.parse::<IpAddr>()) {
+        (Ok(net), _) => net.trunc(),
+        (_, Ok(addr)) => IpNet::from(addr),
+        _ => {
+            return Err(format!(
+                "\"{text}\" is neither an address nor a network in CIDR notation"
+            ));
+        }
+    };
+    Ok(canonical(net))
+}
+
+/// `net`, with an IPv4-mapped IPv6 network written as IPv4. (A network
+/// with a prefix shorter than /96 is never mapped once truncated: it is
+/// plain IPv6, and IPv4 clients are matched by IPv4 entries only.)
+fn canonical(net: IpNet) -> IpNet {
+    const MAPPED_PREFIX: u8 = 96;
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= MAPPED_PREFIX => v6
+            .network()
+            .to_ipv4_mapped()
+            .and_then(|v4| ipnet::Ipv4Net::new(v4, v6.prefix_len() - MAPPED_PREFIX).ok())
+            .map_or(net, IpNet::V4),
+        _ => net,
     }
 }
 
@@ -67,6 +85,27 @@ mod tests {
         let a = acl(&["127.0.0.1"], &[]);
         assert!(a.permits("::ffff:127.0.0.1".parse().unwrap()));
         assert!(!a.permits("::ffff:127.0.0.2".parse().unwrap()));
+    }
+
+    #[test]
+    fn mapped_entries_are_made_ipv4() {
+        assert_eq!(
+            parse_net("::ffff:10.0.0.0/104").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(
+            parse_net("::ffff:127.0.0.1").unwrap().to_string(),
+            "127.0.0.1/32"
+        );
+        assert_eq!(parse_net("::ffff:0:0/96").unwrap().to_string(), "0.0.0.0/0");
+        assert_eq!(parse_net("::/0").unwrap().to_string(), "::/0");
+        assert_eq!(
+            parse_net("2001:db8::/32").unwrap().to_string(),
+            "2001:db8::/32"
+        );
+        let a = acl(&["::ffff:127.0.0.0/104"], &[]);
+        assert!(a.permits("127.1.2.3".parse().unwrap()));
+        assert!(a.permits("::ffff:127.1.2.3".parse().unwrap()));
     }
 
     #[test]

@@ -2,11 +2,15 @@
 //! starts per service, and the counters of limits hit (for the log summary
 //! and systemd's STATUS= line).
 
-use std::collections::HashMap;
+use crate::limits::START_SHARE_DIVISOR;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// The source a per-source limit applies to: an IPv4 address, or an IPv6
 /// address cut to its first `v6_prefix` bits.
@@ -80,23 +84,58 @@ impl Drop for SourceGuard {
 /// Starts per service: a token bucket each, holding up to one second's
 /// worth, refilled continuously. A service that starts too often is
 /// refused for a moment, never disabled.
+///
+/// The bucket is shared fairly: each source has a share of the rate
+/// ([`START_SHARE_DIVISOR`]). A source within its share may take the
+/// bucket's last token; a source over it only takes tokens while more than
+/// half of the bucket is left. One source flooding a service then leaves
+/// the other half for everyone else.
 #[derive(Debug, Default)]
 pub struct StartRate {
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    services: Mutex<HashMap<String, ServiceStarts>>,
+}
+
+#[derive(Debug)]
+struct ServiceStarts {
+    per_second: u32,
+    tokens: f64,
+    last: Instant,
+    shares: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+impl ServiceStarts {
+    fn new(per_second: u32, now: Instant) -> Self {
+        let share = per_second.div_ceil(START_SHARE_DIVISOR).max(1);
+        let share = NonZeroU32::new(share).unwrap_or(NonZeroU32::MIN);
+        ServiceStarts {
+            per_second,
+            tokens: f64::from(per_second),
+            last: now,
+            shares: RateLimiter::keyed(Quota::per_second(share)),
+        }
+    }
 }
 
 impl StartRate {
-    /// Takes a start for `service` if it has one left at `per_second`.
-    pub fn allow(&self, service: &str, per_second: u32, now: Instant) -> bool {
-        let max = f64::from(per_second);
-        let mut buckets = lock(&self.buckets);
-        let (tokens, last) = buckets
+    /// Takes a start for `service`, asked for by `source`, if it has one
+    /// left at `per_second`.
+    pub fn allow(&self, service: &str, per_second: u32, source: IpAddr, now: Instant) -> bool {
+        let mut services = lock(&self.services);
+        let starts = services
             .entry(service.to_ascii_lowercase())
-            .or_insert((max, now));
-        *tokens = (*tokens + now.saturating_duration_since(*last).as_secs_f64() * max).min(max);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
+            .or_insert_with(|| ServiceStarts::new(per_second, now));
+        if starts.per_second != per_second {
+            *starts = ServiceStarts::new(per_second, now);
+        }
+        let max = f64::from(per_second);
+        starts.tokens = (starts.tokens
+            + now.saturating_duration_since(starts.last).as_secs_f64() * max)
+            .min(max);
+        starts.last = now;
+        let within_share = starts.shares.check_key(&source).is_ok();
+        let keep = if within_share { 0.0 } else { max / 2.0 };
+        if starts.tokens >= 1.0 + keep {
+            starts.tokens -= 1.0;
             true
         } else {
             false
@@ -105,7 +144,164 @@ impl StartRate {
 
     /// Forgets services no longer configured.
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
-        lock(&self.buckets).retain(|name, _| keep(name));
+        lock(&self.services).retain(|name, _| keep(name));
+    }
+
+    /// Forgets sources whose share is whole again, so that the table
+    /// holds only the sources of the last moments.
+    pub fn forget_idle_sources(&self) {
+        for starts in lock(&self.services).values() {
+            starts.shares.retain_recent();
+            starts.shares.shrink_to_fit();
+        }
+    }
+}
+
+/// Handshakes waiting for their request line, oldest first. At
+/// `max_handshakes` the oldest is shed to make room for a new connection:
+/// a flood of silent connections then costs its own connections their
+/// place, while a client that sends its name promptly is served.
+#[derive(Debug, Default)]
+pub struct Waiting {
+    next: AtomicU64,
+    queue: Mutex<BTreeMap<u64, CancellationToken>>,
+}
+
+/// A handshake's place among the waiting ones, left when dropped.
+#[derive(Debug)]
+pub struct WaitingPlace {
+    waiting: Arc<Waiting>,
+    id: u64,
+    shed: CancellationToken,
+}
+
+impl Waiting {
+    pub fn enter(self: &Arc<Self>) -> WaitingPlace {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let shed = CancellationToken::new();
+        lock(&self.queue).insert(id, shed.clone());
+        WaitingPlace {
+            waiting: Arc::clone(self),
+            id,
+            shed,
+        }
+    }
+
+    /// Sheds the oldest waiting handshake; false when none waits.
+    pub fn shed_oldest(&self) -> bool {
+        let oldest = lock(&self.queue).pop_first();
+        oldest.map(|(_, shed)| shed.cancel()).is_some()
+    }
+
+    /// Handshakes waiting now.
+    pub fn len(&self) -> usize {
+        lock(&self.queue).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl WaitingPlace {
+    /// Completes when this handshake is shed.
+    pub async fn shed(&self) {
+        self.shed.cancelled().await
+    }
+}
+
+impl Drop for WaitingPlace {
+    fn drop(&mut self) {
+        lock(&self.waiting.queue).remove(&self.id);
+    }
+}
+
+/// The descriptors the daemon may spend on connections and sessions: the
+/// soft `RLIMIT_NOFILE` less what the rest of the daemon needs. A
+/// connection holds one from accept on; a session start takes what its
+/// launcher needs before the client hears `+`, so that a full table means
+/// `-Server busy`, never `+` and then nothing.
+#[derive(Debug, Default)]
+pub struct FdBudget {
+    capacity: AtomicUsize,
+    used: AtomicUsize,
+}
+
+/// Descriptors taken from an [`FdBudget`], given back when dropped.
+#[derive(Debug)]
+pub struct FdGuard {
+    budget: Arc<FdBudget>,
+    held: usize,
+}
+
+impl FdBudget {
+    pub fn new(capacity: usize) -> Arc<Self> {
+        Arc::new(FdBudget {
+            capacity: AtomicUsize::new(capacity),
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    /// Sets how many descriptors may be held at once (after a reload).
+    pub fn set_capacity(&self, capacity: usize) {
+        self.capacity.store(capacity, Ordering::Relaxed);
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity.load(Ordering::Relaxed)
+    }
+
+    /// Descriptors held now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Takes `n` descriptors, unless fewer are left.
+    pub fn try_take(self: &Arc<Self>, n: usize) -> Option<FdGuard> {
+        self.grab(n).then(|| FdGuard {
+            budget: Arc::clone(self),
+            held: n,
+        })
+    }
+
+    fn grab(&self, n: usize) -> bool {
+        let capacity = self.capacity();
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|&total| total <= capacity)
+            })
+            .is_ok()
+    }
+}
+
+impl FdGuard {
+    /// Holds `total` descriptors from now on, taking more if needed; false
+    /// (and nothing changed) when the budget has too few left.
+    pub fn try_grow_to(&mut self, total: usize) -> bool {
+        if total <= self.held {
+            return true;
+        }
+        if !self.budget.grab(total - self.held) {
+            return false;
+        }
+        self.held = total;
+        true
+    }
+
+    /// Gives back all but `total` descriptors.
+    pub fn shrink_to(&mut self, total: usize) {
+        if total < self.held {
+            self.budget
+                .used
+                .fetch_sub(self.held - total, Ordering::AcqRel);
+            self.held = total;
+        }
+    }
+}
+
+impl Drop for FdGuard {
+    fn drop(&mut self) {
+        self.shrink_to(0);
     }
 }
 
@@ -118,6 +314,8 @@ pub enum Limit {
     MaxInstances,
     MaxSessions,
     MaxStartsPerSecond,
+    /// The limit on open files (`LimitNOFILE=`).
+    OpenFiles,
     /// `[msp] rate_per_minute`.
     MspRate,
     /// `[msp] max_connections`.
@@ -127,7 +325,7 @@ pub enum Limit {
 }
 
 /// How many kinds of limit there are.
-const LIMITS: usize = 9;
+const LIMITS: usize = 10;
 
 impl Limit {
     pub const ALL: [Limit; LIMITS] = [
@@ -137,6 +335,7 @@ impl Limit {
         Limit::MaxInstances,
         Limit::MaxSessions,
         Limit::MaxStartsPerSecond,
+        Limit::OpenFiles,
         Limit::MspRate,
         Limit::MspConnections,
         Limit::MspDatagramsInFlight,
@@ -151,6 +350,7 @@ impl Limit {
             Limit::MaxInstances => "max_instances",
             Limit::MaxSessions => "max_sessions",
             Limit::MaxStartsPerSecond => "max_starts_per_second",
+            Limit::OpenFiles => "open files",
             Limit::MspRate => "msp rate_per_minute",
             Limit::MspConnections => "msp max_connections",
             Limit::MspDatagramsInFlight => "msp datagrams in delivery",
@@ -230,14 +430,65 @@ mod tests {
     }
 
     #[test]
+    fn descriptors_are_budgeted_and_given_back() {
+        let b = FdBudget::new(10);
+        let mut a = b.try_take(1).unwrap();
+        assert!(a.try_grow_to(8));
+        assert!(b.try_take(3).is_none());
+        let c = b.try_take(2).unwrap();
+        assert!(!a.try_grow_to(9), "the budget is spent");
+        a.shrink_to(2);
+        assert_eq!(b.used(), 4);
+        drop((a, c));
+        assert_eq!(b.used(), 0);
+        b.set_capacity(1);
+        assert!(b.try_take(2).is_none());
+    }
+
+    #[test]
     fn start_rate_refuses_then_recovers() {
         let r = StartRate::default();
         let t0 = Instant::now();
-        assert!(r.allow("Echo", 2, t0) && r.allow("echo", 2, t0));
-        assert!(!r.allow("ECHO", 2, t0));
-        assert!(r.allow("other", 2, t0));
-        assert!(r.allow("echo", 2, t0 + Duration::from_millis(500)));
-        assert!(!r.allow("echo", 2, t0 + Duration::from_millis(500)));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        // 2 a second: a share of 1 per source; the second start of one
+        // source would take the half kept for others.
+        assert!(r.allow("Echo", 2, a, t0));
+        assert!(!r.allow("echo", 2, a, t0));
+        assert!(r.allow("ECHO", 2, b, t0), "b is within its share");
+        assert!(!r.allow("echo", 2, b, t0), "the bucket is empty");
+        assert!(r.allow("other", 2, a, t0), "services are counted apart");
+        let later = t0 + Duration::from_millis(1500);
+        assert!(r.allow("echo", 2, a, later));
+    }
+
+    #[test]
+    fn a_flooding_source_leaves_half_for_the_others() {
+        let r = StartRate::default();
+        let t0 = Instant::now();
+        let flood: IpAddr = "192.0.2.1".parse().unwrap();
+        let polite: IpAddr = "192.0.2.2".parse().unwrap();
+        // 16 a second: a share of 2 per source, 8 kept for sources within
+        // their share.
+        let taken = (0..100).filter(|_| r.allow("echo", 16, flood, t0)).count();
+        assert_eq!(taken, 2 + 6, "its share, then down to the kept half");
+        assert!(r.allow("echo", 16, polite, t0));
+        assert!(r.allow("echo", 16, polite, t0));
+        assert!(!r.allow("echo", 16, polite, t0), "over its share now too");
+        r.forget_idle_sources();
+    }
+
+    #[test]
+    fn waiting_handshakes_are_shed_oldest_first() {
+        let w = Arc::new(Waiting::default());
+        let first = w.enter();
+        let second = w.enter();
+        assert!(w.shed_oldest());
+        assert!(first.shed.is_cancelled() && !second.shed.is_cancelled());
+        drop(second);
+        assert!(w.is_empty());
+        assert!(!w.shed_oldest());
+        drop(first);
     }
 
     #[test]

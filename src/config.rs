@@ -153,10 +153,12 @@ pub struct Service {
     pub source: PathBuf,
 }
 
+/// Who a service's program runs as: always a user, with that user's
+/// primary group or the configured one, and no supplementary groups.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credentials {
-    pub user: Option<String>,
-    pub uid: Option<u32>,
+    pub user: String,
+    pub uid: u32,
     pub gid: u32,
 }
 
@@ -440,10 +442,14 @@ fn validate_msp(path: &Path, raw: RawMsp) -> Result<MspSettings, ConfigError> {
             "command: missing, and deliver = \"command\" needs it".into()
         ));
     }
-    let positive = |key: &str, d: Option<Duration>, default: Duration| {
+    let bounded = |key: &str, d: Option<Duration>, default: Duration, max: Duration| {
         let d = d.unwrap_or(default);
-        if d.is_zero() {
-            Err(err(format!("{key}: must be more than 0")))
+        if d.is_zero() || d > max {
+            Err(err(format!(
+                "{key}: {} is out of range (more than 0, at most {})",
+                humantime::format_duration(d),
+                humantime::format_duration(max)
+            )))
         } else {
             Ok(d)
         }
@@ -464,28 +470,32 @@ fn validate_msp(path: &Path, raw: RawMsp) -> Result<MspSettings, ConfigError> {
         listen: raw.listen.unwrap_or_default(),
         deliver,
         command: raw.command,
-        command_timeout: positive(
+        command_timeout: bounded(
             "command_timeout",
             raw.command_timeout,
             limits::DEFAULT_MSP_COMMAND_TIMEOUT,
+            limits::MAX_MSP_COMMAND_TIMEOUT,
         )?,
         console: raw.console.unwrap_or(false),
         rate_per_minute,
-        idle_timeout: positive(
+        idle_timeout: bounded(
             "idle_timeout",
             raw.idle_timeout,
             limits::DEFAULT_MSP_IDLE_TIMEOUT,
+            limits::MAX_MSP_IDLE_TIMEOUT,
         )?,
-        connection_timeout: positive(
+        connection_timeout: bounded(
             "connection_timeout",
             raw.connection_timeout,
             limits::DEFAULT_MSP_CONNECTION_TIMEOUT,
+            limits::MAX_MSP_CONNECTION_TIMEOUT,
         )?,
         max_connections,
-        dedup_window: positive(
+        dedup_window: bounded(
             "dedup_window",
             raw.dedup_window,
             limits::DEFAULT_MSP_DEDUP_WINDOW,
+            limits::MAX_MSP_DEDUP_WINDOW,
         )?,
         utmp: raw.utmp.unwrap_or_else(|| PathBuf::from(DEFAULT_UTMP)),
     })
@@ -613,37 +623,43 @@ fn resolve_credentials(
     group: Option<&str>,
 ) -> Result<Option<Credentials>, String> {
     use nix::unistd::{Group, User};
-    let user = match user {
-        None => None,
-        Some(u) => {
-            let found = match u.parse::<u32>() {
-                Ok(uid) => User::from_uid(uid.into()),
-                Err(_) => User::from_name(u),
-            };
-            match found {
-                Ok(Some(entry)) => Some(entry),
-                Ok(None) => return Err(format!("user: \"{u}\": no such user")),
-                Err(e) => return Err(format!("user: \"{u}\": cannot look up: {e}")),
-            }
-        }
+    let Some(u) = user else {
+        return match group {
+            None => Ok(None),
+            // The program would keep uid 0 and, through it, all of root's
+            // power: a group alone would only look like a restriction.
+            Some(g) => Err(format!(
+                "group: \"{g}\" without user: the program would still run as root; set user \
+                 as well (for example user = \"nobody\")"
+            )),
+        };
+    };
+    let found = match u.parse::<u32>() {
+        Ok(uid) => User::from_uid(uid.into()),
+        Err(_) => User::from_name(u),
+    };
+    let user = match found {
+        Ok(Some(entry)) => entry,
+        Ok(None) => return Err(format!("user: \"{u}\": no such user")),
+        Err(e) => return Err(format!("user: \"{u}\": cannot look up: {e}")),
     };
     let gid = match group {
-        None => user.as_ref().map(|u| u.gid.as_raw()),
+        None => user.gid.as_raw(),
         Some(g) => {
             let found = match g.parse::<u32>() {
                 Ok(gid) => Group::from_gid(gid.into()),
                 Err(_) => Group::from_name(g),
             };
             match found {
-                Ok(Some(entry)) => Some(entry.gid.as_raw()),
+                Ok(Some(entry)) => entry.gid.as_raw(),
                 Ok(None) => return Err(format!("group: \"{g}\": no such group")),
                 Err(e) => return Err(format!("group: \"{g}\": cannot look up: {e}")),
             }
         }
     };
-    Ok(gid.map(|gid| Credentials {
-        user: user.as_ref().map(|u| u.name.clone()),
-        uid: user.map(|u| u.uid.as_raw()),
+    Ok(Some(Credentials {
+        user: user.name,
+        uid: user.uid.as_raw(),
         gid,
     }))
 }
@@ -818,6 +834,10 @@ mod tests {
                 "no such user",
             ),
             (
+                "[[service]]\nname = \"x\"\ncommand = [\"/bin/cat\"]\ngroup = \"0\"\n",
+                "without user",
+            ),
+            (
                 "[[service]]\nname = \"x\"\ncommand = [\"/bin/cat\"]\nenvironment = { \"1X\" = \"y\" }\n",
                 "1X",
             ),
@@ -831,6 +851,11 @@ mod tests {
             ),
             ("[msp]\ndeliver = \"command\"\n", "[msp] command: missing"),
             ("[msp]\nrate_per_minute = 0\n", "rate_per_minute"),
+            (
+                "[msp]\nconnection_timeout = \"300000000000y\"\n",
+                "connection_timeout: ",
+            ),
+            ("[msp]\nidle_timeout = \"2h\"\n", "at most 1h"),
         ];
         for (text, needle) in cases {
             let e = build_from(&[("main.toml", text)]).unwrap_err().to_string();

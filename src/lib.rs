@@ -12,4 +12,6 @@ pub mod msp;
 pub mod notify;
 pub mod server;
 pub mod sessions;
+pub mod startup;
+pub mod summary;
 pub mod tcpmux;

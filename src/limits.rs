@@ -20,8 +20,11 @@ pub const DEFAULT_NAME_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_NAME_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Default for `[tcpmux] max_handshakes`: connections allowed at once in the
-/// handshake phase (accepted, not yet answered or handed to a service).
-pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
+/// handshake phase (accepted, not yet answered or handed to a service). A
+/// waiting handshake costs about 2.3 KiB, so the default is under 40 MiB.
+/// At the cap, the oldest handshake still waiting for its name is shed to
+/// make room for the new connection.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 16 * 1024;
 
 /// Default for `[tcpmux] max_handshakes_per_source`: of those, from one
 /// source address (IPv6: one prefix of `ipv6_source_prefix` bits).
@@ -39,8 +42,33 @@ pub const DEFAULT_MAX_SESSIONS: usize = 1024;
 /// started per second, with as many in reserve for bursts.
 pub const DEFAULT_MAX_STARTS_PER_SECOND: u32 = 100;
 
-/// How often limits hit are summed up in one log line.
+/// How often limits hit, and the connections not logged one by one, are
+/// summed up in one log line.
 pub const LIMIT_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Sources counted by name in one summary interval; further sources add up
+/// as "other sources", so a flood from many addresses costs bounded memory.
+pub const SUMMARY_MAX_SOURCES: usize = 4096;
+
+/// Sources named in a summary line, those with the most connections first.
+pub const SUMMARY_TOP_SOURCES: usize = 3;
+
+/// A source's fair share of a service's `max_starts_per_second`: that rate
+/// divided by this, rounded up, at least one a second. Sources over their
+/// share may only take starts while more than half of the service's
+/// second's worth is left; the other half is kept for sources within
+/// theirs.
+pub const START_SHARE_DIVISOR: u32 = 8;
+
+/// Descriptors kept out of the connection budget for the rest of the
+/// daemon: listeners, the runtime, the journal, the system bus, MSP
+/// deliveries, and configuration reads.
+pub const FD_RESERVE: usize = 64;
+
+/// Bytes of one session's stderr read per second at most. Past that the
+/// daemon stops reading for the rest of the second, and the program blocks
+/// on its full pipe: a program that floods stderr costs the daemon little.
+pub const MAX_STDERR_BYTES_PER_SECOND: usize = 64 * 1024;
 
 /// Lines of one session's stderr logged per second at most; the rest are
 /// counted and reported when the session ends.
@@ -110,6 +138,13 @@ pub const DEFAULT_MSP_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default for `[msp] dedup_window`: how long delivered messages are
 /// remembered to suppress retransmissions.
 pub const DEFAULT_MSP_DEDUP_WINDOW: Duration = Duration::from_secs(300);
+
+/// Upper bounds of the `[msp]` durations, enforced when the configuration
+/// is loaded: a typo must neither disable a timeout nor overflow a clock.
+pub const MAX_MSP_COMMAND_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+pub const MAX_MSP_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+pub const MAX_MSP_CONNECTION_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+pub const MAX_MSP_DEDUP_WINDOW: Duration = Duration::from_secs(60 * 60);
 
 /// Delivered messages remembered at once for duplicate suppression.
 pub const MSP_DEDUP_CAPACITY: usize = 16 * 1024;

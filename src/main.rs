@@ -10,6 +10,7 @@ use tcpmuxd::listen::{self, Sockets};
 use tcpmuxd::log::{self, LogTarget};
 use tcpmuxd::notify::Notifier;
 use tcpmuxd::server::{self, State};
+use tcpmuxd::startup;
 
 /// Exit status for a configuration that cannot be used (sysexits EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
@@ -63,6 +64,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // First of all: nothing the daemon was started with may reach a
+    // session's program.
+    let inherited = startup::close_inherited_on_exec();
     let args = Args::parse();
     if args.check {
         return check(&args);
@@ -92,6 +96,14 @@ fn main() -> ExitCode {
     if let Err(e) = log::init(args.log_target, &args.log_level, connected_to_journal) {
         eprintln!("tcpmuxd: {e}");
         return ExitCode::FAILURE;
+    }
+    if let Err(e) = inherited {
+        tracing::error!("{e}");
+        return ExitCode::FAILURE;
+    }
+    let (fd_limit, fd_problem) = startup::raise_fd_limit();
+    if let Some(problem) = fd_problem {
+        tracing::warn!("{problem}");
     }
     let notifier = Notifier::new(notify_enabled, watchdog);
 
@@ -143,6 +155,7 @@ fn main() -> ExitCode {
         is_activated,
         notifier,
         under_systemd,
+        fd_limit,
     ));
     match runtime.block_on(server::serve(sockets, state)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -158,7 +158,8 @@ fn a_service_started_too_often_is_refused_then_recovers() {
     };
     let replies: Vec<Vec<u8>> = (0..6).map(|_| ask(&d)).collect();
     assert!(replies.contains(&b"-Service started too often, try again later\r\n".to_vec()));
-    assert!(replies.iter().filter(|r| r.as_slice() == b"+\r\n").count() >= 3);
+    // One source alone: its share, then the half not kept for others.
+    assert!(replies.iter().filter(|r| r.as_slice() == b"+\r\n").count() >= 1);
     // Never a failed state: it recovers by itself.
     assert!(wait_until(|| ask(&d) == b"+\r\n"));
 }

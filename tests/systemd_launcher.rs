@@ -195,6 +195,13 @@ async fn harness_of_version(text: &str, preloaded: &[&str], version: &str) -> Ha
     }
 }
 
+/// The launchers' descriptor guard, from an unbounded budget.
+fn no_fds() -> tcpmuxd::admission::FdGuard {
+    tcpmuxd::admission::FdBudget::new(usize::MAX)
+        .try_take(0)
+        .unwrap()
+}
+
 /// A connected loopback pair: (the daemon's side, the client's side).
 async fn tcp_pair() -> (Connection, std::net::TcpStream) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -207,6 +214,7 @@ async fn tcp_pair() -> (Connection, std::net::TcpStream) {
             stream,
             peer,
             local,
+            reply_timeout: std::time::Duration::from_secs(10),
         },
         client,
     )
@@ -236,7 +244,7 @@ async fn starts_a_transient_unit_with_the_connection_as_stdio() {
     let peer = conn.peer;
     h.launcher.precheck(&service).unwrap();
     h.launcher
-        .launch(service, conn, slot)
+        .launch(service, conn, slot, no_fds())
         .await
         .map_err(|f| f.error)
         .unwrap();
@@ -284,9 +292,12 @@ async fn starts_a_transient_unit_with_the_connection_as_stdio() {
     assert!(!flags.contains(rustix::fs::OFlags::NONBLOCK));
     let mut unit_side = std::net::TcpStream::from(fd);
     unit_side.write_all(b"from the unit\n").unwrap();
-    let mut buf = [0u8; 14];
+    let mut buf = [0u8; 17];
     client.read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"from the unit\n");
+    assert_eq!(
+        &buf, b"+\r\nfrom the unit\n",
+        "the launcher's + comes first"
+    );
 
     // The slot is held until systemd unloads the unit. A daemon-reload
     // sends UnitRemoved for units it loads again at once: still running.
@@ -323,7 +334,7 @@ async fn a_service_without_command_sends_no_exec_start() {
     let (conn, _client) = tcp_pair().await;
     h.launcher.precheck(&service).unwrap();
     h.launcher
-        .launch(service, conn, slot)
+        .launch(service, conn, slot, no_fds())
         .await
         .map_err(|f| f.error)
         .unwrap();
@@ -333,12 +344,17 @@ async fn a_service_without_command_sends_no_exec_start() {
 
 #[tokio::test]
 async fn a_failed_start_job_is_an_error_that_returns_the_connection() {
-    let h = harness(ECHO, &[]).await;
+    let dedicated = format!("{ECHO}plus = false\n");
+    let h = harness(&dedicated, &[]).await;
     *h.mock.result.lock().unwrap() = "failed".into();
     let service = Arc::clone(h.config.service("my-echo").unwrap());
     let slot = h.sessions.try_acquire("my-echo", 1, 10).unwrap();
     let (conn, _client) = tcp_pair().await;
-    let failed = h.launcher.launch(service, conn, slot).await.unwrap_err();
+    let failed = h
+        .launcher
+        .launch(service, conn, slot, no_fds())
+        .await
+        .unwrap_err();
     assert!(
         failed.error.to_string().contains("\"failed\""),
         "{}",
@@ -348,6 +364,24 @@ async fn a_failed_start_job_is_an_error_that_returns_the_connection() {
         failed.conn.is_some(),
         "the connection comes back to be answered"
     );
+}
+
+#[tokio::test]
+async fn a_plus_client_hears_plus_before_the_start_and_nothing_after_a_failure() {
+    let h = harness(ECHO, &[]).await;
+    *h.mock.result.lock().unwrap() = "failed".into();
+    let service = Arc::clone(h.config.service("my-echo").unwrap());
+    let slot = h.sessions.try_acquire("my-echo", 1, 10).unwrap();
+    let (conn, mut client) = tcp_pair().await;
+    let failed = h
+        .launcher
+        .launch(service, conn, slot, no_fds())
+        .await
+        .unwrap_err();
+    assert!(failed.conn.is_none(), "{}", failed.error);
+    let mut plus = [0u8; 3];
+    std::io::Read::read_exact(&mut client, &mut plus).unwrap();
+    assert_eq!(&plus, b"+\r\n");
 }
 
 #[tokio::test]
@@ -438,7 +472,7 @@ async fn systemd_257_also_gets_the_connection_in_extra_file_descriptors() {
     let slot = h.sessions.try_acquire("my-echo", 1, 10).unwrap();
     let (conn, _client) = tcp_pair().await;
     h.launcher
-        .launch(service, conn, slot)
+        .launch(service, conn, slot, no_fds())
         .await
         .map_err(|f| f.error)
         .unwrap();

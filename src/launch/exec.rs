@@ -2,10 +2,15 @@
 //! the connection as its standard input and output (inetd's `nowait` style).
 
 use super::{Connection, Failed, LaunchError, Launcher, check_program, session_environment};
+use crate::admission::FdGuard;
 use crate::config::Service;
-use crate::limits::{MAX_STDERR_LINE, MAX_STDERR_LINES_PER_SECOND, STDERR_DRAIN_TIMEOUT};
+use crate::limits::{
+    MAX_STDERR_BYTES_PER_SECOND, MAX_STDERR_LINE, MAX_STDERR_LINES_PER_SECOND, STDERR_DRAIN_TIMEOUT,
+};
+use crate::log::escaped;
 use crate::sessions::SessionSlot;
-use std::os::fd::OwnedFd;
+use std::ffi::CString;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
@@ -14,6 +19,16 @@ use tokio::process::{ChildStderr, Command};
 
 /// PATH given to programs; the rest of tcpmuxd's environment is not passed on.
 pub const SESSION_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Descriptors the daemon holds while a session is being started: two
+/// copies of the connection (the program's stdout, the error answer), the
+/// stderr pipe, std's exec-status pipe, the child's pidfd, and one to
+/// spare.
+pub const EXEC_START_FDS: usize = 8;
+
+/// Descriptors the daemon holds for a running session: the read end of
+/// its stderr pipe and its pidfd.
+pub const EXEC_SESSION_FDS: usize = 2;
 
 #[derive(Debug, Default, Clone)]
 pub struct ExecLauncher;
@@ -36,37 +51,70 @@ impl Launcher for ExecLauncher {
         Ok(())
     }
 
+    fn start_fds(&self) -> usize {
+        EXEC_START_FDS
+    }
+
     async fn launch(
         &self,
         service: Arc<Service>,
-        conn: Connection,
+        mut conn: Connection,
         slot: SessionSlot,
+        mut fds: FdGuard,
     ) -> Result<(), Failed> {
         let Some(command) = service.command.as_deref() else {
             return Err(LaunchError::NoCommand.into());
         };
+        // The copies the program and the error answer need, made before the
+        // client hears `+`.
+        let copies = conn
+            .stream
+            .as_fd()
+            .try_clone_to_owned()
+            .and_then(|stdout| Ok((stdout, conn.stream.as_fd().try_clone_to_owned()?)));
+        let (stdout, reply) = match copies {
+            Ok(c) => c,
+            Err(e) => {
+                return Err(Failed {
+                    error: LaunchError::Socket(e),
+                    conn: conn.unanswered(),
+                });
+            }
+        };
+        conn.send_plus(&service).await?;
         let (socket, peer, local) = conn.into_blocking()?;
-        let stdout = socket.try_clone().map_err(LaunchError::Socket)?;
-        // Kept to answer the client if the program cannot be started.
-        let reply = socket.try_clone().ok();
+        // Answers a dedicated service's client if the program cannot start;
+        // after `+` there is nothing left to tell.
+        let reply = (!service.plus).then(|| std::net::TcpStream::from(reply));
 
         let program = &command[0];
+        let environment = std::iter::once(("PATH", SESSION_PATH.to_string()))
+            .chain(
+                service
+                    .environment
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.clone())),
+            )
+            .chain(session_environment(&service, peer, local));
+        let image = match ExecImage::new(command, environment) {
+            Ok(image) => image,
+            Err(error) => return Err(Failed { error, conn: reply }),
+        };
         let mut cmd = std::process::Command::new(program);
-        cmd.args(&command[1..])
-            .env_clear()
-            .env("PATH", SESSION_PATH)
-            .envs(service.environment.iter().map(|(k, v)| (k, v)))
-            .envs(session_environment(&service, peer, local))
-            .current_dir("/")
-            .process_group(0)
+        cmd.current_dir("/")
             .stdin(Stdio::from(OwnedFd::from(socket)))
-            .stdout(Stdio::from(OwnedFd::from(stdout)))
+            .stdout(Stdio::from(stdout))
             .stderr(Stdio::piped());
         if let Some(cred) = &service.credentials {
-            cmd.gid(cred.gid);
-            if let Some(uid) = cred.uid {
-                cmd.uid(uid);
-            }
+            // With uid and gid both set (the configuration allows no group
+            // without a user), std also drops every supplementary group.
+            cmd.gid(cred.gid).uid(cred.uid);
+        }
+        // SAFETY: the closure runs between fork and exec and calls only
+        // setsid(2) and execve(2), both async-signal-safe, on memory made
+        // before the fork.
+        unsafe {
+            cmd.pre_exec(move || image.exec());
         }
         let mut child = Command::from(cmd)
             .kill_on_drop(false)
@@ -78,6 +126,7 @@ impl Launcher for ExecLauncher {
                 },
                 conn: reply,
             })?;
+        fds.shrink_to(EXEC_SESSION_FDS);
         let pid = child.id().unwrap_or(0);
         let remote_addr = peer.ip().to_canonical();
         tracing::debug!(tcpmux_service = %service.name, %remote_addr, pid, "session started");
@@ -105,6 +154,7 @@ impl Launcher for ExecLauncher {
                 let _ = tokio::time::timeout(STDERR_DRAIN_TIMEOUT, &mut log).await;
             }
             drop(slot);
+            drop(fds);
             match status {
                 Ok(status) => tracing::info!(
                     tcpmux_service = %service.name,
@@ -112,7 +162,10 @@ impl Launcher for ExecLauncher {
                     remote_port = peer.port(),
                     pid,
                     exit_status = %describe_exit(status),
-                    "session ended"
+                    "{} from {}: session ended, {}",
+                    service.name,
+                    peer,
+                    describe_exit(status)
                 ),
                 Err(e) => tracing::error!(
                     tcpmux_service = %service.name, pid, "session: cannot wait for the program: {e}"
@@ -120,6 +173,73 @@ impl Launcher for ExecLauncher {
             }
         });
         Ok(())
+    }
+}
+
+/// A program's path, arguments and environment as C arrays, made before the
+/// fork so that the child does nothing but start a session and execve.
+///
+/// The child execs here rather than through std: std's execvp would run a
+/// file the kernel cannot execute (ENOEXEC) with /bin/sh, where execve
+/// fails and the client is told `-`.
+struct ExecImage {
+    path: CString,
+    _strings: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+}
+
+// SAFETY: the pointers point into `_strings` and `path`, owned by the same
+// value and never changed after `new`.
+unsafe impl Send for ExecImage {}
+// SAFETY: as above; nothing is mutated through a shared reference.
+unsafe impl Sync for ExecImage {}
+
+impl ExecImage {
+    fn new<'a>(
+        command: &[String],
+        environment: impl Iterator<Item = (&'a str, String)>,
+    ) -> Result<Self, LaunchError> {
+        let c = |s: String| {
+            CString::new(s).map_err(|_| LaunchError::Program {
+                path: command[0].clone(),
+                cause: "an argument or variable contains a NUL character".into(),
+            })
+        };
+        let path = c(command[0].clone())?;
+        let args: Vec<CString> = command.iter().cloned().map(c).collect::<Result<_, _>>()?;
+        let vars: Vec<CString> = environment
+            .map(|(k, v)| c(format!("{k}={v}")))
+            .collect::<Result<_, _>>()?;
+        let pointers = |strings: &[CString]| {
+            strings
+                .iter()
+                .map(|s| s.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect::<Vec<_>>()
+        };
+        let argv = pointers(&args);
+        let envp = pointers(&vars);
+        let mut strings = args;
+        strings.extend(vars);
+        Ok(ExecImage {
+            path,
+            _strings: strings,
+            argv,
+            envp,
+        })
+    }
+
+    /// In the child: a session and process group of its own, and so no
+    /// controlling terminal (a program must not reach the terminal tcpmuxd
+    /// was started from, as with TIOCSTI, nor get its signals); then the
+    /// program. Returns only on failure.
+    fn exec(&self) -> std::io::Result<()> {
+        rustix::process::setsid()?;
+        // SAFETY: NUL-terminated arrays of pointers to NUL-terminated
+        // strings, all alive as long as `self`.
+        unsafe { libc::execve(self.path.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr()) };
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -151,28 +271,37 @@ pub fn describe_exit(status: ExitStatus) -> String {
 /// Copies a program's stderr into the log, line by line, each line cut at
 /// [`MAX_STDERR_LINE`] bytes and at most [`MAX_STDERR_LINES_PER_SECOND`]
 /// lines a second: a program that floods its stderr must not flood the
-/// log. Lines over the rate are counted and reported at the end.
+/// log. Lines over the rate are counted and reported at the end. At most
+/// [`MAX_STDERR_BYTES_PER_SECOND`] are read a second: past that, reading
+/// pauses until the second is over, and the program blocks on its full
+/// pipe instead of costing the daemon a core.
 async fn log_stderr(service: String, pid: u32, mut stderr: ChildStderr) {
     let mut buf = Vec::with_capacity(MAX_STDERR_LINE);
     let mut chunk = [0u8; 4096];
-    let mut window = std::time::Instant::now();
-    let (mut logged, mut dropped) = (0u32, 0u64);
-    let mut emit = |line: &[u8]| {
-        if window.elapsed() >= std::time::Duration::from_secs(1) {
-            window = std::time::Instant::now();
-            logged = 0;
-        }
-        if logged < MAX_STDERR_LINES_PER_SECOND {
-            logged += 1;
-            emit_stderr_line(&service, pid, line);
-        } else {
-            dropped += 1;
-        }
-    };
+    let mut window = tokio::time::Instant::now();
+    let (mut logged, mut dropped, mut bytes) = (0u32, 0u64, 0usize);
     loop {
-        let n = match stderr.read(&mut chunk).await {
+        if window.elapsed() >= STDERR_WINDOW {
+            window = tokio::time::Instant::now();
+            (logged, bytes) = (0, 0);
+        }
+        if bytes >= MAX_STDERR_BYTES_PER_SECOND {
+            tokio::time::sleep_until(window + STDERR_WINDOW).await;
+            continue;
+        }
+        let room = chunk.len().min(MAX_STDERR_BYTES_PER_SECOND - bytes);
+        let n = match stderr.read(&mut chunk[..room]).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
+        };
+        bytes += n;
+        let mut emit = |line: &[u8]| {
+            if logged < MAX_STDERR_LINES_PER_SECOND {
+                logged += 1;
+                emit_stderr_line(&service, pid, line);
+            } else {
+                dropped += 1;
+            }
         };
         for &b in &chunk[..n] {
             if b == b'\n' || buf.len() >= MAX_STDERR_LINE {
@@ -185,8 +314,10 @@ async fn log_stderr(service: String, pid: u32, mut stderr: ChildStderr) {
             buf.push(b);
         }
     }
-    if !buf.is_empty() {
-        emit(&buf);
+    if !buf.is_empty() && logged < MAX_STDERR_LINES_PER_SECOND {
+        emit_stderr_line(&service, pid, &buf);
+    } else if !buf.is_empty() {
+        dropped += 1;
     }
     if dropped > 0 {
         tracing::warn!(
@@ -197,8 +328,10 @@ async fn log_stderr(service: String, pid: u32, mut stderr: ChildStderr) {
     }
 }
 
+/// The period of the stderr budgets.
+const STDERR_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn emit_stderr_line(service: &str, pid: u32, line: &[u8]) {
-    let line = String::from_utf8_lossy(line);
-    let line = line.trim_end_matches('\r');
-    tracing::info!(tcpmux_service = %service, pid, "stderr: {line}");
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    tracing::info!(tcpmux_service = %service, pid, "{service}[{pid}]: stderr: {}", escaped(line));
 }

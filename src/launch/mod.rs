@@ -6,11 +6,15 @@
 pub mod exec;
 pub mod systemd;
 
+use crate::admission::FdGuard;
 use crate::config::Service;
 use crate::sessions::SessionSlot;
+use crate::tcpmux::reply;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// A connection whose handshake is done, ready to be handed to a service.
@@ -19,9 +23,31 @@ pub struct Connection {
     pub stream: TcpStream,
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// Time the client has to take the `+` line.
+    pub reply_timeout: Duration,
 }
 
 impl Connection {
+    /// Sends the `+` line of a plus-mode service; nothing for a dedicated
+    /// one, whose program answers itself. A launcher calls this once
+    /// everything the start needs is in hand, so that no client is told
+    /// `+` for a session that cannot be started.
+    pub async fn send_plus(&mut self, service: &Service) -> Result<(), Failed> {
+        if !service.plus {
+            return Ok(());
+        }
+        match tokio::time::timeout(self.reply_timeout, self.stream.write_all(reply::PLUS)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(LaunchError::ClientGone(e.to_string()).into()),
+            Err(_) => Err(LaunchError::ClientGone("did not take the + line in time".into()).into()),
+        }
+    }
+
+    /// The connection, for an answer to a client that has heard nothing.
+    pub fn unanswered(self) -> Option<std::net::TcpStream> {
+        self.into_blocking().ok().map(|(socket, _, _)| socket)
+    }
+
     /// The connection as an ordinary blocking socket, ready to become a
     /// program's stdin and stdout. O_NONBLOCK belongs to the open file,
     /// shared by every copy of the descriptor, so the program would see the
@@ -50,10 +76,12 @@ pub enum LaunchError {
     NoCommand,
     #[error("systemd launcher: {0}")]
     Systemd(String),
+    #[error("the client went away before the session started: {0}")]
+    ClientGone(String),
 }
 
 /// A launch that failed, with the client's connection when it can still be
-/// answered.
+/// answered: it has heard nothing yet, not even `+`.
 #[derive(Debug)]
 pub struct Failed {
     pub error: LaunchError,
@@ -72,13 +100,21 @@ pub trait Launcher {
     /// starting anything.
     fn precheck(&self, service: &Service) -> Result<(), LaunchError>;
 
-    /// Starts the program with `conn` as its standard input and output.
-    /// `slot` is held until the session ends.
+    /// Descriptors the daemon needs while it starts a session; `launch`
+    /// gets a guard holding that many and keeps what the session goes on
+    /// holding.
+    fn start_fds(&self) -> usize;
+
+    /// Starts the program with `conn` as its standard input and output,
+    /// sending `+` first for a plus-mode service ([`Connection::send_plus`])
+    /// once nothing but the start itself can fail. `slot` is held until
+    /// the session ends.
     fn launch(
         &self,
         service: Arc<Service>,
         conn: Connection,
         slot: SessionSlot,
+        fds: FdGuard,
     ) -> impl Future<Output = Result<(), Failed>> + Send;
 }
 

@@ -9,13 +9,14 @@
 //! (`UnitRemoved`; the units are garbage-collected once inactive or failed).
 
 use super::{Connection, Failed, LaunchError, Launcher, check_program, session_environment};
+use crate::admission::FdGuard;
 use crate::config::{Config, LauncherKind, Service};
 use crate::limits;
 use crate::sessions::{SessionSlot, SessionTable};
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::future::Future;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,6 +33,11 @@ pub const EXTRA_FDS_MIN_VERSION: u32 = 257;
 /// Name under which the connection is passed in `LISTEN_FDNAMES` (systemd
 /// 257 and later).
 pub const CONNECTION_FD_NAME: &str = "connection";
+
+/// Descriptors the daemon holds while systemd starts a session: the copies
+/// of the connection passed in the D-Bus call, and one to spare. None are
+/// kept once the unit has it.
+pub const SYSTEMD_START_FDS: usize = 4;
 
 /// The template whose drop-ins configure service `name`:
 /// `tcpmux-NAME@.service`, NAME escaped as `systemd-escape` does.
@@ -568,14 +574,14 @@ fn properties(
     service: &Service,
     peer: std::net::SocketAddr,
     local: std::net::SocketAddr,
-    socket: &std::net::TcpStream,
+    socket: std::os::fd::BorrowedFd<'_>,
     version: u32,
 ) -> Result<Vec<(String, OwnedVariant)>, LaunchError> {
     fn value<'a>(v: impl Into<Variant<'a>>) -> Result<OwnedVariant, LaunchError> {
         OwnedVariant::try_from(v.into()).map_err(|e| LaunchError::Systemd(e.to_string()))
     }
     let fd = || -> Result<Fd<'static>, LaunchError> {
-        let dup: OwnedFd = socket.try_clone().map_err(LaunchError::Socket)?.into();
+        let dup: OwnedFd = socket.try_clone_to_owned().map_err(LaunchError::Socket)?;
         Ok(Fd::from(dup))
     };
     let environment: Vec<String> = session_environment(service, peer, local)
@@ -609,9 +615,9 @@ fn properties(
         props.push(("ExecStart".into(), value(exec)?));
     }
     if let Some(cred) = &service.credentials {
-        if let Some(user) = cred.user.clone().or(cred.uid.map(|u| u.to_string())) {
-            props.push(("User".into(), value(user)?));
-        }
+        props.push(("User".into(), value(cred.user.clone())?));
+        // systemd adds the user's own supplementary groups, never
+        // tcpmuxd's.
         props.push(("Group".into(), value(cred.gid.to_string())?));
     }
     if version >= EXTRA_FDS_MIN_VERSION {
@@ -637,27 +643,43 @@ impl Launcher for SystemdLauncher {
         }
     }
 
+    fn start_fds(&self) -> usize {
+        SYSTEMD_START_FDS
+    }
+
     async fn launch(
         &self,
         service: Arc<Service>,
-        conn: Connection,
+        mut conn: Connection,
         slot: SessionSlot,
+        _fds: FdGuard,
     ) -> Result<(), Failed> {
         let inner = &self.inner;
-        let Some(bus) = lock(&inner.bus).clone() else {
-            return Err(LaunchError::Systemd("not connected to the service manager".into()).into());
-        };
         let unit = unit_name(&service.name, &self.next_instance());
-        let (socket, peer, local) = conn.into_blocking()?;
-        let props = match properties(&service, peer, local, &socket, bus.version) {
+        let prepared = lock(&inner.bus)
+            .clone()
+            .ok_or_else(|| LaunchError::Systemd("not connected to the service manager".into()))
+            .and_then(|bus| {
+                let props = properties(
+                    &service,
+                    conn.peer,
+                    conn.local,
+                    conn.stream.as_fd(),
+                    bus.version,
+                )?;
+                Ok((bus, props))
+            });
+        let (bus, props) = match prepared {
             Ok(p) => p,
             Err(error) => {
                 return Err(Failed {
                     error,
-                    conn: Some(socket),
+                    conn: conn.unanswered(),
                 });
             }
         };
+        conn.send_plus(&service).await?;
+        let (socket, _, _) = conn.into_blocking()?;
 
         // From here on the unit may own the connection: hand it back for an
         // answer only when the unit was never made, or its start job proves
@@ -691,7 +713,8 @@ impl Launcher for SystemdLauncher {
         };
         Err(Failed {
             error: LaunchError::Systemd(failure),
-            conn,
+            // A plus-mode client has heard `+`: nothing more to tell it.
+            conn: conn.filter(|_| !service.plus),
         })
     }
 }

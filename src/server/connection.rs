@@ -1,0 +1,450 @@
+//! The path of one TCPMUX connection: accept, admission, the handshake, the
+//! hand-off to a launcher, and how it ended.
+
+use super::State;
+use crate::admission::{FdGuard, Limit, WaitingPlace, source_key};
+use crate::config::{self, LauncherKind, Service};
+use crate::launch::exec::ExecLauncher;
+use crate::launch::systemd::SystemdLauncher;
+use crate::launch::{Connection, Failed, LaunchError, Launcher};
+use crate::limits;
+use crate::log::escaped;
+use crate::sessions::Full;
+use crate::tcpmux::{self, HandshakeError, Request, RequestError, reply};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A place among the handshakes in progress, given back when dropped: it is
+/// taken before the handshake's task exists, so that no path, a task that
+/// never ran or one that panicked included, can keep it.
+struct HandshakePlace(Arc<State>);
+
+impl HandshakePlace {
+    fn take(state: &Arc<State>) -> (Self, usize) {
+        let before = state.stats.handshakes.fetch_add(1, Ordering::Relaxed);
+        (HandshakePlace(Arc::clone(state)), before)
+    }
+}
+
+impl Drop for HandshakePlace {
+    fn drop(&mut self) {
+        self.0.stats.handshakes.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves TCPMUX on `listeners` until `shutdown` is cancelled, then waits
+/// (at most `name_timeout` and a little) for handshakes in progress.
+pub async fn run(listeners: Vec<TcpListener>, state: Arc<State>, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    let mut loops = Vec::new();
+    for listener in listeners {
+        loops.push(tokio::spawn(accept_loop(
+            listener,
+            Arc::clone(&state),
+            tracker.clone(),
+            shutdown.clone(),
+        )));
+    }
+    for l in loops {
+        let _ = l.await;
+    }
+    tracker.close();
+    let grace = state.config.load().tcpmux.name_timeout + limits::SHUTDOWN_GRACE;
+    if timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            "{} handshakes still running after {}; exiting anyway",
+            tracker.len(),
+            humantime::format_duration(grace)
+        );
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<State>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    while let Some((stream, peer)) = crate::listen::accept(&listener, &shutdown).await {
+        let config = state.config.load();
+        // Refusals here never wait on the client: the reply fits the empty
+        // send buffer of a new connection, and the accept loop moves on.
+        let Some(fds) = state.fds.try_take(1) else {
+            let _ = stream.try_write(reply::SESSIONS_FULL);
+            record(&state, peer, None, Outcome::NoDescriptors);
+            continue;
+        };
+        let (place, before) = HandshakePlace::take(&state);
+        // At the cap, the oldest handshake still waiting for its name makes
+        // room; only when none waits is the new connection refused.
+        if before >= config.tcpmux.max_handshakes && !state.waiting.shed_oldest() {
+            drop(place);
+            let _ = stream.try_write(reply::OVERLOADED);
+            record(&state, peer, None, Outcome::Overloaded);
+            continue;
+        }
+        let source = source_key(peer.ip(), config.tcpmux.ipv6_source_prefix);
+        let Some(source_place) = state
+            .sources
+            .try_enter(source, config.tcpmux.max_handshakes_per_source)
+        else {
+            let _ = stream.try_write(reply::SOURCE_LIMIT);
+            record(&state, peer, None, Outcome::SourceLimit);
+            continue;
+        };
+        drop(config);
+        let waiting = state.waiting.enter();
+        let state = Arc::clone(&state);
+        tracker.spawn(async move {
+            let _places = (place, source_place);
+            let mut name = None;
+            let outcome = handshake(stream, peer, &state, fds, waiting, &mut name).await;
+            record(&state, peer, name.as_deref(), outcome);
+        });
+    }
+}
+
+/// How a connection's handshake ended, for the log and the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Served,
+    Help,
+    Unknown,
+    Denied,
+    Busy,
+    Timeout,
+    TooLong,
+    BadName,
+    Closed,
+    Unavailable,
+    SpawnFailed,
+    Overloaded,
+    SourceLimit,
+    SessionsFull,
+    StartRate,
+    /// Shed at `max_handshakes` to make room for a newer connection.
+    Shed,
+    /// The limit on open files leaves no room for the connection or the
+    /// session's start.
+    NoDescriptors,
+}
+
+impl Outcome {
+    /// The limit this outcome means was hit, if any.
+    pub fn limit(self) -> Option<Limit> {
+        match self {
+            Outcome::Overloaded | Outcome::Shed => Some(Limit::MaxHandshakes),
+            Outcome::NoDescriptors => Some(Limit::OpenFiles),
+            Outcome::SourceLimit => Some(Limit::MaxHandshakesPerSource),
+            Outcome::Timeout => Some(Limit::NameTimeout),
+            Outcome::Busy => Some(Limit::MaxInstances),
+            Outcome::SessionsFull => Some(Limit::MaxSessions),
+            Outcome::StartRate => Some(Limit::MaxStartsPerSecond),
+            _ => None,
+        }
+    }
+
+    /// Whether a line is logged for each such connection. The rest, which
+    /// a flood can produce by the thousand, are summed up every
+    /// [`LIMIT_LOG_INTERVAL`](limits::LIMIT_LOG_INTERVAL).
+    pub fn logged_each(self) -> bool {
+        matches!(
+            self,
+            Outcome::Served | Outcome::Unavailable | Outcome::SpawnFailed
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Served => "served",
+            Outcome::Help => "help",
+            Outcome::Unknown => "unknown",
+            Outcome::Denied => "denied",
+            Outcome::Busy => "busy",
+            Outcome::Timeout => "timeout",
+            Outcome::TooLong => "too-long",
+            Outcome::BadName => "bad-name",
+            Outcome::Closed => "closed",
+            Outcome::Unavailable => "unavailable",
+            Outcome::SpawnFailed => "spawn-failed",
+            Outcome::Overloaded => "overloaded",
+            Outcome::SourceLimit => "source-limit",
+            Outcome::SessionsFull => "sessions-full",
+            Outcome::StartRate => "start-rate",
+            Outcome::Shed => "shed",
+            Outcome::NoDescriptors => "no-descriptors",
+        }
+    }
+}
+
+/// Counts how a connection ended, and logs it: a line each for a served
+/// session (failures are logged with their cause where they happen), the
+/// rest in the periodic summary.
+fn record(state: &State, peer: SocketAddr, service: Option<&str>, outcome: Outcome) {
+    match outcome {
+        Outcome::Served => state.stats.served.fetch_add(1, Ordering::Relaxed),
+        Outcome::Help | Outcome::Closed => 0,
+        _ => state.stats.refused.fetch_add(1, Ordering::Relaxed),
+    };
+    if let Some(limit) = outcome.limit() {
+        state.stats.hits.hit(limit);
+    }
+    let remote_addr = peer.ip().to_canonical();
+    let remote_port = peer.port();
+    let outcome_str = outcome.as_str();
+    let service = escaped(service.unwrap_or(""));
+    if outcome == Outcome::Served {
+        tracing::info!(
+            tcpmux_service = %service, %remote_addr, remote_port, outcome = %outcome_str,
+            "{service} from {remote_addr}:{remote_port}: served"
+        );
+    } else if !outcome.logged_each() {
+        state.summary.record(outcome_str, remote_addr);
+        tracing::debug!(
+            tcpmux_service = %service, %remote_addr, remote_port, outcome = %outcome_str,
+            "{service} from {remote_addr}:{remote_port}: {outcome_str}"
+        );
+    }
+}
+
+/// Logs a service that could not be started for a client, with the cause.
+fn log_failure(
+    service: &Service,
+    peer: SocketAddr,
+    outcome: Outcome,
+    cause: &dyn std::fmt::Display,
+) {
+    let remote_addr = peer.ip().to_canonical();
+    let remote_port = peer.port();
+    tracing::error!(
+        tcpmux_service = %service.name, %remote_addr, remote_port, outcome = %outcome.as_str(),
+        "{} from {remote_addr}:{remote_port}: {}: service \"{}\": {cause}",
+        service.name, outcome.as_str(), service.name
+    );
+}
+
+/// What ended the wait for the request line.
+enum Read {
+    Line(Result<Result<Vec<u8>, HandshakeError>, tokio::time::error::Elapsed>),
+    Shed,
+}
+
+/// Runs one handshake to its end. `name` is set to the service the client
+/// asked for, once known.
+async fn handshake(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    state: &State,
+    mut fds: FdGuard,
+    waiting: WaitingPlace,
+    name: &mut Option<String>,
+) -> Outcome {
+    let config = state.config.load_full();
+    let limit = config.tcpmux.name_timeout;
+    let ip = peer.ip().to_canonical();
+    if !config.tcpmux.acl.permits(ip) {
+        return refuse(stream, reply::DENIED, limit, Outcome::Denied).await;
+    }
+    let read = tokio::select! {
+        line = timeout(limit, tcpmux::read_request_line(&mut stream)) => Read::Line(line),
+        () = waiting.shed() => Read::Shed,
+    };
+    drop(waiting);
+    let line = match read {
+        Read::Shed => {
+            let _ = stream.try_write(reply::OVERLOADED);
+            return Outcome::Shed;
+        }
+        Read::Line(Err(_)) => return refuse(stream, reply::TIMEOUT, limit, Outcome::Timeout).await,
+        Read::Line(Ok(Err(HandshakeError::TooLong))) => {
+            return refuse(stream, reply::TOO_LONG, limit, Outcome::TooLong).await;
+        }
+        Read::Line(Ok(Err(HandshakeError::Closed | HandshakeError::Io(_)))) => {
+            return Outcome::Closed;
+        }
+        Read::Line(Ok(Ok(line))) => line,
+    };
+    // The request is judged by the configuration in force now that it is
+    // here: a reload may have come while the client was sending it.
+    let config = state.config.load_full();
+    if !config.tcpmux.acl.permits(ip) {
+        return refuse(stream, reply::DENIED, limit, Outcome::Denied).await;
+    }
+    let requested = match tcpmux::parse_request(&line) {
+        Ok(Request::Help) => {
+            *name = Some(config::HELP_NAME.to_string());
+            let names = config
+                .services
+                .iter()
+                .filter(|s| s.acl.permits(ip))
+                .map(|s| s.name.as_str());
+            let text = tcpmux::help_text(names);
+            return refuse(stream, &text, limit, Outcome::Help).await;
+        }
+        Ok(Request::Service(requested)) => requested,
+        Err(RequestError::TooLong) => {
+            return refuse(stream, reply::TOO_LONG, limit, Outcome::TooLong).await;
+        }
+        Err(e) => {
+            tracing::debug!(%ip, "bad request line: {e}");
+            return refuse(stream, reply::BAD_NAME, limit, Outcome::BadName).await;
+        }
+    };
+    let Some(service) = config.service(&requested) else {
+        *name = Some(requested);
+        return refuse(stream, reply::UNKNOWN, limit, Outcome::Unknown).await;
+    };
+    *name = Some(service.name.clone());
+    if !service.acl.permits(ip) {
+        // HELP hides this service from this client; so does the answer.
+        return refuse(stream, reply::UNKNOWN, limit, Outcome::Denied).await;
+    }
+    let slot = match state.sessions.try_acquire(
+        &service.name,
+        service.max_instances,
+        config.tcpmux.max_sessions,
+    ) {
+        Ok(slot) => slot,
+        Err(Full::Service) => return refuse(stream, reply::BUSY, limit, Outcome::Busy).await,
+        Err(Full::All) => {
+            return refuse(stream, reply::SESSIONS_FULL, limit, Outcome::SessionsFull).await;
+        }
+    };
+    let source = source_key(ip, config.tcpmux.ipv6_source_prefix);
+    if !state.starts.allow(
+        &service.name,
+        service.max_starts_per_second,
+        source,
+        std::time::Instant::now(),
+    ) {
+        return refuse(stream, reply::START_RATE, limit, Outcome::StartRate).await;
+    }
+    let launcher = launcher_for(state, service);
+    if let Err(e) = launcher.precheck(service) {
+        log_failure(service, peer, Outcome::Unavailable, &e);
+        return refuse(stream, reply::UNAVAILABLE, limit, Outcome::Unavailable).await;
+    }
+    if !fds.try_grow_to(launcher.start_fds()) {
+        return refuse(stream, reply::SESSIONS_FULL, limit, Outcome::NoDescriptors).await;
+    }
+    let Ok(local) = stream.local_addr() else {
+        return Outcome::Closed;
+    };
+    let conn = Connection {
+        stream,
+        peer,
+        local,
+        reply_timeout: limit,
+    };
+    // Boxed: the launch futures are large, and every waiting handshake
+    // would otherwise carry their space.
+    match Box::pin(launcher.launch(Arc::clone(service), conn, slot, fds)).await {
+        Ok(()) => Outcome::Served,
+        Err(Failed {
+            error: LaunchError::ClientGone(_),
+            ..
+        }) => Outcome::Closed,
+        Err(Failed { error, conn }) => {
+            log_failure(service, peer, Outcome::SpawnFailed, &error);
+            // A client that has heard nothing yet, not even `+`, is told.
+            if let Some(socket) = conn
+                && socket.set_nonblocking(true).is_ok()
+                && let Ok(stream) = TcpStream::from_std(socket)
+            {
+                refuse(stream, reply::UNAVAILABLE, limit, Outcome::SpawnFailed).await;
+            }
+            Outcome::SpawnFailed
+        }
+    }
+}
+
+/// The launcher a service uses.
+enum Chosen<'a> {
+    Exec(&'a ExecLauncher),
+    Systemd(&'a SystemdLauncher),
+    /// The systemd launcher was asked for but could not be set up.
+    Missing,
+}
+
+fn launcher_for<'a>(state: &'a State, service: &Service) -> Chosen<'a> {
+    let systemd = match service.launcher {
+        LauncherKind::Exec => false,
+        LauncherKind::Systemd => true,
+        LauncherKind::Auto => state.auto_systemd.load(Ordering::Relaxed),
+    };
+    match (systemd, state.systemd.get()) {
+        (false, _) => Chosen::Exec(&state.exec),
+        (true, Some(l)) => Chosen::Systemd(l),
+        (true, None) => Chosen::Missing,
+    }
+}
+
+impl Launcher for Chosen<'_> {
+    fn start_fds(&self) -> usize {
+        match self {
+            Chosen::Exec(l) => l.start_fds(),
+            Chosen::Systemd(l) => l.start_fds(),
+            Chosen::Missing => 0,
+        }
+    }
+
+    fn precheck(&self, service: &Service) -> Result<(), LaunchError> {
+        match self {
+            Chosen::Exec(l) => l.precheck(service),
+            Chosen::Systemd(l) => l.precheck(service),
+            Chosen::Missing => Err(LaunchError::Systemd("not available".into())),
+        }
+    }
+
+    async fn launch(
+        &self,
+        service: Arc<Service>,
+        conn: Connection,
+        slot: crate::sessions::SessionSlot,
+        fds: FdGuard,
+    ) -> Result<(), Failed> {
+        match self {
+            Chosen::Exec(l) => l.launch(service, conn, slot, fds).await,
+            Chosen::Systemd(l) => l.launch(service, conn, slot, fds).await,
+            Chosen::Missing => Err(LaunchError::Systemd("not available".into()).into()),
+        }
+    }
+}
+
+/// Writes a final reply, closes our side, and reads what the client still
+/// sends (bounded), so the close does not reset the connection before the
+/// client has read the reply.
+///
+/// Returns `outcome`, or [`Outcome::Closed`] when the client was gone
+/// before it could be told.
+async fn refuse(mut stream: TcpStream, text: &[u8], limit: Duration, outcome: Outcome) -> Outcome {
+    match timeout(limit, stream.write_all(text)).await {
+        Ok(Ok(())) => {}
+        _ => return Outcome::Closed,
+    }
+    if stream.shutdown().await.is_err() {
+        return outcome;
+    }
+    let drain = async {
+        // On the heap (every waiting handshake future would carry it), and
+        // never zeroed: read_buf fills the spare capacity.
+        let mut buf = Vec::with_capacity(4096);
+        let mut total = 0;
+        while total < limits::DRAIN_LIMIT {
+            buf.clear();
+            match stream.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = timeout(limits::DRAIN_TIMEOUT.min(limit), drain).await;
+    outcome
+}

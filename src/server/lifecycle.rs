@@ -1,0 +1,141 @@
+//! The daemon's lifecycle: taking the listeners, signals (reload, stop),
+//! graceful shutdown, and keeping systemd informed.
+
+use super::State;
+use super::connection;
+use crate::admission::describe_hits;
+use crate::limits;
+use std::io;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Runs the daemon: serves until SIGTERM or SIGINT, reloads on SIGHUP,
+/// keeps systemd informed.
+pub async fn serve(sockets: crate::listen::Sockets, state: Arc<State>) -> io::Result<()> {
+    let tcpmux = sockets.tcpmux;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut listeners = Vec::new();
+    for l in tcpmux {
+        l.set_nonblocking(true)?;
+        let l = TcpListener::from_std(l)?;
+        match l.local_addr() {
+            Ok(addr) => tracing::info!(%addr, "listening for TCPMUX on {addr}"),
+            Err(e) => tracing::info!("listening for TCPMUX (address unknown: {e})"),
+        }
+        listeners.push(l);
+    }
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+
+    state.start_systemd_if_needed().await;
+    let shutdown = CancellationToken::new();
+    let msp_tracker = TaskTracker::new();
+    let mut msp_loops = Vec::new();
+    for l in sockets.msp_stream {
+        l.set_nonblocking(true)?;
+        let l = TcpListener::from_std(l)?;
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(%addr, "listening for MSP on {addr}/tcp");
+        }
+        msp_loops.push(tokio::spawn(crate::msp::serve::serve_tcp(
+            l,
+            Arc::clone(&state),
+            msp_tracker.clone(),
+            shutdown.clone(),
+        )));
+    }
+    for s in sockets.msp_datagram {
+        s.set_nonblocking(true)?;
+        let s = tokio::net::UdpSocket::from_std(s)?;
+        if let Ok(addr) = s.local_addr() {
+            tracing::info!(%addr, "listening for MSP on {addr}/udp");
+        }
+        msp_loops.push(tokio::spawn(crate::msp::serve::serve_udp(
+            s,
+            Arc::clone(&state),
+            msp_tracker.clone(),
+            shutdown.clone(),
+        )));
+    }
+    let server = tokio::spawn(connection::run(
+        listeners,
+        Arc::clone(&state),
+        shutdown.clone(),
+    ));
+    let background = tokio::spawn(report_status(Arc::clone(&state)));
+
+    let config = state.config.load();
+    tracing::info!(
+        services = config.services.len(),
+        "tcpmuxd {} ready, {} services",
+        env!("CARGO_PKG_VERSION"),
+        config.services.len()
+    );
+    drop(config);
+    state.notifier.ready();
+
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => { let _ = state.reload().await; }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    tracing::info!("shutting down: no new connections; finishing handshakes in progress");
+    state.notifier.stopping();
+    shutdown.cancel();
+    let _ = server.await;
+    for l in msp_loops {
+        let _ = l.await;
+    }
+    msp_tracker.close();
+    let msp_grace = state.config.load().msp.command_timeout + limits::SHUTDOWN_GRACE;
+    let _ = timeout(msp_grace, msp_tracker.wait()).await;
+    background.abort();
+    tracing::info!(
+        sessions = state.sessions.total(),
+        "stopped; {} sessions keep running",
+        state.sessions.total()
+    );
+    Ok(())
+}
+
+/// Keeps `STATUS=` current and feeds the watchdog.
+async fn report_status(state: Arc<State>) {
+    let mut last = String::new();
+    let mut status_tick = tokio::time::interval(limits::STATUS_INTERVAL);
+    let watchdog = state.notifier.watchdog_interval();
+    // Without a watchdog the branch below is disabled; the interval only
+    // needs some valid period.
+    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(limits::LIMIT_LOG_INTERVAL));
+    let mut limits_tick = tokio::time::interval(limits::LIMIT_LOG_INTERVAL);
+    let mut hits_before = state.stats.hits.snapshot();
+    loop {
+        tokio::select! {
+            _ = limits_tick.tick() => {
+                let interval = humantime::format_duration(limits::LIMIT_LOG_INTERVAL);
+                let now = state.stats.hits.snapshot();
+                if let Some(text) = describe_hits(&hits_before, &now) {
+                    tracing::warn!("limits hit in the last {interval}: {text}");
+                }
+                hits_before = now;
+                if let Some(text) = state.summary.take() {
+                    tracing::info!("connections in the last {interval}: {text}");
+                }
+                state.starts.forget_idle_sources();
+            }
+            _ = status_tick.tick() => {
+                let line = state.status_line();
+                if line != last {
+                    state.notifier.status(&line);
+                    last = line;
+                }
+            }
+            _ = watchdog_tick.tick(), if watchdog.is_some() => state.notifier.watchdog(),
+        }
+    }
+}
