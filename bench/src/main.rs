@@ -10,6 +10,7 @@ mod memory;
 mod ops;
 mod record;
 mod report;
+mod slowloris;
 
 use args::Args;
 use std::net::SocketAddr;
@@ -29,6 +30,9 @@ usage:
       messages lost or delivered twice
   tcpmux-bench memory ADDR --pid PID [--count N] [--label NAME]
       RSS of PID (and its descendants) idle, then with N silent connections
+  tcpmux-bench slowloris ADDR [--count N] [--sources N] [--samples N] [--label NAME]
+      N silent connections from --sources addresses (127.1.0.x) held open
+      while HELP is asked from 127.2.0.1, one at a time: its latency
   tcpmux-bench free ADDR...        fail unless every TCP and UDP ADDR can be bound
   tcpmux-bench wait ADDR [--udp] [--seconds S]
       wait until something listens on ADDR
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
     let result = match args.command.as_str() {
         "help" | "dispatch" | "msp" => measure(&args),
         "memory" => memory_cmd(&args),
+        "slowloris" => slowloris_cmd(&args),
         "free" => free_cmd(&args),
         "wait" => wait_cmd(&args),
         "report" => report_cmd(&args),
@@ -129,6 +134,18 @@ fn memory_cmd(args: &Args) -> Result<(), String> {
     let count: usize = args.number("count", 5000)?;
     let label = args.value("label").unwrap_or("server");
     for r in memory::measure(target, pid, count, label)? {
+        r.print();
+    }
+    Ok(())
+}
+
+fn slowloris_cmd(args: &Args) -> Result<(), String> {
+    let target = addr(args, 0)?;
+    let count: usize = args.number("count", 5000)?;
+    let sources: usize = args.number("sources", 250)?;
+    let samples: usize = args.number("samples", 200)?;
+    let label = args.value("label").unwrap_or("server");
+    for r in slowloris::measure(target, count, sources, samples, label)? {
         r.print();
     }
     Ok(())

@@ -115,7 +115,7 @@ fn pss_total_kib(pid: u32) -> u64 {
 }
 
 /// Enough descriptors for `n` connections: the soft limit is often 1024.
-fn raise_nofile(n: u64) {
+pub fn raise_nofile(n: u64) {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

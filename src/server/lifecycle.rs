@@ -112,7 +112,10 @@ async fn report_status(state: Arc<State>) {
     // Without a watchdog the branch below is disabled; the interval only
     // needs some valid period.
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(limits::LIMIT_LOG_INTERVAL));
-    let mut limits_tick = tokio::time::interval(limits::LIMIT_LOG_INTERVAL);
+    let mut limits_tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + limits::LIMIT_LOG_INTERVAL,
+        limits::LIMIT_LOG_INTERVAL,
+    );
     let mut hits_before = state.stats.hits.snapshot();
     loop {
         tokio::select! {

@@ -37,6 +37,29 @@ impl Passed {
     }
 }
 
+/// How to start the daemon, beyond its main configuration file.
+pub struct Options<'a> {
+    pub dropins: &'a [(&'a str, &'a str)],
+    /// Sockets passed as systemd would; none: the daemon binds its own.
+    pub passed: Vec<Passed>,
+    pub env: &'a [(&'a str, &'a str)],
+    pub log_level: &'a str,
+    /// Last changes to the command (a terminal, limits, descriptors).
+    pub customize: Box<dyn FnOnce(&mut Command) + 'a>,
+}
+
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Options {
+            dropins: &[],
+            passed: vec![Passed::Stream(loopback_listener(), "tcpmux")],
+            env: &[],
+            log_level: "debug",
+            customize: Box::new(|_| {}),
+        }
+    }
+}
+
 pub struct Daemon {
     pub child: Child,
     pub addr: SocketAddr,
@@ -79,6 +102,26 @@ impl Daemon {
         passed: Vec<Passed>,
         env: &[(&str, &str)],
     ) -> Daemon {
+        Self::start_opts(
+            config,
+            Options {
+                dropins,
+                passed,
+                env,
+                ..Options::default()
+            },
+        )
+    }
+
+    /// Starts the daemon as [`Options`] say.
+    pub fn start_opts(config: &str, opts: Options<'_>) -> Daemon {
+        let Options {
+            dropins,
+            passed,
+            env,
+            log_level,
+            customize,
+        } = opts;
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("tcpmuxd.toml");
         std::fs::write(&config_path, config).expect("write config");
@@ -106,7 +149,7 @@ impl Daemon {
         cmd.arg("--log-target")
             .arg("stderr")
             .arg("--log-level")
-            .arg("debug")
+            .arg(log_level)
             .env_remove("LISTEN_PID")
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_FDNAMES")
@@ -117,6 +160,7 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        customize(&mut cmd);
         let mut child = cmd.spawn().expect("start tcpmuxd");
         let log = Arc::new(Mutex::new(String::new()));
         let mut stderr = child.stderr.take().expect("stderr");

@@ -1,0 +1,513 @@
+//! Attacks on the real binary, on loopback: from a session's program into
+//! the host, and from peers that flood. Each test reproduces one attack
+//! and asserts that it no longer works.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A one-service configuration running `command` (TOML array text).
+fn one_service(name: &str, command: &str, extra: &str) -> String {
+    format!("[[service]]\nname = \"{name}\"\ncommand = {command}\n{extra}\n")
+}
+
+/// Opens plus-mode service `name` and returns everything the session sent
+/// after `+`, until it closed.
+fn session_output(d: &Daemon, name: &str) -> String {
+    let mut s = d.connect();
+    s.write_all(format!("{name}\r\n").as_bytes()).unwrap();
+    assert_eq!(read_line(&mut s), b"+\r\n", "{}", d.log());
+    String::from_utf8_lossy(&read_to_end(&mut s)).into_owned()
+}
+
+/// A pty pair: (controller, terminal).
+fn open_pty() -> (OwnedFd, OwnedFd) {
+    let (mut controller, mut terminal) = (0, 0);
+    // SAFETY: openpty writes two descriptors; the other arguments may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut controller,
+            &mut terminal,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: openpty returned two descriptors we now own.
+    unsafe {
+        (
+            OwnedFd::from_raw_fd(controller),
+            OwnedFd::from_raw_fd(terminal),
+        )
+    }
+}
+
+/// Fields of /proc/PID/stat after the command name: state is [0].
+fn stat_fields(text: &str) -> Vec<String> {
+    let rest = text.rsplit_once(')').expect("stat").1;
+    rest.split_whitespace().map(str::to_string).collect()
+}
+
+#[test]
+fn a_session_has_no_controlling_terminal_even_when_tcpmuxd_has_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // The program reports its pid, session and terminal, and whether it
+    // can open /dev/tty (through which TIOCSTI would type into the shell
+    // that started tcpmuxd).
+    let probe = script(
+        dir.path(),
+        "probe",
+        "set -- $(sed 's/.*) //' /proc/$$/stat)\n\
+         echo \"pid=$$ session=$4 tty=$5\"\n\
+         if (exec 3</dev/tty) 2>/dev/null; then echo tty=open; else echo tty=refused; fi",
+    );
+    let (_controller, terminal) = open_pty();
+    let tty = terminal.as_raw_fd();
+    let config = one_service("probe", &format!("[\"{probe}\"]"), "");
+    let d = Daemon::start_opts(
+        &config,
+        Options {
+            customize: Box::new(move |cmd: &mut Command| {
+                // SAFETY: setsid and ioctl only, between fork and exec.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        if libc::setsid() < 0 || libc::ioctl(tty, libc::TIOCSCTTY, 0) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+            }),
+            ..Options::default()
+        },
+    );
+    let daemon_stat = std::fs::read_to_string(format!("/proc/{}/stat", d.pid())).unwrap();
+    assert_ne!(
+        stat_fields(&daemon_stat)[4],
+        "0",
+        "the daemon runs with the pty as its controlling terminal"
+    );
+    let out = session_output(&d, "probe");
+    let mut lines = out.lines();
+    let ids = lines.next().unwrap_or_default().to_string();
+    let fields: Vec<&str> = ids.split(' ').collect();
+    assert_eq!(fields.len(), 3, "{out}");
+    let pid = fields[0].trim_start_matches("pid=");
+    assert_eq!(
+        fields[1],
+        format!("session={pid}"),
+        "a session of its own: {out}"
+    );
+    assert_eq!(fields[2], "tty=0", "no controlling terminal: {out}");
+    assert_eq!(lines.next(), Some("tty=refused"), "{out}");
+}
+
+#[test]
+fn a_session_inherits_only_stdin_stdout_and_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let leaked = std::fs::File::create(dir.path().join("secret")).unwrap();
+    let leaked_fd = leaked.as_raw_fd();
+    // The shell's own descriptors, listed by a child.
+    let config = one_service("fds", r#"["/bin/sh", "-c", "ls /proc/$$/fd"]"#, "");
+    let d = Daemon::start_opts(
+        &config,
+        Options {
+            customize: Box::new(move |cmd: &mut Command| {
+                // As a shell redirection would: fd 9, without FD_CLOEXEC.
+                // SAFETY: dup2 only, between fork and exec.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        if libc::dup2(leaked_fd, 9) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+            }),
+            ..Options::default()
+        },
+    );
+    assert!(
+        std::fs::read_link(format!("/proc/{}/fd/9", d.pid())).is_ok(),
+        "the daemon was started with fd 9 open"
+    );
+    let out = session_output(&d, "fds");
+    let fds: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(fds, ["0", "1", "2"], "{out}");
+    drop(leaked);
+}
+
+#[test]
+fn a_group_without_a_user_is_a_configuration_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tcpmuxd.toml");
+    std::fs::write(&path, one_service("g", r#"["/bin/cat"]"#, "group = \"0\"")).unwrap();
+    let out = Command::new(DAEMON)
+        .arg("--config")
+        .arg(&path)
+        .arg("--check")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("without user"), "{stderr}");
+    assert!(stderr.contains("root"), "{stderr}");
+}
+
+#[test]
+fn a_session_run_as_a_user_keeps_none_of_the_daemons_groups() {
+    if !is_root() {
+        eprintln!("skipped: switching users needs root");
+        return;
+    }
+    let config = one_service("id", r#"["/usr/bin/id"]"#, "user = \"nobody\"");
+    let d = Daemon::start_opts(
+        &config,
+        Options {
+            customize: Box::new(|cmd: &mut Command| {
+                // The daemon in groups tty (5), disk (6) and shadow (42).
+                cmd.groups_for_test(&[0, 5, 6, 42]);
+            }),
+            ..Options::default()
+        },
+    );
+    let daemon_status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    assert!(
+        daemon_status.contains("Groups:\t0 5 6 42"),
+        "{daemon_status}"
+    );
+    let out = session_output(&d, "id");
+    assert!(out.contains("uid=65534"), "{out}");
+    for group in ["(tty)", "(disk)", "(shadow)", "(root)"] {
+        assert!(
+            !out.contains(group),
+            "{group} leaked into the session: {out}"
+        );
+    }
+}
+
+/// Sets the supplementary groups of the command's process before exec.
+trait GroupsForTest {
+    fn groups_for_test(&mut self, groups: &'static [libc::gid_t]);
+}
+
+impl GroupsForTest for Command {
+    fn groups_for_test(&mut self, groups: &'static [libc::gid_t]) {
+        // SAFETY: setgroups only, between fork and exec.
+        unsafe {
+            self.pre_exec(move || {
+                if libc::setgroups(groups.len(), groups.as_ptr()) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+/// Limits the command's process to `n` open files (soft and hard).
+fn limit_open_files(cmd: &mut Command, n: libc::rlim_t) {
+    // SAFETY: setrlimit only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn with_the_descriptor_table_full_clients_hear_busy_never_plus_and_nothing() {
+    let config = "[tcpmux]\nmax_sessions = 1000\n\n[msp]\nmax_connections = 1\n\n\
+                  [[service]]\nname = \"echo\"\ncommand = [\"/bin/cat\"]\nmax_instances = 1000\n\
+                  max_starts_per_second = 10000\n";
+    let d = Daemon::start_opts(
+        config,
+        Options {
+            customize: Box::new(|cmd: &mut Command| limit_open_files(cmd, 200)),
+            ..Options::default()
+        },
+    );
+    let mut sessions = Vec::new();
+    let mut refusal = None;
+    for i in 0..300 {
+        let mut s = d.connect();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"echo\r\n").unwrap();
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while let Ok(1) = s.read(&mut b) {
+            line.push(b[0]);
+            if b[0] == b'\n' {
+                break;
+            }
+        }
+        if line != b"+\r\n" {
+            refusal = Some((i, line));
+            break;
+        }
+        // Every client told `+` has a working session.
+        s.write_all(b"ping\n").unwrap();
+        let mut echo = [0u8; 5];
+        s.read_exact(&mut echo)
+            .unwrap_or_else(|e| panic!("session {i} was told + but does not echo: {e}"));
+        assert_eq!(&echo, b"ping\n");
+        sessions.push(s);
+    }
+    let (i, line) = refusal.expect("the descriptor limit was reached");
+    assert!(i > 10, "only {i} sessions fit: {}", d.log());
+    assert_eq!(
+        line,
+        b"-Server busy, try again later\r\n",
+        "after {i} sessions: {}",
+        d.log()
+    );
+    // It said so at startup.
+    assert!(
+        d.wait_log("the limit on open files (200) is below what the configured maxima need"),
+        "{}",
+        d.log()
+    );
+    // The daemon goes on: a session that ends makes room again.
+    drop(sessions.pop());
+    assert!(wait_until(|| session_output_line(&d, "echo") == b"+\r\n"));
+}
+
+/// The first line the daemon answers to `name`.
+fn session_output_line(d: &Daemon, name: &str) -> Vec<u8> {
+    let mut s = d.connect();
+    s.write_all(format!("{name}\r\n").as_bytes()).unwrap();
+    read_line(&mut s)
+}
+
+#[test]
+fn silent_connections_at_the_cap_make_room_for_a_prompt_client() {
+    let d = Daemon::start(&one_service("echo", r#"["/bin/cat"]"#, "").replace(
+        "[[service]]",
+        "[tcpmux]\nmax_handshakes = 40\n\n[[service]]",
+    ));
+    // 40 silent connections from 4 addresses hold every place, and the
+    // attacker renews each one that is shed.
+    let mut silent = Vec::new();
+    for i in 0..40 {
+        silent.push(connect_from(&format!("127.0.0.{}", 10 + i % 4), d.addr));
+    }
+    assert!(d.wait_notify("40 in handshake"), "{}", d.log());
+    for _ in 0..10 {
+        assert_eq!(help_from(&d, "127.0.0.3"), b"echo\r\n");
+        silent.push(connect_from("127.0.0.10", d.addr));
+    }
+    // The oldest silent ones were told and closed.
+    for s in silent.iter_mut().take(5) {
+        assert_eq!(
+            read_to_end(s),
+            b"-Too many connections, try again later\r\n"
+        );
+    }
+}
+
+/// HELP from `source`.
+fn help_from(d: &Daemon, source: &str) -> Vec<u8> {
+    let mut s = connect_from(source, d.addr);
+    s.write_all(b"HELP\r\n").unwrap();
+    read_to_end(&mut s)
+}
+
+#[test]
+fn a_source_flooding_a_service_leaves_starts_for_the_others() {
+    let d = Daemon::start(&one_service(
+        "echo",
+        r#"["/bin/true"]"#,
+        "max_starts_per_second = 16\nmax_instances = 1000",
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let refused = Arc::new(AtomicU64::new(0));
+    let addr = d.addr;
+    let flood = {
+        let (stop, refused) = (Arc::clone(&stop), Arc::clone(&refused));
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + WAIT;
+            while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                let mut s = connect_from("127.0.0.2", addr);
+                s.write_all(b"echo\r\n").unwrap();
+                if read_line(&mut s).starts_with(b"-") {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    assert!(wait_until(|| refused.load(Ordering::Relaxed) >= 20));
+    // Another source, within its share (2 of 16 a second), is served.
+    for _ in 0..2 {
+        let mut s = connect_from("127.0.0.3", addr);
+        s.write_all(b"echo\r\n").unwrap();
+        assert_eq!(read_line(&mut s), b"+\r\n", "{}", d.log());
+    }
+    assert!(refused.load(Ordering::Relaxed) >= 20, "the flood went on");
+    stop.store(true, Ordering::Relaxed);
+    flood.join().unwrap();
+}
+
+#[test]
+fn a_flood_of_connections_is_summed_up_not_logged_one_line_each() {
+    let d = Daemon::start_opts(
+        &one_service("echo", r#"["/bin/cat"]"#, ""),
+        Options {
+            log_level: "info",
+            ..Options::default()
+        },
+    );
+    for _ in 0..300 {
+        assert_eq!(help_from(&d, "127.0.0.2"), b"echo\r\n");
+    }
+    for _ in 0..5 {
+        let mut s = connect_from("127.0.0.3", d.addr);
+        s.write_all(b"nope\r\n").unwrap();
+        read_to_end(&mut s);
+    }
+    // A served session still has its line.
+    let mut s = d.connect();
+    s.write_all(b"echo\r\n").unwrap();
+    assert_eq!(read_line(&mut s), b"+\r\n");
+    assert!(d.wait_log(": served"), "{}", d.log());
+    // The counts of every summary line (an interval may end during the
+    // flood) add up to what was sent.
+    let counted = |what: &str| -> u64 {
+        d.log()
+            .lines()
+            .filter_map(|l| l.split_once("connections in the last 10s: "))
+            .flat_map(|(_, text)| {
+                let counts = text.split(';').next().unwrap_or_default().to_string();
+                counts
+                    .split(", ")
+                    .filter_map(|c| c.strip_suffix(what)?.trim().parse::<u64>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .sum()
+    };
+    assert!(
+        wait_until(|| counted(" help") == 300 && counted(" unknown") == 5),
+        "{}",
+        d.log()
+    );
+    assert!(d.log().contains("top sources: 127.0.0.2 ("), "{}", d.log());
+    let log = d.log();
+    let lines = log.lines().filter(|l| l.contains("help")).count();
+    assert!(lines <= 3, "{lines} lines about HELP:\n{log}");
+}
+
+#[test]
+fn a_sessions_stderr_cannot_forge_log_lines_or_reach_the_terminal() {
+    let config = one_service(
+        "evil",
+        r#"["/bin/sh", "-c", "printf 'evil\\033[2J\\rtcpmuxd: INFO forged\\n' >&2"]"#,
+        "",
+    );
+    let d = Daemon::start(&config);
+    session_output(&d, "evil");
+    assert!(
+        d.wait_log("evil\\x1b[2J\\x0dtcpmuxd: INFO forged"),
+        "{}",
+        d.log()
+    );
+    let log = d.log();
+    assert!(!log.contains('\x1b'), "a raw ESC reached the log:\n{log}");
+    assert!(!log.contains('\r'), "a raw CR reached the log:\n{log}");
+}
+
+#[test]
+fn ipv4_mapped_acl_entries_match_ipv4_clients() {
+    let allow = one_service("echo", r#"["/bin/cat"]"#, "").replace(
+        "[[service]]",
+        "[tcpmux]\nallow = [\"::ffff:127.0.0.3\"]\n\n[[service]]",
+    );
+    let d = Daemon::start(&allow);
+    assert_eq!(help_from(&d, "127.0.0.3"), b"echo\r\n");
+    assert_eq!(help_from(&d, "127.0.0.4"), b"-Access denied\r\n");
+    let deny = one_service(
+        "echo",
+        r#"["/bin/cat"]"#,
+        "deny = [\"::ffff:127.0.0.0/104\"]",
+    );
+    let d = Daemon::start(&deny);
+    assert_eq!(help_from(&d, "127.0.0.3"), b"", "hidden from HELP");
+    assert_eq!(session_output_line(&d, "echo"), b"-Unknown service\r\n");
+}
+
+#[test]
+fn durations_too_large_for_the_clock_are_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tcpmuxd.toml");
+    for text in [
+        "[msp]\nconnection_timeout = \"300000000000y\"\n",
+        "[msp]\nidle_timeout = \"300000000000y\"\n",
+        "[msp]\ncommand_timeout = \"300000000000y\"\n",
+        "[msp]\ndedup_window = \"300000000000y\"\n",
+        "[tcpmux]\nname_timeout = \"300000000000y\"\n",
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(DAEMON)
+            .arg("--config")
+            .arg(&path)
+            .arg("--check")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{text}: {stderr}");
+        assert!(stderr.contains("at most"), "{text}: {stderr}");
+    }
+}
+
+#[test]
+fn a_session_flooding_stderr_is_held_back() {
+    // For two seconds the program writes to stderr as fast as the daemon
+    // reads, then reports how many bytes got through.
+    let config = one_service(
+        "loud",
+        r#"["/bin/sh", "-c", "timeout 2 yes | tee /dev/stderr | wc -c"]"#,
+        "",
+    );
+    let d = Daemon::start_opts(
+        &config,
+        Options {
+            log_level: "warn",
+            ..Options::default()
+        },
+    );
+    let out = session_output(&d, "loud");
+    let bytes: u64 = out.trim().parse().unwrap_or_else(|_| panic!("{out:?}"));
+    // At most 64 KiB a second are read, plus what the pipes hold: far
+    // below what an unbounded reader takes in two seconds.
+    assert!(bytes <= 512 * 1024, "{bytes} bytes of stderr taken in 2 s");
+    assert!(bytes > 0);
+}
+
+#[test]
+fn a_request_is_judged_by_the_configuration_in_force_when_its_name_arrives() {
+    let config = one_service("echo", r#"["/bin/cat"]"#, "");
+    let d = Daemon::start(&config);
+    let mut waiting = d.connect();
+    waiting.write_all(b"ec").unwrap();
+    assert!(d.wait_notify("1 in handshake"), "{}", d.log());
+    d.rewrite_config(&config.replace(
+        "[[service]]",
+        "[tcpmux]\ndeny = [\"127.0.0.0/8\"]\n\n[[service]]",
+    ));
+    d.reload();
+    waiting.write_all(b"ho\r\n").unwrap();
+    assert_eq!(read_to_end(&mut waiting), b"-Access denied\r\n");
+}
