@@ -1,7 +1,7 @@
 //! The `exec` launcher: the program runs as a direct child of tcpmuxd, with
 //! the connection as its standard input and output (inetd's `nowait` style).
 
-use super::{Connection, Failed, LaunchError, Launcher, check_program, session_environment};
+use super::{Connection, Failed, LaunchError, Launcher, check_program, child, session_environment};
 use crate::admission::FdGuard;
 use crate::config::Service;
 use crate::limits::{
@@ -9,7 +9,6 @@ use crate::limits::{
 };
 use crate::log::escaped;
 use crate::sessions::SessionSlot;
-use std::ffi::CString;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{ExitStatus, Stdio};
@@ -96,13 +95,8 @@ impl Launcher for ExecLauncher {
                     .map(|(k, v)| (k.as_str(), v.clone())),
             )
             .chain(session_environment(&service, peer, local));
-        let image = match ExecImage::new(command, environment) {
-            Ok(image) => image,
-            Err(error) => return Err(Failed { error, conn: reply }),
-        };
         let mut cmd = std::process::Command::new(program);
-        cmd.current_dir("/")
-            .stdin(Stdio::from(OwnedFd::from(socket)))
+        cmd.stdin(Stdio::from(OwnedFd::from(socket)))
             .stdout(Stdio::from(stdout))
             .stderr(Stdio::piped());
         if let Some(cred) = &service.credentials {
@@ -110,11 +104,14 @@ impl Launcher for ExecLauncher {
             // without a user), std also drops every supplementary group.
             cmd.gid(cred.gid).uid(cred.uid);
         }
-        // SAFETY: the closure runs between fork and exec and calls only
-        // setsid(2) and execve(2), both async-signal-safe, on memory made
-        // before the fork.
-        unsafe {
-            cmd.pre_exec(move || image.exec());
+        if let Err(cause) = child::prepare(&mut cmd, command, environment) {
+            return Err(Failed {
+                error: LaunchError::Program {
+                    path: program.clone(),
+                    cause,
+                },
+                conn: reply,
+            });
         }
         let mut child = Command::from(cmd)
             .kill_on_drop(false)
@@ -173,73 +170,6 @@ impl Launcher for ExecLauncher {
             }
         });
         Ok(())
-    }
-}
-
-/// A program's path, arguments and environment as C arrays, made before the
-/// fork so that the child does nothing but start a session and execve.
-///
-/// The child execs here rather than through std: std's execvp would run a
-/// file the kernel cannot execute (ENOEXEC) with /bin/sh, where execve
-/// fails and the client is told `-`.
-struct ExecImage {
-    path: CString,
-    _strings: Vec<CString>,
-    argv: Vec<*const libc::c_char>,
-    envp: Vec<*const libc::c_char>,
-}
-
-// SAFETY: the pointers point into `_strings` and `path`, owned by the same
-// value and never changed after `new`.
-unsafe impl Send for ExecImage {}
-// SAFETY: as above; nothing is mutated through a shared reference.
-unsafe impl Sync for ExecImage {}
-
-impl ExecImage {
-    fn new<'a>(
-        command: &[String],
-        environment: impl Iterator<Item = (&'a str, String)>,
-    ) -> Result<Self, LaunchError> {
-        let c = |s: String| {
-            CString::new(s).map_err(|_| LaunchError::Program {
-                path: command[0].clone(),
-                cause: "an argument or variable contains a NUL character".into(),
-            })
-        };
-        let path = c(command[0].clone())?;
-        let args: Vec<CString> = command.iter().cloned().map(c).collect::<Result<_, _>>()?;
-        let vars: Vec<CString> = environment
-            .map(|(k, v)| c(format!("{k}={v}")))
-            .collect::<Result<_, _>>()?;
-        let pointers = |strings: &[CString]| {
-            strings
-                .iter()
-                .map(|s| s.as_ptr())
-                .chain(std::iter::once(std::ptr::null()))
-                .collect::<Vec<_>>()
-        };
-        let argv = pointers(&args);
-        let envp = pointers(&vars);
-        let mut strings = args;
-        strings.extend(vars);
-        Ok(ExecImage {
-            path,
-            _strings: strings,
-            argv,
-            envp,
-        })
-    }
-
-    /// In the child: a session and process group of its own, and so no
-    /// controlling terminal (a program must not reach the terminal tcpmuxd
-    /// was started from, as with TIOCSTI, nor get its signals); then the
-    /// program. Returns only on failure.
-    fn exec(&self) -> std::io::Result<()> {
-        rustix::process::setsid()?;
-        // SAFETY: NUL-terminated arrays of pointers to NUL-terminated
-        // strings, all alive as long as `self`.
-        unsafe { libc::execve(self.path.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr()) };
-        Err(std::io::Error::last_os_error())
     }
 }
 

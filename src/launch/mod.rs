@@ -3,6 +3,7 @@
 //! The handshake decides *what* to start; a [`Launcher`] decides *how*. The
 //! handshake knows nothing of processes or units.
 
+pub mod child;
 pub mod exec;
 pub mod systemd;
 
