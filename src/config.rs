@@ -181,6 +181,42 @@ impl Config {
     }
 }
 
+/// What a reload changes, for its log line: "2 services added, 1
+/// removed, 1 changed; [tcpmux] changed", or "nothing changed".
+pub fn describe_changes(old: &Config, new: &Config) -> String {
+    let count = |from: &Config, to: &Config| {
+        from.services
+            .iter()
+            .filter(|s| to.service(&s.name).is_none())
+            .count()
+    };
+    let added = count(new, old);
+    let removed = count(old, new);
+    let changed = new
+        .services
+        .iter()
+        .filter(|s| old.service(&s.name).is_some_and(|o| o != *s))
+        .count();
+    let mut parts = Vec::new();
+    if added + removed + changed > 0 {
+        parts.push(format!(
+            "{added} {} added, {removed} removed, {changed} changed",
+            if added == 1 { "service" } else { "services" }
+        ));
+    }
+    if old.tcpmux != new.tcpmux {
+        parts.push("[tcpmux] changed".to_string());
+    }
+    if old.msp != new.msp {
+        parts.push("[msp] changed".to_string());
+    }
+    if parts.is_empty() {
+        "nothing changed".to_string()
+    } else {
+        parts.join("; ")
+    }
+}
+
 // ---- the file format -------------------------------------------------------
 
 /// One file as written. Every key is optional so drop-ins can set just a few.
@@ -882,6 +918,29 @@ mod tests {
         assert!(e.contains("escaped"), "{e}");
         let text = format!("{text}launcher = \"exec\"\n");
         assert!(build_from(&[("main.toml", &text)]).is_ok());
+    }
+
+    #[test]
+    fn reload_changes_are_described() {
+        let old = build_from(&[(
+            "main.toml",
+            "[[service]]\nname = \"a\"\ncommand = [\"/bin/cat\"]\n\
+             [[service]]\nname = \"b\"\ncommand = [\"/bin/cat\"]\n",
+        )])
+        .unwrap();
+        let new = build_from(&[(
+            "main.toml",
+            "[tcpmux]\nname_timeout = \"5s\"\n\
+             [[service]]\nname = \"A\"\ncommand = [\"/bin/cat\"]\nmax_instances = 2\n\
+             [[service]]\nname = \"c\"\ncommand = [\"/bin/cat\"]\n\
+             [[service]]\nname = \"d\"\ncommand = [\"/bin/cat\"]\n",
+        )])
+        .unwrap();
+        assert_eq!(
+            describe_changes(&old, &new),
+            "2 services added, 1 removed, 1 changed; [tcpmux] changed"
+        );
+        assert_eq!(describe_changes(&old, &old), "nothing changed");
     }
 
     #[test]

@@ -679,7 +679,7 @@ impl Launcher for SystemdLauncher {
             }
         };
         conn.send_plus(&service).await?;
-        let (socket, _, _) = conn.into_blocking()?;
+        let (socket, peer, _) = conn.into_blocking()?;
 
         // From here on the unit may own the connection: hand it back for an
         // answer only when the unit was never made, or its start job proves
@@ -689,7 +689,13 @@ impl Launcher for SystemdLauncher {
             .await
         {
             JobEnd::Result(result) if result == "done" => {
-                tracing::info!(tcpmux_service = %service.name, %unit, "session started as {unit}");
+                tracing::info!(
+                    tcpmux_service = %service.name,
+                    %unit,
+                    "{} from {}: session started as {unit}",
+                    service.name,
+                    std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port())
+                );
                 return Ok(());
             }
             JobEnd::Result(result) => (

@@ -127,9 +127,11 @@ impl State {
             }
             self.fds
                 .set_capacity(startup::fd_budget(&new, self.fd_limit));
+            let changes = config::describe_changes(&self.config.load(), &new);
             tracing::info!(
                 services = new.services.len(),
-                "configuration reloaded from {}",
+                "reload: {changes} ({} services, from {})",
+                new.services.len(),
                 self.config_path.display()
             );
             self.starts.retain(|name| new.service(name).is_some());
