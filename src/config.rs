@@ -509,7 +509,9 @@ pub const MAX_ESCAPED_NAME_LEN: usize = 255 - "tcpmux-@.service".len() - 30;
 pub const DEFAULT_UTMP: &str = "/var/run/utmp";
 
 /// Whether `name` may be used as a service name: 1 to 255 visible ASCII
-/// characters, and not the reserved `help`.
+/// characters, and neither the reserved `help` nor `msp`, the name of the
+/// MSP delivery units (`tcpmux-msp@INSTANCE.service`), whose drop-ins and
+/// session counting a service of that name would share.
 pub fn check_service_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("name is empty".into());
@@ -529,6 +531,13 @@ pub fn check_service_name(name: &str) -> Result<(), String> {
     }
     if name.eq_ignore_ascii_case(HELP_NAME) {
         return Err("name \"help\" is reserved for the list of services".into());
+    }
+    if name.eq_ignore_ascii_case(crate::msp::deliver::MSP_UNIT_NAME) {
+        return Err(format!(
+            "name \"{name}\" is reserved for the Message Send Protocol's delivery units \
+             (tcpmux-{}@.service); choose another name",
+            crate::msp::deliver::MSP_UNIT_NAME
+        ));
     }
     Ok(())
 }
@@ -865,6 +874,12 @@ mod tests {
         assert!(check_service_name(&"a".repeat(255)).is_ok());
         assert!(check_service_name(&"a".repeat(256)).is_err());
         assert!(check_service_name("HeLp").is_err());
+        let msp = check_service_name("MSP").unwrap_err();
+        assert!(
+            msp.contains("\"MSP\" is reserved") && msp.contains("tcpmux-msp@"),
+            "{msp}"
+        );
+        assert!(check_service_name("msp2").is_ok());
         assert!(check_service_name("").is_err());
     }
 }
