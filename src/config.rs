@@ -94,6 +94,8 @@ pub struct MspSettings {
     pub dedup_window: Duration,
     /// The login records read to find a user's terminals.
     pub utmp: PathBuf,
+    /// Who may send messages, over TCP and UDP alike.
+    pub acl: Acl,
 }
 
 /// The validated configuration the daemon serves with.
@@ -225,6 +227,10 @@ struct RawMsp {
     #[serde(default, with = "humantime_serde")]
     dedup_window: Option<Duration>,
     utmp: Option<PathBuf>,
+    #[serde(default, deserialize_with = "nets")]
+    allow: Option<Vec<IpNet>>,
+    #[serde(default, deserialize_with = "nets")]
+    deny: Option<Vec<IpNet>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -320,6 +326,8 @@ pub fn build(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, ConfigError> {
             msp.max_connections = m.max_connections.or(msp.max_connections);
             msp.dedup_window = m.dedup_window.or(msp.dedup_window);
             msp.utmp = m.utmp.or(msp.utmp);
+            msp.allow = m.allow.or(msp.allow);
+            msp.deny = m.deny.or(msp.deny);
         }
         for raw in file.services {
             let service = validate_service(&path, raw)?;
@@ -488,6 +496,7 @@ fn validate_msp(path: &Path, raw: RawMsp) -> Result<MspSettings, ConfigError> {
             limits::DEFAULT_MSP_DEDUP_WINDOW,
         )?,
         utmp: raw.utmp.unwrap_or_else(|| PathBuf::from(DEFAULT_UTMP)),
+        acl: Acl::new(raw.allow.unwrap_or_default(), raw.deny.unwrap_or_default()),
     })
 }
 
@@ -840,11 +849,26 @@ mod tests {
             ),
             ("[msp]\ndeliver = \"command\"\n", "[msp] command: missing"),
             ("[msp]\nrate_per_minute = 0\n", "rate_per_minute"),
+            ("[msp]\nallow = [\"10.0.0.0/33\"]\n", "10.0.0.0/33"),
         ];
         for (text, needle) in cases {
             let e = build_from(&[("main.toml", text)]).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn msp_has_its_own_access_list() {
+        let c = build_from(&[
+            ("main.toml", "[msp]\nallow = [\"192.0.2.0/24\"]\n"),
+            ("conf.d/10.toml", "[msp]\ndeny = [\"192.0.2.7\"]\n"),
+        ])
+        .unwrap();
+        assert!(c.msp.acl.permits("192.0.2.1".parse().unwrap()));
+        assert!(!c.msp.acl.permits("192.0.2.7".parse().unwrap()));
+        assert!(!c.msp.acl.permits("198.51.100.1".parse().unwrap()));
+        let open = build_from(&[("main.toml", "")]).unwrap();
+        assert!(open.msp.acl.permits("198.51.100.1".parse().unwrap()));
     }
 
     #[test]

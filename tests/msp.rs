@@ -572,3 +572,108 @@ fn a_service_named_msp_is_a_config_error_naming_it() {
     assert!(stderr.contains("\"Msp\" is reserved"), "{stderr}");
     assert!(stderr.contains("tcpmux-msp@.service"), "{stderr}");
 }
+
+/// A UDP socket bound to `source` (any address of 127.0.0.0/8) and
+/// connected to `to`.
+fn udp_from(source: &str, to: SocketAddr) -> UdpSocket {
+    let s = UdpSocket::bind((source, 0)).unwrap();
+    s.connect(to).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    s
+}
+
+#[test]
+fn msp_allow_and_deny_refuse_tcp_and_udp_before_reading() {
+    let m = start("allow = [\"127.0.0.0/8\"]\ndeny = [\"127.0.0.1\"]");
+    // Denied: the connection is closed without a reply, the datagram is
+    // not answered, nothing is delivered.
+    let mut s = m.tcp();
+    let _ = s.write_all(&b(["chris", "", "denied", "sandy", "", "d1", ""]));
+    assert!(read_to_end(&mut s).is_empty());
+    let u = udp_from("127.0.0.1", m.udp);
+    u.send(&b(["chris", "", "denied", "sandy", "", "d2", ""]))
+        .unwrap();
+    assert_eq!(datagram(&u), None);
+    u.send(b"Achris\0\0denied a\0").unwrap();
+    assert_eq!(datagram(&u), None, "not even version A's echo");
+    // Allowed.
+    let mut s = connect_from("127.0.0.2", m.tcp);
+    s.write_all(&b(["chris", "", "allowed", "sandy", "", "a1", ""]))
+        .unwrap();
+    assert_eq!(reply(&mut s), "+");
+    let u = udp_from("127.0.0.2", m.udp);
+    u.send(&b(["chris", "", "allowed by udp", "sandy", "", "a2", ""]))
+        .unwrap();
+    assert_eq!(datagram(&u).as_deref(), Some(&b"+\0"[..]));
+    let texts: Vec<String> = m
+        .delivered()
+        .iter()
+        .map(|l| l.rsplit('|').next().unwrap().to_string())
+        .collect();
+    assert_eq!(texts, ["allowed", "allowed by udp"]);
+}
+
+/// The addresses the daemon reported listening on for MSP.
+fn msp_addresses(log: &str, transport: &str) -> Vec<SocketAddr> {
+    log.lines()
+        .filter_map(|l| l.split("listening for MSP on ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .filter_map(|a| a.strip_suffix(&format!("/{transport}")))
+        .map(|a| a.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn msp_is_served_only_when_configured_or_passed() {
+    // Neither an MSP socket from systemd nor [msp] listen: no MSP at all.
+    let d = Daemon::start("[[service]]\nname = \"echo\"\ncommand = [\"/bin/cat\"]\n");
+    assert_eq!(d.help(), ["echo"]);
+    assert!(!d.log().contains("listening for MSP"), "{}", d.log());
+    drop(d);
+    // Without socket activation, [msp] listen turns it on.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("delivered");
+    let recorder = script(dir.path(), "deliver", &format!("cat >> {}", log.display()));
+    let config = format!(
+        "[tcpmux]\nlisten = [\"127.0.0.1:0\"]\n\
+         [msp]\nlisten = [\"127.0.0.1:0\"]\ndeliver = \"command\"\ncommand = [\"{recorder}\"]\n"
+    );
+    let d = Daemon::start_with(&config, &[], vec![]);
+    assert!(d.wait_log("listening for MSP on "), "{}", d.log());
+    let (tcp, udp) = (
+        msp_addresses(&d.log(), "tcp"),
+        msp_addresses(&d.log(), "udp"),
+    );
+    assert_eq!((tcp.len(), udp.len()), (1, 1), "{}", d.log());
+    let mut s = connect(tcp[0]);
+    s.write_all(&b(["chris", "", "bound by tcpmuxd", "sandy", "", "1", ""]))
+        .unwrap();
+    assert_eq!(reply(&mut s), "+");
+    let u = udp_from("127.0.0.1", udp[0]);
+    u.send(&b(["chris", "", "+udp", "sandy", "", "2", ""]))
+        .unwrap();
+    assert_eq!(datagram(&u).as_deref(), Some(&b"+\0"[..]));
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "bound by tcpmuxd+udp"
+    );
+}
+
+#[test]
+fn the_shipped_units_leave_msp_off_until_its_socket_is_enabled() {
+    let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("units");
+    let service = std::fs::read_to_string(units.join("tcpmuxd.service")).unwrap();
+    for line in service.lines().filter(|l| !l.starts_with('#')) {
+        let pulls = ["Wants=", "Requires=", "BindsTo=", "Also=", "Upholds="]
+            .iter()
+            .any(|k| line.starts_with(k));
+        assert!(
+            !(pulls && line.contains("tcpmuxd-msp.socket")),
+            "tcpmuxd.service turns MSP on: {line}"
+        );
+    }
+    let socket = std::fs::read_to_string(units.join("tcpmuxd-msp.socket")).unwrap();
+    assert!(socket.contains("Service=tcpmuxd.service"));
+    assert!(socket.contains("WantedBy=sockets.target"));
+}

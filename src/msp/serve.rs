@@ -179,6 +179,11 @@ pub async fn serve_tcp(
     shutdown: CancellationToken,
 ) {
     while let Some((stream, peer)) = crate::listen::accept(&listener, &shutdown).await {
+        if !state.config.load().msp.acl.permits(peer.ip()) {
+            // Closed before a byte is read: nothing to answer to.
+            tracing::debug!(remote_addr = %peer.ip().to_canonical(), "MSP: [msp] allow/deny refuses");
+            continue;
+        }
         let max = state.config.load().msp.max_connections;
         if state.msp.tcp_connections.fetch_add(1, Ordering::Relaxed) >= max {
             state.msp.tcp_connections.fetch_sub(1, Ordering::Relaxed);
@@ -268,6 +273,10 @@ pub async fn serve_udp(
                 continue;
             }
         };
+        if !state.config.load().msp.acl.permits(peer.ip()) {
+            tracing::debug!(remote_addr = %peer.ip().to_canonical(), "MSP: [msp] allow/deny refuses");
+            continue;
+        }
         let Ok(permit) = Arc::clone(&state.msp.udp_in_flight).try_acquire_owned() else {
             state.stats.hits.hit(Limit::MspDatagramsInFlight);
             continue;
