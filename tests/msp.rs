@@ -677,3 +677,95 @@ fn the_shipped_units_leave_msp_off_until_its_socket_is_enabled() {
     assert!(socket.contains("Service=tcpmuxd.service"));
     assert!(socket.contains("WantedBy=sockets.target"));
 }
+
+#[test]
+fn utf8_parts_are_taken_as_utf8_and_latin1_as_latin1() {
+    let m = start("");
+    let mut s = m.tcp();
+    // "€" and "ś" hold 0x82 and 0x9b in UTF-8: not controls.
+    s.write_all(&b([
+        "chris",
+        "",
+        "caf\u{e9} 5\u{20ac} \u{15b}",
+        "\u{15b}wit",
+        "",
+        "u1",
+        "",
+    ]))
+    .unwrap();
+    assert_eq!(reply(&mut s), "+");
+    // Not UTF-8: ISO 8859-1, handed on as UTF-8.
+    let mut latin = b"Bchris\0\0caf\xe9\0sandy\0\0u2\0\0".to_vec();
+    s.write_all(&latin).unwrap();
+    assert_eq!(reply(&mut s), "+");
+    // ISO 8859-1 C1 controls are still refused, and so are the UTF-8
+    // controls and the bidirectional overrides.
+    latin = b"Bchris\0\0csi\x9b2J\0sandy\0\0u3\0\0".to_vec();
+    s.write_all(&latin).unwrap();
+    assert_eq!(reply(&mut s), "-message contains control code 0x9b");
+    s.write_all(&b(["chris", "", "c1 \u{9b}2J", "sandy", "", "u4", ""]))
+        .unwrap();
+    assert_eq!(reply(&mut s), "-message contains control code 0x9b");
+    s.write_all(&b(["chris", "", "abc\u{202e}fed", "sandy", "", "u5", ""]))
+        .unwrap();
+    assert_eq!(
+        reply(&mut s),
+        "-message contains bidirectional override U+202E"
+    );
+    s.write_all(&b(["chris", "", "ok", "sandy\u{2066}", "", "u6", ""]))
+        .unwrap();
+    assert_eq!(
+        reply(&mut s),
+        "-sender contains bidirectional override U+2066"
+    );
+    assert_eq!(
+        m.delivered(),
+        [
+            "B|chris||\u{15b}wit||u1||tcp|127.0.0.1|caf\u{e9} 5\u{20ac} \u{15b}",
+            "B|chris||sandy||u2||tcp|127.0.0.1|caf\u{e9}",
+        ]
+    );
+}
+
+#[test]
+fn control_codes_are_refused_in_every_part_and_escaped_in_the_log() {
+    let m = start("");
+    let mut s = m.tcp();
+    let cases: [([&str; 7], &str); 4] = [
+        (
+            ["chris", "", "hi", "sandy", "", "\x1b]0;pwned\x07", ""],
+            "-cookie contains control code 0x1b",
+        ),
+        (
+            ["chris", "", "hi", "sandy", "", "s1", "sig\x1b[2J"],
+            "-signature contains control code 0x1b",
+        ),
+        (
+            ["nobody\nFORGED log line", "", "hi", "sandy", "", "s2", ""],
+            "-recipient contains control code 0x0a",
+        ),
+        (
+            ["chris", "", "hi", "evil\x1b[31m", "", "s3", ""],
+            "-sender contains control code 0x1b",
+        ),
+    ];
+    for (parts, answer) in cases {
+        s.write_all(&b(parts)).unwrap();
+        assert_eq!(reply(&mut s), answer);
+    }
+    // Nothing reached the command's environment.
+    assert!(m.delivered().is_empty(), "{:?}", m.delivered());
+    assert!(
+        m._daemon.wait_log("evil\\x1b[31m@127.0.0.1"),
+        "{}",
+        m._daemon.log()
+    );
+    let log = m._daemon.log();
+    assert!(log.contains("nobody\\x0aFORGED log line"), "{log}");
+    assert!(log.contains("\\x1b]0;pwned\\x07"), "{log}");
+    assert!(!log.contains('\x1b') && !log.contains('\x07'), "{log:?}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("FORGED")),
+        "a forged log line: {log}"
+    );
+}

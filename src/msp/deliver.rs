@@ -1,7 +1,7 @@
 //! Delivering an accepted message: to a terminal, to the journal, or to a
 //! command.
 
-use super::message::{Message, latin1};
+use super::message::{Message, decode};
 use super::tty;
 use crate::config::{Delivery, MspSettings};
 use crate::launch::exec::SESSION_PATH;
@@ -47,12 +47,18 @@ impl Envelope<'_> {
         let m = self.message;
         vec![
             ("MSP_VERSION", m.version().as_char().to_string()),
-            ("MSP_RECIPIENT", latin1(&m.recipient)),
-            ("MSP_RECIPIENT_TERMINAL", latin1(&m.recipient_terminal)),
-            ("MSP_SENDER", latin1(&m.sender)),
-            ("MSP_SENDER_TERMINAL", latin1(&m.sender_terminal)),
-            ("MSP_COOKIE", latin1(&m.cookie)),
-            ("MSP_SIGNATURE", latin1(&m.signature)),
+            ("MSP_RECIPIENT", decode(&m.recipient).into_owned()),
+            (
+                "MSP_RECIPIENT_TERMINAL",
+                decode(&m.recipient_terminal).into_owned(),
+            ),
+            ("MSP_SENDER", decode(&m.sender).into_owned()),
+            (
+                "MSP_SENDER_TERMINAL",
+                decode(&m.sender_terminal).into_owned(),
+            ),
+            ("MSP_COOKIE", decode(&m.cookie).into_owned()),
+            ("MSP_SIGNATURE", decode(&m.signature).into_owned()),
             ("MSP_TRANSPORT", self.transport.as_str().to_string()),
             ("REMOTE_ADDR", self.peer.ip().to_canonical().to_string()),
             ("REMOTE_PORT", self.peer.port().to_string()),
@@ -73,7 +79,7 @@ pub async fn deliver(
         Delivery::Journal => to_journal(envelope),
         Delivery::Command => match (systemd, settings.command.as_deref()) {
             (Some(launcher), Some(command)) => {
-                let text = latin1(&envelope.message.text);
+                let text = decode(&envelope.message.text).into_owned();
                 let description = format!(
                     "MSP delivery of a message from {}",
                     envelope.peer.ip().to_canonical()
@@ -110,10 +116,10 @@ fn to_journal(envelope: &Envelope<'_>) -> Result<(), String> {
     let m = envelope.message;
     let text = format!(
         "Message from {}@{} to {}: {}",
-        latin1(&m.sender),
+        decode(&m.sender),
         envelope.peer.ip().to_canonical(),
-        latin1(&m.recipient),
-        latin1(&m.text)
+        decode(&m.recipient),
+        decode(&m.text)
     );
     let mut fields = envelope.fields();
     fields.push(("MESSAGE_ID", JOURNAL_MESSAGE_ID.to_string()));
@@ -145,7 +151,7 @@ async fn to_command(settings: &MspSettings, envelope: &Envelope<'_>) -> Result<(
             tracing::error!("[msp] command {}: {e}", command[0]);
             "delivery failed".to_string()
         })?;
-    let text = latin1(&envelope.message.text);
+    let text = decode(&envelope.message.text).into_owned();
     let mut stdin = child.stdin.take();
     let mut stderr = child.stderr.take();
     let run = async {
@@ -231,8 +237,8 @@ async fn logind_logins() -> zbus::Result<Vec<tty::Login>> {
 }
 
 fn to_tty(logins: &[tty::Login], m: &Message, peer: SocketAddr) -> Result<(), String> {
-    let recipient = latin1(&m.recipient);
-    let terminal = latin1(&m.recipient_terminal);
+    let recipient = decode(&m.recipient).into_owned();
+    let terminal = decode(&m.recipient_terminal).into_owned();
     let terminals = if recipient.is_empty() {
         vec![std::path::PathBuf::from(tty::CONSOLE)]
     } else {
@@ -240,9 +246,9 @@ fn to_tty(logins: &[tty::Login], m: &Message, peer: SocketAddr) -> Result<(), St
     };
     let when = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let bytes = tty::render(
-        &latin1(&m.sender),
+        &decode(&m.sender),
         &peer.ip().to_canonical().to_string(),
-        &latin1(&m.sender_terminal),
+        &decode(&m.sender_terminal),
         &when,
         &m.text,
     );

@@ -7,9 +7,10 @@
 
 use super::deliver::{self, Envelope, Transport};
 use super::guard::{Dedup, DedupKey, RateLimiter, source_key};
-use super::message::{self, Message, Version, latin1};
+use super::message::{self, Message, Version, decode};
 use crate::admission::Limit;
 use crate::limits;
+use crate::log::escaped;
 use crate::server::State;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -135,22 +136,24 @@ pub async fn accept_message(
         tracing::debug!(remote_addr = %peer.ip().to_canonical(), "MSP: {RATE_REASON}");
         return verdict;
     }
+    // Every part is the sender's choice: decoded as delivered, escaped.
+    let part = |p: &[u8]| escaped(decode(p).as_ref()).to_string();
+    let (sender, recipient) = (part(&msg.sender), part(&msg.recipient));
     tracing::info!(
         msp_version = %msg.version().as_char(),
-        msp_recipient = %latin1(&msg.recipient),
-        msp_recipient_terminal = %latin1(&msg.recipient_terminal),
-        msp_sender = %latin1(&msg.sender),
-        msp_sender_terminal = %latin1(&msg.sender_terminal),
-        msp_cookie = %latin1(&msg.cookie),
+        msp_recipient = %recipient,
+        msp_recipient_terminal = %part(&msg.recipient_terminal),
+        msp_sender = %sender,
+        msp_sender_terminal = %part(&msg.sender_terminal),
+        msp_cookie = %part(&msg.cookie),
         remote_addr = %peer.ip().to_canonical(),
         remote_port = peer.port(),
         transport = transport.as_str(),
         outcome,
-        "message from {}@{} to {}: {outcome}{}{reason}",
-        latin1(&msg.sender),
+        "message from {sender}@{} to {recipient}: {outcome}{}{}",
         peer.ip().to_canonical(),
-        latin1(&msg.recipient),
         if reason.is_empty() { "" } else { ": " },
+        escaped(reason),
     );
     verdict
 }

@@ -5,7 +5,7 @@
 //! Terminals are only ever those the login records name for the user; a
 //! terminal name from the network never becomes a path by itself.
 
-use super::message::latin1;
+use super::message::decode;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -125,7 +125,8 @@ pub fn choose_terminals(
 }
 
 /// What appears on the terminal: a header like write(1)'s, the text with
-/// CRLF line ends, and an end marker. ISO 8859-1 is turned into UTF-8.
+/// CRLF line ends, and an end marker, in UTF-8 (the text decoded as
+/// [`decode`] does it).
 pub fn render(sender: &str, host: &str, sender_terminal: &str, when: &str, text: &[u8]) -> Vec<u8> {
     let sender = if sender.is_empty() { "someone" } else { sender };
     let on = if sender_terminal.is_empty() {
@@ -134,7 +135,7 @@ pub fn render(sender: &str, host: &str, sender_terminal: &str, when: &str, text:
         format!(" on {sender_terminal}")
     };
     let mut out = format!("\r\n\x07Message from {sender}@{host}{on} at {when} ...\r\n");
-    let text = latin1(text);
+    let text = decode(text);
     for line in text.split('\n') {
         out.push_str(line.trim_end_matches('\r'));
         out.push_str("\r\n");
@@ -221,5 +222,9 @@ mod tests {
             text.ends_with("Hi\r\nHow about lunch?\r\ncafé\r\nEOF\r\n"),
             "{text:?}"
         );
+        // UTF-8 stays UTF-8: not taken for ISO 8859-1 and encoded twice.
+        let out = render("s", "h", "", "t", "caf\u{e9} \u{20ac}".as_bytes());
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with("caf\u{e9} \u{20ac}\r\nEOF\r\n"), "{text:?}");
     }
 }
