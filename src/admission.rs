@@ -124,10 +124,16 @@ pub enum Limit {
     MspConnections,
     /// Datagrams dropped while the most are being delivered.
     MspDatagramsInFlight,
+    /// `[msp] max_connections_per_source`.
+    MspConnectionsPerSource,
+    /// `[msp] recipient_rate_per_minute`.
+    MspRecipientRate,
+    /// `[msp] total_rate_per_minute`.
+    MspTotalRate,
 }
 
 /// How many kinds of limit there are.
-const LIMITS: usize = 9;
+const LIMITS: usize = 12;
 
 impl Limit {
     pub const ALL: [Limit; LIMITS] = [
@@ -140,6 +146,9 @@ impl Limit {
         Limit::MspRate,
         Limit::MspConnections,
         Limit::MspDatagramsInFlight,
+        Limit::MspConnectionsPerSource,
+        Limit::MspRecipientRate,
+        Limit::MspTotalRate,
     ];
 
     /// The config key that sets it.
@@ -154,6 +163,9 @@ impl Limit {
             Limit::MspRate => "msp rate_per_minute",
             Limit::MspConnections => "msp max_connections",
             Limit::MspDatagramsInFlight => "msp datagrams in delivery",
+            Limit::MspConnectionsPerSource => "msp max_connections_per_source",
+            Limit::MspRecipientRate => "msp recipient_rate_per_minute",
+            Limit::MspTotalRate => "msp total_rate_per_minute",
         }
     }
 }

@@ -84,11 +84,18 @@ pub struct MspSettings {
     pub console: bool,
     /// Messages accepted per source address (IPv6: per `[tcpmux] ipv6_source_prefix`) per minute.
     pub rate_per_minute: u32,
-    /// TCP: time allowed between messages, and for a whole connection.
+    /// Messages accepted per recipient per minute, from all sources.
+    pub recipient_rate_per_minute: u32,
+    /// Messages accepted per minute, all sources and recipients together.
+    pub total_rate_per_minute: u32,
+    /// TCP: time allowed for each message (not extended by reads), and
+    /// for a whole connection.
     pub idle_timeout: Duration,
     pub connection_timeout: Duration,
     /// TCP connections served at once.
     pub max_connections: usize,
+    /// Of those, from one source (IPv6: per `[tcpmux] ipv6_source_prefix`).
+    pub max_connections_per_source: usize,
     /// How long a delivered version B message is remembered, so that a
     /// retransmission is acknowledged but not shown again.
     pub dedup_window: Duration,
@@ -219,11 +226,14 @@ struct RawMsp {
     command_timeout: Option<Duration>,
     console: Option<bool>,
     rate_per_minute: Option<u32>,
+    recipient_rate_per_minute: Option<u32>,
+    total_rate_per_minute: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     idle_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     connection_timeout: Option<Duration>,
     max_connections: Option<usize>,
+    max_connections_per_source: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     dedup_window: Option<Duration>,
     utmp: Option<PathBuf>,
@@ -321,9 +331,16 @@ pub fn build(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, ConfigError> {
             msp.command_timeout = m.command_timeout.or(msp.command_timeout);
             msp.console = m.console.or(msp.console);
             msp.rate_per_minute = m.rate_per_minute.or(msp.rate_per_minute);
+            msp.recipient_rate_per_minute = m
+                .recipient_rate_per_minute
+                .or(msp.recipient_rate_per_minute);
+            msp.total_rate_per_minute = m.total_rate_per_minute.or(msp.total_rate_per_minute);
             msp.idle_timeout = m.idle_timeout.or(msp.idle_timeout);
             msp.connection_timeout = m.connection_timeout.or(msp.connection_timeout);
             msp.max_connections = m.max_connections.or(msp.max_connections);
+            msp.max_connections_per_source = m
+                .max_connections_per_source
+                .or(msp.max_connections_per_source);
             msp.dedup_window = m.dedup_window.or(msp.dedup_window);
             msp.utmp = m.utmp.or(msp.utmp);
             msp.allow = m.allow.or(msp.allow);
@@ -456,17 +473,37 @@ fn validate_msp(path: &Path, raw: RawMsp) -> Result<MspSettings, ConfigError> {
             Ok(d)
         }
     };
-    let rate_per_minute = raw
-        .rate_per_minute
-        .unwrap_or(limits::DEFAULT_MSP_RATE_PER_MINUTE);
-    if rate_per_minute == 0 {
-        return Err(err("rate_per_minute: must be at least 1".into()));
-    }
+    let at_least_one = |key: &str, value: Option<u32>, default: u32| match value.unwrap_or(default)
+    {
+        0 => Err(err(format!("{key}: must be at least 1"))),
+        n => Ok(n),
+    };
+    let rate_per_minute = at_least_one(
+        "rate_per_minute",
+        raw.rate_per_minute,
+        limits::DEFAULT_MSP_RATE_PER_MINUTE,
+    )?;
+    let recipient_rate_per_minute = at_least_one(
+        "recipient_rate_per_minute",
+        raw.recipient_rate_per_minute,
+        limits::DEFAULT_MSP_RECIPIENT_RATE_PER_MINUTE,
+    )?;
+    let total_rate_per_minute = at_least_one(
+        "total_rate_per_minute",
+        raw.total_rate_per_minute,
+        limits::DEFAULT_MSP_TOTAL_RATE_PER_MINUTE,
+    )?;
     let max_connections = raw
         .max_connections
         .unwrap_or(limits::DEFAULT_MSP_MAX_CONNECTIONS);
     if max_connections == 0 {
         return Err(err("max_connections: must be at least 1".into()));
+    }
+    let max_connections_per_source = raw
+        .max_connections_per_source
+        .unwrap_or(limits::DEFAULT_MSP_MAX_CONNECTIONS_PER_SOURCE);
+    if max_connections_per_source == 0 {
+        return Err(err("max_connections_per_source: must be at least 1".into()));
     }
     Ok(MspSettings {
         listen: raw.listen.unwrap_or_default(),
@@ -479,6 +516,8 @@ fn validate_msp(path: &Path, raw: RawMsp) -> Result<MspSettings, ConfigError> {
         )?,
         console: raw.console.unwrap_or(false),
         rate_per_minute,
+        recipient_rate_per_minute,
+        total_rate_per_minute,
         idle_timeout: positive(
             "idle_timeout",
             raw.idle_timeout,
@@ -490,6 +529,7 @@ fn validate_msp(path: &Path, raw: RawMsp) -> Result<MspSettings, ConfigError> {
             limits::DEFAULT_MSP_CONNECTION_TIMEOUT,
         )?,
         max_connections,
+        max_connections_per_source,
         dedup_window: positive(
             "dedup_window",
             raw.dedup_window,
@@ -849,6 +889,18 @@ mod tests {
             ),
             ("[msp]\ndeliver = \"command\"\n", "[msp] command: missing"),
             ("[msp]\nrate_per_minute = 0\n", "rate_per_minute"),
+            (
+                "[msp]\nrecipient_rate_per_minute = 0\n",
+                "[msp] recipient_rate_per_minute: must be at least 1",
+            ),
+            (
+                "[msp]\ntotal_rate_per_minute = 0\n",
+                "[msp] total_rate_per_minute: must be at least 1",
+            ),
+            (
+                "[msp]\nmax_connections_per_source = 0\n",
+                "[msp] max_connections_per_source: must be at least 1",
+            ),
             ("[msp]\nallow = [\"10.0.0.0/33\"]\n", "10.0.0.0/33"),
         ];
         for (text, needle) in cases {

@@ -39,18 +39,30 @@ fn start(extra: &str) -> Msp {
         &format!(
             "text=$(cat)\n\
              if [ \"$MSP_RECIPIENT\" = nobody ]; then echo 'nobody: no such user' >&2; echo second line >&2; exit 1; fi\n\
+             if [ -e \"$0.refuse\" ]; then echo 'not now' >&2; exit 1; fi\n\
+             if [ -e \"$0.slow\" ]; then sleep 0.5; fi\n\
              printf '%s|%s|%s|%s|%s|%s|%s|%s|%s|%s\\n' \"$MSP_VERSION\" \"$MSP_RECIPIENT\" \"$MSP_RECIPIENT_TERMINAL\" \
              \"$MSP_SENDER\" \"$MSP_SENDER_TERMINAL\" \"$MSP_COOKIE\" \"$MSP_SIGNATURE\" \"$MSP_TRANSPORT\" \"$REMOTE_ADDR\" \"$text\" >> {}",
             log.display()
         ),
     );
-    let rate = if extra.contains("rate_per_minute") {
-        ""
+    // Rate limits out of the way, unless the test is about one.
+    let rate: String = [
+        "rate_per_minute",
+        "recipient_rate_per_minute",
+        "total_rate_per_minute",
+    ]
+    .iter()
+    .filter(|key| !extra.lines().any(|l| l.starts_with(*key)))
+    .map(|key| format!("{key} = 100000\n"))
+    .collect();
+    let deliver = if extra.contains("deliver = ") {
+        String::new()
     } else {
-        "rate_per_minute = 100000"
+        format!("deliver = \"command\"\ncommand = [\"{recorder}\"]\n")
     };
     let config = format!(
-        "[msp]\ndeliver = \"command\"\ncommand = [\"{recorder}\"]\n{rate}\n{extra}\n\
+        "[msp]\n{deliver}{rate}\n{extra}\n\
          [[service]]\nname = \"echo\"\ncommand = [\"/bin/cat\"]\n"
     );
     let tcp_listener = loopback_listener();
@@ -75,6 +87,34 @@ fn start(extra: &str) -> Msp {
 }
 
 impl Msp {
+    /// Makes the delivery command refuse every message (`-not now`), or
+    /// accept them again.
+    fn refuse(&self, on: bool) {
+        self.flag("refuse", on);
+    }
+
+    /// Makes the delivery command take half a second per message.
+    fn slow(&self, on: bool) {
+        self.flag("slow", on);
+    }
+
+    fn flag(&self, name: &str, on: bool) {
+        let path = self._dir.path().join(format!("deliver.{name}"));
+        if on {
+            std::fs::write(path, "").unwrap();
+        } else {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// The texts delivered so far.
+    fn texts(&self) -> Vec<String> {
+        self.delivered()
+            .iter()
+            .map(|l| l.rsplit('|').next().unwrap().to_string())
+            .collect()
+    }
+
     fn delivered(&self) -> Vec<String> {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
@@ -317,7 +357,7 @@ fn a_reload_applies_a_new_rate_at_once() {
     let m = start("");
     let text = std::fs::read_to_string(m._daemon.config_path()).unwrap();
     m._daemon
-        .rewrite_config(&text.replace("rate_per_minute = 100000", "rate_per_minute = 1"));
+        .rewrite_config(&text.replace("\nrate_per_minute = 100000", "\nrate_per_minute = 1"));
     m._daemon.reload();
     let mut s = m.tcp();
     s.write_all(&b(["chris", "", "hi", "sandy", "", "n1", ""]))
@@ -768,4 +808,270 @@ fn control_codes_are_refused_in_every_part_and_escaped_in_the_log() {
         !log.lines().any(|l| l.starts_with("FORGED")),
         "a forged log line: {log}"
     );
+}
+
+const PLUS: Option<&[u8]> = Some(b"+\0");
+
+#[test]
+fn only_udp_retransmissions_of_the_whole_message_are_suppressed() {
+    let m = start("");
+    let u = m.udp();
+    // A client whose cookie is always "-": every text is a new message.
+    for text in ["one", "two", "three"] {
+        u.send(&b(["chris", "", text, "sandy", "tty1", "-", ""]))
+            .unwrap();
+        assert_eq!(datagram(&u).as_deref(), PLUS);
+    }
+    // The same message again over UDP is a retransmission: answered, not
+    // shown again.
+    u.send(&b(["chris", "", "three", "SANDY", "TTY1", "-", ""]))
+        .unwrap();
+    assert_eq!(datagram(&u).as_deref(), PLUS);
+    // TCP clients do not retransmit: the same message twice is shown twice.
+    let mut s = m.tcp();
+    for _ in 0..2 {
+        s.write_all(&b(["chris", "", "by tcp", "sandy", "tty1", "-", ""]))
+            .unwrap();
+        assert_eq!(reply(&mut s), "+");
+    }
+    assert_eq!(m.texts(), ["one", "two", "three", "by tcp", "by tcp"]);
+}
+
+#[test]
+fn a_retransmission_gets_the_answer_its_first_copy_got() {
+    let m = start("");
+    let u = m.udp();
+    let first = b(["chris", "", "lunch?", "sandy", "", "c1", ""]);
+    u.send(&first).unwrap();
+    assert_eq!(datagram(&u).as_deref(), PLUS);
+    // Now the recipient refuses messages: the retransmission of the
+    // delivered message is still acknowledged (it was delivered), a new
+    // message is not.
+    m.refuse(true);
+    u.send(&first).unwrap();
+    assert_eq!(datagram(&u).as_deref(), PLUS);
+    let refused = b(["chris", "", "dinner?", "sandy", "", "c2", ""]);
+    u.send(&refused).unwrap();
+    assert_eq!(datagram(&u), None);
+    // The refused message stays refused for its retransmissions, even once
+    // the recipient accepts messages again, and is never shown.
+    m.refuse(false);
+    u.send(&refused).unwrap();
+    assert_eq!(datagram(&u), None);
+    assert_eq!(m.texts(), ["lunch?"]);
+}
+
+#[test]
+fn copies_arriving_together_are_delivered_once_and_all_answered() {
+    let m = start("");
+    m.slow(true);
+    let msg = b(["chris", "", "at once", "sandy", "", "same", ""]);
+    // Copies from several ports of one address while the first is still
+    // being delivered: each waits for the first's outcome.
+    let copies: Vec<_> = (0..6)
+        .map(|_| {
+            let (udp, msg) = (m.udp, msg.clone());
+            std::thread::spawn(move || {
+                let s = udp_from("127.0.0.1", udp);
+                s.set_read_timeout(Some(WAIT)).unwrap();
+                s.send(&msg).unwrap();
+                datagram(&s)
+            })
+        })
+        .collect();
+    for c in copies {
+        assert_eq!(c.join().unwrap().as_deref(), PLUS);
+    }
+    assert_eq!(m.texts(), ["at once"]);
+}
+
+#[test]
+fn version_a_datagrams_are_echoed_whether_or_not_delivered() {
+    // Two messages reach the rate limit below: the delivered one and the
+    // one the command refuses (a control code is refused before).
+    let m = start("rate_per_minute = 2");
+    let u = m.udp();
+    let delivered = b"Achris\0\0delivered\0".to_vec();
+    u.send(&delivered).unwrap();
+    assert_eq!(datagram(&u), Some(delivered));
+    // Refused by the delivery command: echoed all the same.
+    let refused = b"Anobody\0\0refused\0".to_vec();
+    u.send(&refused).unwrap();
+    assert_eq!(datagram(&u), Some(refused));
+    // Refused for a control code: echoed.
+    let risky = b"Achris\0\0\x1b[2J\0".to_vec();
+    u.send(&risky).unwrap();
+    assert_eq!(datagram(&u), Some(risky));
+    // Over the rate limit: silence, so a flood is not reflected.
+    u.send(b"Achris\0\0over the rate\0").unwrap();
+    assert_eq!(datagram(&u), None);
+    assert_eq!(m.texts(), ["delivered"]);
+}
+
+/// Whether the daemon has closed `s` (reading shows the end, or a reset).
+fn closed_by_daemon(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    match s.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    }
+}
+
+#[test]
+fn a_message_trickled_a_byte_at_a_time_is_cut_off_after_idle_timeout() {
+    let m = start("idle_timeout = \"1s\"\nconnection_timeout = \"5m\"");
+    let mut s = m.tcp();
+    s.set_nodelay(true).unwrap();
+    s.write_all(b"Bchris\0\0").unwrap();
+    // Each byte used to restart the timer; now the message has its
+    // idle_timeout, however it is cut up. 400 bytes at 0.1 s would take 40 s.
+    let mut cut_off = false;
+    for _ in 0..400 {
+        if s.write_all(b"x").is_err() || closed_by_daemon(&mut s) {
+            cut_off = true;
+            break;
+        }
+    }
+    assert!(cut_off, "a trickling client holds its connection");
+    assert!(m.delivered().is_empty());
+    // Whole messages, each in time, go on until connection_timeout.
+    let m = start("idle_timeout = \"1s\"\nconnection_timeout = \"2s\"");
+    let mut s = m.tcp();
+    let mut answered = 0;
+    for i in 0..200 {
+        let sent = s.write_all(&b(["chris", "", "hi", "sandy", "", &format!("k{i}"), ""]));
+        let mut byte = [0u8; 2];
+        if sent.is_err() || !matches!(s.read(&mut byte), Ok(2)) {
+            break;
+        }
+        answered += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(answered > 0 && answered < 200, "{answered} answered");
+}
+
+#[test]
+fn one_source_cannot_hold_all_tcp_connections() {
+    let m = start("max_connections_per_source = 2");
+    let held: Vec<TcpStream> = (0..2).map(|_| m.tcp()).collect();
+    // The third from the same address is closed at once.
+    let mut third = m.tcp();
+    assert!(read_to_end(&mut third).is_empty());
+    // Another source still gets in.
+    let mut other = connect_from("127.0.0.2", m.tcp);
+    other
+        .write_all(&b(["chris", "", "from elsewhere", "sandy", "", "1", ""]))
+        .unwrap();
+    assert_eq!(reply(&mut other), "+");
+    // A place given back is a place free again.
+    drop(held);
+    assert!(wait_until(|| {
+        let mut s = m.tcp();
+        let _ = s.write_all(&b(["chris", "", "back", "sandy", "", "2", ""]));
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        read_to_end(&mut s) == b"+\0"
+    }));
+    assert!(
+        m._daemon.wait_log("msp max_connections_per_source"),
+        "{}",
+        m._daemon.log()
+    );
+    assert_eq!(m.texts(), ["from elsewhere", "back"]);
+}
+
+#[test]
+fn one_recipient_gets_at_most_its_rate_from_all_sources_together() {
+    let m = start("recipient_rate_per_minute = 3");
+    // Three sources, one message each: the recipient's allowance.
+    for i in 2..5 {
+        let mut s = connect_from(&format!("127.0.0.{i}"), m.tcp);
+        s.write_all(&b([
+            "chris",
+            "",
+            &format!("from {i}"),
+            "sandy",
+            "",
+            "r",
+            "",
+        ]))
+        .unwrap();
+        assert_eq!(reply(&mut s), "+");
+    }
+    // A fourth source: refused over TCP, silence over UDP.
+    let mut s = connect_from("127.0.0.5", m.tcp);
+    s.write_all(&b(["CHRIS", "", "one more", "sandy", "", "r", ""]))
+        .unwrap();
+    assert_eq!(
+        reply(&mut s),
+        "-too many messages for this recipient; try again later"
+    );
+    let u = udp_from("127.0.0.6", m.udp);
+    u.send(&b(["chris", "", "by udp", "sandy", "", "r6", ""]))
+        .unwrap();
+    assert_eq!(datagram(&u), None);
+    // Other recipients are not affected.
+    s.write_all(&b(["dana", "", "for dana", "sandy", "", "r", ""]))
+        .unwrap();
+    assert_eq!(reply(&mut s), "+");
+    assert!(
+        m._daemon.wait_log("2 msp recipient_rate_per_minute"),
+        "{}",
+        m._daemon.log()
+    );
+    assert_eq!(m.texts(), ["from 2", "from 3", "from 4", "for dana"]);
+}
+
+#[test]
+fn all_messages_together_are_held_to_the_total_rate() {
+    let m = start("total_rate_per_minute = 4");
+    for i in 2..6 {
+        let mut s = connect_from(&format!("127.0.0.{i}"), m.tcp);
+        s.write_all(&b([&format!("user{i}"), "", "hi", "sandy", "", "t", ""]))
+            .unwrap();
+        assert_eq!(reply(&mut s), "+");
+    }
+    let mut s = connect_from("127.0.0.9", m.tcp);
+    s.write_all(&b(["user9", "", "hi", "sandy", "", "t", ""]))
+        .unwrap();
+    assert_eq!(reply(&mut s), "-too many messages; try again later");
+    let u = udp_from("127.0.0.10", m.udp);
+    u.send(&b(["user10", "", "hi", "sandy", "", "t10", ""]))
+        .unwrap();
+    assert_eq!(datagram(&u), None);
+    assert!(
+        m._daemon.wait_log("2 msp total_rate_per_minute"),
+        "{}",
+        m._daemon.log()
+    );
+    assert_eq!(m.delivered().len(), 4);
+}
+
+#[test]
+fn a_flood_from_more_sources_than_are_tracked_is_served_and_still_limited() {
+    // More sources than the per-source table holds (16384), one version A
+    // datagram each, answered one by one: the table cleans up as it goes
+    // instead of scanning itself for every new source.
+    // Journal delivery: no process per message (and, without journald,
+    // refused at once; version A is echoed either way).
+    let m = start("deliver = \"journal\"\nrate_per_minute = 2");
+    let sources = 17_000u32;
+    let message = b"Achris\0\0flood\0".to_vec();
+    for i in 0..sources {
+        let ip = format!("127.{}.{}.{}", 1 + i / 62_500, (i / 250) % 250, 1 + i % 250);
+        let u = udp_from(&ip, m.udp);
+        u.set_read_timeout(Some(WAIT)).unwrap();
+        u.send(&message).unwrap();
+        assert_eq!(datagram(&u).as_deref(), Some(&message[..]), "{ip}");
+    }
+    // The limit still holds for a source that sends too much.
+    let u = udp_from("127.0.0.1", m.udp);
+    for _ in 0..2 {
+        u.send(&message).unwrap();
+        assert_eq!(datagram(&u).as_deref(), Some(&message[..]));
+    }
+    u.send(&message).unwrap();
+    assert_eq!(datagram(&u), None);
 }
