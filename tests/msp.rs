@@ -430,7 +430,7 @@ fn the_command_method_reports_its_exit_and_times_out() {
     drop(d);
 }
 
-/// A pseudo-terminal the test owns, listed in a utmp file as `user`'s.
+/// A pseudo-terminal the test owns.
 struct Pty {
     master: std::fs::File,
     line: String,
@@ -438,7 +438,41 @@ struct Pty {
     _slave: std::os::fd::OwnedFd,
 }
 
-fn open_pty(utmp: &Path, user: &str) -> Pty {
+/// The name of the user the test runs as: the owner of its ptys.
+fn me() -> String {
+    nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .unwrap()
+        .expect("the test's user has a name")
+        .name
+}
+
+/// Writes a utmp file with a login record (USER_PROCESS) for each (user,
+/// line).
+fn write_utmp(utmp: &Path, logins: &[(&str, &str)]) {
+    let mut data = Vec::new();
+    for (user, line) in logins {
+        // SAFETY: utmpx is plain data; zero is a valid value for every field.
+        let mut entry: libc::utmpx = unsafe { std::mem::zeroed() };
+        entry.ut_type = libc::USER_PROCESS;
+        entry.ut_pid = std::process::id() as i32;
+        for (dst, src) in entry.ut_line.iter_mut().zip(line.bytes()) {
+            *dst = src as libc::c_char;
+        }
+        for (dst, src) in entry.ut_user.iter_mut().zip(user.bytes()) {
+            *dst = src as libc::c_char;
+        }
+        // SAFETY: viewing a plain struct as bytes.
+        data.extend_from_slice(unsafe {
+            std::slice::from_raw_parts(
+                (&entry as *const libc::utmpx).cast::<u8>(),
+                std::mem::size_of::<libc::utmpx>(),
+            )
+        });
+    }
+    std::fs::write(utmp, data).unwrap();
+}
+
+fn new_pty() -> Pty {
     let pty = nix::pty::openpty(None, None).unwrap();
     let slave_path = nix::unistd::ttyname(&pty.slave).unwrap();
     let line = slave_path
@@ -447,24 +481,6 @@ fn open_pty(utmp: &Path, user: &str) -> Pty {
         .to_string_lossy()
         .trim_start_matches('/')
         .to_string();
-    // SAFETY: utmpx is plain data; zero is a valid value for every field.
-    let mut entry: libc::utmpx = unsafe { std::mem::zeroed() };
-    entry.ut_type = libc::USER_PROCESS;
-    entry.ut_pid = std::process::id() as i32;
-    for (dst, src) in entry.ut_line.iter_mut().zip(line.bytes()) {
-        *dst = src as libc::c_char;
-    }
-    for (dst, src) in entry.ut_user.iter_mut().zip(user.bytes()) {
-        *dst = src as libc::c_char;
-    }
-    // SAFETY: viewing a plain struct as bytes.
-    let bytes = unsafe {
-        std::slice::from_raw_parts(
-            (&entry as *const libc::utmpx).cast::<u8>(),
-            std::mem::size_of::<libc::utmpx>(),
-        )
-    };
-    std::fs::write(utmp, bytes).unwrap();
     // Raw mode: what is written arrives unchanged.
     let mut t = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
     nix::sys::termios::cfmakeraw(&mut t);
@@ -477,39 +493,64 @@ fn open_pty(utmp: &Path, user: &str) -> Pty {
     }
 }
 
+/// A pty listed in `utmp` as `user`'s (a login record of its own, as
+/// libutempter writes for a terminal emulator or a tmux pane).
+fn open_pty(utmp: &Path, user: &str) -> Pty {
+    let pty = new_pty();
+    write_utmp(utmp, &[(user, &pty.line)]);
+    pty
+}
+
 fn mesg(pty: &Pty, allow: bool) {
+    set_mode(&pty.slave_path, if allow { 0o620 } else { 0o600 });
+}
+
+fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
-    let mode = if allow { 0o620 } else { 0o600 };
-    std::fs::set_permissions(&pty.slave_path, std::fs::Permissions::from_mode(mode)).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+impl Pty {
+    /// What the terminal shows for the next message, through its "EOF".
+    fn next_message(&mut self) -> String {
+        let mut shown = vec![0u8; 4096];
+        let mut text = Vec::new();
+        while !String::from_utf8_lossy(&text).contains("EOF\r\n") {
+            let n = self.master.read(&mut shown).unwrap();
+            text.extend_from_slice(&shown[..n]);
+        }
+        String::from_utf8(text).expect("UTF-8 on the terminal")
+    }
+
+    /// Whether anything was written to the terminal and not read yet.
+    fn is_quiet(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut fd = libc::pollfd {
+            fd: self.master.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll(2) on one descriptor we own, without waiting.
+        let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+        assert!(ready >= 0, "poll: {}", std::io::Error::last_os_error());
+        ready == 0
+    }
 }
 
 #[test]
 fn the_tty_method_writes_to_the_users_terminal_and_honours_mesg() {
     let dir = tempfile::tempdir().unwrap();
     let utmp = dir.path().join("utmp");
-    let mut pty = open_pty(&utmp, "tester");
+    let user = me();
+    let mut pty = open_pty(&utmp, &user);
     let config = format!("[msp]\ndeliver = \"tty\"\nutmp = \"{}\"\n", utmp.display());
     let (_d, mut s) = msp_tcp_daemon(&config);
 
     mesg(&pty, true);
-    s.write_all(&b([
-        "tester",
-        "",
-        "Hi\r\nlunch?",
-        "sandy",
-        "console",
-        "1",
-        "",
-    ]))
-    .unwrap();
+    s.write_all(&b([&user, "", "Hi\r\nlunch?", "sandy", "console", "1", ""]))
+        .unwrap();
     assert_eq!(reply(&mut s), "+");
-    let mut shown = vec![0u8; 4096];
-    let n = pty.master.read(&mut shown).unwrap();
-    let mut text = String::from_utf8_lossy(&shown[..n]).into_owned();
-    while !text.contains("EOF") {
-        let n = pty.master.read(&mut shown).unwrap();
-        text.push_str(&String::from_utf8_lossy(&shown[..n]));
-    }
+    let text = pty.next_message();
     assert!(
         text.contains("Message from sandy@127.0.0.1 on console"),
         "{text:?}"
@@ -517,23 +558,126 @@ fn the_tty_method_writes_to_the_users_terminal_and_honours_mesg() {
     assert!(text.contains("Hi\r\nlunch?\r\nEOF\r\n"), "{text:?}");
 
     // Named terminal, and "*".
-    s.write_all(&b(["tester", &pty.line, "named", "sandy", "", "2", ""]))
+    s.write_all(&b([&user, &pty.line, "named", "sandy", "", "2", ""]))
         .unwrap();
     assert_eq!(reply(&mut s), "+");
-    s.write_all(&b(["tester", "*", "all", "sandy", "", "3", ""]))
+    assert!(pty.next_message().contains("named"));
+    s.write_all(&b([&user, "*", "all", "sandy", "", "3", ""]))
         .unwrap();
     assert_eq!(reply(&mut s), "+");
-    s.write_all(&b(["tester", "tty63", "elsewhere", "sandy", "", "4", ""]))
+    assert!(pty.next_message().contains("all"));
+    s.write_all(&b([&user, "tty63", "elsewhere", "sandy", "", "4", ""]))
         .unwrap();
-    assert_eq!(reply(&mut s), "-tester is not logged in on tty63");
+    assert_eq!(reply(&mut s), format!("-{user} is not logged in on tty63"));
     s.write_all(&b(["someone", "", "hi", "sandy", "", "5", ""]))
         .unwrap();
     assert_eq!(reply(&mut s), "-someone is not logged in");
 
+    // UTF-8 and ISO 8859-1 both reach the terminal as UTF-8.
+    s.write_all(&b([
+        &user,
+        "",
+        "caf\u{e9} 5\u{20ac}",
+        "\u{15b}wit",
+        "",
+        "6",
+        "",
+    ]))
+    .unwrap();
+    assert_eq!(reply(&mut s), "+");
+    let text = pty.next_message();
+    assert!(text.contains("from \u{15b}wit@"), "{text:?}");
+    assert!(text.contains("caf\u{e9} 5\u{20ac}\r\nEOF"), "{text:?}");
+    let mut latin = format!("B{user}\0\0").into_bytes();
+    latin.extend_from_slice(b"caf\xe9\0sandy\0\x007\0\0");
+    s.write_all(&latin).unwrap();
+    assert_eq!(reply(&mut s), "+");
+    assert!(pty.next_message().contains("caf\u{e9}\r\nEOF"));
+
     mesg(&pty, false);
-    s.write_all(&b(["tester", "", "refused", "sandy", "", "6", ""]))
+    s.write_all(&b([&user, "", "refused", "sandy", "", "8", ""]))
         .unwrap();
-    assert_eq!(reply(&mut s), "-tester has messages disabled");
+    assert_eq!(reply(&mut s), format!("-{user} has messages disabled"));
+    assert!(pty.is_quiet());
+}
+
+/// A file in /dev/shm (the one place under /dev a test may write), removed
+/// when dropped.
+struct ShmFile(PathBuf);
+
+impl ShmFile {
+    fn line(&self) -> String {
+        self.0
+            .strip_prefix("/dev")
+            .unwrap()
+            .to_string_lossy()
+            .trim_start_matches('/')
+            .to_string()
+    }
+}
+
+impl Drop for ShmFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn the_tty_method_writes_only_to_terminal_devices_of_the_recipient() {
+    let dir = tempfile::tempdir().unwrap();
+    let utmp = dir.path().join("utmp");
+    let user = me();
+    let mut pty = new_pty();
+    mesg(&pty, true);
+    // Login records pointing at a regular file, with messages "enabled",
+    // and at a link to the recipient's own terminal.
+    let id = std::process::id();
+    let file = ShmFile(PathBuf::from(format!("/dev/shm/tmsp{id}f")));
+    std::fs::write(&file.0, "precious\n").unwrap();
+    set_mode(&file.0, 0o620);
+    let link = ShmFile(PathBuf::from(format!("/dev/shm/tmsp{id}l")));
+    std::os::unix::fs::symlink(&pty.slave_path, &link.0).unwrap();
+    // And a terminal of someone else's, listed as the recipient's (as root
+    // only: a pty can be given away only by root).
+    let other = is_root().then(|| {
+        let other = new_pty();
+        mesg(&other, true);
+        std::os::unix::fs::chown(&other.slave_path, Some(65534), None).unwrap();
+        other
+    });
+    let mut logins = vec![(user.as_str(), file.line()), (user.as_str(), link.line())];
+    if let Some(other) = &other {
+        logins.push((user.as_str(), other.line.clone()));
+    }
+    logins.push((user.as_str(), pty.line.clone()));
+    let logins: Vec<(&str, &str)> = logins.iter().map(|(u, l)| (*u, l.as_str())).collect();
+    write_utmp(&utmp, &logins);
+    let config = format!("[msp]\ndeliver = \"tty\"\nutmp = \"{}\"\n", utmp.display());
+    let (_d, mut s) = msp_tcp_daemon(&config);
+
+    let no_terminal = format!("-{user} has no terminal to write to");
+    s.write_all(&b([&user, &file.line(), "overwrite?", "x", "", "1", ""]))
+        .unwrap();
+    assert_eq!(reply(&mut s), no_terminal);
+    s.write_all(&b([&user, &link.line(), "via link", "x", "", "2", ""]))
+        .unwrap();
+    assert_eq!(reply(&mut s), no_terminal);
+    if let Some(other) = &other {
+        s.write_all(&b([&user, &other.line, "not theirs", "x", "", "3", ""]))
+            .unwrap();
+        assert_eq!(reply(&mut s), no_terminal);
+    }
+    assert!(pty.is_quiet());
+    // All terminals, and the most recent one: only the real one is written.
+    for (terminal, cookie) in [("*", "4"), ("", "5")] {
+        s.write_all(&b([&user, terminal, "only here", "x", "", cookie, ""]))
+            .unwrap();
+        assert_eq!(reply(&mut s), "+");
+        assert!(pty.next_message().contains("only here"));
+    }
+    assert!(pty.is_quiet());
+    assert!(other.as_ref().is_none_or(Pty::is_quiet));
+    assert_eq!(std::fs::read_to_string(&file.0).unwrap(), "precious\n");
 }
 
 #[test]

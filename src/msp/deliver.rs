@@ -194,31 +194,47 @@ async fn to_command(settings: &MspSettings, envelope: &Envelope<'_>) -> Result<(
 const LOGIND_RUNTIME_DIR: &str = "/run/systemd/seats";
 const SYSTEM_BUS_SOCKET: &str = "/run/dbus/system_bus_socket";
 
-/// The users logged in on terminals: from systemd-logind when it runs,
-/// else from the login records (utmp).
+/// The users logged in on terminals: systemd-logind's sessions (when it
+/// runs) and the login records (utmp) together, one entry per terminal.
+/// Either source failing leaves the other.
 async fn logins(settings: &MspSettings) -> Result<Vec<tty::Login>, String> {
     let logind_running = std::path::Path::new(LOGIND_RUNTIME_DIR).exists()
         && std::path::Path::new(SYSTEM_BUS_SOCKET).exists();
-    if logind_running {
+    let logind = if logind_running {
         match tokio::time::timeout(crate::limits::DBUS_CALL_TIMEOUT, logind_logins()).await {
-            Ok(Ok(logins)) => return Ok(logins),
+            Ok(Ok(logins)) => Some(logins),
             Ok(Err(e)) => {
-                tracing::warn!("[msp] systemd-logind: {e}; reading the login records instead")
+                tracing::warn!("[msp] systemd-logind: {e}; using the login records alone");
+                None
             }
-            Err(_) => tracing::warn!(
-                "[msp] systemd-logind did not answer; reading the login records instead"
-            ),
+            Err(_) => {
+                tracing::warn!(
+                    "[msp] systemd-logind did not answer; using the login records alone"
+                );
+                None
+            }
         }
-    }
+    } else {
+        None
+    };
     let path = settings.utmp.clone();
-    tokio::task::spawn_blocking(move || tty::read_logins(&path))
+    let utmp = tokio::task::spawn_blocking(move || tty::read_logins(&path))
         .await
         .map_err(|e| e.to_string())
-        .and_then(|r| r)
-        .map_err(|e| {
+        .and_then(|r| r);
+    match (logind, utmp) {
+        (logind, Ok(utmp)) => Ok(tty::union(logind.unwrap_or_default(), utmp)),
+        (Some(logind), Err(e)) => {
+            tracing::warn!(
+                "[msp] cannot read the login records: {e}; using systemd-logind's alone"
+            );
+            Ok(logind)
+        }
+        (None, Err(e)) => {
             tracing::error!("[msp] cannot read the login records: {e}");
-            "cannot find the recipient's terminals".to_string()
-        })
+            Err("cannot find the recipient's terminals".to_string())
+        }
+    }
 }
 
 async fn logind_logins() -> zbus::Result<Vec<tty::Login>> {
@@ -226,11 +242,11 @@ async fn logind_logins() -> zbus::Result<Vec<tty::Login>> {
     let conn = zbus::Connection::system().await?;
     let manager = ManagerProxy::new(&conn).await?;
     let mut logins = Vec::new();
-    for (_id, _uid, user, _seat, path) in manager.list_sessions().await? {
+    for (_id, uid, user, _seat, path) in manager.list_sessions().await? {
         let session = SessionProxy::builder(&conn).path(path).build().await?;
         let line = session.tty().await.unwrap_or_default();
         if let Some(login) = tty::Login::new(user, line) {
-            logins.push(login);
+            logins.push(login.with_uid(uid));
         }
     }
     Ok(logins)
@@ -240,7 +256,10 @@ fn to_tty(logins: &[tty::Login], m: &Message, peer: SocketAddr) -> Result<(), St
     let recipient = decode(&m.recipient).into_owned();
     let terminal = decode(&m.recipient_terminal).into_owned();
     let terminals = if recipient.is_empty() {
-        vec![std::path::PathBuf::from(tty::CONSOLE)]
+        vec![tty::Terminal {
+            path: std::path::PathBuf::from(tty::CONSOLE),
+            owner: None,
+        }]
     } else {
         tty::choose_terminals(logins, &recipient, &terminal)?
     };
