@@ -166,6 +166,8 @@ listen = ["$P_TCPMUXD_MSP"]
 deliver = "command"
 command = ["/usr/bin/tee", "-a", "$WORK/msp-tcpmuxd.txt"]
 rate_per_minute = 100000000
+recipient_rate_per_minute = 100000000
+total_rate_per_minute = 100000000
 EOF
 
 # xinetd throttles by default (50 connections a second, then a pause).

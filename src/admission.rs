@@ -34,6 +34,47 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A count of things in progress (handshakes, MSP connections), each held
+/// by a guard: no path, a task that never ran or one that panicked
+/// included, can keep a place.
+#[derive(Debug, Default)]
+pub struct Gauge {
+    count: AtomicUsize,
+}
+
+/// A place counted by a [`Gauge`], given back when dropped.
+#[derive(Debug)]
+pub struct GaugeGuard {
+    gauge: Arc<Gauge>,
+}
+
+impl Gauge {
+    pub fn get(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Takes a place whatever the count; returns it with the count before.
+    pub fn enter(self: &Arc<Self>) -> (GaugeGuard, usize) {
+        let before = self.count.fetch_add(1, Ordering::Relaxed);
+        let guard = GaugeGuard {
+            gauge: Arc::clone(self),
+        };
+        (guard, before)
+    }
+
+    /// Takes a place unless `max` are taken.
+    pub fn try_enter(self: &Arc<Self>, max: usize) -> Option<GaugeGuard> {
+        let (guard, before) = self.enter();
+        (before < max).then_some(guard)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.gauge.count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Connections in progress per source. Entries exist only while a source
 /// has connections, so memory follows the connections themselves.
 #[derive(Debug, Default)]
@@ -322,10 +363,16 @@ pub enum Limit {
     MspConnections,
     /// Datagrams dropped while the most are being delivered.
     MspDatagramsInFlight,
+    /// `[msp] max_connections_per_source`.
+    MspConnectionsPerSource,
+    /// `[msp] recipient_rate_per_minute`.
+    MspRecipientRate,
+    /// `[msp] total_rate_per_minute`.
+    MspTotalRate,
 }
 
 /// How many kinds of limit there are.
-const LIMITS: usize = 10;
+const LIMITS: usize = 13;
 
 impl Limit {
     pub const ALL: [Limit; LIMITS] = [
@@ -339,6 +386,9 @@ impl Limit {
         Limit::MspRate,
         Limit::MspConnections,
         Limit::MspDatagramsInFlight,
+        Limit::MspConnectionsPerSource,
+        Limit::MspRecipientRate,
+        Limit::MspTotalRate,
     ];
 
     /// The config key that sets it.
@@ -354,6 +404,9 @@ impl Limit {
             Limit::MspRate => "msp rate_per_minute",
             Limit::MspConnections => "msp max_connections",
             Limit::MspDatagramsInFlight => "msp datagrams in delivery",
+            Limit::MspConnectionsPerSource => "msp max_connections_per_source",
+            Limit::MspRecipientRate => "msp recipient_rate_per_minute",
+            Limit::MspTotalRate => "msp total_rate_per_minute",
         }
     }
 }
@@ -427,6 +480,19 @@ mod tests {
         drop(g1);
         assert!(t.try_enter(a, 2).is_some());
         assert_eq!(t.sources(), 1, "sources without connections are forgotten");
+    }
+
+    #[test]
+    fn gauge_places_are_bounded_and_given_back() {
+        let g = Arc::new(Gauge::default());
+        let a = g.try_enter(2).unwrap();
+        let _b = g.try_enter(2).unwrap();
+        assert!(g.try_enter(2).is_none());
+        assert_eq!(g.get(), 2, "a refused place is given back at once");
+        drop(a);
+        assert!(g.try_enter(2).is_some());
+        let (_c, before) = g.enter();
+        assert_eq!(before, 1);
     }
 
     #[test]

@@ -84,16 +84,25 @@ pub struct MspSettings {
     pub console: bool,
     /// Messages accepted per source address (IPv6: per `[tcpmux] ipv6_source_prefix`) per minute.
     pub rate_per_minute: u32,
-    /// TCP: time allowed between messages, and for a whole connection.
+    /// Messages accepted per recipient per minute, from all sources.
+    pub recipient_rate_per_minute: u32,
+    /// Messages accepted per minute, all sources and recipients together.
+    pub total_rate_per_minute: u32,
+    /// TCP: time allowed for each message (not extended by reads), and
+    /// for a whole connection.
     pub idle_timeout: Duration,
     pub connection_timeout: Duration,
     /// TCP connections served at once.
     pub max_connections: usize,
+    /// Of those, from one source (IPv6: per `[tcpmux] ipv6_source_prefix`).
+    pub max_connections_per_source: usize,
     /// How long a delivered version B message is remembered, so that a
     /// retransmission is acknowledged but not shown again.
     pub dedup_window: Duration,
     /// The login records read to find a user's terminals.
     pub utmp: PathBuf,
+    /// Who may send messages, over TCP and UDP alike.
+    pub acl: Acl,
 }
 
 /// The validated configuration the daemon serves with.
@@ -255,14 +264,21 @@ struct RawMsp {
     command_timeout: Option<Duration>,
     console: Option<bool>,
     rate_per_minute: Option<u32>,
+    recipient_rate_per_minute: Option<u32>,
+    total_rate_per_minute: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     idle_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     connection_timeout: Option<Duration>,
     max_connections: Option<usize>,
+    max_connections_per_source: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     dedup_window: Option<Duration>,
     utmp: Option<PathBuf>,
+    #[serde(default, deserialize_with = "nets")]
+    allow: Option<Vec<IpNet>>,
+    #[serde(default, deserialize_with = "nets")]
+    deny: Option<Vec<IpNet>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -353,11 +369,20 @@ pub fn build(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, ConfigError> {
             msp.command_timeout = m.command_timeout.or(msp.command_timeout);
             msp.console = m.console.or(msp.console);
             msp.rate_per_minute = m.rate_per_minute.or(msp.rate_per_minute);
+            msp.recipient_rate_per_minute = m
+                .recipient_rate_per_minute
+                .or(msp.recipient_rate_per_minute);
+            msp.total_rate_per_minute = m.total_rate_per_minute.or(msp.total_rate_per_minute);
             msp.idle_timeout = m.idle_timeout.or(msp.idle_timeout);
             msp.connection_timeout = m.connection_timeout.or(msp.connection_timeout);
             msp.max_connections = m.max_connections.or(msp.max_connections);
+            msp.max_connections_per_source = m
+                .max_connections_per_source
+                .or(msp.max_connections_per_source);
             msp.dedup_window = m.dedup_window.or(msp.dedup_window);
             msp.utmp = m.utmp.or(msp.utmp);
+            msp.allow = m.allow.or(msp.allow);
+            msp.deny = m.deny.or(msp.deny);
         }
         for raw in file.services {
             let service = validate_service(&path, raw)?;
@@ -490,17 +515,37 @@ fn validate_msp(path: &Path, raw: RawMsp) -> Result<MspSettings, ConfigError> {
             Ok(d)
         }
     };
-    let rate_per_minute = raw
-        .rate_per_minute
-        .unwrap_or(limits::DEFAULT_MSP_RATE_PER_MINUTE);
-    if rate_per_minute == 0 {
-        return Err(err("rate_per_minute: must be at least 1".into()));
-    }
+    let at_least_one = |key: &str, value: Option<u32>, default: u32| match value.unwrap_or(default)
+    {
+        0 => Err(err(format!("{key}: must be at least 1"))),
+        n => Ok(n),
+    };
+    let rate_per_minute = at_least_one(
+        "rate_per_minute",
+        raw.rate_per_minute,
+        limits::DEFAULT_MSP_RATE_PER_MINUTE,
+    )?;
+    let recipient_rate_per_minute = at_least_one(
+        "recipient_rate_per_minute",
+        raw.recipient_rate_per_minute,
+        limits::DEFAULT_MSP_RECIPIENT_RATE_PER_MINUTE,
+    )?;
+    let total_rate_per_minute = at_least_one(
+        "total_rate_per_minute",
+        raw.total_rate_per_minute,
+        limits::DEFAULT_MSP_TOTAL_RATE_PER_MINUTE,
+    )?;
     let max_connections = raw
         .max_connections
         .unwrap_or(limits::DEFAULT_MSP_MAX_CONNECTIONS);
     if max_connections == 0 {
         return Err(err("max_connections: must be at least 1".into()));
+    }
+    let max_connections_per_source = raw
+        .max_connections_per_source
+        .unwrap_or(limits::DEFAULT_MSP_MAX_CONNECTIONS_PER_SOURCE);
+    if max_connections_per_source == 0 {
+        return Err(err("max_connections_per_source: must be at least 1".into()));
     }
     Ok(MspSettings {
         listen: raw.listen.unwrap_or_default(),
@@ -514,6 +559,8 @@ fn validate_msp(path: &Path, raw: RawMsp) -> Result<MspSettings, ConfigError> {
         )?,
         console: raw.console.unwrap_or(false),
         rate_per_minute,
+        recipient_rate_per_minute,
+        total_rate_per_minute,
         idle_timeout: bounded(
             "idle_timeout",
             raw.idle_timeout,
@@ -527,6 +574,7 @@ fn validate_msp(path: &Path, raw: RawMsp) -> Result<MspSettings, ConfigError> {
             limits::MAX_MSP_CONNECTION_TIMEOUT,
         )?,
         max_connections,
+        max_connections_per_source,
         dedup_window: bounded(
             "dedup_window",
             raw.dedup_window,
@@ -534,6 +582,7 @@ fn validate_msp(path: &Path, raw: RawMsp) -> Result<MspSettings, ConfigError> {
             limits::MAX_MSP_DEDUP_WINDOW,
         )?,
         utmp: raw.utmp.unwrap_or_else(|| PathBuf::from(DEFAULT_UTMP)),
+        acl: Acl::new(raw.allow.unwrap_or_default(), raw.deny.unwrap_or_default()),
     })
 }
 
@@ -555,7 +604,9 @@ pub const MAX_ESCAPED_NAME_LEN: usize = 255 - "tcpmux-@.service".len() - 30;
 pub const DEFAULT_UTMP: &str = "/var/run/utmp";
 
 /// Whether `name` may be used as a service name: 1 to 255 visible ASCII
-/// characters, and not the reserved `help`.
+/// characters, and neither the reserved `help` nor `msp`, the name of the
+/// MSP delivery units (`tcpmux-msp@INSTANCE.service`), whose drop-ins and
+/// session counting a service of that name would share.
 pub fn check_service_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("name is empty".into());
@@ -575,6 +626,13 @@ pub fn check_service_name(name: &str) -> Result<(), String> {
     }
     if name.eq_ignore_ascii_case(HELP_NAME) {
         return Err("name \"help\" is reserved for the list of services".into());
+    }
+    if name.eq_ignore_ascii_case(crate::msp::deliver::MSP_UNIT_NAME) {
+        return Err(format!(
+            "name \"{name}\" is reserved for the Message Send Protocol's delivery units \
+             (tcpmux-{}@.service); choose another name",
+            crate::msp::deliver::MSP_UNIT_NAME
+        ));
     }
     Ok(())
 }
@@ -892,11 +950,38 @@ mod tests {
                 "connection_timeout: ",
             ),
             ("[msp]\nidle_timeout = \"2h\"\n", "at most 1h"),
+            (
+                "[msp]\nrecipient_rate_per_minute = 0\n",
+                "[msp] recipient_rate_per_minute: must be at least 1",
+            ),
+            (
+                "[msp]\ntotal_rate_per_minute = 0\n",
+                "[msp] total_rate_per_minute: must be at least 1",
+            ),
+            (
+                "[msp]\nmax_connections_per_source = 0\n",
+                "[msp] max_connections_per_source: must be at least 1",
+            ),
+            ("[msp]\nallow = [\"10.0.0.0/33\"]\n", "10.0.0.0/33"),
         ];
         for (text, needle) in cases {
             let e = build_from(&[("main.toml", text)]).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn msp_has_its_own_access_list() {
+        let c = build_from(&[
+            ("main.toml", "[msp]\nallow = [\"192.0.2.0/24\"]\n"),
+            ("conf.d/10.toml", "[msp]\ndeny = [\"192.0.2.7\"]\n"),
+        ])
+        .unwrap();
+        assert!(c.msp.acl.permits("192.0.2.1".parse().unwrap()));
+        assert!(!c.msp.acl.permits("192.0.2.7".parse().unwrap()));
+        assert!(!c.msp.acl.permits("198.51.100.1".parse().unwrap()));
+        let open = build_from(&[("main.toml", "")]).unwrap();
+        assert!(open.msp.acl.permits("198.51.100.1".parse().unwrap()));
     }
 
     #[test]
@@ -949,6 +1034,12 @@ mod tests {
         assert!(check_service_name(&"a".repeat(255)).is_ok());
         assert!(check_service_name(&"a".repeat(256)).is_err());
         assert!(check_service_name("HeLp").is_err());
+        let msp = check_service_name("MSP").unwrap_err();
+        assert!(
+            msp.contains("\"MSP\" is reserved") && msp.contains("tcpmux-msp@"),
+            "{msp}"
+        );
+        assert!(check_service_name("msp2").is_ok());
         assert!(check_service_name("").is_err());
     }
 }

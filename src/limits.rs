@@ -119,14 +119,30 @@ pub const BUS_RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// (IPv6: per `[tcpmux] ipv6_source_prefix`) per minute, in bursts of as many.
 pub const DEFAULT_MSP_RATE_PER_MINUTE: u32 = 30;
 
-/// Sources whose rate is tracked at once; the idlest is forgotten first.
+/// Default for `[msp] recipient_rate_per_minute`: messages accepted for one
+/// recipient (one user, whatever the source; the console counts as one) per
+/// minute, in bursts of as many.
+pub const DEFAULT_MSP_RECIPIENT_RATE_PER_MINUTE: u32 = 30;
+
+/// Default for `[msp] total_rate_per_minute`: messages accepted per minute
+/// from all sources for all recipients, in bursts of as many.
+pub const DEFAULT_MSP_TOTAL_RATE_PER_MINUTE: u32 = 300;
+
+/// Sources (and, separately, recipients) whose rate is tracked at once.
+/// Those back to a full allowance are forgotten first; if more than half
+/// are still recent, the table starts afresh (the total rate still holds).
 pub const MSP_MAX_TRACKED_SOURCES: usize = 16 * 1024;
+
+/// Default for `[msp] max_connections_per_source`: MSP TCP connections at
+/// once from one source address (IPv6: one `[tcpmux] ipv6_source_prefix`).
+pub const DEFAULT_MSP_MAX_CONNECTIONS_PER_SOURCE: usize = 16;
 
 /// Default for `[msp] max_connections`: MSP TCP connections at once.
 pub const DEFAULT_MSP_MAX_CONNECTIONS: usize = 256;
 
 /// Default for `[msp] idle_timeout`: time allowed for each message on a TCP
-/// connection.
+/// connection, from the end of the previous one (or the connection's
+/// start) to its last octet; never extended by a read.
 pub const DEFAULT_MSP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Default for `[msp] connection_timeout`: lifetime of an MSP TCP connection.
@@ -161,3 +177,12 @@ pub const STDERR_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Time allowed for one D-Bus call to the service manager.
 pub const DBUS_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The instant `after` from now. Every configured duration is bounded at
+/// load; should one still not fit the clock, the deadline is the longest
+/// bound instead of a panic.
+pub fn deadline_in(after: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(after)
+        .unwrap_or_else(|| now + MAX_MSP_CONNECTION_TIMEOUT)
+}

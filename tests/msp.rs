@@ -39,18 +39,30 @@ fn start(extra: &str) -> Msp {
         &format!(
             "text=$(cat)\n\
              if [ \"$MSP_RECIPIENT\" = nobody ]; then echo 'nobody: no such user' >&2; echo second line >&2; exit 1; fi\n\
+             if [ -e \"$0.refuse\" ]; then echo 'not now' >&2; exit 1; fi\n\
+             if [ -e \"$0.slow\" ]; then sleep 0.5; fi\n\
              printf '%s|%s|%s|%s|%s|%s|%s|%s|%s|%s\\n' \"$MSP_VERSION\" \"$MSP_RECIPIENT\" \"$MSP_RECIPIENT_TERMINAL\" \
              \"$MSP_SENDER\" \"$MSP_SENDER_TERMINAL\" \"$MSP_COOKIE\" \"$MSP_SIGNATURE\" \"$MSP_TRANSPORT\" \"$REMOTE_ADDR\" \"$text\" >> {}",
             log.display()
         ),
     );
-    let rate = if extra.contains("rate_per_minute") {
-        ""
+    // Rate limits out of the way, unless the test is about one.
+    let rate: String = [
+        "rate_per_minute",
+        "recipient_rate_per_minute",
+        "total_rate_per_minute",
+    ]
+    .iter()
+    .filter(|key| !extra.lines().any(|l| l.starts_with(*key)))
+    .map(|key| format!("{key} = 100000\n"))
+    .collect();
+    let deliver = if extra.contains("deliver = ") {
+        String::new()
     } else {
-        "rate_per_minute = 100000"
+        format!("deliver = \"command\"\ncommand = [\"{recorder}\"]\n")
     };
     let config = format!(
-        "[msp]\ndeliver = \"command\"\ncommand = [\"{recorder}\"]\n{rate}\n{extra}\n\
+        "[msp]\n{deliver}{rate}\n{extra}\n\
          [[service]]\nname = \"echo\"\ncommand = [\"/bin/cat\"]\n"
     );
     let tcp_listener = loopback_listener();
@@ -75,6 +87,34 @@ fn start(extra: &str) -> Msp {
 }
 
 impl Msp {
+    /// Makes the delivery command refuse every message (`-not now`), or
+    /// accept them again.
+    fn refuse(&self, on: bool) {
+        self.flag("refuse", on);
+    }
+
+    /// Makes the delivery command take half a second per message.
+    fn slow(&self, on: bool) {
+        self.flag("slow", on);
+    }
+
+    fn flag(&self, name: &str, on: bool) {
+        let path = self._dir.path().join(format!("deliver.{name}"));
+        if on {
+            std::fs::write(path, "").unwrap();
+        } else {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// The texts delivered so far.
+    fn texts(&self) -> Vec<String> {
+        self.delivered()
+            .iter()
+            .map(|l| l.rsplit('|').next().unwrap().to_string())
+            .collect()
+    }
+
     fn delivered(&self) -> Vec<String> {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
@@ -317,7 +357,7 @@ fn a_reload_applies_a_new_rate_at_once() {
     let m = start("");
     let text = std::fs::read_to_string(m._daemon.config_path()).unwrap();
     m._daemon
-        .rewrite_config(&text.replace("rate_per_minute = 100000", "rate_per_minute = 1"));
+        .rewrite_config(&text.replace("\nrate_per_minute = 100000", "\nrate_per_minute = 1"));
     m._daemon.reload();
     let mut s = m.tcp();
     s.write_all(&b(["chris", "", "hi", "sandy", "", "n1", ""]))
@@ -390,7 +430,7 @@ fn the_command_method_reports_its_exit_and_times_out() {
     drop(d);
 }
 
-/// A pseudo-terminal the test owns, listed in a utmp file as `user`'s.
+/// A pseudo-terminal the test owns.
 struct Pty {
     master: std::fs::File,
     line: String,
@@ -398,7 +438,41 @@ struct Pty {
     _slave: std::os::fd::OwnedFd,
 }
 
-fn open_pty(utmp: &Path, user: &str) -> Pty {
+/// The name of the user the test runs as: the owner of its ptys.
+fn me() -> String {
+    nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .unwrap()
+        .expect("the test's user has a name")
+        .name
+}
+
+/// Writes a utmp file with a login record (USER_PROCESS) for each (user,
+/// line).
+fn write_utmp(utmp: &Path, logins: &[(&str, &str)]) {
+    let mut data = Vec::new();
+    for (user, line) in logins {
+        // SAFETY: utmpx is plain data; zero is a valid value for every field.
+        let mut entry: libc::utmpx = unsafe { std::mem::zeroed() };
+        entry.ut_type = libc::USER_PROCESS;
+        entry.ut_pid = std::process::id() as i32;
+        for (dst, src) in entry.ut_line.iter_mut().zip(line.bytes()) {
+            *dst = src as libc::c_char;
+        }
+        for (dst, src) in entry.ut_user.iter_mut().zip(user.bytes()) {
+            *dst = src as libc::c_char;
+        }
+        // SAFETY: viewing a plain struct as bytes.
+        data.extend_from_slice(unsafe {
+            std::slice::from_raw_parts(
+                (&entry as *const libc::utmpx).cast::<u8>(),
+                std::mem::size_of::<libc::utmpx>(),
+            )
+        });
+    }
+    std::fs::write(utmp, data).unwrap();
+}
+
+fn new_pty() -> Pty {
     let pty = nix::pty::openpty(None, None).unwrap();
     let slave_path = nix::unistd::ttyname(&pty.slave).unwrap();
     let line = slave_path
@@ -407,24 +481,6 @@ fn open_pty(utmp: &Path, user: &str) -> Pty {
         .to_string_lossy()
         .trim_start_matches('/')
         .to_string();
-    // SAFETY: utmpx is plain data; zero is a valid value for every field.
-    let mut entry: libc::utmpx = unsafe { std::mem::zeroed() };
-    entry.ut_type = libc::USER_PROCESS;
-    entry.ut_pid = std::process::id() as i32;
-    for (dst, src) in entry.ut_line.iter_mut().zip(line.bytes()) {
-        *dst = src as libc::c_char;
-    }
-    for (dst, src) in entry.ut_user.iter_mut().zip(user.bytes()) {
-        *dst = src as libc::c_char;
-    }
-    // SAFETY: viewing a plain struct as bytes.
-    let bytes = unsafe {
-        std::slice::from_raw_parts(
-            (&entry as *const libc::utmpx).cast::<u8>(),
-            std::mem::size_of::<libc::utmpx>(),
-        )
-    };
-    std::fs::write(utmp, bytes).unwrap();
     // Raw mode: what is written arrives unchanged.
     let mut t = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
     nix::sys::termios::cfmakeraw(&mut t);
@@ -437,39 +493,64 @@ fn open_pty(utmp: &Path, user: &str) -> Pty {
     }
 }
 
+/// A pty listed in `utmp` as `user`'s (a login record of its own, as
+/// libutempter writes for a terminal emulator or a tmux pane).
+fn open_pty(utmp: &Path, user: &str) -> Pty {
+    let pty = new_pty();
+    write_utmp(utmp, &[(user, &pty.line)]);
+    pty
+}
+
 fn mesg(pty: &Pty, allow: bool) {
+    set_mode(&pty.slave_path, if allow { 0o620 } else { 0o600 });
+}
+
+fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
-    let mode = if allow { 0o620 } else { 0o600 };
-    std::fs::set_permissions(&pty.slave_path, std::fs::Permissions::from_mode(mode)).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+impl Pty {
+    /// What the terminal shows for the next message, through its "EOF".
+    fn next_message(&mut self) -> String {
+        let mut shown = vec![0u8; 4096];
+        let mut text = Vec::new();
+        while !String::from_utf8_lossy(&text).contains("EOF\r\n") {
+            let n = self.master.read(&mut shown).unwrap();
+            text.extend_from_slice(&shown[..n]);
+        }
+        String::from_utf8(text).expect("UTF-8 on the terminal")
+    }
+
+    /// Whether anything was written to the terminal and not read yet.
+    fn is_quiet(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut fd = libc::pollfd {
+            fd: self.master.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll(2) on one descriptor we own, without waiting.
+        let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+        assert!(ready >= 0, "poll: {}", std::io::Error::last_os_error());
+        ready == 0
+    }
 }
 
 #[test]
 fn the_tty_method_writes_to_the_users_terminal_and_honours_mesg() {
     let dir = tempfile::tempdir().unwrap();
     let utmp = dir.path().join("utmp");
-    let mut pty = open_pty(&utmp, "tester");
+    let user = me();
+    let mut pty = open_pty(&utmp, &user);
     let config = format!("[msp]\ndeliver = \"tty\"\nutmp = \"{}\"\n", utmp.display());
     let (_d, mut s) = msp_tcp_daemon(&config);
 
     mesg(&pty, true);
-    s.write_all(&b([
-        "tester",
-        "",
-        "Hi\r\nlunch?",
-        "sandy",
-        "console",
-        "1",
-        "",
-    ]))
-    .unwrap();
+    s.write_all(&b([&user, "", "Hi\r\nlunch?", "sandy", "console", "1", ""]))
+        .unwrap();
     assert_eq!(reply(&mut s), "+");
-    let mut shown = vec![0u8; 4096];
-    let n = pty.master.read(&mut shown).unwrap();
-    let mut text = String::from_utf8_lossy(&shown[..n]).into_owned();
-    while !text.contains("EOF") {
-        let n = pty.master.read(&mut shown).unwrap();
-        text.push_str(&String::from_utf8_lossy(&shown[..n]));
-    }
+    let text = pty.next_message();
     assert!(
         text.contains("Message from sandy@127.0.0.1 on console"),
         "{text:?}"
@@ -477,23 +558,126 @@ fn the_tty_method_writes_to_the_users_terminal_and_honours_mesg() {
     assert!(text.contains("Hi\r\nlunch?\r\nEOF\r\n"), "{text:?}");
 
     // Named terminal, and "*".
-    s.write_all(&b(["tester", &pty.line, "named", "sandy", "", "2", ""]))
+    s.write_all(&b([&user, &pty.line, "named", "sandy", "", "2", ""]))
         .unwrap();
     assert_eq!(reply(&mut s), "+");
-    s.write_all(&b(["tester", "*", "all", "sandy", "", "3", ""]))
+    assert!(pty.next_message().contains("named"));
+    s.write_all(&b([&user, "*", "all", "sandy", "", "3", ""]))
         .unwrap();
     assert_eq!(reply(&mut s), "+");
-    s.write_all(&b(["tester", "tty63", "elsewhere", "sandy", "", "4", ""]))
+    assert!(pty.next_message().contains("all"));
+    s.write_all(&b([&user, "tty63", "elsewhere", "sandy", "", "4", ""]))
         .unwrap();
-    assert_eq!(reply(&mut s), "-tester is not logged in on tty63");
+    assert_eq!(reply(&mut s), format!("-{user} is not logged in on tty63"));
     s.write_all(&b(["someone", "", "hi", "sandy", "", "5", ""]))
         .unwrap();
     assert_eq!(reply(&mut s), "-someone is not logged in");
 
+    // UTF-8 and ISO 8859-1 both reach the terminal as UTF-8.
+    s.write_all(&b([
+        &user,
+        "",
+        "caf\u{e9} 5\u{20ac}",
+        "\u{15b}wit",
+        "",
+        "6",
+        "",
+    ]))
+    .unwrap();
+    assert_eq!(reply(&mut s), "+");
+    let text = pty.next_message();
+    assert!(text.contains("from \u{15b}wit@"), "{text:?}");
+    assert!(text.contains("caf\u{e9} 5\u{20ac}\r\nEOF"), "{text:?}");
+    let mut latin = format!("B{user}\0\0").into_bytes();
+    latin.extend_from_slice(b"caf\xe9\0sandy\0\x007\0\0");
+    s.write_all(&latin).unwrap();
+    assert_eq!(reply(&mut s), "+");
+    assert!(pty.next_message().contains("caf\u{e9}\r\nEOF"));
+
     mesg(&pty, false);
-    s.write_all(&b(["tester", "", "refused", "sandy", "", "6", ""]))
+    s.write_all(&b([&user, "", "refused", "sandy", "", "8", ""]))
         .unwrap();
-    assert_eq!(reply(&mut s), "-tester has messages disabled");
+    assert_eq!(reply(&mut s), format!("-{user} has messages disabled"));
+    assert!(pty.is_quiet());
+}
+
+/// A file in /dev/shm (the one place under /dev a test may write), removed
+/// when dropped.
+struct ShmFile(PathBuf);
+
+impl ShmFile {
+    fn line(&self) -> String {
+        self.0
+            .strip_prefix("/dev")
+            .unwrap()
+            .to_string_lossy()
+            .trim_start_matches('/')
+            .to_string()
+    }
+}
+
+impl Drop for ShmFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn the_tty_method_writes_only_to_terminal_devices_of_the_recipient() {
+    let dir = tempfile::tempdir().unwrap();
+    let utmp = dir.path().join("utmp");
+    let user = me();
+    let mut pty = new_pty();
+    mesg(&pty, true);
+    // Login records pointing at a regular file, with messages "enabled",
+    // and at a link to the recipient's own terminal.
+    let id = std::process::id();
+    let file = ShmFile(PathBuf::from(format!("/dev/shm/tmsp{id}f")));
+    std::fs::write(&file.0, "precious\n").unwrap();
+    set_mode(&file.0, 0o620);
+    let link = ShmFile(PathBuf::from(format!("/dev/shm/tmsp{id}l")));
+    std::os::unix::fs::symlink(&pty.slave_path, &link.0).unwrap();
+    // And a terminal of someone else's, listed as the recipient's (as root
+    // only: a pty can be given away only by root).
+    let other = is_root().then(|| {
+        let other = new_pty();
+        mesg(&other, true);
+        std::os::unix::fs::chown(&other.slave_path, Some(65534), None).unwrap();
+        other
+    });
+    let mut logins = vec![(user.as_str(), file.line()), (user.as_str(), link.line())];
+    if let Some(other) = &other {
+        logins.push((user.as_str(), other.line.clone()));
+    }
+    logins.push((user.as_str(), pty.line.clone()));
+    let logins: Vec<(&str, &str)> = logins.iter().map(|(u, l)| (*u, l.as_str())).collect();
+    write_utmp(&utmp, &logins);
+    let config = format!("[msp]\ndeliver = \"tty\"\nutmp = \"{}\"\n", utmp.display());
+    let (_d, mut s) = msp_tcp_daemon(&config);
+
+    let no_terminal = format!("-{user} has no terminal to write to");
+    s.write_all(&b([&user, &file.line(), "overwrite?", "x", "", "1", ""]))
+        .unwrap();
+    assert_eq!(reply(&mut s), no_terminal);
+    s.write_all(&b([&user, &link.line(), "via link", "x", "", "2", ""]))
+        .unwrap();
+    assert_eq!(reply(&mut s), no_terminal);
+    if let Some(other) = &other {
+        s.write_all(&b([&user, &other.line, "not theirs", "x", "", "3", ""]))
+            .unwrap();
+        assert_eq!(reply(&mut s), no_terminal);
+    }
+    assert!(pty.is_quiet());
+    // All terminals, and the most recent one: only the real one is written.
+    for (terminal, cookie) in [("*", "4"), ("", "5")] {
+        s.write_all(&b([&user, terminal, "only here", "x", "", cookie, ""]))
+            .unwrap();
+        assert_eq!(reply(&mut s), "+");
+        assert!(pty.next_message().contains("only here"));
+    }
+    assert!(pty.is_quiet());
+    assert!(other.as_ref().is_none_or(Pty::is_quiet));
+    assert_eq!(std::fs::read_to_string(&file.0).unwrap(), "precious\n");
 }
 
 #[test]
@@ -547,4 +731,491 @@ fn msend_sends_over_tcp_and_udp() {
     assert_eq!(texts, ["hello there", "by datagram"]);
     let out = run(&["--port", "1", "x@127.0.0.1", "\u{263a}"]);
     assert_eq!(out.status.code(), Some(2), "not ISO 8859-1");
+}
+
+#[test]
+fn a_service_named_msp_is_a_config_error_naming_it() {
+    // It would share drop-ins (tcpmux-msp@.service.d/) and session counting
+    // with the MSP delivery units.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tcpmuxd.toml");
+    std::fs::write(
+        &path,
+        "[[service]]\nname = \"Msp\"\ncommand = [\"/bin/cat\"]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(DAEMON)
+        .arg("--config")
+        .arg(&path)
+        .arg("--check")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("service \"Msp\""), "{stderr}");
+    assert!(stderr.contains("\"Msp\" is reserved"), "{stderr}");
+    assert!(stderr.contains("tcpmux-msp@.service"), "{stderr}");
+}
+
+/// A UDP socket bound to `source` (any address of 127.0.0.0/8) and
+/// connected to `to`.
+fn udp_from(source: &str, to: SocketAddr) -> UdpSocket {
+    let s = UdpSocket::bind((source, 0)).unwrap();
+    s.connect(to).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    s
+}
+
+#[test]
+fn msp_allow_and_deny_refuse_tcp_and_udp_before_reading() {
+    let m = start("allow = [\"127.0.0.0/8\"]\ndeny = [\"127.0.0.1\"]");
+    // Denied: the connection is closed without a reply, the datagram is
+    // not answered, nothing is delivered.
+    let mut s = m.tcp();
+    let _ = s.write_all(&b(["chris", "", "denied", "sandy", "", "d1", ""]));
+    assert!(read_to_end(&mut s).is_empty());
+    let u = udp_from("127.0.0.1", m.udp);
+    u.send(&b(["chris", "", "denied", "sandy", "", "d2", ""]))
+        .unwrap();
+    assert_eq!(datagram(&u), None);
+    u.send(b"Achris\0\0denied a\0").unwrap();
+    assert_eq!(datagram(&u), None, "not even version A's echo");
+    // Allowed.
+    let mut s = connect_from("127.0.0.2", m.tcp);
+    s.write_all(&b(["chris", "", "allowed", "sandy", "", "a1", ""]))
+        .unwrap();
+    assert_eq!(reply(&mut s), "+");
+    let u = udp_from("127.0.0.2", m.udp);
+    u.send(&b(["chris", "", "allowed by udp", "sandy", "", "a2", ""]))
+        .unwrap();
+    assert_eq!(datagram(&u).as_deref(), Some(&b"+\0"[..]));
+    let texts: Vec<String> = m
+        .delivered()
+        .iter()
+        .map(|l| l.rsplit('|').next().unwrap().to_string())
+        .collect();
+    assert_eq!(texts, ["allowed", "allowed by udp"]);
+}
+
+/// The addresses the daemon reported listening on for MSP.
+fn msp_addresses(log: &str, transport: &str) -> Vec<SocketAddr> {
+    log.lines()
+        .filter_map(|l| l.split("listening for MSP on ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .filter_map(|a| a.strip_suffix(&format!("/{transport}")))
+        .map(|a| a.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn msp_is_served_only_when_configured_or_passed() {
+    // Neither an MSP socket from systemd nor [msp] listen: no MSP at all.
+    let d = Daemon::start("[[service]]\nname = \"echo\"\ncommand = [\"/bin/cat\"]\n");
+    assert_eq!(d.help(), ["echo"]);
+    assert!(!d.log().contains("listening for MSP"), "{}", d.log());
+    drop(d);
+    // Without socket activation, [msp] listen turns it on.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("delivered");
+    let recorder = script(dir.path(), "deliver", &format!("cat >> {}", log.display()));
+    let config = format!(
+        "[tcpmux]\nlisten = [\"127.0.0.1:0\"]\n\
+         [msp]\nlisten = [\"127.0.0.1:0\"]\ndeliver = \"command\"\ncommand = [\"{recorder}\"]\n"
+    );
+    let d = Daemon::start_with(&config, &[], vec![]);
+    assert!(d.wait_log("listening for MSP on "), "{}", d.log());
+    let (tcp, udp) = (
+        msp_addresses(&d.log(), "tcp"),
+        msp_addresses(&d.log(), "udp"),
+    );
+    assert_eq!((tcp.len(), udp.len()), (1, 1), "{}", d.log());
+    let mut s = connect(tcp[0]);
+    s.write_all(&b(["chris", "", "bound by tcpmuxd", "sandy", "", "1", ""]))
+        .unwrap();
+    assert_eq!(reply(&mut s), "+");
+    let u = udp_from("127.0.0.1", udp[0]);
+    u.send(&b(["chris", "", "+udp", "sandy", "", "2", ""]))
+        .unwrap();
+    assert_eq!(datagram(&u).as_deref(), Some(&b"+\0"[..]));
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "bound by tcpmuxd+udp"
+    );
+}
+
+#[test]
+fn the_shipped_units_leave_msp_off_until_its_socket_is_enabled() {
+    let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("units");
+    let service = std::fs::read_to_string(units.join("tcpmuxd.service")).unwrap();
+    for line in service.lines().filter(|l| !l.starts_with('#')) {
+        let pulls = ["Wants=", "Requires=", "BindsTo=", "Also=", "Upholds="]
+            .iter()
+            .any(|k| line.starts_with(k));
+        assert!(
+            !(pulls && line.contains("tcpmuxd-msp.socket")),
+            "tcpmuxd.service turns MSP on: {line}"
+        );
+    }
+    let socket = std::fs::read_to_string(units.join("tcpmuxd-msp.socket")).unwrap();
+    assert!(socket.contains("Service=tcpmuxd.service"));
+    assert!(socket.contains("WantedBy=sockets.target"));
+}
+
+#[test]
+fn utf8_parts_are_taken_as_utf8_and_latin1_as_latin1() {
+    let m = start("");
+    let mut s = m.tcp();
+    // "€" and "ś" hold 0x82 and 0x9b in UTF-8: not controls.
+    s.write_all(&b([
+        "chris",
+        "",
+        "caf\u{e9} 5\u{20ac} \u{15b}",
+        "\u{15b}wit",
+        "",
+        "u1",
+        "",
+    ]))
+    .unwrap();
+    assert_eq!(reply(&mut s), "+");
+    // Not UTF-8: ISO 8859-1, handed on as UTF-8.
+    let mut latin = b"Bchris\0\0caf\xe9\0sandy\0\0u2\0\0".to_vec();
+    s.write_all(&latin).unwrap();
+    assert_eq!(reply(&mut s), "+");
+    // ISO 8859-1 C1 controls are still refused, and so are the UTF-8
+    // controls and the bidirectional overrides.
+    latin = b"Bchris\0\0csi\x9b2J\0sandy\0\0u3\0\0".to_vec();
+    s.write_all(&latin).unwrap();
+    assert_eq!(reply(&mut s), "-message contains control code 0x9b");
+    s.write_all(&b(["chris", "", "c1 \u{9b}2J", "sandy", "", "u4", ""]))
+        .unwrap();
+    assert_eq!(reply(&mut s), "-message contains control code 0x9b");
+    s.write_all(&b(["chris", "", "abc\u{202e}fed", "sandy", "", "u5", ""]))
+        .unwrap();
+    assert_eq!(
+        reply(&mut s),
+        "-message contains bidirectional override U+202E"
+    );
+    s.write_all(&b(["chris", "", "ok", "sandy\u{2066}", "", "u6", ""]))
+        .unwrap();
+    assert_eq!(
+        reply(&mut s),
+        "-sender contains bidirectional override U+2066"
+    );
+    assert_eq!(
+        m.delivered(),
+        [
+            "B|chris||\u{15b}wit||u1||tcp|127.0.0.1|caf\u{e9} 5\u{20ac} \u{15b}",
+            "B|chris||sandy||u2||tcp|127.0.0.1|caf\u{e9}",
+        ]
+    );
+}
+
+#[test]
+fn control_codes_are_refused_in_every_part_and_escaped_in_the_log() {
+    let m = start("");
+    let mut s = m.tcp();
+    let cases: [([&str; 7], &str); 4] = [
+        (
+            ["chris", "", "hi", "sandy", "", "\x1b]0;pwned\x07", ""],
+            "-cookie contains control code 0x1b",
+        ),
+        (
+            ["chris", "", "hi", "sandy", "", "s1", "sig\x1b[2J"],
+            "-signature contains control code 0x1b",
+        ),
+        (
+            ["nobody\nFORGED log line", "", "hi", "sandy", "", "s2", ""],
+            "-recipient contains control code 0x0a",
+        ),
+        (
+            ["chris", "", "hi", "evil\x1b[31m", "", "s3", ""],
+            "-sender contains control code 0x1b",
+        ),
+    ];
+    for (parts, answer) in cases {
+        s.write_all(&b(parts)).unwrap();
+        assert_eq!(reply(&mut s), answer);
+    }
+    // Nothing reached the command's environment.
+    assert!(m.delivered().is_empty(), "{:?}", m.delivered());
+    assert!(
+        m._daemon.wait_log("evil\\x1b[31m@127.0.0.1"),
+        "{}",
+        m._daemon.log()
+    );
+    let log = m._daemon.log();
+    assert!(log.contains("nobody\\x0aFORGED log line"), "{log}");
+    assert!(log.contains("\\x1b]0;pwned\\x07"), "{log}");
+    assert!(!log.contains('\x1b') && !log.contains('\x07'), "{log:?}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("FORGED")),
+        "a forged log line: {log}"
+    );
+}
+
+const PLUS: Option<&[u8]> = Some(b"+\0");
+
+#[test]
+fn only_udp_retransmissions_of_the_whole_message_are_suppressed() {
+    let m = start("");
+    let u = m.udp();
+    // A client whose cookie is always "-": every text is a new message.
+    for text in ["one", "two", "three"] {
+        u.send(&b(["chris", "", text, "sandy", "tty1", "-", ""]))
+            .unwrap();
+        assert_eq!(datagram(&u).as_deref(), PLUS);
+    }
+    // The same message again over UDP is a retransmission: answered, not
+    // shown again.
+    u.send(&b(["chris", "", "three", "SANDY", "TTY1", "-", ""]))
+        .unwrap();
+    assert_eq!(datagram(&u).as_deref(), PLUS);
+    // TCP clients do not retransmit: the same message twice is shown twice.
+    let mut s = m.tcp();
+    for _ in 0..2 {
+        s.write_all(&b(["chris", "", "by tcp", "sandy", "tty1", "-", ""]))
+            .unwrap();
+        assert_eq!(reply(&mut s), "+");
+    }
+    assert_eq!(m.texts(), ["one", "two", "three", "by tcp", "by tcp"]);
+}
+
+#[test]
+fn a_retransmission_gets_the_answer_its_first_copy_got() {
+    let m = start("");
+    let u = m.udp();
+    let first = b(["chris", "", "lunch?", "sandy", "", "c1", ""]);
+    u.send(&first).unwrap();
+    assert_eq!(datagram(&u).as_deref(), PLUS);
+    // Now the recipient refuses messages: the retransmission of the
+    // delivered message is still acknowledged (it was delivered), a new
+    // message is not.
+    m.refuse(true);
+    u.send(&first).unwrap();
+    assert_eq!(datagram(&u).as_deref(), PLUS);
+    let refused = b(["chris", "", "dinner?", "sandy", "", "c2", ""]);
+    u.send(&refused).unwrap();
+    assert_eq!(datagram(&u), None);
+    // The refused message stays refused for its retransmissions, even once
+    // the recipient accepts messages again, and is never shown.
+    m.refuse(false);
+    u.send(&refused).unwrap();
+    assert_eq!(datagram(&u), None);
+    assert_eq!(m.texts(), ["lunch?"]);
+}
+
+#[test]
+fn copies_arriving_together_are_delivered_once_and_all_answered() {
+    let m = start("");
+    m.slow(true);
+    let msg = b(["chris", "", "at once", "sandy", "", "same", ""]);
+    // Copies from several ports of one address while the first is still
+    // being delivered: each waits for the first's outcome.
+    let copies: Vec<_> = (0..6)
+        .map(|_| {
+            let (udp, msg) = (m.udp, msg.clone());
+            std::thread::spawn(move || {
+                let s = udp_from("127.0.0.1", udp);
+                s.set_read_timeout(Some(WAIT)).unwrap();
+                s.send(&msg).unwrap();
+                datagram(&s)
+            })
+        })
+        .collect();
+    for c in copies {
+        assert_eq!(c.join().unwrap().as_deref(), PLUS);
+    }
+    assert_eq!(m.texts(), ["at once"]);
+}
+
+#[test]
+fn version_a_datagrams_are_echoed_whether_or_not_delivered() {
+    // Two messages reach the rate limit below: the delivered one and the
+    // one the command refuses (a control code is refused before).
+    let m = start("rate_per_minute = 2");
+    let u = m.udp();
+    let delivered = b"Achris\0\0delivered\0".to_vec();
+    u.send(&delivered).unwrap();
+    assert_eq!(datagram(&u), Some(delivered));
+    // Refused by the delivery command: echoed all the same.
+    let refused = b"Anobody\0\0refused\0".to_vec();
+    u.send(&refused).unwrap();
+    assert_eq!(datagram(&u), Some(refused));
+    // Refused for a control code: echoed.
+    let risky = b"Achris\0\0\x1b[2J\0".to_vec();
+    u.send(&risky).unwrap();
+    assert_eq!(datagram(&u), Some(risky));
+    // Over the rate limit: silence, so a flood is not reflected.
+    u.send(b"Achris\0\0over the rate\0").unwrap();
+    assert_eq!(datagram(&u), None);
+    assert_eq!(m.texts(), ["delivered"]);
+}
+
+/// Whether the daemon has closed `s` (reading shows the end, or a reset).
+fn closed_by_daemon(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    match s.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    }
+}
+
+#[test]
+fn a_message_trickled_a_byte_at_a_time_is_cut_off_after_idle_timeout() {
+    let m = start("idle_timeout = \"1s\"\nconnection_timeout = \"5m\"");
+    let mut s = m.tcp();
+    s.set_nodelay(true).unwrap();
+    s.write_all(b"Bchris\0\0").unwrap();
+    // Each byte used to restart the timer; now the message has its
+    // idle_timeout, however it is cut up. 400 bytes at 0.1 s would take 40 s.
+    let mut cut_off = false;
+    for _ in 0..400 {
+        if s.write_all(b"x").is_err() || closed_by_daemon(&mut s) {
+            cut_off = true;
+            break;
+        }
+    }
+    assert!(cut_off, "a trickling client holds its connection");
+    assert!(m.delivered().is_empty());
+    // Whole messages, each in time, go on until connection_timeout.
+    let m = start("idle_timeout = \"1s\"\nconnection_timeout = \"2s\"");
+    let mut s = m.tcp();
+    let mut answered = 0;
+    for i in 0..200 {
+        let sent = s.write_all(&b(["chris", "", "hi", "sandy", "", &format!("k{i}"), ""]));
+        let mut byte = [0u8; 2];
+        if sent.is_err() || !matches!(s.read(&mut byte), Ok(2)) {
+            break;
+        }
+        answered += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(answered > 0 && answered < 200, "{answered} answered");
+}
+
+#[test]
+fn one_source_cannot_hold_all_tcp_connections() {
+    let m = start("max_connections_per_source = 2");
+    let held: Vec<TcpStream> = (0..2).map(|_| m.tcp()).collect();
+    // The third from the same address is closed at once.
+    let mut third = m.tcp();
+    assert!(read_to_end(&mut third).is_empty());
+    // Another source still gets in.
+    let mut other = connect_from("127.0.0.2", m.tcp);
+    other
+        .write_all(&b(["chris", "", "from elsewhere", "sandy", "", "1", ""]))
+        .unwrap();
+    assert_eq!(reply(&mut other), "+");
+    // A place given back is a place free again.
+    drop(held);
+    assert!(wait_until(|| {
+        let mut s = m.tcp();
+        let _ = s.write_all(&b(["chris", "", "back", "sandy", "", "2", ""]));
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        read_to_end(&mut s) == b"+\0"
+    }));
+    assert!(
+        m._daemon.wait_log("msp max_connections_per_source"),
+        "{}",
+        m._daemon.log()
+    );
+    assert_eq!(m.texts(), ["from elsewhere", "back"]);
+}
+
+#[test]
+fn one_recipient_gets_at_most_its_rate_from_all_sources_together() {
+    let m = start("recipient_rate_per_minute = 3");
+    // Three sources, one message each: the recipient's allowance.
+    for i in 2..5 {
+        let mut s = connect_from(&format!("127.0.0.{i}"), m.tcp);
+        s.write_all(&b([
+            "chris",
+            "",
+            &format!("from {i}"),
+            "sandy",
+            "",
+            "r",
+            "",
+        ]))
+        .unwrap();
+        assert_eq!(reply(&mut s), "+");
+    }
+    // A fourth source: refused over TCP, silence over UDP.
+    let mut s = connect_from("127.0.0.5", m.tcp);
+    s.write_all(&b(["CHRIS", "", "one more", "sandy", "", "r", ""]))
+        .unwrap();
+    assert_eq!(
+        reply(&mut s),
+        "-too many messages for this recipient; try again later"
+    );
+    let u = udp_from("127.0.0.6", m.udp);
+    u.send(&b(["chris", "", "by udp", "sandy", "", "r6", ""]))
+        .unwrap();
+    assert_eq!(datagram(&u), None);
+    // Other recipients are not affected.
+    s.write_all(&b(["dana", "", "for dana", "sandy", "", "r", ""]))
+        .unwrap();
+    assert_eq!(reply(&mut s), "+");
+    assert!(
+        m._daemon.wait_log("2 msp recipient_rate_per_minute"),
+        "{}",
+        m._daemon.log()
+    );
+    assert_eq!(m.texts(), ["from 2", "from 3", "from 4", "for dana"]);
+}
+
+#[test]
+fn all_messages_together_are_held_to_the_total_rate() {
+    let m = start("total_rate_per_minute = 4");
+    for i in 2..6 {
+        let mut s = connect_from(&format!("127.0.0.{i}"), m.tcp);
+        s.write_all(&b([&format!("user{i}"), "", "hi", "sandy", "", "t", ""]))
+            .unwrap();
+        assert_eq!(reply(&mut s), "+");
+    }
+    let mut s = connect_from("127.0.0.9", m.tcp);
+    s.write_all(&b(["user9", "", "hi", "sandy", "", "t", ""]))
+        .unwrap();
+    assert_eq!(reply(&mut s), "-too many messages; try again later");
+    let u = udp_from("127.0.0.10", m.udp);
+    u.send(&b(["user10", "", "hi", "sandy", "", "t10", ""]))
+        .unwrap();
+    assert_eq!(datagram(&u), None);
+    assert!(
+        m._daemon.wait_log("2 msp total_rate_per_minute"),
+        "{}",
+        m._daemon.log()
+    );
+    assert_eq!(m.delivered().len(), 4);
+}
+
+#[test]
+fn a_flood_from_more_sources_than_are_tracked_is_served_and_still_limited() {
+    // More sources than the per-source table holds (16384), one version A
+    // datagram each, answered one by one: the table cleans up as it goes
+    // instead of scanning itself for every new source.
+    // Journal delivery: no process per message (and, without journald,
+    // refused at once; version A is echoed either way).
+    let m = start("deliver = \"journal\"\nrate_per_minute = 2");
+    let sources = 17_000u32;
+    let message = b"Achris\0\0flood\0".to_vec();
+    for i in 0..sources {
+        let ip = format!("127.{}.{}.{}", 1 + i / 62_500, (i / 250) % 250, 1 + i % 250);
+        let u = udp_from(&ip, m.udp);
+        u.set_read_timeout(Some(WAIT)).unwrap();
+        u.send(&message).unwrap();
+        assert_eq!(datagram(&u).as_deref(), Some(&message[..]), "{ip}");
+    }
+    // The limit still holds for a source that sends too much.
+    let u = udp_from("127.0.0.1", m.udp);
+    for _ in 0..2 {
+        u.send(&message).unwrap();
+        assert_eq!(datagram(&u).as_deref(), Some(&message[..]));
+    }
+    u.send(&message).unwrap();
+    assert_eq!(datagram(&u), None);
 }

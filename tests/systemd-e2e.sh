@@ -272,6 +272,14 @@ fi
 # ---- socket activation ------------------------------------------------------
 
 section "socket activation"
+# The Message Send Protocol is opt-in: the service must not pull its socket
+# in; this test enables it explicitly.
+out=$(ct systemctl show -p Wants -p Requires -p BindsTo tcpmuxd.service)
+if ! printf '%s\n' "$out" | grep -qF tcpmuxd-msp.socket; then
+    pass "tcpmuxd.service does not pull in tcpmuxd-msp.socket (MSP is opt-in)"
+else
+    fail "tcpmuxd.service neither Wants= nor Requires= tcpmuxd-msp.socket" "$out"
+fi
 if out=$(ct systemctl enable --now tcpmuxd.socket tcpmuxd-msp.socket 2>&1); then
     pass "systemctl enable --now tcpmuxd.socket tcpmuxd-msp.socket"
 else

@@ -1,7 +1,7 @@
 //! Delivering an accepted message: to a terminal, to the journal, or to a
 //! command.
 
-use super::message::{Message, latin1};
+use super::message::{Message, decode};
 use super::tty;
 use crate::config::{Delivery, MspSettings};
 use crate::launch::exec::SESSION_PATH;
@@ -47,12 +47,18 @@ impl Envelope<'_> {
         let m = self.message;
         vec![
             ("MSP_VERSION", m.version().as_char().to_string()),
-            ("MSP_RECIPIENT", latin1(&m.recipient)),
-            ("MSP_RECIPIENT_TERMINAL", latin1(&m.recipient_terminal)),
-            ("MSP_SENDER", latin1(&m.sender)),
-            ("MSP_SENDER_TERMINAL", latin1(&m.sender_terminal)),
-            ("MSP_COOKIE", latin1(&m.cookie)),
-            ("MSP_SIGNATURE", latin1(&m.signature)),
+            ("MSP_RECIPIENT", decode(&m.recipient).into_owned()),
+            (
+                "MSP_RECIPIENT_TERMINAL",
+                decode(&m.recipient_terminal).into_owned(),
+            ),
+            ("MSP_SENDER", decode(&m.sender).into_owned()),
+            (
+                "MSP_SENDER_TERMINAL",
+                decode(&m.sender_terminal).into_owned(),
+            ),
+            ("MSP_COOKIE", decode(&m.cookie).into_owned()),
+            ("MSP_SIGNATURE", decode(&m.signature).into_owned()),
             ("MSP_TRANSPORT", self.transport.as_str().to_string()),
             ("REMOTE_ADDR", self.peer.ip().to_canonical().to_string()),
             ("REMOTE_PORT", self.peer.port().to_string()),
@@ -73,7 +79,7 @@ pub async fn deliver(
         Delivery::Journal => to_journal(envelope),
         Delivery::Command => match (systemd, settings.command.as_deref()) {
             (Some(launcher), Some(command)) => {
-                let text = latin1(&envelope.message.text);
+                let text = decode(&envelope.message.text).into_owned();
                 let description = format!(
                     "MSP delivery of a message from {}",
                     envelope.peer.ip().to_canonical()
@@ -110,10 +116,10 @@ fn to_journal(envelope: &Envelope<'_>) -> Result<(), String> {
     let m = envelope.message;
     let text = format!(
         "Message from {}@{} to {}: {}",
-        latin1(&m.sender),
+        decode(&m.sender),
         envelope.peer.ip().to_canonical(),
-        latin1(&m.recipient),
-        latin1(&m.text)
+        decode(&m.recipient),
+        decode(&m.text)
     );
     let mut fields = envelope.fields();
     fields.push(("MESSAGE_ID", JOURNAL_MESSAGE_ID.to_string()));
@@ -130,22 +136,21 @@ async fn to_command(settings: &MspSettings, envelope: &Envelope<'_>) -> Result<(
     let Some(command) = settings.command.as_deref() else {
         return Err("no delivery command configured".into());
     };
-    let mut child = tokio::process::Command::new(&command[0])
-        .args(&command[1..])
-        .env_clear()
-        .env("PATH", SESSION_PATH)
-        .envs(envelope.fields())
-        .current_dir("/")
-        .stdin(Stdio::piped())
+    let spawn_error = |e: String| {
+        tracing::error!("[msp] command {}: {e}", command[0]);
+        "delivery failed".to_string()
+    };
+    let mut cmd = std::process::Command::new(&command[0]);
+    cmd.stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    let environment = std::iter::once(("PATH", SESSION_PATH.to_string())).chain(envelope.fields());
+    crate::launch::child::prepare(&mut cmd, command, environment).map_err(spawn_error)?;
+    let mut child = tokio::process::Command::from(cmd)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| {
-            tracing::error!("[msp] command {}: {e}", command[0]);
-            "delivery failed".to_string()
-        })?;
-    let text = latin1(&envelope.message.text);
+        .map_err(|e| spawn_error(e.to_string()))?;
+    let text = decode(&envelope.message.text).into_owned();
     let mut stdin = child.stdin.take();
     let mut stderr = child.stderr.take();
     let run = async {
@@ -188,31 +193,47 @@ async fn to_command(settings: &MspSettings, envelope: &Envelope<'_>) -> Result<(
 const LOGIND_RUNTIME_DIR: &str = "/run/systemd/seats";
 const SYSTEM_BUS_SOCKET: &str = "/run/dbus/system_bus_socket";
 
-/// The users logged in on terminals: from systemd-logind when it runs,
-/// else from the login records (utmp).
+/// The users logged in on terminals: systemd-logind's sessions (when it
+/// runs) and the login records (utmp) together, one entry per terminal.
+/// Either source failing leaves the other.
 async fn logins(settings: &MspSettings) -> Result<Vec<tty::Login>, String> {
     let logind_running = std::path::Path::new(LOGIND_RUNTIME_DIR).exists()
         && std::path::Path::new(SYSTEM_BUS_SOCKET).exists();
-    if logind_running {
+    let logind = if logind_running {
         match tokio::time::timeout(crate::limits::DBUS_CALL_TIMEOUT, logind_logins()).await {
-            Ok(Ok(logins)) => return Ok(logins),
+            Ok(Ok(logins)) => Some(logins),
             Ok(Err(e)) => {
-                tracing::warn!("[msp] systemd-logind: {e}; reading the login records instead")
+                tracing::warn!("[msp] systemd-logind: {e}; using the login records alone");
+                None
             }
-            Err(_) => tracing::warn!(
-                "[msp] systemd-logind did not answer; reading the login records instead"
-            ),
+            Err(_) => {
+                tracing::warn!(
+                    "[msp] systemd-logind did not answer; using the login records alone"
+                );
+                None
+            }
         }
-    }
+    } else {
+        None
+    };
     let path = settings.utmp.clone();
-    tokio::task::spawn_blocking(move || tty::read_logins(&path))
+    let utmp = tokio::task::spawn_blocking(move || tty::read_logins(&path))
         .await
         .map_err(|e| e.to_string())
-        .and_then(|r| r)
-        .map_err(|e| {
+        .and_then(|r| r);
+    match (logind, utmp) {
+        (logind, Ok(utmp)) => Ok(tty::union(logind.unwrap_or_default(), utmp)),
+        (Some(logind), Err(e)) => {
+            tracing::warn!(
+                "[msp] cannot read the login records: {e}; using systemd-logind's alone"
+            );
+            Ok(logind)
+        }
+        (None, Err(e)) => {
             tracing::error!("[msp] cannot read the login records: {e}");
-            "cannot find the recipient's terminals".to_string()
-        })
+            Err("cannot find the recipient's terminals".to_string())
+        }
+    }
 }
 
 async fn logind_logins() -> zbus::Result<Vec<tty::Login>> {
@@ -220,29 +241,32 @@ async fn logind_logins() -> zbus::Result<Vec<tty::Login>> {
     let conn = zbus::Connection::system().await?;
     let manager = ManagerProxy::new(&conn).await?;
     let mut logins = Vec::new();
-    for (_id, _uid, user, _seat, path) in manager.list_sessions().await? {
+    for (_id, uid, user, _seat, path) in manager.list_sessions().await? {
         let session = SessionProxy::builder(&conn).path(path).build().await?;
         let line = session.tty().await.unwrap_or_default();
         if let Some(login) = tty::Login::new(user, line) {
-            logins.push(login);
+            logins.push(login.with_uid(uid));
         }
     }
     Ok(logins)
 }
 
 fn to_tty(logins: &[tty::Login], m: &Message, peer: SocketAddr) -> Result<(), String> {
-    let recipient = latin1(&m.recipient);
-    let terminal = latin1(&m.recipient_terminal);
+    let recipient = decode(&m.recipient).into_owned();
+    let terminal = decode(&m.recipient_terminal).into_owned();
     let terminals = if recipient.is_empty() {
-        vec![std::path::PathBuf::from(tty::CONSOLE)]
+        vec![tty::Terminal {
+            path: std::path::PathBuf::from(tty::CONSOLE),
+            owner: None,
+        }]
     } else {
         tty::choose_terminals(logins, &recipient, &terminal)?
     };
     let when = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let bytes = tty::render(
-        &latin1(&m.sender),
+        &decode(&m.sender),
         &peer.ip().to_canonical().to_string(),
-        &latin1(&m.sender_terminal),
+        &decode(&m.sender_terminal),
         &when,
         &m.text,
     );

@@ -1,75 +1,130 @@
-//! What stands between a parsed message and a terminal: duplicate
-//! suppression and per-source rate limiting. Pure: time comes in as an
-//! argument, memory is bounded.
+//! What stands between a parsed message and a terminal: retransmission
+//! detection and rate limits. Memory is bounded, and each message costs
+//! O(1) (amortised) however many sources there are.
 
+use super::message::Message;
+use arc_swap::ArcSwap;
+use governor::clock::{Clock, MonotonicClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DashMapStateStore;
+use governor::{Quota, RateLimiter};
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 pub use crate::admission::source_key;
 
-/// Identity of a version B message for duplicate detection (RFC 1312:
-/// cookie, sender and sender's terminal; plus the source address).
+/// What makes a datagram a retransmission of an earlier one: the same
+/// source address and the same message, cookie included (RFC 1312 names
+/// cookie, sender and sender's terminal; the text and the recipient are
+/// added because real clients send a constant cookie, or one that changes
+/// once a second). Names, terminals and the cookie are compared without
+/// regard to case, as RFC 1312 asks; the text exactly.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct DedupKey {
+pub struct RetransmissionKey {
     source: IpAddr,
+    recipient: Vec<u8>,
+    recipient_terminal: Vec<u8>,
     sender: Vec<u8>,
     sender_terminal: Vec<u8>,
     cookie: Vec<u8>,
+    text: Vec<u8>,
 }
 
-impl DedupKey {
-    /// Parts are compared without regard to case, as RFC 1312 asks.
-    pub fn new(source: IpAddr, sender: &[u8], sender_terminal: &[u8], cookie: &[u8]) -> Self {
-        DedupKey {
+impl RetransmissionKey {
+    pub fn new(source: IpAddr, m: &Message) -> Self {
+        RetransmissionKey {
             source: source.to_canonical(),
-            sender: sender.to_ascii_lowercase(),
-            sender_terminal: sender_terminal.to_ascii_lowercase(),
-            cookie: cookie.to_ascii_lowercase(),
+            recipient: m.recipient.to_ascii_lowercase(),
+            recipient_terminal: m.recipient_terminal.to_ascii_lowercase(),
+            sender: m.sender.to_ascii_lowercase(),
+            sender_terminal: m.sender_terminal.to_ascii_lowercase(),
+            cookie: m.cookie.to_ascii_lowercase(),
+            text: m.text.clone(),
         }
     }
 }
 
-/// Messages delivered recently, remembered for a window given with each
-/// call (so a reload applies at once), at most `capacity` of them (the
-/// oldest are forgotten first).
+/// What [`Dedup::claim`] found for a message.
 #[derive(Debug)]
-pub struct Dedup {
-    capacity: usize,
-    seen: HashMap<DedupKey, Instant>,
-    order: VecDeque<(DedupKey, Instant)>,
+pub enum Claim<V> {
+    /// Not seen within the window: the caller handles the message and
+    /// reports its outcome here. Dropping it without a value forgets the
+    /// message, so that its next copy is handled afresh.
+    First(watch::Sender<Option<V>>),
+    /// Seen, and its first copy is still being handled: wait for its
+    /// outcome (None if it is dropped).
+    Pending(watch::Receiver<Option<V>>),
+    /// Seen, with this outcome.
+    Done(V),
 }
 
-impl Dedup {
+#[derive(Debug)]
+struct Entry<V> {
+    outcome: watch::Receiver<Option<V>>,
+    at: Instant,
+    id: u64,
+}
+
+/// Messages seen recently with their outcomes, remembered for a window
+/// given with each call (so a reload applies at once), at most `capacity`
+/// of them (the oldest are forgotten first). Looking a message up and
+/// recording it are one step: two copies arriving together cannot both be
+/// taken for the first.
+#[derive(Debug)]
+pub struct Dedup<V> {
+    capacity: usize,
+    seen: HashMap<RetransmissionKey, Entry<V>>,
+    order: VecDeque<(RetransmissionKey, u64)>,
+    next_id: u64,
+}
+
+impl<V: Clone> Dedup<V> {
     pub fn new(capacity: usize) -> Self {
         Dedup {
             capacity: capacity.max(1),
             seen: HashMap::new(),
             order: VecDeque::new(),
+            next_id: 0,
         }
     }
 
-    /// Whether `key` was delivered within `window`.
-    pub fn contains(&mut self, key: &DedupKey, window: Duration, now: Instant) -> bool {
+    /// Looks `key` up and, unless it was seen within `window`, records it
+    /// as seen at `now`.
+    pub fn claim(&mut self, key: RetransmissionKey, window: Duration, now: Instant) -> Claim<V> {
         self.expire(window, now);
-        self.seen.contains_key(key)
-    }
-
-    /// Remembers a delivered message.
-    pub fn insert(&mut self, key: DedupKey, window: Duration, now: Instant) {
-        self.expire(window, now);
-        while self.seen.len() >= self.capacity {
-            match self.order.pop_front() {
-                Some((old, at)) => {
-                    if self.seen.get(&old) == Some(&at) {
-                        self.seen.remove(&old);
-                    }
-                }
-                None => break,
+        if let Some(entry) = self.seen.get(&key) {
+            if let Some(outcome) = entry.outcome.borrow().clone() {
+                return Claim::Done(outcome);
             }
+            if entry.outcome.has_changed().is_ok() {
+                return Claim::Pending(entry.outcome.clone());
+            }
+            // Its first copy was given up without an outcome.
         }
-        self.seen.insert(key.clone(), now);
-        self.order.push_back((key, now));
+        while self.seen.len() >= self.capacity {
+            let Some((old, id)) = self.order.pop_front() else {
+                break;
+            };
+            self.remove(&old, id);
+        }
+        let (tx, rx) = watch::channel(None);
+        let id = self.next_id;
+        self.next_id += 1;
+        self.seen.insert(
+            key.clone(),
+            Entry {
+                outcome: rx,
+                at: now,
+                id,
+            },
+        );
+        self.order.push_back((key, id));
+        Claim::First(tx)
     }
 
     pub fn len(&self) -> usize {
@@ -80,135 +135,256 @@ impl Dedup {
         self.seen.is_empty()
     }
 
+    /// Removes `key` if it is still the entry `id` (not a newer one).
+    fn remove(&mut self, key: &RetransmissionKey, id: u64) {
+        if self.seen.get(key).is_some_and(|e| e.id == id) {
+            self.seen.remove(key);
+        }
+    }
+
     fn expire(&mut self, window: Duration, now: Instant) {
-        while let Some((key, at)) = self.order.front() {
-            if now.duration_since(*at) < window {
+        while let Some((key, id)) = self.order.front() {
+            let expired = match self.seen.get(key) {
+                Some(e) if e.id == *id => now.saturating_duration_since(e.at) >= window,
+                // Replaced or gone already.
+                _ => true,
+            };
+            if !expired {
                 break;
             }
-            if self.seen.get(key) == Some(at) {
-                self.seen.remove(key);
-            }
+            let (key, id) = (key.clone(), *id);
+            self.remove(&key, id);
             self.order.pop_front();
         }
     }
 }
 
-/// A token bucket per source: `per_minute` (given with each call, so a
-/// reload applies at once) messages a minute, in bursts of up to as many.
-/// Tracks at most `capacity` sources; when full, the source idle longest is
-/// forgotten.
-#[derive(Debug)]
-pub struct RateLimiter {
+type Keyed<K, C> = RateLimiter<K, DashMapStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// A rate limit per key: `per_minute` (given with each call, so a reload
+/// applies at once) a minute, in bursts of as many; governor's GCRA, one
+/// entry per key in a concurrent map.
+///
+/// About `capacity` keys are tracked at most. When more are, keys whose
+/// state is back to fresh are dropped; if more than half are still
+/// recent (a flood from that many sources), the table starts afresh. Each
+/// of those O(n) steps follows at least `capacity / 2` new keys, so a key
+/// costs O(1) amortised, and only one thread at a time cleans up.
+pub struct KeyedRate<K: Hash + Eq + Clone, C: Clock + Clone = MonotonicClock> {
     capacity: usize,
-    buckets: HashMap<IpAddr, (f64, Instant)>,
+    clock: C,
+    current: ArcSwap<(u32, Keyed<K, C>)>,
+    cleaning: Mutex<()>,
 }
 
-impl RateLimiter {
+impl<K: Hash + Eq + Clone, C: Clock + Clone> std::fmt::Debug for KeyedRate<K, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let current = self.current.load();
+        f.debug_struct("KeyedRate")
+            .field("capacity", &self.capacity)
+            .field("per_minute", &current.0)
+            .field("tracked", &current.1.len())
+            .finish()
+    }
+}
+
+fn quota(per_minute: u32) -> Quota {
+    Quota::per_minute(NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN))
+}
+
+impl<K: Hash + Eq + Clone> KeyedRate<K> {
     pub fn new(capacity: usize) -> Self {
-        RateLimiter {
+        Self::with_clock(capacity, MonotonicClock)
+    }
+}
+
+impl<K: Hash + Eq + Clone, C: Clock + Clone> KeyedRate<K, C> {
+    pub fn with_clock(capacity: usize, clock: C) -> Self {
+        let first = Keyed::dashmap_with_clock(quota(1), clock.clone());
+        KeyedRate {
             capacity: capacity.max(1),
-            buckets: HashMap::new(),
+            current: ArcSwap::from_pointee((0, first)),
+            clock,
+            cleaning: Mutex::new(()),
         }
     }
 
-    /// Takes a token for `source`, if it has one.
-    pub fn allow(&mut self, source: IpAddr, per_minute: u32, now: Instant) -> bool {
-        let max = f64::from(per_minute);
-        let rate = max / 60.0;
-        if !self.buckets.contains_key(&source) && self.buckets.len() >= self.capacity {
-            let idlest = self
-                .buckets
-                .iter()
-                .min_by_key(|(_, (_, at))| *at)
-                .map(|(k, _)| *k);
-            if let Some(k) = idlest {
-                self.buckets.remove(&k);
+    fn fresh(&self, per_minute: u32) -> Arc<(u32, Keyed<K, C>)> {
+        let limiter = Keyed::dashmap_with_clock(quota(per_minute), self.clock.clone());
+        let fresh = Arc::new((per_minute, limiter));
+        self.current.store(Arc::clone(&fresh));
+        fresh
+    }
+
+    /// Takes one from `key`'s allowance, if it has one left.
+    pub fn allow(&self, key: &K, per_minute: u32) -> bool {
+        let mut current = self.current.load_full();
+        if current.0 != per_minute {
+            current = self.fresh(per_minute);
+        }
+        if current.1.len() > self.capacity
+            && let Ok(_cleaning) = self.cleaning.try_lock()
+        {
+            current.1.retain_recent();
+            if current.1.len() > self.capacity / 2 {
+                current = self.fresh(per_minute);
             }
         }
-        let (tokens, last) = self.buckets.entry(source).or_insert((max, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(max);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        current.1.check_key(key).is_ok()
     }
 
-    pub fn sources(&self) -> usize {
-        self.buckets.len()
+    /// Keys tracked now.
+    pub fn tracked(&self) -> usize {
+        self.current.load().1.len()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use governor::clock::FakeRelativeClock;
 
     const MINUTE: Duration = Duration::from_secs(60);
 
+    fn msg(sender: &str, terminal: &str, cookie: &str, text: &str) -> Message {
+        Message {
+            version: Some(super::super::Version::B),
+            recipient: b"chris".to_vec(),
+            sender: sender.into(),
+            sender_terminal: terminal.into(),
+            cookie: cookie.into(),
+            text: text.into(),
+            ..Default::default()
+        }
+    }
+
+    fn key(ip: &str, m: &Message) -> RetransmissionKey {
+        RetransmissionKey::new(ip.parse().unwrap(), m)
+    }
+
     #[test]
-    fn duplicates_are_remembered_for_the_window_case_insensitively() {
+    fn only_the_same_message_from_the_same_source_is_a_retransmission() {
         let t0 = Instant::now();
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let mut d = Dedup::new(10);
-        d.insert(DedupKey::new(ip, b"Sandy", b"console", b"123"), MINUTE, t0);
-        assert!(d.contains(&DedupKey::new(ip, b"sandy", b"CONSOLE", b"123"), MINUTE, t0));
-        assert!(!d.contains(&DedupKey::new(ip, b"sandy", b"console", b"124"), MINUTE, t0));
-        let other: IpAddr = "192.0.2.2".parse().unwrap();
-        assert!(!d.contains(
-            &DedupKey::new(other, b"sandy", b"console", b"123"),
-            MINUTE,
-            t0
+        let mut d: Dedup<&str> = Dedup::new(10);
+        let first = msg("Sandy", "console", "-", "hello");
+        let Claim::First(tx) = d.claim(key("192.0.2.1", &first), MINUTE, t0) else {
+            panic!("first copy")
+        };
+        tx.send_replace(Some("delivered"));
+        // Case does not matter in names and cookie.
+        let again = msg("sandy", "CONSOLE", "-", "hello");
+        assert!(matches!(
+            d.claim(key("192.0.2.1", &again), MINUTE, t0),
+            Claim::Done("delivered")
         ));
-        assert!(!d.contains(
-            &DedupKey::new(ip, b"sandy", b"console", b"123"),
-            MINUTE,
-            t0 + Duration::from_secs(61)
+        // A constant cookie with another text is another message; so is
+        // the same message from another source.
+        let other = msg("sandy", "console", "-", "Hello");
+        assert!(matches!(
+            d.claim(key("192.0.2.1", &other), MINUTE, t0),
+            Claim::First(_)
         ));
-        assert!(d.is_empty());
+        assert!(matches!(
+            d.claim(key("192.0.2.2", &first), MINUTE, t0),
+            Claim::First(_)
+        ));
+        // Forgotten after the window.
+        assert!(matches!(
+            d.claim(key("192.0.2.1", &first), MINUTE, t0 + MINUTE),
+            Claim::First(_)
+        ));
+    }
+
+    #[test]
+    fn a_copy_of_a_message_in_progress_waits_for_its_outcome() {
+        let t0 = Instant::now();
+        let mut d: Dedup<u8> = Dedup::new(10);
+        let m = msg("s", "", "1", "x");
+        let Claim::First(tx) = d.claim(key("192.0.2.1", &m), MINUTE, t0) else {
+            panic!()
+        };
+        let Claim::Pending(rx) = d.claim(key("192.0.2.1", &m), MINUTE, t0) else {
+            panic!("in progress")
+        };
+        tx.send_replace(Some(7));
+        assert_eq!(*rx.borrow(), Some(7));
+        // Given up without an outcome: the next copy is handled afresh.
+        let n = msg("s", "", "2", "x");
+        let Claim::First(tx) = d.claim(key("192.0.2.1", &n), MINUTE, t0) else {
+            panic!()
+        };
+        drop(tx);
+        assert!(matches!(
+            d.claim(key("192.0.2.1", &n), MINUTE, t0),
+            Claim::First(_)
+        ));
     }
 
     #[test]
     fn dedup_memory_is_bounded() {
         let t0 = Instant::now();
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let mut d = Dedup::new(100);
+        let mut d: Dedup<()> = Dedup::new(100);
         for i in 0..1000 {
-            d.insert(
-                DedupKey::new(ip, b"s", b"t", format!("{i}").as_bytes()),
-                MINUTE,
-                t0,
-            );
+            let m = msg("s", "t", &i.to_string(), "x");
+            if let Claim::First(tx) = d.claim(key("192.0.2.1", &m), MINUTE, t0) {
+                tx.send_replace(Some(()));
+            }
         }
         assert_eq!(d.len(), 100);
-        assert!(d.contains(&DedupKey::new(ip, b"s", b"t", b"999"), MINUTE, t0));
-        assert!(!d.contains(&DedupKey::new(ip, b"s", b"t", b"0"), MINUTE, t0));
+        let newest = msg("s", "t", "999", "x");
+        assert!(matches!(
+            d.claim(key("192.0.2.1", &newest), MINUTE, t0),
+            Claim::Done(())
+        ));
+        let oldest = msg("s", "t", "0", "x");
+        assert!(matches!(
+            d.claim(key("192.0.2.1", &oldest), MINUTE, t0),
+            Claim::First(_)
+        ));
     }
 
     #[test]
-    fn rate_limit_per_source_and_refill() {
-        let t0 = Instant::now();
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "192.0.2.2".parse().unwrap();
-        let mut r = RateLimiter::new(10);
-        assert!(r.allow(a, 3, t0) && r.allow(a, 3, t0) && r.allow(a, 3, t0));
-        assert!(!r.allow(a, 3, t0));
-        assert!(r.allow(b, 3, t0), "another source is not affected");
-        assert!(
-            r.allow(a, 3, t0 + Duration::from_secs(20)),
-            "one token back after 20 s"
-        );
-        assert!(!r.allow(a, 3, t0 + Duration::from_secs(20)));
+    fn rate_per_key_refills_and_follows_a_new_rate() {
+        let clock = FakeRelativeClock::default();
+        let r: KeyedRate<&str, _> = KeyedRate::with_clock(10, clock.clone());
+        assert!(r.allow(&"a", 3) && r.allow(&"a", 3) && r.allow(&"a", 3));
+        assert!(!r.allow(&"a", 3));
+        assert!(r.allow(&"b", 3), "another key is not affected");
+        clock.advance(Duration::from_secs(20));
+        assert!(r.allow(&"a", 3), "one back after 20 s");
+        assert!(!r.allow(&"a", 3));
+        // A reload with another rate applies at once.
+        assert!(r.allow(&"a", 1));
+        assert!(!r.allow(&"a", 1));
+        // A single key (the total rate) is never cleaned away.
+        let total: KeyedRate<(), _> = KeyedRate::with_clock(1, clock.clone());
+        assert!(total.allow(&(), 2) && total.allow(&(), 2));
+        assert!(!total.allow(&(), 2));
     }
 
     #[test]
-    fn rate_limiter_memory_is_bounded() {
-        let t0 = Instant::now();
-        let mut r = RateLimiter::new(50);
-        for i in 0..1000u32 {
-            r.allow(IpAddr::from(i.to_be_bytes()), 3, t0);
+    fn rate_tables_stay_bounded_and_keep_what_they_can() {
+        let clock = FakeRelativeClock::default();
+        let r: KeyedRate<u32, _> = KeyedRate::with_clock(100, clock.clone());
+        // A flood of fresh keys, all recent: the table is bounded.
+        for i in 0..10_000u32 {
+            assert!(r.allow(&i, 30));
+            assert!(r.tracked() <= 101);
         }
-        assert_eq!(r.sources(), 50);
+        // Keys back to fresh are dropped first, and a key still limited
+        // keeps its state.
+        let r: KeyedRate<u32, _> = KeyedRate::with_clock(100, clock.clone());
+        while r.allow(&u32::MAX, 30) {}
+        for i in 0..60u32 {
+            r.allow(&i, 30);
+        }
+        // 5 s: the others have their one back; the limited key two of 30.
+        clock.advance(Duration::from_secs(5));
+        for i in 100..150u32 {
+            r.allow(&i, 30);
+        }
+        assert!(r.tracked() <= 101);
+        assert!(r.allow(&u32::MAX, 30) && r.allow(&u32::MAX, 30));
+        assert!(!r.allow(&u32::MAX, 30), "the limited key was kept");
     }
 }

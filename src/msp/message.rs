@@ -171,39 +171,66 @@ pub fn encode(m: &Message) -> Vec<u8> {
     out
 }
 
-/// Whether `b` may be shown on a terminal: printable ISO 8859-1.
-fn printable(b: u8) -> bool {
-    matches!(b, 0x20..=0x7e | 0xa0..=0xff)
-}
-
-/// Refuses control codes in every part that may be displayed: only
-/// printable ISO 8859-1 plus CR, LF and TAB in the text, printable only in
-/// the names and terminals.
-pub fn check_content(m: &Message) -> Result<(), String> {
-    let named = [
-        ("recipient", &m.recipient),
-        ("recipient terminal", &m.recipient_terminal),
-        ("sender", &m.sender),
-        ("sender terminal", &m.sender_terminal),
-    ];
-    for (what, part) in named {
-        if let Some(&b) = part.iter().find(|&&b| !printable(b)) {
-            return Err(format!("{what} contains control code {b:#04x}"));
-        }
+/// A part as text. RFC 1312 says ISO 8859-1, but today's clients send
+/// UTF-8 (and terminals show it): a part that is valid UTF-8 is taken as
+/// UTF-8, anything else as ISO 8859-1 (each octet the code point of its
+/// value). Either way the result is UTF-8, as terminals, the journal and
+/// the environment want it.
+pub fn decode(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => std::borrow::Cow::Owned(latin1(bytes)),
     }
-    if let Some(&b) = m
-        .text
-        .iter()
-        .find(|&&b| !(printable(b) || matches!(b, b'\r' | b'\n' | b'\t')))
-    {
-        return Err(format!("message contains control code {b:#04x}"));
-    }
-    Ok(())
 }
 
 /// ISO 8859-1 octets as text (each octet is the code point of its value).
 pub fn latin1(bytes: &[u8]) -> String {
     bytes.iter().map(|&b| b as char).collect()
+}
+
+/// Why `c` must not be shown, if it must not: a C0 control (CR, LF and
+/// TAB are allowed in the text only), DEL, a C1 control, or a
+/// bidirectional override or isolate (U+202A to U+202E, U+2066 to U+2069),
+/// which would make the text read other than it is.
+fn refused(c: char, in_text: bool) -> Option<&'static str> {
+    match c {
+        '\r' | '\n' | '\t' if in_text => None,
+        '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}' => Some("control code"),
+        '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => Some("bidirectional override"),
+        _ => None,
+    }
+}
+
+/// Refuses control codes in every part a person or a program may see:
+/// the text may hold CR, LF and TAB besides printable characters; the
+/// names, terminals, cookie and signature printable characters only.
+/// Parts are checked by code point once decoded (see [`decode`]), so the
+/// octets of UTF-8 "€" (0xe2 0x82 0xac) are not taken for a C1 control.
+pub fn check_content(m: &Message) -> Result<(), String> {
+    let parts = [
+        ("recipient", &m.recipient, false),
+        ("recipient terminal", &m.recipient_terminal, false),
+        ("message", &m.text, true),
+        ("sender", &m.sender, false),
+        ("sender terminal", &m.sender_terminal, false),
+        ("cookie", &m.cookie, false),
+        ("signature", &m.signature, false),
+    ];
+    for (what, part, in_text) in parts {
+        let text = decode(part);
+        if let Some((c, kind)) = text
+            .chars()
+            .find_map(|c| refused(c, in_text).map(|kind| (c, kind)))
+        {
+            let code = u32::from(c);
+            return Err(if code <= 0xff {
+                format!("{what} contains {kind} {code:#04x}")
+            } else {
+                format!("{what} contains {kind} U+{code:04X}")
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -332,7 +359,6 @@ mod tests {
             "",
         ]))
         .unwrap();
-        // é was sent as UTF-8 here, two octets, both printable ISO 8859-1.
         assert!(check_content(&ok).is_ok());
         let mut m = ok.clone();
         m.text = b"\x1b[2Jgotcha".to_vec();
@@ -346,7 +372,79 @@ mod tests {
         let mut m = ok;
         m.text = b"bell\x07".to_vec();
         assert!(check_content(&m).is_err());
+        // Not UTF-8, so ISO 8859-1: 0x9b is a C1 control.
         m.text = b"c1 \x9b code".to_vec();
+        assert_eq!(
+            check_content(&m).unwrap_err(),
+            "message contains control code 0x9b"
+        );
+        // C1 as UTF-8 (U+009B) is refused just the same.
+        m.text = "c1 \u{9b} code".into();
         assert!(check_content(&m).is_err());
+        m.text = b"del\x7f".to_vec();
+        assert!(check_content(&m).is_err());
+    }
+
+    #[test]
+    fn utf8_parts_are_checked_by_code_point() {
+        let mut m = parse(&b(&["chris", "", "hi", "sandy", "", "1", ""])).unwrap();
+        // Their UTF-8 octets hold 0x82 and 0x9b, C1 controls in ISO 8859-1.
+        m.text = "caf\u{e9} 5 \u{20ac}, \u{15b}wit".into();
+        m.sender = "\u{15b}wit".into();
+        assert!(check_content(&m).is_ok());
+        for bidi in ['\u{202a}', '\u{202e}', '\u{2066}', '\u{2069}'] {
+            let mut m = m.clone();
+            m.text = format!("abc{bidi}def").into_bytes();
+            let e = check_content(&m).unwrap_err();
+            assert!(
+                e.starts_with("message contains bidirectional override U+20"),
+                "{e}"
+            );
+        }
+        let mut n = m.clone();
+        n.sender = "evil\u{202e}".into();
+        assert!(check_content(&n).unwrap_err().starts_with("sender"));
+    }
+
+    #[test]
+    fn every_part_is_checked_the_cookie_and_signature_too() {
+        let ok = parse(&b(&["chris", "*", "hi", "sandy", "pts/1", "1", "sig"])).unwrap();
+        let fields: [fn(&mut Message) -> &mut Vec<u8>; 6] = [
+            |m| &mut m.recipient,
+            |m| &mut m.recipient_terminal,
+            |m| &mut m.sender,
+            |m| &mut m.sender_terminal,
+            |m| &mut m.cookie,
+            |m| &mut m.signature,
+        ];
+        for field in fields {
+            for bad in [&b"a\nb"[..], b"\x1b[31m", b"tab\there", b"\r"] {
+                let mut m = ok.clone();
+                *field(&mut m) = bad.to_vec();
+                assert!(check_content(&m).is_err(), "{m:?}");
+            }
+        }
+        let mut m = ok.clone();
+        m.cookie = b"\x1b]0;title\x07".to_vec();
+        assert_eq!(
+            check_content(&m).unwrap_err(),
+            "cookie contains control code 0x1b"
+        );
+        let mut m = ok;
+        m.signature = b"\x85".to_vec();
+        assert_eq!(
+            check_content(&m).unwrap_err(),
+            "signature contains control code 0x85"
+        );
+    }
+
+    #[test]
+    fn decoding_takes_utf8_when_valid_else_latin1() {
+        assert_eq!(decode("caf\u{e9}".as_bytes()), "caf\u{e9}");
+        assert_eq!(decode(b"caf\xe9"), "caf\u{e9}");
+        assert_eq!(decode("\u{20ac}".as_bytes()), "\u{20ac}");
+        // Not valid UTF-8 as a whole: every octet is ISO 8859-1.
+        assert_eq!(decode(b"\xe2\x82\xac \xff"), "\u{e2}\u{82}\u{ac} \u{ff}");
+        assert_eq!(decode(b""), "");
     }
 }

@@ -1,18 +1,20 @@
 //! The MSP listeners: TCP connections carrying one or more messages, and
-//! datagrams. Replies follow the RFCs exactly: version B over TCP gets `+`
-//! or `-reason`, NUL-terminated, for every message; over UDP only a
-//! delivered message to a named recipient gets `+`, and everything else
-//! silence; version A gets nothing over TCP and its datagram echoed over
-//! UDP.
+//! datagrams. Replies follow the RFCs: version B over TCP gets `+` or
+//! `-reason`, NUL-terminated, for every message; over UDP only a delivered
+//! message to a named recipient gets `+`, and everything else silence;
+//! version A gets nothing over TCP, and over UDP its datagram echoed
+//! whether or not it was delivered (RFC 1159), unless a rate limit
+//! refused it.
 
 use super::deliver::{self, Envelope, Transport};
-use super::guard::{Dedup, DedupKey, RateLimiter, source_key};
-use super::message::{self, Message, Version, latin1};
-use crate::admission::Limit;
+use super::guard::{Claim, Dedup, KeyedRate, RetransmissionKey, source_key};
+use super::message::{self, Message, Version, decode};
+use crate::admission::{Gauge, Limit, PerSource};
 use crate::limits;
+use crate::log::escaped;
 use crate::server::State;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,15 +23,23 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// The reason given when a source sends too fast.
+/// The reasons given when a rate limit refuses a message.
 const RATE_REASON: &str = "too many messages from your address; slow down";
+const RECIPIENT_RATE_REASON: &str = "too many messages for this recipient; try again later";
+const TOTAL_RATE_REASON: &str = "too many messages; try again later";
+/// For a copy that arrived while its first copy was being handled, when
+/// that one then got no answer.
+const UNANSWERED_COPY_REASON: &str = "an earlier copy of this message was not accepted";
 
 /// What MSP keeps between messages.
 #[derive(Debug)]
 pub struct MspState {
-    dedup: Mutex<Dedup>,
-    rate: Mutex<RateLimiter>,
-    tcp_connections: AtomicUsize,
+    dedup: Mutex<Dedup<Verdict>>,
+    per_source: KeyedRate<IpAddr>,
+    per_recipient: KeyedRate<String>,
+    total: KeyedRate<()>,
+    tcp_connections: Arc<Gauge>,
+    tcp_per_source: Arc<PerSource>,
     udp_in_flight: Arc<Semaphore>,
     pub delivered: AtomicU64,
     pub refused: AtomicU64,
@@ -39,8 +49,11 @@ impl Default for MspState {
     fn default() -> Self {
         MspState {
             dedup: Mutex::new(Dedup::new(limits::MSP_DEDUP_CAPACITY)),
-            rate: Mutex::new(RateLimiter::new(limits::MSP_MAX_TRACKED_SOURCES)),
-            tcp_connections: AtomicUsize::new(0),
+            per_source: KeyedRate::new(limits::MSP_MAX_TRACKED_SOURCES),
+            per_recipient: KeyedRate::new(limits::MSP_MAX_TRACKED_SOURCES),
+            total: KeyedRate::new(1),
+            tcp_connections: Arc::default(),
+            tcp_per_source: Arc::new(PerSource::default()),
             udp_in_flight: Arc::new(Semaphore::new(limits::MSP_MAX_UDP_IN_FLIGHT)),
             delivered: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -56,14 +69,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Delivered,
-    /// A retransmission of a message delivered before: acknowledged again,
-    /// not shown again.
-    Duplicate,
     Refused(String),
+    /// Refused by a rate limit: over UDP always silence (a flood is not
+    /// echoed), and not remembered as a retransmission's answer.
+    Limited(Limit, &'static str),
 }
 
-/// Checks, rate-limits, de-duplicates and delivers one message, and logs
-/// the outcome.
+/// Checks, de-duplicates, rate-limits and delivers one message, and logs
+/// the outcome. A UDP retransmission of a version B message gets the
+/// verdict of its first copy, and is not delivered again.
 pub async fn accept_message(
     state: &State,
     msg: &Message,
@@ -73,7 +87,7 @@ pub async fn accept_message(
     let config = state.config.load_full();
     let settings = &config.msp;
     let msp = &state.msp;
-    let now = Instant::now();
+    let mut retransmission = false;
     let verdict = 'verdict: {
         if let Err(reason) = message::check_content(msg) {
             break 'verdict Verdict::Refused(reason);
@@ -83,82 +97,141 @@ pub async fn accept_message(
                 "no recipient given, and console messages are disabled".into(),
             );
         }
-        let key = (msg.version() == Version::B && !msg.cookie.is_empty())
-            .then(|| DedupKey::new(peer.ip(), &msg.sender, &msg.sender_terminal, &msg.cookie));
-        if let Some(key) = &key
-            && lock(&msp.dedup).contains(key, settings.dedup_window, now)
-        {
-            break 'verdict Verdict::Duplicate;
-        }
-        let source = source_key(peer.ip(), config.tcpmux.ipv6_source_prefix);
-        if !lock(&msp.rate).allow(source, settings.rate_per_minute, now) {
-            state.stats.hits.hit(Limit::MspRate);
-            break 'verdict Verdict::Refused(RATE_REASON.into());
-        }
-        let envelope = Envelope {
-            message: msg,
-            peer,
-            transport,
-        };
-        let systemd = if state.auto_systemd.load(Ordering::Relaxed) {
-            state.systemd.get()
-        } else {
-            None
-        };
-        match deliver::deliver(settings, &envelope, systemd).await {
-            Ok(()) => {
-                if let Some(key) = key {
-                    lock(&msp.dedup).insert(key, settings.dedup_window, Instant::now());
+        // Only UDP clients retransmit; over TCP every message counts.
+        let first =
+            if transport == Transport::Udp && msg.version() == Version::B && !msg.cookie.is_empty()
+            {
+                let key = RetransmissionKey::new(peer.ip(), msg);
+                let claim = lock(&msp.dedup).claim(key, settings.dedup_window, Instant::now());
+                match claim {
+                    Claim::First(first) => Some(first),
+                    Claim::Done(verdict) => {
+                        retransmission = true;
+                        break 'verdict verdict;
+                    }
+                    Claim::Pending(mut pending) => {
+                        retransmission = true;
+                        let outcome = pending.wait_for(Option::is_some).await;
+                        break 'verdict match outcome.ok().and_then(|v| v.clone()) {
+                            Some(verdict) => verdict,
+                            // Its first copy was limited or given up: no answer.
+                            None => Verdict::Limited(Limit::MspRate, UNANSWERED_COPY_REASON),
+                        };
+                    }
                 }
-                Verdict::Delivered
+            } else {
+                None
+            };
+        let verdict = check_rates(state, settings, msg, peer.ip()).unwrap_or(Verdict::Delivered);
+        let verdict = if verdict == Verdict::Delivered {
+            let envelope = Envelope {
+                message: msg,
+                peer,
+                transport,
+            };
+            let systemd = if state.auto_systemd.load(Ordering::Relaxed) {
+                state.systemd.get()
+            } else {
+                None
+            };
+            match deliver::deliver(settings, &envelope, systemd).await {
+                Ok(()) => Verdict::Delivered,
+                Err(reason) => Verdict::Refused(reason),
             }
-            Err(reason) => Verdict::Refused(reason),
+        } else {
+            verdict
+        };
+        // A limited message is not remembered: its next copy is checked
+        // again (dropping `first` tells any copy waiting meanwhile).
+        if let Some(first) = first
+            && !matches!(verdict, Verdict::Limited(..))
+        {
+            first.send_replace(Some(verdict.clone()));
         }
+        verdict
     };
-    let outcome = match &verdict {
+    log_outcome(state, msg, peer, transport, &verdict, retransmission);
+    verdict
+}
+
+/// The rate limits, per source, per recipient and in total: the verdict
+/// when one refuses.
+fn check_rates(
+    state: &State,
+    settings: &crate::config::MspSettings,
+    msg: &Message,
+    ip: IpAddr,
+) -> Option<Verdict> {
+    let msp = &state.msp;
+    let config = state.config.load();
+    let source = source_key(ip, config.tcpmux.ipv6_source_prefix);
+    let (limit, reason) = if !msp.per_source.allow(&source, settings.rate_per_minute) {
+        (Limit::MspRate, RATE_REASON)
+    } else if !msp.per_recipient.allow(
+        &decode(&msg.recipient).to_lowercase(),
+        settings.recipient_rate_per_minute,
+    ) {
+        (Limit::MspRecipientRate, RECIPIENT_RATE_REASON)
+    } else if !msp.total.allow(&(), settings.total_rate_per_minute) {
+        (Limit::MspTotalRate, TOTAL_RATE_REASON)
+    } else {
+        return None;
+    };
+    state.stats.hits.hit(limit);
+    Some(Verdict::Limited(limit, reason))
+}
+
+fn log_outcome(
+    state: &State,
+    msg: &Message,
+    peer: SocketAddr,
+    transport: Transport,
+    verdict: &Verdict,
+    retransmission: bool,
+) {
+    let msp = &state.msp;
+    let (outcome, reason) = match verdict {
+        // A flood of refusals is summed up with the other limits instead.
+        Verdict::Limited(_, reason) => {
+            tracing::debug!(remote_addr = %peer.ip().to_canonical(), "MSP: {reason}");
+            return;
+        }
+        _ if retransmission => ("duplicate", ""),
         Verdict::Delivered => {
             msp.delivered.fetch_add(1, Ordering::Relaxed);
-            "delivered"
+            ("delivered", "")
         }
-        Verdict::Duplicate => "duplicate",
-        Verdict::Refused(_) => {
+        Verdict::Refused(reason) => {
             msp.refused.fetch_add(1, Ordering::Relaxed);
-            "refused"
+            ("refused", reason.as_str())
         }
     };
-    let reason = match &verdict {
-        Verdict::Refused(r) => r.as_str(),
-        _ => "",
-    };
-    // A flood of refusals is summed up with the other limits instead.
-    if reason == RATE_REASON {
-        tracing::debug!(remote_addr = %peer.ip().to_canonical(), "MSP: {RATE_REASON}");
-        return verdict;
-    }
+    // Every part is the sender's choice: decoded as delivered, escaped.
+    let part = |p: &[u8]| escaped(decode(p).as_ref()).to_string();
+    let (sender, recipient) = (part(&msg.sender), part(&msg.recipient));
     tracing::info!(
         msp_version = %msg.version().as_char(),
-        msp_recipient = %latin1(&msg.recipient),
-        msp_recipient_terminal = %latin1(&msg.recipient_terminal),
-        msp_sender = %latin1(&msg.sender),
-        msp_sender_terminal = %latin1(&msg.sender_terminal),
-        msp_cookie = %latin1(&msg.cookie),
+        msp_recipient = %recipient,
+        msp_recipient_terminal = %part(&msg.recipient_terminal),
+        msp_sender = %sender,
+        msp_sender_terminal = %part(&msg.sender_terminal),
+        msp_cookie = %part(&msg.cookie),
         remote_addr = %peer.ip().to_canonical(),
         remote_port = peer.port(),
         transport = transport.as_str(),
         outcome,
-        "message from {}@{} to {}: {outcome}{}{reason}",
-        latin1(&msg.sender),
+        "message from {sender}@{} to {recipient}: {outcome}{}{}",
         peer.ip().to_canonical(),
-        latin1(&msg.recipient),
         if reason.is_empty() { "" } else { ": " },
+        escaped(reason),
     );
-    verdict
 }
 
 /// The TCP reply to a version B message: `+` or `-reason`, ended by NUL.
 pub fn tcp_reply(verdict: &Verdict) -> Vec<u8> {
     let mut out = match verdict {
-        Verdict::Delivered | Verdict::Duplicate => b"+".to_vec(),
+        Verdict::Delivered => b"+".to_vec(),
+        Verdict::Limited(_, reason) => format!("-{reason}").into_bytes(),
         Verdict::Refused(reason) => {
             let clean: String = reason
                 .chars()
@@ -179,25 +252,47 @@ pub async fn serve_tcp(
     shutdown: CancellationToken,
 ) {
     while let Some((stream, peer)) = crate::listen::accept(&listener, &shutdown).await {
-        let max = state.config.load().msp.max_connections;
-        if state.msp.tcp_connections.fetch_add(1, Ordering::Relaxed) >= max {
-            state.msp.tcp_connections.fetch_sub(1, Ordering::Relaxed);
+        if !state.config.load().msp.acl.permits(peer.ip()) {
+            // Closed before a byte is read: nothing to answer to.
+            tracing::debug!(remote_addr = %peer.ip().to_canonical(), "MSP: [msp] allow/deny refuses");
+            continue;
+        }
+        let config = state.config.load();
+        let source = source_key(peer.ip(), config.tcpmux.ipv6_source_prefix);
+        let Some(place) = state
+            .msp
+            .tcp_per_source
+            .try_enter(source, config.msp.max_connections_per_source)
+        else {
+            state.stats.hits.hit(Limit::MspConnectionsPerSource);
+            tracing::debug!(remote_addr = %peer.ip().to_canonical(), "MSP: too many connections from this source");
+            continue;
+        };
+        let max = config.msp.max_connections;
+        drop(config);
+        let Some(connection) = state.msp.tcp_connections.try_enter(max) else {
             state.stats.hits.hit(Limit::MspConnections);
             tracing::debug!(remote_addr = %peer.ip().to_canonical(), "MSP: too many connections");
             continue;
-        }
+        };
         let state = Arc::clone(&state);
         tracker.spawn(async move {
+            let _places = (place, connection);
             handle_tcp(stream, peer, &state).await;
-            state.msp.tcp_connections.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
 
+/// Serves one connection: each message must arrive whole within
+/// `idle_timeout` of the previous reply (or of the connection's start),
+/// however it is cut into reads, and the connection ends after
+/// `connection_timeout`.
 async fn handle_tcp(mut stream: TcpStream, peer: SocketAddr, state: &State) {
+    use tokio::time::timeout_at;
     let config = state.config.load_full();
     let settings = &config.msp;
-    let deadline = tokio::time::Instant::now() + settings.connection_timeout;
+    let deadline = limits::deadline_in(settings.connection_timeout);
+    let mut message_deadline = limits::deadline_in(settings.idle_timeout).min(deadline);
     let mut buf: Vec<u8> = Vec::with_capacity(2 * message::MAX_MESSAGE_LEN);
     let mut chunk = [0u8; 1024];
     loop {
@@ -214,11 +309,12 @@ async fn handle_tcp(mut stream: TcpStream, peer: SocketAddr, state: &State) {
                 };
                 if raw[0] == b'B' {
                     let reply = tcp_reply(&verdict);
-                    let write = tokio::time::timeout_at(deadline, stream.write_all(&reply)).await;
+                    let write = timeout_at(deadline, stream.write_all(&reply)).await;
                     if !matches!(write, Ok(Ok(()))) {
                         return;
                     }
                 }
+                message_deadline = limits::deadline_in(settings.idle_timeout).min(deadline);
                 continue;
             }
             Ok(None) => {}
@@ -232,14 +328,20 @@ async fn handle_tcp(mut stream: TcpStream, peer: SocketAddr, state: &State) {
                 );
                 if buf.first() == Some(&b'B') {
                     let reply = tcp_reply(&Verdict::Refused(format!("malformed message: {e}")));
-                    let _ = tokio::time::timeout_at(deadline, stream.write_all(&reply)).await;
+                    let _ = timeout_at(deadline, stream.write_all(&reply)).await;
                 }
                 return;
             }
         }
-        let idle = tokio::time::Instant::now() + settings.idle_timeout;
-        match tokio::time::timeout_at(idle.min(deadline), stream.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+        match timeout_at(message_deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::debug!(
+                    remote_addr = %peer.ip().to_canonical(),
+                    "MSP: connection closed, no whole message within idle_timeout or connection_timeout"
+                );
+                return;
+            }
             Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
         }
     }
@@ -268,6 +370,10 @@ pub async fn serve_udp(
                 continue;
             }
         };
+        if !state.config.load().msp.acl.permits(peer.ip()) {
+            tracing::debug!(remote_addr = %peer.ip().to_canonical(), "MSP: [msp] allow/deny refuses");
+            continue;
+        }
         let Ok(permit) = Arc::clone(&state.msp.udp_in_flight).try_acquire_owned() else {
             state.stats.hits.hit(Limit::MspDatagramsInFlight);
             continue;
@@ -291,11 +397,15 @@ pub async fn serve_udp(
                 }
             };
             let verdict = accept_message(&state, &msg, peer, Transport::Udp).await;
-            let accepted = matches!(verdict, Verdict::Delivered | Verdict::Duplicate);
-            let reply: Option<Vec<u8>> = match msg.version() {
-                Version::A if accepted => Some(datagram),
-                Version::B if accepted && !msg.recipient.is_empty() => Some(b"+\0".to_vec()),
-                _ => None,
+            let reply: Option<Vec<u8>> = match (msg.version(), &verdict) {
+                (_, Verdict::Limited(..)) => None,
+                // RFC 1159: the data received, delivered or not; never
+                // larger than the request.
+                (Version::A, _) => Some(datagram),
+                (Version::B, Verdict::Delivered) if !msg.recipient.is_empty() => {
+                    Some(b"+\0".to_vec())
+                }
+                (Version::B, _) => None,
             };
             if let Some(reply) = reply {
                 let _ = socket.send_to(&reply, peer).await;

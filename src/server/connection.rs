@@ -21,24 +21,6 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// A place among the handshakes in progress, given back when dropped: it is
-/// taken before the handshake's task exists, so that no path, a task that
-/// never ran or one that panicked included, can keep it.
-struct HandshakePlace(Arc<State>);
-
-impl HandshakePlace {
-    fn take(state: &Arc<State>) -> (Self, usize) {
-        let before = state.stats.handshakes.fetch_add(1, Ordering::Relaxed);
-        (HandshakePlace(Arc::clone(state)), before)
-    }
-}
-
-impl Drop for HandshakePlace {
-    fn drop(&mut self) {
-        self.0.stats.handshakes.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Serves TCPMUX on `listeners` until `shutdown` is cancelled, then waits
 /// (at most `name_timeout` and a little) for handshakes in progress.
 pub async fn run(listeners: Vec<TcpListener>, state: Arc<State>, shutdown: CancellationToken) {
@@ -81,7 +63,9 @@ async fn accept_loop(
             record(&state, peer, None, Outcome::NoDescriptors);
             continue;
         };
-        let (place, before) = HandshakePlace::take(&state);
+        // Taken before the handshake's task exists, so that no path can
+        // keep it.
+        let (place, before) = state.stats.handshakes.enter();
         // At the cap, the oldest handshake still waiting for its name makes
         // room; only when none waits is the new connection refused.
         if before >= config.tcpmux.max_handshakes && !state.waiting.shed_oldest() {

@@ -1,7 +1,7 @@
 //! What the daemon's tasks share, and changing it: reloading the
 //! configuration, connecting the systemd launcher.
 
-use crate::admission::{FdBudget, LimitHits, PerSource, StartRate, Waiting};
+use crate::admission::{FdBudget, Gauge, LimitHits, PerSource, StartRate, Waiting};
 use crate::config::{self, Config, LauncherKind};
 use crate::launch::exec::ExecLauncher;
 use crate::launch::systemd::{self as systemd_launch, SystemdLauncher};
@@ -12,7 +12,7 @@ use crate::summary::Summary;
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What the daemon shares between its tasks.
 pub struct State {
@@ -52,7 +52,7 @@ pub struct State {
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Connections in the handshake phase now.
-    pub handshakes: AtomicUsize,
+    pub handshakes: Arc<Gauge>,
     /// Connections handed to a service since startup.
     pub served: AtomicU64,
     /// Connections answered with `-` since startup.
@@ -98,7 +98,7 @@ impl State {
     pub fn status_line(&self) -> String {
         format!(
             "{} in handshake, {} sessions running; {} handed off, {} refused, {} limits hit; MSP: {} delivered, {} refused",
-            self.stats.handshakes.load(Ordering::Relaxed),
+            self.stats.handshakes.get(),
             self.sessions.total(),
             self.stats.served.load(Ordering::Relaxed),
             self.stats.refused.load(Ordering::Relaxed),
