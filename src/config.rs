@@ -26,11 +26,13 @@ pub const DEFAULT_LISTEN: &str = "[::]:1";
 /// The name reserved by RFC 1078 for the list of services.
 pub const HELP_NAME: &str = "help";
 
-/// A configuration error: the file it was found in and what is wrong.
+/// A configuration error: the file (and line, when known) it was found in
+/// and what is wrong.
 #[derive(Debug, thiserror::Error)]
-#[error("{}: {message}", path.display())]
+#[error("{}: {}{message}", path.display(), line.map(|l| format!("line {l}: ")).unwrap_or_default())]
 pub struct ConfigError {
     pub path: PathBuf,
+    pub line: Option<usize>,
     pub message: String,
 }
 
@@ -38,7 +40,15 @@ impl ConfigError {
     fn new(path: &Path, message: impl Into<String>) -> Self {
         ConfigError {
             path: path.to_path_buf(),
+            line: None,
             message: message.into(),
+        }
+    }
+
+    fn at(path: &Path, line: Option<usize>, message: impl Into<String>) -> Self {
+        ConfigError {
+            line,
+            ..ConfigError::new(path, message)
         }
     }
 }
@@ -158,8 +168,9 @@ pub struct Service {
     pub credentials: Option<Credentials>,
     /// Extra environment variables for the program.
     pub environment: Vec<(String, String)>,
-    /// The file the service was defined in.
+    /// The file the service was defined in, and the line of its header.
     pub source: PathBuf,
+    pub line: Option<usize>,
 }
 
 /// Who a service's program runs as: always a user, with that user's
@@ -236,13 +247,115 @@ pub struct FileConfig {
     msp: Option<RawMsp>,
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
+    /// Where each key was written, for errors found after parsing.
+    #[serde(skip)]
+    lines: KeyLines,
+}
+
+/// The line of each key of one file, by table, as written.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct KeyLines {
+    tcpmux: HashMap<String, usize>,
+    msp: HashMap<String, usize>,
+    /// Each `[[service]]`: the line of its header, and of its keys.
+    services: Vec<(usize, HashMap<String, usize>)>,
+}
+
+impl KeyLines {
+    /// Finds the tables and keys of TOML `text` line by line. Only what
+    /// an error message needs: `key = ...` lines under `[tcpmux]`, `[msp]`
+    /// and each `[[service]]` (its `[service.environment]` counting as the
+    /// key `environment`).
+    pub fn scan(text: &str) -> KeyLines {
+        enum Table {
+            Other,
+            Tcpmux,
+            Msp,
+            Service,
+        }
+        let mut lines = KeyLines::default();
+        let mut table = Table::Other;
+        for (i, raw) in text.lines().enumerate() {
+            let n = i + 1;
+            let line = raw.trim();
+            if line.starts_with('[') {
+                let header: String = line
+                    .split('#')
+                    .next()
+                    .unwrap_or_default()
+                    .chars()
+                    .filter(|c| !c.is_whitespace())
+                    .collect();
+                table = match header.as_str() {
+                    "[tcpmux]" => Table::Tcpmux,
+                    "[msp]" => Table::Msp,
+                    "[[service]]" => {
+                        lines.services.push((n, HashMap::new()));
+                        Table::Service
+                    }
+                    "[service.environment]" => {
+                        if let Some((_, keys)) = lines.services.last_mut() {
+                            keys.entry("environment".into()).or_insert(n);
+                        }
+                        Table::Other
+                    }
+                    _ => Table::Other,
+                };
+                continue;
+            }
+            let Some((key, _)) = line.split_once('=') else {
+                continue;
+            };
+            let key = key.trim().trim_matches('"');
+            if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                continue;
+            }
+            let keys = match table {
+                Table::Tcpmux => &mut lines.tcpmux,
+                Table::Msp => &mut lines.msp,
+                Table::Service => match lines.services.last_mut() {
+                    Some((_, keys)) => keys,
+                    None => continue,
+                },
+                Table::Other => continue,
+            };
+            keys.entry(key.to_string()).or_insert(n);
+        }
+        lines
+    }
+}
+
+/// Where the merged value of each `[tcpmux]` and `[msp]` key was set: the
+/// last file that set it, and the line.
+#[derive(Debug, Default)]
+struct Origins {
+    keys: HashMap<String, (PathBuf, usize)>,
+}
+
+impl Origins {
+    fn note(&mut self, section: &str, path: &Path, keys: &HashMap<String, usize>) {
+        for (key, &line) in keys {
+            self.keys
+                .insert(format!("{section}.{key}"), (path.to_path_buf(), line));
+        }
+    }
+
+    /// An error about `[section] key`, placed where the key was set (or in
+    /// `fallback`, for a default).
+    fn error(&self, fallback: &Path, section: &str, key: &str, message: String) -> ConfigError {
+        let text = format!("[{section}] {key}: {message}");
+        match self.keys.get(&format!("{section}.{key}")) {
+            Some((path, line)) => ConfigError::at(path, Some(*line), text),
+            None => ConfigError::new(fallback, text),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTcpmux {
     listen: Option<Vec<SocketAddr>>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "duration")]
     name_timeout: Option<Duration>,
     max_handshakes: Option<usize>,
     max_handshakes_per_source: Option<usize>,
@@ -260,19 +373,19 @@ struct RawMsp {
     listen: Option<Vec<SocketAddr>>,
     deliver: Option<Delivery>,
     command: Option<Vec<String>>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "duration")]
     command_timeout: Option<Duration>,
     console: Option<bool>,
     rate_per_minute: Option<u32>,
     recipient_rate_per_minute: Option<u32>,
     total_rate_per_minute: Option<u32>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "duration")]
     idle_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "duration")]
     connection_timeout: Option<Duration>,
     max_connections: Option<usize>,
     max_connections_per_source: Option<usize>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "duration")]
     dedup_window: Option<Duration>,
     utmp: Option<PathBuf>,
     #[serde(default, deserialize_with = "nets")]
@@ -316,6 +429,17 @@ fn default_max_starts_per_second() -> u32 {
     limits::DEFAULT_MAX_STARTS_PER_SECOND
 }
 
+/// A duration as people write it ("10s", "1m 30s", "500ms").
+fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(de)?;
+    humantime::parse_duration(&text).map(Some).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "\"{text}\" is not a duration ({e}): write a number and a unit, one of ms, s, \
+             min, h, d (for example \"10s\", \"1min 30s\", \"500ms\")"
+        ))
+    })
+}
+
 fn nets<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Vec<IpNet>>, D::Error> {
     let texts = Vec::<String>::deserialize(de)?;
     texts
@@ -328,7 +452,21 @@ fn nets<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Vec<IpNet>>, D::Error
 /// Parses one file's text. Unknown keys are errors; the message gives the
 /// line and the key.
 pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
-    toml::from_str(text).map_err(|e| ConfigError::new(path, e.to_string().trim_end().to_string()))
+    let mut file: FileConfig = toml::from_str(text).map_err(|e| {
+        let message = e.to_string().trim_end().to_string();
+        ConfigError::new(path, plain_words(&message))
+    })?;
+    file.lines = KeyLines::scan(text);
+    Ok(file)
+}
+
+/// serde's type names, in the words of the configuration's readers.
+fn plain_words(message: &str) -> String {
+    ["usize", "u64", "u32", "u16", "u8"]
+        .iter()
+        .fold(message.to_string(), |m, t| {
+            m.replace(&format!("expected {t}"), "expected a whole number")
+        })
 }
 
 /// Merges parsed files (main file first, then drop-ins in order) and
@@ -346,8 +484,11 @@ pub fn build(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, ConfigError> {
     let mut services: Vec<Arc<Service>> = Vec::new();
     let mut by_name: HashMap<String, usize> = HashMap::new();
     let mut paths = Vec::new();
+    let mut origins = Origins::default();
 
     for (path, file) in files {
+        origins.note("tcpmux", &path, &file.lines.tcpmux);
+        origins.note("msp", &path, &file.lines.msp);
         if let Some(t) = file.tcpmux {
             tcpmux_source = path.clone();
             merged.listen = t.listen.or(merged.listen);
@@ -384,17 +525,22 @@ pub fn build(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, ConfigError> {
             msp.allow = m.allow.or(msp.allow);
             msp.deny = m.deny.or(msp.deny);
         }
-        for raw in file.services {
-            let service = validate_service(&path, raw)?;
+        let no_lines = (0, HashMap::new());
+        for (i, raw) in file.services.into_iter().enumerate() {
+            let lines = file.lines.services.get(i).unwrap_or(&no_lines);
+            let service = validate_service(&path, lines, raw)?;
             let key = service.name.to_ascii_lowercase();
             if let Some(&i) = by_name.get(&key) {
                 let first = &services[i];
-                return Err(ConfigError::new(
+                return Err(ConfigError::at(
                     &path,
+                    service.line,
                     format!(
-                        "service \"{}\" is already defined in {}",
+                        "service \"{}\" is already defined in {}{} (service names compare \
+                         without regard to case)",
                         service.name,
-                        first.source.display()
+                        first.source.display(),
+                        first.line.map(|l| format!(" line {l}")).unwrap_or_default(),
                     ),
                 ));
             }
@@ -404,8 +550,8 @@ pub fn build(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, ConfigError> {
         paths.push(path);
     }
 
-    let tcpmux = validate_tcpmux(&tcpmux_source, merged)?;
-    let msp = validate_msp(&msp_source, msp)?;
+    let tcpmux = validate_tcpmux(&tcpmux_source, &origins, merged)?;
+    let msp = validate_msp(&msp_source, &origins, msp)?;
     Ok(Config {
         tcpmux,
         msp,
@@ -416,13 +562,18 @@ pub fn build(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, ConfigError> {
     })
 }
 
-fn validate_tcpmux(path: &Path, raw: RawTcpmux) -> Result<TcpmuxSettings, ConfigError> {
+fn validate_tcpmux(
+    path: &Path,
+    origins: &Origins,
+    raw: RawTcpmux,
+) -> Result<TcpmuxSettings, ConfigError> {
+    let err = |key: &str, message: String| origins.error(path, "tcpmux", key, message);
     let name_timeout = raw.name_timeout.unwrap_or(limits::DEFAULT_NAME_TIMEOUT);
     if name_timeout.is_zero() || name_timeout > limits::MAX_NAME_TIMEOUT {
-        return Err(ConfigError::new(
-            path,
+        return Err(err(
+            "name_timeout",
             format!(
-                "[tcpmux] name_timeout: {} is out of range (more than 0, at most {})",
+                "{} is out of range (more than 0, at most {})",
                 humantime::format_duration(name_timeout),
                 humantime::format_duration(limits::MAX_NAME_TIMEOUT)
             ),
@@ -430,17 +581,11 @@ fn validate_tcpmux(path: &Path, raw: RawTcpmux) -> Result<TcpmuxSettings, Config
     }
     let max_handshakes = raw.max_handshakes.unwrap_or(limits::DEFAULT_MAX_HANDSHAKES);
     if max_handshakes == 0 {
-        return Err(ConfigError::new(
-            path,
-            "[tcpmux] max_handshakes: must be at least 1",
-        ));
+        return Err(err("max_handshakes", "must be at least 1".into()));
     }
     let at_least_one =
         |key: &str, value: Option<usize>, default: usize| match value.unwrap_or(default) {
-            0 => Err(ConfigError::new(
-                path,
-                format!("[tcpmux] {key}: must be at least 1"),
-            )),
+            0 => Err(err(key, "must be at least 1".into())),
             n => Ok(n),
         };
     let max_handshakes_per_source = at_least_one(
@@ -457,16 +602,16 @@ fn validate_tcpmux(path: &Path, raw: RawTcpmux) -> Result<TcpmuxSettings, Config
         .ipv6_source_prefix
         .unwrap_or(limits::DEFAULT_IPV6_SOURCE_PREFIX);
     if ipv6_source_prefix > 128 {
-        return Err(ConfigError::new(
-            path,
-            format!("[tcpmux] ipv6_source_prefix: {ipv6_source_prefix} is longer than 128 bits"),
+        return Err(err(
+            "ipv6_source_prefix",
+            format!("{ipv6_source_prefix} is longer than 128 bits"),
         ));
     }
     let listen = match raw.listen {
         Some(l) if l.is_empty() => {
-            return Err(ConfigError::new(
-                path,
-                "[tcpmux] listen: is empty; give at least one address, or leave the key out for the default",
+            return Err(err(
+                "listen",
+                "is empty; give at least one address, or leave the key out for the default".into(),
             ));
         }
         Some(l) => l,
@@ -487,37 +632,41 @@ fn validate_tcpmux(path: &Path, raw: RawTcpmux) -> Result<TcpmuxSettings, Config
     })
 }
 
-fn validate_msp(path: &Path, raw: RawMsp) -> Result<MspSettings, ConfigError> {
-    let err = |msg: String| ConfigError::new(path, format!("[msp] {msg}"));
+fn validate_msp(path: &Path, origins: &Origins, raw: RawMsp) -> Result<MspSettings, ConfigError> {
+    let err = |key: &str, message: String| origins.error(path, "msp", key, message);
     let deliver = raw.deliver.unwrap_or_default();
     if let Some(command) = &raw.command {
         match command.first() {
-            None => return Err(err("command: is empty".into())),
+            None => return Err(err("command", "is empty".into())),
             Some(p) if !Path::new(p).is_absolute() => {
-                return Err(err(format!("command: \"{p}\" is not an absolute path")));
+                return Err(err("command", format!("\"{p}\" is not an absolute path")));
             }
             Some(_) => {}
         }
     } else if deliver == Delivery::Command {
         return Err(err(
-            "command: missing, and deliver = \"command\" needs it".into()
+            "command",
+            "missing, and deliver = \"command\" needs it".into(),
         ));
     }
     let bounded = |key: &str, d: Option<Duration>, default: Duration, max: Duration| {
         let d = d.unwrap_or(default);
         if d.is_zero() || d > max {
-            Err(err(format!(
-                "{key}: {} is out of range (more than 0, at most {})",
-                humantime::format_duration(d),
-                humantime::format_duration(max)
-            )))
+            Err(err(
+                key,
+                format!(
+                    "{} is out of range (more than 0, at most {})",
+                    humantime::format_duration(d),
+                    humantime::format_duration(max)
+                ),
+            ))
         } else {
             Ok(d)
         }
     };
     let at_least_one = |key: &str, value: Option<u32>, default: u32| match value.unwrap_or(default)
     {
-        0 => Err(err(format!("{key}: must be at least 1"))),
+        0 => Err(err(key, "must be at least 1".to_string())),
         n => Ok(n),
     };
     let rate_per_minute = at_least_one(
@@ -539,13 +688,16 @@ fn validate_msp(path: &Path, raw: RawMsp) -> Result<MspSettings, ConfigError> {
         .max_connections
         .unwrap_or(limits::DEFAULT_MSP_MAX_CONNECTIONS);
     if max_connections == 0 {
-        return Err(err("max_connections: must be at least 1".into()));
+        return Err(err("max_connections", "must be at least 1".into()));
     }
     let max_connections_per_source = raw
         .max_connections_per_source
         .unwrap_or(limits::DEFAULT_MSP_MAX_CONNECTIONS_PER_SOURCE);
     if max_connections_per_source == 0 {
-        return Err(err("max_connections_per_source: must be at least 1".into()));
+        return Err(err(
+            "max_connections_per_source",
+            "must be at least 1".into(),
+        ));
     }
     Ok(MspSettings {
         listen: raw.listen.unwrap_or_default(),
@@ -637,67 +789,85 @@ pub fn check_service_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn validate_service(path: &Path, raw: RawService) -> Result<Service, ConfigError> {
+fn validate_service(
+    path: &Path,
+    (header, lines): &(usize, HashMap<String, usize>),
+    raw: RawService,
+) -> Result<Service, ConfigError> {
     let name = raw.name;
-    let err =
-        |msg: String| ConfigError::new(path, format!("service \"{}\": {msg}", name.escape_debug()));
-    check_service_name(&name).map_err(&err)?;
+    let line = (*header > 0).then_some(*header);
+    let err = |key: &str, message: String| {
+        ConfigError::at(
+            path,
+            lines.get(key).copied().or(line),
+            format!("service \"{}\": {key}: {message}", name.escape_debug()),
+        )
+    };
+    check_service_name(&name).map_err(|m| err("name", m))?;
     if let Some(command) = &raw.command {
         let Some(program) = command.first() else {
-            return Err(err("command: is empty".into()));
+            return Err(err("command", "is empty".into()));
         };
         if !Path::new(program).is_absolute() {
-            return Err(err(format!(
-                "command: \"{program}\" is not an absolute path"
-            )));
+            return Err(err(
+                "command",
+                format!("\"{program}\" is not an absolute path"),
+            ));
         }
         if command.iter().any(|a| a.contains('\0')) {
-            return Err(err("command: contains a NUL character".into()));
+            return Err(err("command", "contains a NUL character".into()));
         }
     } else if raw.launcher == LauncherKind::Exec {
         return Err(err(
-            "command: missing (a list: program path, then arguments); only the systemd \
-             launcher can take the program from unit drop-ins"
+            "command",
+            "missing (a list: program path, then arguments); only the systemd launcher can \
+             take the program from unit drop-ins"
                 .into(),
         ));
     }
     if raw.launcher != LauncherKind::Exec {
         let escaped = libsystemd::unit::escape_name(&name).len();
         if escaped > MAX_ESCAPED_NAME_LEN {
-            return Err(err(format!(
-                "name is {escaped} characters long once escaped for systemd unit names, more than \
+            return Err(err(
+                "name",
+                format!(
+                    "{escaped} characters long once escaped for systemd unit names, more than \
                  {MAX_ESCAPED_NAME_LEN}; shorten it, or set launcher = \"exec\""
-            )));
+                ),
+            ));
         }
     }
     if raw.max_instances == 0 {
-        return Err(err("max_instances: must be at least 1".into()));
+        return Err(err("max_instances", "must be at least 1".into()));
     }
     if raw.max_starts_per_second == 0 {
-        return Err(err("max_starts_per_second: must be at least 1".into()));
+        return Err(err("max_starts_per_second", "must be at least 1".into()));
     }
     for (key, value) in &raw.environment {
         let valid = !key.is_empty()
             && !key.starts_with(|c: char| c.is_ascii_digit())
             && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
-            return Err(err(format!(
-                "environment: \"{key}\" is not a valid variable name"
-            )));
+            return Err(err(
+                "environment",
+                format!("\"{key}\" is not a valid variable name"),
+            ));
         }
         if value.contains('\0') {
-            return Err(err(format!(
-                "environment: {key}: value contains a NUL character"
-            )));
+            return Err(err(
+                "environment",
+                format!("{key}: value contains a NUL character"),
+            ));
         }
         if RESERVED_ENVIRONMENT.contains(&key.as_str()) || key.starts_with("LISTEN_") {
-            return Err(err(format!(
-                "environment: {key} is set by tcpmuxd for every session and cannot be configured"
-            )));
+            return Err(err(
+                "environment",
+                format!("{key} is set by tcpmuxd for every session and cannot be configured"),
+            ));
         }
     }
-    let credentials =
-        resolve_credentials(raw.user.as_deref(), raw.group.as_deref()).map_err(&err)?;
+    let credentials = resolve_credentials(raw.user.as_deref(), raw.group.as_deref())
+        .map_err(|(key, m)| err(key, m))?;
     Ok(Service {
         command: raw.command,
         plus: raw.plus,
@@ -708,6 +878,7 @@ fn validate_service(path: &Path, raw: RawService) -> Result<Service, ConfigError
         credentials,
         environment: raw.environment.into_iter().collect(),
         source: path.to_path_buf(),
+        line,
         name,
     })
 }
@@ -715,16 +886,19 @@ fn validate_service(path: &Path, raw: RawService) -> Result<Service, ConfigError
 fn resolve_credentials(
     user: Option<&str>,
     group: Option<&str>,
-) -> Result<Option<Credentials>, String> {
+) -> Result<Option<Credentials>, (&'static str, String)> {
     use nix::unistd::{Group, User};
     let Some(u) = user else {
         return match group {
             None => Ok(None),
             // The program would keep uid 0 and, through it, all of root's
             // power: a group alone would only look like a restriction.
-            Some(g) => Err(format!(
-                "group: \"{g}\" without user: the program would still run as root; set user \
+            Some(g) => Err((
+                "group",
+                format!(
+                    "\"{g}\" without user: the program would still run as root; set user \
                  as well (for example user = \"nobody\")"
+                ),
             )),
         };
     };
@@ -734,8 +908,8 @@ fn resolve_credentials(
     };
     let user = match found {
         Ok(Some(entry)) => entry,
-        Ok(None) => return Err(format!("user: \"{u}\": no such user")),
-        Err(e) => return Err(format!("user: \"{u}\": cannot look up: {e}")),
+        Ok(None) => return Err(("user", format!("\"{u}\": no such user"))),
+        Err(e) => return Err(("user", format!("\"{u}\": cannot look up: {e}"))),
     };
     let gid = match group {
         None => user.gid.as_raw(),
@@ -746,8 +920,8 @@ fn resolve_credentials(
             };
             match found {
                 Ok(Some(entry)) => entry.gid.as_raw(),
-                Ok(None) => return Err(format!("group: \"{g}\": no such group")),
-                Err(e) => return Err(format!("group: \"{g}\": cannot look up: {e}")),
+                Ok(None) => return Err(("group", format!("\"{g}\": no such group"))),
+                Err(e) => return Err(("group", format!("\"{g}\": cannot look up: {e}"))),
             }
         }
     };
@@ -761,37 +935,53 @@ fn resolve_credentials(
 // ---- the file system -------------------------------------------------------
 
 /// The drop-in files for main file `path`, in the order they apply.
-pub fn dropin_files(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+/// The drop-in files for main file `path`, in the order they apply, and
+/// the other files found beside them, which are not read. (Hidden files,
+/// such as an editor's, are neither.)
+pub fn dropin_files(path: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), ConfigError> {
     let dir = path.parent().unwrap_or(Path::new(".")).join(DROPIN_DIR);
     let entries = match std::fs::read_dir(&dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
         Err(e) => return Err(ConfigError::new(&dir, format!("cannot read folder: {e}"))),
     };
-    let mut files = Vec::new();
+    let (mut files, mut ignored) = (Vec::new(), Vec::new());
     for entry in entries {
         let entry =
             entry.map_err(|e| ConfigError::new(&dir, format!("cannot read folder: {e}")))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.ends_with(".toml") && !name.starts_with('.') {
+        if name.starts_with('.') {
+            continue;
+        }
+        if name.ends_with(".toml") {
             files.push(entry.path());
+        } else {
+            ignored.push(entry.path());
         }
     }
     files.sort();
-    Ok(files)
+    ignored.sort();
+    Ok((files, ignored))
 }
 
 /// Reads, merges and validates the main file and its drop-ins, and notes
 /// services whose program cannot be run now.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let mut parsed = Vec::new();
-    for file in std::iter::once(path.to_path_buf()).chain(dropin_files(path)?) {
+    let (dropins, ignored) = dropin_files(path)?;
+    for file in std::iter::once(path.to_path_buf()).chain(dropins) {
         let text = std::fs::read_to_string(&file)
             .map_err(|e| ConfigError::new(&file, format!("cannot read: {e}")))?;
         parsed.push((file.clone(), parse_file(&file, &text)?));
     }
     let mut config = build(parsed)?;
+    for file in ignored {
+        config.warnings.push(format!(
+            "{}: ignored: only files whose names end in .toml are read",
+            file.display()
+        ));
+    }
     for service in &config.services {
         let Some(program) = service.program() else {
             continue;
@@ -884,8 +1074,9 @@ mod tests {
         ])
         .unwrap_err()
         .to_string();
-        assert!(e.starts_with("conf.d/50-echo.toml: "), "{e}");
-        assert!(e.contains("main.toml"), "{e}");
+        assert!(e.starts_with("conf.d/50-echo.toml: line 1: "), "{e}");
+        assert!(e.contains("main.toml line 1"), "{e}");
+        assert!(e.contains("without regard to case"), "{e}");
     }
 
     #[test]
@@ -1003,6 +1194,55 @@ mod tests {
         assert!(e.contains("escaped"), "{e}");
         let text = format!("{text}launcher = \"exec\"\n");
         assert!(build_from(&[("main.toml", &text)]).is_ok());
+    }
+
+    #[test]
+    fn errors_found_after_parsing_name_the_line() {
+        let main = "# tcpmuxd\n[tcpmux]\nlisten = [\"127.0.0.1:1\"]\nmax_sessions = 0\n";
+        let e = build_from(&[("main.toml", main)]).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "main.toml: line 4: [tcpmux] max_sessions: must be at least 1"
+        );
+        let e = build_from(&[
+            ("main.toml", "[msp]\nidle_timeout = \"1s\"\n"),
+            ("conf.d/10.toml", "\n[msp]\nidle_timeout = \"2h\"\n"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("conf.d/10.toml: line 3: [msp] idle_timeout: "),
+            "{e}"
+        );
+        let svc = "[[service]]\nname = \"a\"\ncommand = [\"/bin/cat\"]\n\n\
+                   [[service]]\nname = \"b\"\ncommand = [\"cat\"]\n";
+        let e = build_from(&[("main.toml", svc)]).unwrap_err().to_string();
+        assert!(
+            e.starts_with("main.toml: line 7: service \"b\": command: "),
+            "{e}"
+        );
+        let e = build_from(&[(
+            "main.toml",
+            "[[service]]\nname = \"x\"\ncommand = [\"/bin/cat\"]\n[service.environment]\nPATH = \"/\"\n",
+        )])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("main.toml: line 4: service \"x\": environment: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn messages_use_plain_words() {
+        let e = build_from(&[("main.toml", "[tcpmux]\nmax_sessions = \"many\"\n")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected a whole number"), "{e}");
+        let e = build_from(&[("main.toml", "[tcpmux]\nname_timeout = \"ten seconds\"\n")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ms, s, min, h, d"), "{e}");
     }
 
     #[test]

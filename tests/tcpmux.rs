@@ -595,7 +595,7 @@ fn check_names_file_line_and_key_of_errors() {
     ]);
     assert_eq!(code, 78);
     assert!(
-        err.contains("conf.d/50-echo.toml: service \"ECHO\" is already defined in"),
+        err.contains("conf.d/50-echo.toml: line 1: service \"ECHO\" is already defined in"),
         "{err}"
     );
     assert!(err.contains("tcpmuxd.toml"), "{err}");
