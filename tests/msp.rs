@@ -737,21 +737,11 @@ fn msend_sends_over_tcp_and_udp() {
 fn a_service_named_msp_is_a_config_error_naming_it() {
     // It would share drop-ins (tcpmux-msp@.service.d/) and session counting
     // with the MSP delivery units.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tcpmuxd.toml");
-    std::fs::write(
-        &path,
+    let (code, _, stderr) = check(&[(
+        "tcpmuxd.toml",
         "[[service]]\nname = \"Msp\"\ncommand = [\"/bin/cat\"]\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(DAEMON)
-        .arg("--config")
-        .arg(&path)
-        .arg("--check")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    )]);
+    assert_eq!(code, 78, "{stderr}");
     assert!(stderr.contains("service \"Msp\""), "{stderr}");
     assert!(stderr.contains("\"Msp\" is reserved"), "{stderr}");
     assert!(stderr.contains("tcpmux-msp@.service"), "{stderr}");

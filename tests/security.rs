@@ -147,17 +147,9 @@ fn a_session_inherits_only_stdin_stdout_and_stderr() {
 
 #[test]
 fn a_group_without_a_user_is_a_configuration_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tcpmuxd.toml");
-    std::fs::write(&path, one_service("g", r#"["/bin/cat"]"#, "group = \"0\"")).unwrap();
-    let out = Command::new(DAEMON)
-        .arg("--config")
-        .arg(&path)
-        .arg("--check")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    let config = one_service("g", r#"["/bin/cat"]"#, "group = \"0\"");
+    let (code, _, stderr) = check(&[("tcpmuxd.toml", &config)]);
+    assert_eq!(code, 78, "{stderr}");
     assert!(stderr.contains("without user"), "{stderr}");
     assert!(stderr.contains("root"), "{stderr}");
 }
@@ -450,8 +442,6 @@ fn ipv4_mapped_acl_entries_match_ipv4_clients() {
 
 #[test]
 fn durations_too_large_for_the_clock_are_refused_at_load() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tcpmuxd.toml");
     for text in [
         "[msp]\nconnection_timeout = \"300000000000y\"\n",
         "[msp]\nidle_timeout = \"300000000000y\"\n",
@@ -459,15 +449,8 @@ fn durations_too_large_for_the_clock_are_refused_at_load() {
         "[msp]\ndedup_window = \"300000000000y\"\n",
         "[tcpmux]\nname_timeout = \"300000000000y\"\n",
     ] {
-        std::fs::write(&path, text).unwrap();
-        let out = Command::new(DAEMON)
-            .arg("--config")
-            .arg(&path)
-            .arg("--check")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(78), "{text}: {stderr}");
+        let (code, _, stderr) = check(&[("tcpmuxd.toml", text)]);
+        assert_eq!(code, 78, "{text}: {stderr}");
         assert!(stderr.contains("at most"), "{text}: {stderr}");
     }
 }

@@ -537,26 +537,6 @@ fn socket_activation_with_a_foreign_name_is_a_clear_error() {
     );
 }
 
-fn check(files: &[(&str, &str)]) -> (i32, String, String) {
-    let dir = tempfile::tempdir().unwrap();
-    for (name, text) in files {
-        let path = dir.path().join(name);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
-    let out = std::process::Command::new(DAEMON)
-        .arg("--config")
-        .arg(dir.path().join(files[0].0))
-        .arg("--check")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn check_accepts_a_valid_config_with_dropins() {
     let (code, out, err) = check(&[

@@ -182,7 +182,7 @@ fn settle(pid: u32) -> Result<Sample, String> {
 
 /// Whether the server still holds the connection open without having said
 /// anything (a refusal or a close would be readable).
-fn still_silent(stream: &TcpStream) -> bool {
+pub fn still_silent(stream: &TcpStream) -> bool {
     let mut byte = [0u8; 1];
     stream.set_nonblocking(true).is_ok()
         && matches!(stream.peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)

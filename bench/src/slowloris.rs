@@ -4,6 +4,7 @@
 //! the server still holds.
 
 use crate::load::close_with_reset;
+use crate::memory::still_silent;
 use crate::record::Record;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
@@ -61,13 +62,6 @@ fn help(target: SocketAddrV4) -> Result<Duration, String> {
         return Err(format!("answer {:?}", String::from_utf8_lossy(&reply)));
     }
     Ok(took)
-}
-
-/// Whether the server still holds the connection without having answered.
-fn still_silent(stream: &TcpStream) -> bool {
-    let mut byte = [0u8; 1];
-    stream.set_nonblocking(true).is_ok()
-        && matches!(stream.peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 pub fn measure(

@@ -498,3 +498,25 @@ pub fn script(dir: &Path, name: &str, body: &str) -> String {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     path.to_string_lossy().into_owned()
 }
+
+/// `tcpmuxd --check` on `files` (name, text), the first being the main file,
+/// written into a fresh folder: (exit code, stdout, stderr).
+pub fn check(files: &[(&str, &str)]) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    let out = Command::new(DAEMON)
+        .arg("--config")
+        .arg(dir.path().join(files[0].0))
+        .arg("--check")
+        .output()
+        .expect("run tcpmuxd --check");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
