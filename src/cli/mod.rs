@@ -2,6 +2,7 @@
 //! binary so that the man pages and shell completions are generated from
 //! the same definitions (`cargo run --example gen-docs`).
 
+pub mod config_doc;
 pub mod msend;
 pub mod tcpmux;
 pub mod tcpmuxd;
