@@ -3,6 +3,7 @@
 
 pub mod acl;
 pub mod admission;
+pub mod cli;
 pub mod config;
 pub mod launch;
 pub mod limits;

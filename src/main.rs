@@ -2,12 +2,12 @@
 //! take the sockets, then hand over to the server.
 
 use clap::Parser;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use tcpmuxd::config::{self, DEFAULT_CONFIG_PATH};
+use tcpmuxd::cli::tcpmuxd::Args;
+use tcpmuxd::config;
 use tcpmuxd::listen::{self, Sockets};
-use tcpmuxd::log::{self, LogTarget};
+use tcpmuxd::log;
 use tcpmuxd::notify::Notifier;
 use tcpmuxd::server::{self, State};
 use tcpmuxd::startup;
@@ -16,52 +16,6 @@ use tcpmuxd::startup;
 const EXIT_CONFIG: u8 = 78;
 /// Exit status for sockets that cannot be used or bound.
 const EXIT_SOCKETS: u8 = 71;
-
-const AFTER_HELP: &str = "\
-Sockets:
-  Under systemd, tcpmuxd takes its sockets from socket activation, by
-  FileDescriptorName=: \"tcpmux\" (stream, TCP port 1) and \"msp\" (stream and
-  datagram, port 18). Otherwise it binds [tcpmux] listen from the config
-  (default [::]:1).
-
-Configuration:
-  FILE, then every *.toml in conf.d/ beside it, in lexical order. Drop-ins may
-  set [tcpmux] keys (a later file wins) and add [[service]] entries. Unknown
-  keys are errors. Check a configuration with --check before reloading.
-
-Signals:
-  SIGHUP reloads the configuration (an invalid one is rejected and the old one
-  kept); SIGTERM and SIGINT stop accepting, finish handshakes in progress and
-  exit. Running sessions are left running.
-
-Exit status:
-  0 success; 1 other errors; 71 sockets cannot be used; 78 invalid config.";
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "tcpmuxd",
-    version,
-    about = "TCPMUX (RFC 1078) server: hands each connection to the service its client names",
-    after_help = AFTER_HELP
-)]
-struct Args {
-    /// Main configuration file; drop-ins are read from conf.d/ beside it.
-    #[arg(short, long, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
-    config: PathBuf,
-
-    /// Validate the configuration and its drop-ins, print the result and exit.
-    #[arg(long)]
-    check: bool,
-
-    /// Where log entries go.
-    #[arg(long, value_enum, value_name = "TARGET", default_value = "auto")]
-    log_target: LogTarget,
-
-    /// Least severe level logged: error, warn, info, debug or trace (or a
-    /// tracing filter such as "tcpmuxd=debug").
-    #[arg(long, value_name = "LEVEL", default_value = "info")]
-    log_level: String,
-}
 
 fn main() -> ExitCode {
     // First of all: nothing the daemon was started with may reach a

@@ -19,6 +19,11 @@
 #                            accepted for tcpmuxd.service
 #   E2E_MASK="a.service ..." more units to mask in the container (units the
 #                            host happens to have that fail in a container)
+#   E2E_DEB, E2E_DEB_NEWER   the .deb and a newer build of it: installed with
+#                            dpkg -i, then upgraded, in a second container
+#                            booted from a debootstrapped bookworm
+#   E2E_ROOTFS=FILE          that bookworm root as a tarball; made with
+#                            debootstrap when missing
 #
 # Exit status: 0 every check passed; 1 a check failed or the container could
 # not be set up; 77 systemd cannot be booted here (not root, or no
@@ -39,7 +44,8 @@ readonly SESSION_TIMEOUT=120 # the long-lived session of the restart check
 
 # Where the staged files appear inside the container.
 readonly OPT=/opt/tcpmuxd
-readonly CLIENT=$OPT/bin/tcpmux
+# The client under test; /usr/bin/tcpmux once the package is installed.
+CLIENT=$OPT/bin/tcpmux
 readonly CONFIG=/etc/tcpmuxd/tcpmuxd.toml
 
 stage=${1:-}
@@ -110,12 +116,8 @@ root=
 cgroups=()
 session_pids=()
 
-teardown() {
-    local status=$?
-    exec 7>&-
-    for pid in "${session_pids[@]}"; do
-        kill "$pid" 2>/dev/null
-    done
+# Halts the container started last, if it still runs.
+stop_container() {
     if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
         # SIGTERM makes nspawn halt the container cleanly, in about a second.
         kill -TERM "$nspawn_pid" 2>/dev/null
@@ -127,6 +129,17 @@ teardown() {
         fi
         wait "$nspawn_pid" 2>/dev/null
     fi
+    nspawn_pid=
+    pid1=
+}
+
+teardown() {
+    local status=$?
+    exec 7>&-
+    for pid in "${session_pids[@]}"; do
+        kill "$pid" 2>/dev/null
+    done
+    stop_container
     # nspawn leaves its supervisor/ and payload/ below our cgroup: remove
     # the tree depth first, once the last process in it is gone.
     for dir in "${cgroups[@]}"; do
@@ -141,23 +154,6 @@ trap teardown EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# The container gets a cgroup of its own, so that what nspawn creates below
-# it does not clutter the cgroup this script runs in and can be removed
-# afterwards. cgroup v2 has one hierarchy; a v1 ("hybrid") host has the named
-# systemd hierarchy and usually a v2 one beside it.
-if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
-    cgroups=("/sys/fs/cgroup/$machine")
-else
-    for hierarchy in systemd unified; do
-        if [ -d "/sys/fs/cgroup/$hierarchy" ]; then
-            cgroups+=("/sys/fs/cgroup/$hierarchy/$machine")
-        fi
-    done
-fi
-for dir in "${cgroups[@]}"; do
-    mkdir -p "$dir" || die "cannot create cgroup $dir"
-done
-
 masks=(systemd-firstboot.service)
 read -r -a extra_masks <<<"$E2E_MASK"
 masks+=("${extra_masks[@]}")
@@ -166,19 +162,59 @@ for unit in "${masks[@]}"; do
     kernel_args+=("systemd.mask=$unit")
 done
 
-section "booting systemd in container $machine"
-# --register=no and --keep-unit: nspawn must not need a systemd on the host.
-# --volatile=yes: a tmpfs root with the host's /usr read-only and an empty
-# /etc, so nothing persists and the host is not touched.
-(
-    for dir in "${cgroups[@]}"; do
-        echo "$BASHPID" >"$dir/cgroup.procs" || exit 1
+# Boots container NAME with systemd-nspawn ARGS... (the root, binds) and
+# sets nspawn_pid, pid1 and root; dies when it does not come up.
+boot_container() {
+    local name=$1 dir hierarchy state
+    shift
+    # The container gets a cgroup of its own, so that what nspawn creates
+    # below it does not clutter the cgroup this script runs in and can be
+    # removed afterwards. cgroup v2 has one hierarchy; a v1 ("hybrid") host
+    # has the named systemd hierarchy and usually a v2 one beside it.
+    local mine=()
+    if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+        mine=("/sys/fs/cgroup/$name")
+    else
+        for hierarchy in systemd unified; do
+            if [ -d "/sys/fs/cgroup/$hierarchy" ]; then
+                mine+=("/sys/fs/cgroup/$hierarchy/$name")
+            fi
+        done
+    fi
+    for dir in "${mine[@]}"; do
+        mkdir -p "$dir" || die "cannot create cgroup $dir"
+        cgroups+=("$dir")
     done
-    exec systemd-nspawn -q -D / --volatile=yes -M "$machine" -b \
-        --register=no --keep-unit --private-network \
-        --bind-ro="$stage:$OPT" --console=pipe -- "${kernel_args[@]}"
-) >"$work/console.log" 2>&1 </dev/null &
-nspawn_pid=$!
+
+    section "booting systemd in container $name"
+    # --register=no and --keep-unit: nspawn must not need a systemd on the
+    # host. --private-network: only a loopback of its own.
+    (
+        for dir in "${mine[@]}"; do
+            echo "$BASHPID" >"$dir/cgroup.procs" || exit 1
+        done
+        exec systemd-nspawn -q "$@" -M "$name" -b \
+            --register=no --keep-unit --private-network \
+            --console=pipe -- "${kernel_args[@]}"
+    ) >"$work/console.log" 2>&1 </dev/null &
+    nspawn_pid=$!
+
+    wait_until "$BOOT_TIMEOUT" find_pid1 ||
+        die "the container's systemd did not start" "$(cat "$work/console.log")"
+    root=/proc/$pid1/root
+    wait_until "$BOOT_TIMEOUT" test -S "$root/run/systemd/private" ||
+        die "the container's systemd does not answer" "$(cat "$work/console.log")"
+    state=$(timeout "$BOOT_TIMEOUT" nsenter -t "$pid1" -a \
+        env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin systemctl is-system-running --wait)
+    case "$state" in
+    running) pass "container booted: $state" ;;
+    degraded)
+        pass "container booted: degraded (units that fail in a container; E2E_MASK can mask them)"
+        ct systemctl --failed --no-legend --plain --no-pager | sed 's/^/      /'
+        ;;
+    *) die "the container did not boot: '$state'" "$(cat "$work/console.log")" ;;
+    esac
+}
 
 find_pid1() {
     local child
@@ -191,11 +227,6 @@ find_pid1() {
     done
     return 1
 }
-wait_until "$BOOT_TIMEOUT" find_pid1 ||
-    die "the container's systemd did not start" "$(cat "$work/console.log")"
-root=/proc/$pid1/root
-wait_until "$BOOT_TIMEOUT" test -S "$root/run/systemd/private" ||
-    die "the container's systemd does not answer" "$(cat "$work/console.log")"
 
 # Runs a command inside the container, with a clean environment.
 ct() {
@@ -220,16 +251,10 @@ journal_has() {
         grep -F '"REMOTE_ADDR":"' | grep -qF '"REMOTE_PORT":"'
 }
 
-state=$(timeout "$BOOT_TIMEOUT" nsenter -t "$pid1" -a \
-    env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin systemctl is-system-running --wait)
-case "$state" in
-running) pass "container booted: $state" ;;
-degraded)
-    pass "container booted: degraded (units of the host that fail in a container; E2E_MASK can mask them)"
-    ct systemctl --failed --no-legend --plain --no-pager | sed 's/^/      /'
-    ;;
-*) die "the container did not boot: '$state'" "$(cat "$work/console.log")" ;;
-esac
+# The machine's own systemd, with --volatile=yes: a tmpfs root with the
+# host's /usr read-only and an empty /etc, so nothing persists and the host
+# is not touched.
+boot_container "$machine" -D / --volatile=yes --bind-ro="$stage:$OPT"
 
 # ---- installing, as a package would --------------------------------------------
 
@@ -749,6 +774,174 @@ if [ "$restarts" = 0 ] && ! ct systemctl is-failed --quiet tcpmuxd.service; then
 else
     fail "tcpmuxd.service did not fail (NRestarts=$restarts)" "$(ct journalctl -u tcpmuxd.service --no-pager -n 20)"
 fi
+# ---- the Debian package: install, man page, reload, upgrade ------------------
+
+# A bookworm root file system made by debootstrap, cached as a tarball
+# (about a minute to make; seconds to unpack).
+make_rootfs() {
+    local cache=$1 mirror
+    # The mirror apt already uses: deb822 .sources, or one-line .list files.
+    mirror=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null |
+        sed -n 's/^URIs:[[:space:]]*\([^[:space:]]*\).*/\1/p' | grep -v security | head -n 1)
+    if [ -z "$mirror" ]; then
+        mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
+            awk '$1 == "deb" && $0 !~ /security/ { for (i = 2; i <= NF; i++) if ($i ~ /:\/\//) { print $i; exit } }')
+    fi
+    [ -n "$mirror" ] || return 1
+    command -v debootstrap >/dev/null || return 1
+    note "debootstrap bookworm from $mirror (cached in $cache)"
+    rm -rf "$work/debootstrap"
+    timeout 600 debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,man-db \
+        bookworm "$work/debootstrap" "$mirror" >"$work/debootstrap.log" 2>&1 || return 1
+    mkdir -p "$(dirname "$cache")"
+    tar -C "$work/debootstrap" -cf "$cache.part" . && mv "$cache.part" "$cache"
+    rm -rf "$work/debootstrap"
+}
+
+# Whether the session across the upgrade echoed LINE.
+up_said() { grep -qx "$1" "$work/up.out"; }
+
+package_checks() {
+    section "the Debian package (dpkg -i, man page, reload without procps, upgrade)"
+    local deb=$E2E_DEB newer=${E2E_DEB_NEWER:-} cache=${E2E_ROOTFS:-$work/bookworm.tar}
+    local out page loop_pid before_pid after_pid sock_before sock_after
+    # The client loop runs until the upgrade is over, at most this long.
+    local loop_seconds=90
+    if [ ! -f "$deb" ] || [ ! -f "$newer" ]; then
+        fail "the packages to install exist" "E2E_DEB=$deb" "E2E_DEB_NEWER=$newer"
+        return
+    fi
+    if [ ! -f "$cache" ] && ! make_rootfs "$cache"; then
+        fail "a bookworm root file system for the package checks (debootstrap)" \
+            "$(tail -n 20 "$work/debootstrap.log" 2>/dev/null)"
+        return
+    fi
+    mkdir "$work/rootfs"
+    if ! tar -C "$work/rootfs" -xf "$cache"; then
+        fail "unpack $cache"
+        return
+    fi
+    # Not in /tmp: the container mounts a tmpfs there.
+    cp "$deb" "$work/rootfs/root/old.deb"
+    cp "$newer" "$work/rootfs/root/new.deb"
+    printf '127.0.0.1 localhost\n::1 localhost ip6-localhost\n' >"$work/rootfs/etc/hosts"
+    boot_container "$machine-deb" -D "$work/rootfs"
+    CLIENT=/usr/bin/tcpmux
+
+    if out=$(ct dpkg -i /root/old.deb 2>&1); then
+        pass "dpkg -i $(basename "$deb") on a minimal bookworm"
+    else
+        fail "dpkg -i $(basename "$deb")" "$out"
+        return
+    fi
+    if ct test -x /usr/bin/msend && ct test -x /usr/bin/tcpmux && ct test -d /etc/tcpmuxd/conf.d &&
+        [ "$(ct systemctl is-active tcpmuxd.socket tcpmuxd.service | tr '\n' ' ')" = "inactive inactive " ]; then
+        pass "installed: tcpmuxd, tcpmux, msend, /etc/tcpmuxd/conf.d/; nothing started"
+    else
+        fail "the package installs msend and conf.d/ and starts nothing" \
+            "$(ct dpkg -L tcpmuxd 2>&1 | grep -e bin/ -e conf.d)"
+    fi
+    page=$(ct man -P cat tcpmuxd 2>&1)
+    if printf '%s\n' "$page" | grep -q -- '--check' && ct man -w tcpmuxd.toml >/dev/null 2>&1 &&
+        ct man -w msend >/dev/null 2>&1 && ct man -w tcpmux >/dev/null 2>&1; then
+        pass "man tcpmuxd works (and man tcpmuxd.toml, tcpmux, msend are found)"
+    else
+        fail "man tcpmuxd shows the page" "$(printf '%s\n' "$page" | head -n 5)"
+    fi
+
+    printf '[[service]]\nname = "hold"\ncommand = ["/bin/cat"]\nlauncher = "systemd"\n' \
+        >"$root/etc/tcpmuxd/conf.d/50-hold.toml"
+    if ! out=$(ct systemctl enable --now tcpmuxd.socket tcpmuxd-msp.socket 2>&1) ||
+        ! wait_until "$WAIT_TIMEOUT" lists hold || ! wait_until "$WAIT_TIMEOUT" active_running; then
+        fail "systemctl enable --now tcpmuxd.socket tcpmuxd-msp.socket serves hold" "$out" \
+            "$(ct journalctl -u tcpmuxd.service --no-pager -n 20)"
+        return
+    fi
+    pass "the packaged units serve: tcpmux localhost --list lists hold"
+
+    printf '[[service]]\nname = "added-by-reload"\ncommand = ["/bin/cat"]\n' \
+        >"$root/etc/tcpmuxd/conf.d/60-reload.toml"
+    if ct test ! -e /bin/kill && ct test ! -e /usr/bin/kill && out=$(ct systemctl reload tcpmuxd.service 2>&1) &&
+        wait_until "$WAIT_TIMEOUT" lists added-by-reload && wait_until "$WAIT_TIMEOUT" active_running; then
+        pass "systemctl reload works without procps (no kill binary installed)"
+    else
+        fail "systemctl reload tcpmuxd works on a system without /bin/kill" "$out" \
+            "$(ct journalctl -u tcpmuxd.service --no-pager -n 10)"
+    fi
+
+    # A session open across the upgrade (systemd launcher: a unit of its own).
+    mkfifo "$work/up.in"
+    timeout "$SESSION_TIMEOUT" nsenter -t "$pid1" -a env -i PATH=/usr/bin:/bin "$CLIENT" localhost hold \
+        <"$work/up.in" >"$work/up.out" 2>"$work/up.err" &
+    session_pids+=($!)
+    exec 7>"$work/up.in"
+    echo "before upgrade" >&7
+    if ! wait_until "$WAIT_TIMEOUT" up_said "before upgrade"; then
+        fail "a session of hold echoes before the upgrade" "$(cat "$work/up.out" "$work/up.err")"
+    fi
+
+    # A client connecting in a loop meanwhile, inside the container; it
+    # stops when /run/e2e-stop appears, or after loop_seconds.
+    # shellcheck disable=SC2016 # expanded by the shell inside
+    timeout $((loop_seconds + 10)) nsenter -t "$pid1" -a env -i PATH=/usr/bin:/bin \
+        LOOP_SECONDS="$loop_seconds" bash -c '
+        ok=0 failed=0 end=$((SECONDS + LOOP_SECONDS))
+        while [ ! -e /run/e2e-stop ] && [ "$SECONDS" -lt "$end" ]; do
+            if out=$(tcpmux --timeout 10 localhost --list 2>&1) && printf "%s\n" "$out" | grep -q "^hold"; then
+                ok=$((ok + 1))
+            else
+                failed=$((failed + 1))
+                printf "failed: %s\n" "$out"
+            fi
+        done
+        echo "connections: $ok served, $failed failed"' >"$work/loop.log" 2>&1 &
+    loop_pid=$!
+    session_pids+=("$loop_pid")
+    sleep 1
+    before_pid=$(show tcpmuxd.service MainPID)
+    sock_before="$(show tcpmuxd.socket ActiveEnterTimestampMonotonic) $(show tcpmuxd-msp.socket ActiveEnterTimestampMonotonic)"
+    if out=$(ct dpkg -i /root/new.deb 2>&1); then
+        pass "dpkg -i $(basename "$newer") over $(basename "$deb")"
+    else
+        fail "dpkg -i $(basename "$newer")" "$out"
+    fi
+    wait_until "$WAIT_TIMEOUT" eval '[ "$(show tcpmuxd.service MainPID)" != "$before_pid" ]' &&
+        wait_until "$WAIT_TIMEOUT" active_running
+    # Connections keep coming for a moment after the new daemon is up.
+    sleep 1
+    touch "$root/run/e2e-stop"
+    wait "$loop_pid"
+    out=$(cat "$work/loop.log")
+    after_pid=$(show tcpmuxd.service MainPID)
+    sock_after="$(show tcpmuxd.socket ActiveEnterTimestampMonotonic) $(show tcpmuxd-msp.socket ActiveEnterTimestampMonotonic)"
+    if [ "$after_pid" != "$before_pid" ] && [ "$sock_after" = "$sock_before" ] && active_running; then
+        pass "the upgrade restarted tcpmuxd.service (pid $before_pid, now $after_pid), neither socket unit"
+    else
+        fail "the postinst restarts tcpmuxd.service only" "MainPID $before_pid, then $after_pid" \
+            "sockets active since $sock_before, then $sock_after"
+    fi
+    if printf '%s\n' "$out" | grep -q '^connections: [1-9][0-9]* served, 0 failed$'; then
+        pass "a client connecting in a loop across the upgrade: $(printf '%s\n' "$out" | tail -n 1)"
+    else
+        fail "no connection refused or reset during the upgrade" "$out"
+    fi
+    echo "after upgrade" >&7
+    if wait_until "$WAIT_TIMEOUT" up_said "after upgrade"; then
+        pass "a session open across the upgrade keeps working"
+    else
+        fail "the session of hold echoes after the upgrade" "$(cat "$work/up.out" "$work/up.err")"
+    fi
+    exec 7>&-
+    note "installed after the upgrade: tcpmuxd $(ct dpkg-query -W -f '${Version}' tcpmuxd)"
+}
+
+if [ -n "${E2E_DEB:-}" ]; then
+    stop_container
+    package_checks
+else
+    section "package checks not run (E2E_DEB is not set)"
+fi
+
 if [ "$failures" = 0 ]; then
     echo "all checks passed"
     exit 0

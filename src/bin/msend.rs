@@ -6,10 +6,9 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tcpmuxd::cli::msend::Args;
 use tcpmuxd::msp::message::{self, MAX_MESSAGE_LEN, Message, Version};
 
-/// The MSP port (RFC 1312).
-const DEFAULT_PORT: u16 = 18;
 /// Datagrams sent at most, with the same cookie, before giving up.
 const UDP_TRIES: u32 = 4;
 /// Longest reply read over TCP.
@@ -17,50 +16,6 @@ const MAX_REPLY_LEN: u64 = 1024;
 
 const EXIT_REFUSED: u8 = 1;
 const EXIT_NETWORK: u8 = 3;
-
-const AFTER_HELP: &str = "\
-Examples:
-  msend alice@example.org 'lunch at noon?'
-  msend alice:pts/2@example.org < note.txt
-  msend --udp @example.org 'the printer is on fire'    (any user; console)
-
-The sender is you, on your terminal; every message carries a fresh cookie so
-that a server shows a retransmitted datagram only once. Text is sent as
-ISO 8859-1 with CRLF line ends.
-
-Exit status:
-  0 delivered (over UDP: acknowledged); 1 refused, or no answer over UDP;
-  2 bad arguments or a message that cannot be sent; 3 network errors.";
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "msend",
-    version,
-    about = "Send a short message to a user's terminal on another host (Message Send Protocol)",
-    after_help = AFTER_HELP
-)]
-struct Args {
-    /// Recipient: USER[:TERMINAL]@HOST; an empty USER means any user (the console).
-    /// TERMINAL "*" means all of the user's terminals.
-    #[arg(value_name = "USER[:TERMINAL]@HOST")]
-    to: String,
-
-    /// The message; read from standard input when not given.
-    #[arg(value_name = "MESSAGE")]
-    message: Vec<String>,
-
-    /// Send over UDP (retransmitted until acknowledged) instead of TCP.
-    #[arg(short, long)]
-    udp: bool,
-
-    /// Server port.
-    #[arg(short, long, default_value_t = DEFAULT_PORT)]
-    port: u16,
-
-    /// Seconds to wait for the server's answer (over UDP: in all, over the tries).
-    #[arg(short, long, value_name = "SECONDS", default_value_t = 5.0)]
-    timeout: f64,
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();

@@ -6,6 +6,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
+use tcpmuxd::cli::tcpmux::Args;
 
 /// The TCPMUX port (RFC 1078).
 const DEFAULT_PORT: u16 = 1;
@@ -16,49 +17,6 @@ const MAX_REPLY_LINE: usize = 1024;
 
 const EXIT_REFUSED: u8 = 1;
 const EXIT_CONNECT: u8 = 3;
-
-const AFTER_HELP: &str = "\
-Examples:
-  tcpmux localhost --list          list the services
-  tcpmux example.org:1 echo        talk to the \"echo\" service
-  echo hello | tcpmux [::1] echo
-
-The server's reply line (\"+...\" or \"-...\") goes to stderr; what the service
-sends goes to stdout. Sending stops at the end of stdin; the program ends when
-the service closes the connection.
-
-Exit status:
-  0 the service accepted (or the list was printed); 1 the server or the
-  service answered \"-\"; 2 bad arguments; 3 cannot connect or talk.";
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "tcpmux",
-    version,
-    about = "Connect to a service through a TCPMUX (RFC 1078) server",
-    after_help = AFTER_HELP
-)]
-struct Args {
-    /// Server: HOST, HOST:PORT, [IPV6]:PORT or a bare IPv6 address (port 1 by default).
-    #[arg(value_name = "HOST[:PORT]")]
-    server: String,
-
-    /// Service name to ask for.
-    #[arg(
-        value_name = "SERVICE",
-        required_unless_present = "list",
-        conflicts_with = "list"
-    )]
-    service: Option<String>,
-
-    /// Print the list of services (HELP) and exit.
-    #[arg(short, long)]
-    list: bool,
-
-    /// Time allowed to connect and to get the reply line, in seconds.
-    #[arg(short, long, value_name = "SECONDS", default_value_t = 10.0)]
-    timeout: f64,
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();

@@ -1,0 +1,717 @@
+//! The configuration file's keys and limits, as documented: the one source
+//! of tcpmuxd.toml(5) and of the README's table of limits. Defaults and
+//! bounds are taken from `limits` and `config`, so the documentation shows
+//! what the code enforces; the tests below check that every key of the
+//! file format is documented and that the README's table is this one.
+
+use crate::config::{DEFAULT_CONFIG_PATH, DEFAULT_LISTEN, DEFAULT_UTMP, MAX_ESCAPED_NAME_LEN};
+use crate::limits;
+use std::time::Duration;
+
+/// One key of the configuration file.
+#[derive(Debug, Clone)]
+pub struct Key {
+    /// `tcpmux`, `msp` or `service` (the `[[service]]` tables).
+    pub section: &'static str,
+    pub name: &'static str,
+    /// The TOML type, as a reader needs it.
+    pub kind: &'static str,
+    /// The value in force when the key is left out.
+    pub default: String,
+    /// The values accepted; anything else is a configuration error.
+    pub bounds: String,
+    /// What a client sees when the limit the key sets is reached, for keys
+    /// that set one.
+    pub when_hit: Option<String>,
+    pub description: &'static str,
+}
+
+/// One row of the table of limits: a configuration key or a fixed bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limit {
+    /// Markdown: a key in backquotes, or plain words.
+    pub limit: String,
+    pub default: String,
+    pub when_hit: String,
+}
+
+/// Shows a duration as the configuration file spells it: "10s", "5m", "1h",
+/// "1d".
+pub fn duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => format!("{}ms", d.as_millis()),
+        s if s % 86400 == 0 => format!("{}d", s / 86400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+fn at_most(d: Duration) -> String {
+    format!("more than 0s, at most {}", duration(d))
+}
+
+const AT_LEAST_ONE: &str = "a whole number, at least 1";
+const ADDRESSES: &str =
+    "a list of IP addresses with ports, such as \"[::]:1\" or \"127.0.0.1:1025\"";
+const NETS: &str = "a list of addresses or CIDR prefixes (IPv4 or IPv6)";
+const COMMAND: &str = "a non-empty list: an absolute path, then the arguments";
+
+fn when_hit_name_timeout() -> String {
+    "`-Timed out waiting for the service name`, then close".into()
+}
+fn when_hit_max_handshakes() -> String {
+    "the oldest connection still waiting for its name gets `-Too many connections, try again \
+     later` and is closed, and the new one is served; only when none waits, the new one gets \
+     that answer"
+        .into()
+}
+fn when_hit_per_source() -> String {
+    "`-Too many connections from your address, try again later`, at once".into()
+}
+fn when_hit_server_busy() -> String {
+    "`-Server busy, try again later`".into()
+}
+fn when_hit_max_instances() -> String {
+    "`-Service busy, try again later`".into()
+}
+fn when_hit_start_rate() -> String {
+    "`-Service started too often, try again later`".into()
+}
+fn when_hit_msp_rate() -> String {
+    "TCP `-too many messages from your address; slow down`; UDP silence".into()
+}
+fn when_hit_msp_connections() -> String {
+    "the connection is closed at once".into()
+}
+fn when_hit_msp_timeouts() -> String {
+    "the connection is closed".into()
+}
+fn when_hit_command_timeout() -> String {
+    "`-delivery timed out` (UDP: silence)".into()
+}
+fn when_hit_dedup() -> String {
+    "retransmissions acknowledged, shown once".into()
+}
+
+/// Every key of the configuration file, in the order of the manual.
+pub fn keys() -> Vec<Key> {
+    let key = |section, name, kind, default: String, bounds: String, when_hit, description| Key {
+        section,
+        name,
+        kind,
+        default,
+        bounds,
+        when_hit,
+        description,
+    };
+    vec![
+        key(
+            "tcpmux",
+            "listen",
+            "array of strings",
+            format!("[\"{DEFAULT_LISTEN}\"]"),
+            format!("{ADDRESSES}; not empty"),
+            None,
+            "Addresses the TCPMUX port is bound to when tcpmuxd is not socket activated. Under \
+             systemd, tcpmuxd.socket binds the port and this key is not used.",
+        ),
+        key(
+            "tcpmux",
+            "name_timeout",
+            "duration",
+            duration(limits::DEFAULT_NAME_TIMEOUT),
+            at_most(limits::MAX_NAME_TIMEOUT),
+            Some(when_hit_name_timeout()),
+            "Time a client has to send the whole request line (the service name and its line \
+             end), and to take the reply.",
+        ),
+        key(
+            "tcpmux",
+            "max_handshakes",
+            "integer",
+            limits::DEFAULT_MAX_HANDSHAKES.to_string(),
+            AT_LEAST_ONE.into(),
+            Some(when_hit_max_handshakes()),
+            "Connections in the handshake phase at once (accepted, not yet answered or handed to \
+             a service); each costs about 2.3 KiB.",
+        ),
+        key(
+            "tcpmux",
+            "max_handshakes_per_source",
+            "integer",
+            limits::DEFAULT_MAX_HANDSHAKES_PER_SOURCE.to_string(),
+            AT_LEAST_ONE.into(),
+            Some(when_hit_per_source()),
+            "Of those, connections from one IPv4 address or one IPv6 prefix \
+             (ipv6_source_prefix).",
+        ),
+        key(
+            "tcpmux",
+            "ipv6_source_prefix",
+            "integer",
+            limits::DEFAULT_IPV6_SOURCE_PREFIX.to_string(),
+            "0 to 128 (bits)".into(),
+            None,
+            "IPv6 clients whose addresses share this many leading bits count as one source, for \
+             TCPMUX's per-source limits and MSP's rate_per_minute.",
+        ),
+        key(
+            "tcpmux",
+            "max_sessions",
+            "integer",
+            limits::DEFAULT_MAX_SESSIONS.to_string(),
+            AT_LEAST_ONE.into(),
+            Some(when_hit_server_busy()),
+            "Sessions running at once, all services together.",
+        ),
+        key(
+            "tcpmux",
+            "allow",
+            "array of strings",
+            "[] (everyone)".into(),
+            NETS.into(),
+            Some("`-Access denied`".into()),
+            "Master access list, checked before each service's own: when not empty, only these \
+             clients may use any service.",
+        ),
+        key(
+            "tcpmux",
+            "deny",
+            "array of strings",
+            "[]".into(),
+            NETS.into(),
+            Some("`-Access denied`".into()),
+            "Clients refused every service; deny wins over allow.",
+        ),
+        key(
+            "msp",
+            "listen",
+            "array of strings",
+            "[] (none)".into(),
+            ADDRESSES.into(),
+            None,
+            "Addresses bound for both TCP and UDP when tcpmuxd is not socket activated. Under \
+             systemd, tcpmuxd-msp.socket binds port 18.",
+        ),
+        key(
+            "msp",
+            "deliver",
+            "string",
+            "\"tty\"".into(),
+            "\"tty\", \"journal\" or \"command\"".into(),
+            None,
+            "How a message is delivered: to the recipient's terminals, as a journal entry, or to \
+             the standard input of command.",
+        ),
+        key(
+            "msp",
+            "command",
+            "array of strings",
+            "none (required with deliver = \"command\")".into(),
+            COMMAND.into(),
+            None,
+            "The program that delivers a message with deliver = \"command\": the text on its \
+             standard input, the MSP_* fields in its environment. Exit status 0 means delivered; \
+             otherwise the first line of its standard error is the reason sent back.",
+        ),
+        key(
+            "msp",
+            "command_timeout",
+            "duration",
+            duration(limits::DEFAULT_MSP_COMMAND_TIMEOUT),
+            at_most(limits::MAX_MSP_COMMAND_TIMEOUT),
+            Some(when_hit_command_timeout()),
+            "Time the delivery command may run before it is killed.",
+        ),
+        key(
+            "msp",
+            "console",
+            "boolean",
+            "false".into(),
+            "true or false".into(),
+            None,
+            "Deliver messages without a recipient to /dev/console.",
+        ),
+        key(
+            "msp",
+            "rate_per_minute",
+            "integer",
+            limits::DEFAULT_MSP_RATE_PER_MINUTE.to_string(),
+            AT_LEAST_ONE.into(),
+            Some(when_hit_msp_rate()),
+            "Messages accepted per source address (IPv6: per ipv6_source_prefix) a minute, in \
+             bursts of as many.",
+        ),
+        key(
+            "msp",
+            "idle_timeout",
+            "duration",
+            duration(limits::DEFAULT_MSP_IDLE_TIMEOUT),
+            at_most(limits::MAX_MSP_IDLE_TIMEOUT),
+            Some(when_hit_msp_timeouts()),
+            "TCP: time allowed for each message on a connection.",
+        ),
+        key(
+            "msp",
+            "connection_timeout",
+            "duration",
+            duration(limits::DEFAULT_MSP_CONNECTION_TIMEOUT),
+            at_most(limits::MAX_MSP_CONNECTION_TIMEOUT),
+            Some(when_hit_msp_timeouts()),
+            "TCP: lifetime of a connection.",
+        ),
+        key(
+            "msp",
+            "max_connections",
+            "integer",
+            limits::DEFAULT_MSP_MAX_CONNECTIONS.to_string(),
+            AT_LEAST_ONE.into(),
+            Some(when_hit_msp_connections()),
+            "TCP connections at once.",
+        ),
+        key(
+            "msp",
+            "dedup_window",
+            "duration",
+            duration(limits::DEFAULT_MSP_DEDUP_WINDOW),
+            format!(
+                "{}; at most {} messages are remembered",
+                at_most(limits::MAX_MSP_DEDUP_WINDOW),
+                limits::MSP_DEDUP_CAPACITY
+            ),
+            Some(when_hit_dedup()),
+            "How long delivered version B messages are remembered: one with the same sender, \
+             sender's terminal, cookie and source address is acknowledged again but not shown \
+             again.",
+        ),
+        key(
+            "msp",
+            "utmp",
+            "string",
+            format!("\"{DEFAULT_UTMP}\""),
+            "a path".into(),
+            None,
+            "Login records read to find a recipient's terminals when systemd-logind is not \
+             running.",
+        ),
+        key(
+            "service",
+            "name",
+            "string",
+            "none (required)".into(),
+            format!(
+                "1 to {} visible ASCII characters, not \"help\", unique without regard to case; \
+                 with the systemd launcher at most {MAX_ESCAPED_NAME_LEN} once escaped for unit names",
+                limits::MAX_NAME_LEN
+            ),
+            None,
+            "The name a client sends. Names compare without regard to case.",
+        ),
+        key(
+            "service",
+            "command",
+            "array of strings",
+            "none (required unless the systemd launcher takes ExecStart= from a unit drop-in)"
+                .into(),
+            COMMAND.into(),
+            Some("`-Service unavailable` when the program is missing or cannot be run".into()),
+            "The service's program, run with the connection as standard input and output.",
+        ),
+        key(
+            "service",
+            "plus",
+            "boolean",
+            "true".into(),
+            "true or false".into(),
+            None,
+            "true: tcpmuxd answers \"+\" before starting the program; false: the program \
+             answers \"+\" or \"-\" itself.",
+        ),
+        key(
+            "service",
+            "launcher",
+            "string",
+            "\"auto\"".into(),
+            "\"exec\", \"systemd\" or \"auto\"".into(),
+            None,
+            "How a session is started: as a child of tcpmuxd, or as a transient unit \
+             tcpmux-NAME@INSTANCE.service; \"auto\" picks systemd when tcpmuxd runs as a systemd \
+             service.",
+        ),
+        key(
+            "service",
+            "max_instances",
+            "integer",
+            limits::DEFAULT_MAX_INSTANCES.to_string(),
+            AT_LEAST_ONE.into(),
+            Some(when_hit_max_instances()),
+            "Sessions of this service running at once.",
+        ),
+        key(
+            "service",
+            "max_starts_per_second",
+            "integer",
+            limits::DEFAULT_MAX_STARTS_PER_SECOND.to_string(),
+            AT_LEAST_ONE.into(),
+            Some(when_hit_start_rate()),
+            "Sessions of this service started per second, with as many in reserve for bursts, \
+             shared fairly among sources.",
+        ),
+        key(
+            "service",
+            "allow",
+            "array of strings",
+            "[] (everyone the master list allows)".into(),
+            NETS.into(),
+            Some("`-Access denied`".into()),
+            "The service's own access list, checked after the master list.",
+        ),
+        key(
+            "service",
+            "deny",
+            "array of strings",
+            "[]".into(),
+            NETS.into(),
+            Some("`-Access denied`".into()),
+            "Clients refused this service; deny wins over allow.",
+        ),
+        key(
+            "service",
+            "user",
+            "string",
+            "none (tcpmuxd's own user)".into(),
+            "a user name or uid that exists".into(),
+            None,
+            "The user the program runs as, with that user's primary group and no supplementary \
+             groups, when tcpmuxd runs as root.",
+        ),
+        key(
+            "service",
+            "group",
+            "string",
+            "the user's primary group".into(),
+            "a group name or gid that exists; only together with user".into(),
+            None,
+            "The group the program runs as.",
+        ),
+        key(
+            "service",
+            "environment",
+            "table of strings",
+            "{}".into(),
+            "variable names of letters, digits and _, not starting with a digit; not \
+             TCPMUX_SERVICE, REMOTE_ADDR, REMOTE_PORT, LOCAL_ADDR, LOCAL_PORT, PATH nor LISTEN_*"
+                .into(),
+            None,
+            "Extra variables for the program, written as [service.environment].",
+        ),
+    ]
+}
+
+/// The table of limits, as the README shows it.
+pub fn limits_table() -> Vec<Limit> {
+    let row = |limit: &str, default: String, when_hit: String| Limit {
+        limit: limit.into(),
+        default,
+        when_hit,
+    };
+    let kib = |n: usize| n / 1024;
+    vec![
+        row(
+            "service name length",
+            format!("{} bytes", limits::MAX_NAME_LEN),
+            "`-Service name too long`, then close".into(),
+        ),
+        row(
+            "`[tcpmux] name_timeout`",
+            format!(
+                "{} (at most {})",
+                duration(limits::DEFAULT_NAME_TIMEOUT),
+                duration(limits::MAX_NAME_TIMEOUT)
+            ),
+            when_hit_name_timeout(),
+        ),
+        row(
+            "`[tcpmux] max_handshakes`",
+            format!(
+                "{} connections in the handshake at once (about 2.3 KiB each: under 40 MiB)",
+                limits::DEFAULT_MAX_HANDSHAKES
+            ),
+            when_hit_max_handshakes(),
+        ),
+        row(
+            "`[tcpmux] max_handshakes_per_source`",
+            format!(
+                "{} per IPv4 address or IPv6 prefix",
+                limits::DEFAULT_MAX_HANDSHAKES_PER_SOURCE
+            ),
+            when_hit_per_source(),
+        ),
+        row(
+            "`[tcpmux] ipv6_source_prefix`",
+            format!("{} bits", limits::DEFAULT_IPV6_SOURCE_PREFIX),
+            "(how IPv6 sources are grouped, for TCPMUX and MSP)".into(),
+        ),
+        row(
+            "`[tcpmux] max_sessions`",
+            format!(
+                "{} sessions running, all services",
+                limits::DEFAULT_MAX_SESSIONS
+            ),
+            when_hit_server_busy(),
+        ),
+        row(
+            "open files (`LimitNOFILE=`, `ulimit -n`)",
+            "65536 in `tcpmuxd.service`; the soft limit is raised to the hard one at startup"
+                .into(),
+            format!("{}, before any `+`", when_hit_server_busy()),
+        ),
+        row(
+            "`[[service]] max_instances`",
+            format!("{} sessions of the service", limits::DEFAULT_MAX_INSTANCES),
+            when_hit_max_instances(),
+        ),
+        row(
+            "`[[service]] max_starts_per_second`",
+            format!(
+                "{} (with as many in reserve), shared fairly among sources",
+                limits::DEFAULT_MAX_STARTS_PER_SECOND
+            ),
+            when_hit_start_rate(),
+        ),
+        row(
+            "listen backlog (sockets tcpmuxd binds)",
+            limits::LISTEN_BACKLOG.to_string(),
+            "connections wait in the kernel".into(),
+        ),
+        row(
+            "after a refusal or HELP",
+            format!(
+                "up to {} KiB / {} read and dropped",
+                kib(limits::DRAIN_LIMIT),
+                duration(limits::DRAIN_TIMEOUT).replace('s', " s")
+            ),
+            "the reply arrives before the close".into(),
+        ),
+        row(
+            "a session's stderr",
+            format!(
+                "{} KiB read a second, lines of {} bytes, {} lines a second in the log",
+                kib(limits::MAX_STDERR_BYTES_PER_SECOND),
+                limits::MAX_STDERR_LINE,
+                limits::MAX_STDERR_LINES_PER_SECOND
+            ),
+            format!(
+                "past {} KiB the program blocks on its full pipe until the next second; lines \
+                 over the rate are counted in one warning",
+                kib(limits::MAX_STDERR_BYTES_PER_SECOND)
+            ),
+        ),
+        row(
+            "`[msp]` message size",
+            format!(
+                "under {} octets; cookie {}",
+                crate::msp::message::MAX_MESSAGE_LEN + 1,
+                crate::msp::message::MAX_COOKIE_LEN
+            ),
+            "malformed: never delivered (TCP `-reason`, UDP silence)".into(),
+        ),
+        row(
+            "`[msp] rate_per_minute`",
+            format!(
+                "{} per source address (IPv6: per `ipv6_source_prefix`)",
+                limits::DEFAULT_MSP_RATE_PER_MINUTE
+            ),
+            when_hit_msp_rate(),
+        ),
+        row(
+            "`[msp] max_connections`",
+            format!("{} TCP connections", limits::DEFAULT_MSP_MAX_CONNECTIONS),
+            when_hit_msp_connections(),
+        ),
+        row(
+            "`[msp] idle_timeout`, `connection_timeout`",
+            format!(
+                "{} per message (at most {}), {} per connection (at most {})",
+                duration(limits::DEFAULT_MSP_IDLE_TIMEOUT),
+                duration(limits::MAX_MSP_IDLE_TIMEOUT),
+                duration(limits::DEFAULT_MSP_CONNECTION_TIMEOUT),
+                duration(limits::MAX_MSP_CONNECTION_TIMEOUT)
+            ),
+            when_hit_msp_timeouts(),
+        ),
+        row(
+            "`[msp] command_timeout`",
+            format!(
+                "{} (at most {})",
+                duration(limits::DEFAULT_MSP_COMMAND_TIMEOUT),
+                duration(limits::MAX_MSP_COMMAND_TIMEOUT)
+            ),
+            when_hit_command_timeout(),
+        ),
+        row(
+            "`[msp] dedup_window`",
+            format!(
+                "{} (at most {}), at most {} messages remembered",
+                duration(limits::DEFAULT_MSP_DEDUP_WINDOW),
+                duration(limits::MAX_MSP_DEDUP_WINDOW),
+                limits::MSP_DEDUP_CAPACITY
+            ),
+            when_hit_dedup(),
+        ),
+        row(
+            "MSP datagrams being delivered",
+            format!("{} at once", limits::MSP_MAX_UDP_IN_FLIGHT),
+            "further datagrams dropped (silence, as for any failure)".into(),
+        ),
+        row(
+            "systemd: D-Bus call / unit start",
+            format!(
+                "{} / {}",
+                duration(limits::DBUS_CALL_TIMEOUT),
+                duration(limits::UNIT_START_TIMEOUT)
+            ),
+            "`-Service unavailable`".into(),
+        ),
+    ]
+}
+
+/// The header of the README's table of limits, by which the test finds it.
+pub const LIMITS_TABLE_HEADER: &str = "| limit | default | what a client sees when it is hit |";
+
+/// The table of limits in Markdown, exactly as in the README.
+pub fn limits_markdown() -> String {
+    let mut out = format!("{LIMITS_TABLE_HEADER}\n|---|---|---|\n");
+    for l in limits_table() {
+        out.push_str(&format!(
+            "| {} | {} | {} |\n",
+            l.limit, l.default, l.when_hit
+        ));
+    }
+    out
+}
+
+/// Where the configuration is read from, for the manual.
+pub const CONFIG_PATH: &str = DEFAULT_CONFIG_PATH;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FileConfig;
+    use std::collections::BTreeSet;
+
+    /// The keys serde accepts in one table, from its error for an unknown
+    /// key ("unknown field `x`, expected one of `a`, `b`").
+    fn schema_keys(table: &str) -> BTreeSet<String> {
+        let text = format!("{table}\nname = \"x\"\nno_such_key_ = 1\n");
+        let err = toml::from_str::<FileConfig>(&text)
+            .expect_err("an unknown key is an error")
+            .to_string();
+        let expected = err
+            .split("expected one of ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no list of keys in: {err}"));
+        expected
+            .split(',')
+            .map(|k| {
+                k.trim()
+                    .trim_matches(|c: char| c == '`' || c.is_whitespace())
+            })
+            .map(|k| k.trim_end_matches(['`', '\n']).to_string())
+            .filter(|k| !k.is_empty())
+            .collect()
+    }
+
+    #[test]
+    fn every_key_of_the_file_format_is_documented() {
+        for (table, section) in [
+            ("[tcpmux]", "tcpmux"),
+            ("[msp]", "msp"),
+            ("[[service]]", "service"),
+        ] {
+            let documented: BTreeSet<String> = keys()
+                .iter()
+                .filter(|k| k.section == section)
+                .map(|k| k.name.to_string())
+                .collect();
+            assert_eq!(
+                schema_keys(table),
+                documented,
+                "keys of {table} in the file format (left) and in tcpmuxd.toml(5) (right)"
+            );
+        }
+    }
+
+    #[test]
+    fn every_key_has_a_default_bounds_and_a_description() {
+        for k in keys() {
+            assert!(
+                !k.default.is_empty(),
+                "{}.{}: no default",
+                k.section,
+                k.name
+            );
+            assert!(!k.bounds.is_empty(), "{}.{}: no bounds", k.section, k.name);
+            assert!(!k.description.is_empty(), "{}.{}", k.section, k.name);
+        }
+    }
+
+    #[test]
+    fn the_readme_table_of_limits_is_this_one() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find(LIMITS_TABLE_HEADER)
+            .expect("README.md has the table of limits");
+        let table: String = readme[start..]
+            .lines()
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(
+            table,
+            limits_markdown(),
+            "README.md's table of limits differs from src/cli/config_doc.rs \
+             (print it with `cargo run --example gen-docs -- --readme-table`)"
+        );
+    }
+
+    #[test]
+    fn every_limit_key_of_the_table_is_documented_with_its_answer() {
+        let keys = keys();
+        for row in limits_table() {
+            let Some(rest) = row.limit.strip_prefix("`[") else {
+                continue;
+            };
+            let (section, name) = rest.split_once("] ").unwrap_or(("", ""));
+            let section = section.trim_matches(['[', ']']);
+            let name = name.trim_matches('`');
+            if name.contains('`') || name.is_empty() {
+                continue;
+            }
+            let key = keys
+                .iter()
+                .find(|k| k.section == section && k.name == name)
+                .unwrap_or_else(|| panic!("{}: not among the keys", row.limit));
+            assert!(
+                row.default.starts_with(&key.default),
+                "{}: the table's default \"{}\" is not the key's \"{}\"",
+                row.limit,
+                row.default,
+                key.default
+            );
+            if let Some(when_hit) = &key.when_hit {
+                assert_eq!(&row.when_hit, when_hit, "{}", row.limit);
+            }
+        }
+    }
+
+    #[test]
+    fn durations_read_as_in_the_file() {
+        assert_eq!(duration(Duration::from_secs(10)), "10s");
+        assert_eq!(duration(Duration::from_secs(300)), "5m");
+        assert_eq!(duration(Duration::from_secs(3600)), "1h");
+        assert_eq!(duration(Duration::from_secs(86400)), "1d");
+    }
+}

@@ -1,0 +1,58 @@
+//! The command line of tcpmuxd, the daemon.
+
+use crate::config::DEFAULT_CONFIG_PATH;
+use crate::log::LogTarget;
+use clap::Parser;
+use std::path::PathBuf;
+
+pub const AFTER_HELP: &str = "\
+Sockets:
+  Under systemd, tcpmuxd takes its sockets from socket activation, by
+  FileDescriptorName=: \"tcpmux\" (stream, TCP port 1) and \"msp\" (stream and
+  datagram, port 18). Otherwise it binds [tcpmux] listen from the config
+  (default [::]:1).
+
+Configuration:
+  FILE, then every *.toml in conf.d/ beside it, in lexical order. Drop-ins may
+  set [tcpmux] keys (a later file wins) and add [[service]] entries. Unknown
+  keys are errors. Check a configuration with --check before reloading.
+
+Signals:
+  SIGHUP reloads the configuration (an invalid one is rejected and the old one
+  kept); SIGTERM and SIGINT stop accepting, finish handshakes in progress and
+  exit. Running sessions are left running.
+
+Exit status:
+  0 success; 1 other errors; 71 sockets cannot be used; 78 invalid config.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tcpmuxd",
+    version,
+    about = "TCPMUX (RFC 1078) server: hands each connection to the service its client names",
+    after_help = AFTER_HELP
+)]
+pub struct Args {
+    /// Main configuration file; drop-ins are read from conf.d/ beside it.
+    #[arg(short, long, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+
+    /// Validate the configuration and its drop-ins, print the result and exit.
+    #[arg(long)]
+    pub check: bool,
+
+    /// Where log entries go.
+    #[arg(long, value_enum, value_name = "TARGET", default_value = "auto")]
+    pub log_target: LogTarget,
+
+    /// Least severe level logged: error, warn, info, debug or trace (or a
+    /// tracing filter such as "tcpmuxd=debug").
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// The command line as clap sees it: for the binary, the man page and the
+/// shell completions alike.
+pub fn command() -> clap::Command {
+    <Args as clap::CommandFactory>::command()
+}
