@@ -82,6 +82,12 @@ fn when_hit_start_rate() -> String {
 fn when_hit_msp_rate() -> String {
     "TCP `-too many messages from your address; slow down`; UDP silence".into()
 }
+fn when_hit_msp_recipient_rate() -> String {
+    "TCP `-too many messages for this recipient; try again later`; UDP silence".into()
+}
+fn when_hit_msp_total_rate() -> String {
+    "TCP `-too many messages; try again later`; UDP silence".into()
+}
 fn when_hit_msp_connections() -> String {
     "the connection is closed at once".into()
 }
@@ -92,7 +98,7 @@ fn when_hit_command_timeout() -> String {
     "`-delivery timed out` (UDP: silence)".into()
 }
 fn when_hit_dedup() -> String {
-    "retransmissions acknowledged, shown once".into()
+    "a retransmission gets its first copy's answer, shown once".into()
 }
 
 /// Every key of the configuration file, in the order of the manual.
@@ -246,12 +252,33 @@ pub fn keys() -> Vec<Key> {
         ),
         key(
             "msp",
+            "recipient_rate_per_minute",
+            "integer",
+            limits::DEFAULT_MSP_RECIPIENT_RATE_PER_MINUTE.to_string(),
+            AT_LEAST_ONE.into(),
+            Some(when_hit_msp_recipient_rate()),
+            "Messages accepted for one recipient a minute, from all sources together, in bursts \
+             of as many.",
+        ),
+        key(
+            "msp",
+            "total_rate_per_minute",
+            "integer",
+            limits::DEFAULT_MSP_TOTAL_RATE_PER_MINUTE.to_string(),
+            AT_LEAST_ONE.into(),
+            Some(when_hit_msp_total_rate()),
+            "Messages accepted a minute, all sources and recipients together, in bursts of as \
+             many.",
+        ),
+        key(
+            "msp",
             "idle_timeout",
             "duration",
             duration(limits::DEFAULT_MSP_IDLE_TIMEOUT),
             at_most(limits::MAX_MSP_IDLE_TIMEOUT),
             Some(when_hit_msp_timeouts()),
-            "TCP: time allowed for each message on a connection.",
+            "TCP: time allowed for each whole message on a connection, however it is cut into \
+             reads.",
         ),
         key(
             "msp",
@@ -273,6 +300,15 @@ pub fn keys() -> Vec<Key> {
         ),
         key(
             "msp",
+            "max_connections_per_source",
+            "integer",
+            limits::DEFAULT_MSP_MAX_CONNECTIONS_PER_SOURCE.to_string(),
+            AT_LEAST_ONE.into(),
+            Some(when_hit_msp_connections()),
+            "Of those, from one source address (IPv6: per ipv6_source_prefix).",
+        ),
+        key(
+            "msp",
             "dedup_window",
             "duration",
             duration(limits::DEFAULT_MSP_DEDUP_WINDOW),
@@ -282,9 +318,9 @@ pub fn keys() -> Vec<Key> {
                 limits::MSP_DEDUP_CAPACITY
             ),
             Some(when_hit_dedup()),
-            "How long delivered version B messages are remembered: one with the same sender, \
-             sender's terminal, cookie and source address is acknowledged again but not shown \
-             again.",
+            "How long UDP messages are remembered: a datagram with the same source, sender, \
+             sender's terminal, cookie and text is a retransmission, answered as its first copy \
+             was and not shown again. Messages over TCP are never taken for retransmissions.",
         ),
         key(
             "msp",
@@ -293,8 +329,28 @@ pub fn keys() -> Vec<Key> {
             format!("\"{DEFAULT_UTMP}\""),
             "a path".into(),
             None,
-            "Login records read to find a recipient's terminals when systemd-logind is not \
-             running.",
+            "Login records read to find a recipient's terminals, together with \
+             systemd-logind's sessions (tmux, screen and xterm panes are only in the login \
+             records).",
+        ),
+        key(
+            "msp",
+            "allow",
+            "array of strings",
+            "[] (everyone)".into(),
+            NETS.into(),
+            Some("TCP: the connection is closed before anything is read; UDP: silence".into()),
+            "Who may send messages, as a service's allow: when not empty, only these clients. \
+             [tcpmux] allow and deny do not apply to MSP.",
+        ),
+        key(
+            "msp",
+            "deny",
+            "array of strings",
+            "[]".into(),
+            NETS.into(),
+            Some("TCP: the connection is closed before anything is read; UDP: silence".into()),
+            "Who may not send messages; deny wins over allow.",
         ),
         key(
             "service",
@@ -527,14 +583,38 @@ pub fn limits_table() -> Vec<Limit> {
             when_hit_msp_rate(),
         ),
         row(
+            "`[msp] recipient_rate_per_minute`",
+            format!(
+                "{} per recipient, all sources together",
+                limits::DEFAULT_MSP_RECIPIENT_RATE_PER_MINUTE
+            ),
+            when_hit_msp_recipient_rate(),
+        ),
+        row(
+            "`[msp] total_rate_per_minute`",
+            format!(
+                "{}, all messages together",
+                limits::DEFAULT_MSP_TOTAL_RATE_PER_MINUTE
+            ),
+            when_hit_msp_total_rate(),
+        ),
+        row(
             "`[msp] max_connections`",
             format!("{} TCP connections", limits::DEFAULT_MSP_MAX_CONNECTIONS),
             when_hit_msp_connections(),
         ),
         row(
+            "`[msp] max_connections_per_source`",
+            format!(
+                "{} per IPv4 address or IPv6 prefix",
+                limits::DEFAULT_MSP_MAX_CONNECTIONS_PER_SOURCE
+            ),
+            when_hit_msp_connections(),
+        ),
+        row(
             "`[msp] idle_timeout`, `connection_timeout`",
             format!(
-                "{} per message (at most {}), {} per connection (at most {})",
+                "{} per whole message (at most {}), {} per connection (at most {})",
                 duration(limits::DEFAULT_MSP_IDLE_TIMEOUT),
                 duration(limits::MAX_MSP_IDLE_TIMEOUT),
                 duration(limits::DEFAULT_MSP_CONNECTION_TIMEOUT),
@@ -554,7 +634,7 @@ pub fn limits_table() -> Vec<Limit> {
         row(
             "`[msp] dedup_window`",
             format!(
-                "{} (at most {}), at most {} messages remembered",
+                "{} (at most {}), at most {} UDP messages remembered",
                 duration(limits::DEFAULT_MSP_DEDUP_WINDOW),
                 duration(limits::MAX_MSP_DEDUP_WINDOW),
                 limits::MSP_DEDUP_CAPACITY
