@@ -1,9 +1,9 @@
 //! tcpmuxd: startup only. Parse the command line, read the environment,
 //! take the sockets, then hand over to the server.
 
-use clap::Parser;
 use std::process::ExitCode;
 use std::sync::Arc;
+use tcpmuxd::cli::exit;
 use tcpmuxd::cli::tcpmuxd::Args;
 use tcpmuxd::config;
 use tcpmuxd::listen::{self, Sockets};
@@ -12,16 +12,14 @@ use tcpmuxd::notify::Notifier;
 use tcpmuxd::server::{self, State};
 use tcpmuxd::startup;
 
-/// Exit status for a configuration that cannot be used (sysexits EX_CONFIG).
-const EXIT_CONFIG: u8 = 78;
-/// Exit status for sockets that cannot be used or bound.
-const EXIT_SOCKETS: u8 = 71;
-
 fn main() -> ExitCode {
     // First of all: nothing the daemon was started with may reach a
     // session's program.
     let inherited = startup::close_inherited_on_exec();
-    let args = Args::parse();
+    let args = match exit::parse::<Args>() {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
     if args.check {
         return check(&args);
     }
@@ -49,11 +47,11 @@ fn main() -> ExitCode {
 
     if let Err(e) = log::init(args.log_target, &args.log_level, connected_to_journal) {
         eprintln!("tcpmuxd: {e}");
-        return ExitCode::FAILURE;
+        return ExitCode::from(exit::UNAVAILABLE);
     }
     if let Err(e) = inherited {
         tracing::error!("{e}");
-        return ExitCode::FAILURE;
+        return ExitCode::from(exit::OSERR);
     }
     let (fd_limit, fd_problem) = startup::raise_fd_limit();
     if let Some(problem) = fd_problem {
@@ -65,7 +63,7 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => {
             tracing::error!("invalid configuration: {e}");
-            return ExitCode::from(EXIT_CONFIG);
+            return ExitCode::from(exit::CONFIG);
         }
     };
     for w in &config.warnings {
@@ -78,12 +76,12 @@ fn main() -> ExitCode {
             Ok(sockets) => (sockets, false),
             Err(e) => {
                 tracing::error!("{e}");
-                return ExitCode::from(EXIT_SOCKETS);
+                return ExitCode::from(exit::OSERR);
             }
         },
         Err(e) => {
             tracing::error!("{e}");
-            return ExitCode::from(EXIT_SOCKETS);
+            return ExitCode::from(exit::OSERR);
         }
     };
     if sockets.tcpmux.is_empty() {
@@ -91,7 +89,7 @@ fn main() -> ExitCode {
             "socket activation passed no socket named \"{}\": nothing to serve",
             listen::FDNAME_TCPMUX
         );
-        return ExitCode::from(EXIT_SOCKETS);
+        return ExitCode::from(exit::OSERR);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -100,7 +98,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(exit::OSERR);
         }
     };
     let state = Arc::new(State::new(
@@ -115,7 +113,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
-            ExitCode::FAILURE
+            ExitCode::from(exit::OSERR)
         }
     }
 }
@@ -152,7 +150,7 @@ fn check(args: &Args) -> ExitCode {
         }
         Err(e) => {
             eprintln!("tcpmuxd: invalid configuration: {e}");
-            ExitCode::from(EXIT_CONFIG)
+            ExitCode::from(exit::CONFIG)
         }
     }
 }

@@ -65,7 +65,30 @@ fn exits_non_zero_on_minus_and_prints_the_reason() {
 }
 
 #[test]
-fn cannot_connect_is_exit_3() {
+fn exit_statuses_follow_sysexits() {
+    let status = |cmd: &str, args: &[&str]| {
+        let out = Command::new(cmd).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = status(CLIENT, &["127.0.0.1:99999", "echo"]);
+    assert_eq!(code, Some(64), "a bad port is a usage error: {err}");
+    assert!(err.contains("99999"), "{err}");
+    let (code, err) = status(CLIENT, &["--no-such-option"]);
+    assert_eq!(code, Some(64), "{err}");
+    let (code, err) = status(DAEMON, &["--log-level", "loud=x=y", "--check"]);
+    assert_eq!(code, Some(64), "an invalid --log-level: {err}");
+    assert!(err.contains("--log-level"), "{err}");
+    let (code, _) = status(DAEMON, &["--help"]);
+    assert_eq!(code, Some(0));
+    let (code, err) = status(CLIENT, &["no-such-host.invalid", "echo"]);
+    assert_eq!(code, Some(68), "{err}");
+}
+
+#[test]
+fn cannot_connect_is_exit_69() {
     let l = loopback_listener();
     let addr = l.local_addr().unwrap();
     drop(l);
@@ -74,6 +97,6 @@ fn cannot_connect_is_exit_3() {
         .arg("echo")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(out.status.code(), Some(69));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
 }

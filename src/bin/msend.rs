@@ -1,11 +1,11 @@
 //! msend: send a Message Send Protocol (RFC 1312, version B) message to a
 //! user on another host, like write(1) across the network.
 
-use clap::Parser;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tcpmuxd::cli::exit::{self, Failure};
 use tcpmuxd::cli::msend::Args;
 use tcpmuxd::msp::message::{self, MAX_MESSAGE_LEN, Message, Version};
 
@@ -14,11 +14,11 @@ const UDP_TRIES: u32 = 4;
 /// Longest reply read over TCP.
 const MAX_REPLY_LEN: u64 = 1024;
 
-const EXIT_REFUSED: u8 = 1;
-const EXIT_NETWORK: u8 = 3;
-
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match exit::parse::<Args>() {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
     match run(&args) {
         Ok(code) => code,
         Err((code, e)) => {
@@ -28,10 +28,12 @@ fn main() -> ExitCode {
     }
 }
 
-type Failure = (u8, String);
-
 fn usage(e: impl Into<String>) -> Failure {
-    (2, e.into())
+    (exit::USAGE, e.into())
+}
+
+fn unsendable(e: impl Into<String>) -> Failure {
+    (exit::DATAERR, e.into())
 }
 
 fn run(args: &Args) -> Result<ExitCode, Failure> {
@@ -59,18 +61,19 @@ fn run(args: &Args) -> Result<ExitCode, Failure> {
     };
     let msg = Message {
         version: Some(Version::B),
-        recipient: latin1("recipient", user)?,
-        recipient_terminal: latin1("terminal", terminal)?,
-        text: latin1("message", &crlf(text.trim_end_matches('\n')))?,
-        sender: latin1("sender", &local_user())?,
-        sender_terminal: latin1("sender terminal", &local_terminal())?,
+        recipient: user.as_bytes().to_vec(),
+        recipient_terminal: terminal.as_bytes().to_vec(),
+        // UTF-8, as today's clients send it.
+        text: crlf(text.trim_end_matches('\n')).into_bytes(),
+        sender: local_user().into_bytes(),
+        sender_terminal: local_terminal().into_bytes(),
         cookie: cookie().into_bytes(),
         signature: Vec::new(),
     };
-    message::check_content(&msg).map_err(usage)?;
+    message::check_content(&msg).map_err(unsendable)?;
     let raw = message::encode(&msg);
     if raw.len() > MAX_MESSAGE_LEN {
-        return Err(usage(format!(
+        return Err(unsendable(format!(
             "message too long: {} octets with the headers, at most {MAX_MESSAGE_LEN}",
             raw.len()
         )));
@@ -84,7 +87,7 @@ fn run(args: &Args) -> Result<ExitCode, Failure> {
 }
 
 fn send_tcp(addr: SocketAddr, raw: &[u8], limit: Duration) -> Result<ExitCode, Failure> {
-    let net = |e: io::Error| (EXIT_NETWORK, format!("{addr}: {e}"));
+    let net = |e: io::Error| network(addr, e);
     let mut stream = TcpStream::connect_timeout(&addr, limit).map_err(net)?;
     stream.set_read_timeout(Some(limit)).map_err(net)?;
     stream.write_all(raw).map_err(net)?;
@@ -102,9 +105,9 @@ fn send_tcp(addr: SocketAddr, raw: &[u8], limit: Duration) -> Result<ExitCode, F
         Some(b'+') => Ok(ExitCode::SUCCESS),
         Some(b'-') => {
             eprintln!("msend: refused: {}", text[1..].trim());
-            Ok(ExitCode::from(EXIT_REFUSED))
+            Ok(ExitCode::from(exit::REFUSED))
         }
-        _ => Err((EXIT_NETWORK, format!("{addr}: no valid reply"))),
+        _ => Err((exit::IOERR, format!("{addr}: no valid reply"))),
     }
 }
 
@@ -114,7 +117,7 @@ fn send_udp(
     limit: Duration,
     expect_reply: bool,
 ) -> Result<ExitCode, Failure> {
-    let net = |e: io::Error| (EXIT_NETWORK, format!("{addr}: {e}"));
+    let net = |e: io::Error| network(addr, e);
     let bind: SocketAddr = if addr.is_ipv4() {
         "0.0.0.0:0"
     } else {
@@ -147,26 +150,28 @@ fn send_udp(
     eprintln!(
         "msend: no acknowledgement after {UDP_TRIES} tries (over UDP a server stays silent when it cannot deliver)"
     );
-    Ok(ExitCode::from(EXIT_REFUSED))
+    Ok(ExitCode::from(exit::REFUSED))
 }
 
 fn resolve(host: &str, port: u16) -> Result<SocketAddr, Failure> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     (host, port)
         .to_socket_addrs()
-        .map_err(|e| (EXIT_NETWORK, format!("{host}: cannot resolve: {e}")))?
+        .map_err(|e| (exit::NOHOST, format!("{host}: cannot resolve: {e}")))?
         .next()
-        .ok_or_else(|| (EXIT_NETWORK, format!("{host}: no address")))
+        .ok_or_else(|| (exit::NOHOST, format!("{host}: no address")))
 }
 
-/// Text as ISO 8859-1 octets, or an error naming the part.
-fn latin1(what: &str, text: &str) -> Result<Vec<u8>, Failure> {
-    text.chars()
-        .map(|c| {
-            u8::try_from(u32::from(c))
-                .map_err(|_| usage(format!("{what}: {c:?} cannot be sent in ISO 8859-1")))
-        })
-        .collect()
+/// A network failure: the server unreachable, or the exchange broken.
+fn network(addr: SocketAddr, e: io::Error) -> Failure {
+    let code = match e.kind() {
+        io::ErrorKind::ConnectionRefused
+        | io::ErrorKind::HostUnreachable
+        | io::ErrorKind::NetworkUnreachable
+        | io::ErrorKind::TimedOut => exit::UNAVAILABLE,
+        _ => exit::IOERR,
+    };
+    (code, format!("{addr}: {e}"))
 }
 
 /// Line ends as CRLF, as RFC 1312 asks.

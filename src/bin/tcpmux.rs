@@ -1,11 +1,11 @@
 //! tcpmux: the TCPMUX client. Names a service, prints the server's reply
 //! line on stderr, then connects stdin and stdout to the service.
 
-use clap::Parser;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
+use tcpmuxd::cli::exit::{self, Failure};
 use tcpmuxd::cli::tcpmux::Args;
 
 /// The TCPMUX port (RFC 1078).
@@ -15,77 +15,89 @@ const MAX_LIST_LEN: u64 = 1024 * 1024;
 /// Longest reply line read from the server.
 const MAX_REPLY_LINE: usize = 1024;
 
-const EXIT_REFUSED: u8 = 1;
-const EXIT_CONNECT: u8 = 3;
-
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match exit::parse::<Args>() {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
     match run(&args) {
         Ok(code) => code,
-        Err(e) => {
+        Err((code, e)) => {
             eprintln!("tcpmux: {e}");
-            ExitCode::from(EXIT_CONNECT)
+            ExitCode::from(code)
         }
     }
 }
 
-fn run(args: &Args) -> Result<ExitCode, String> {
+fn usage(e: impl Into<String>) -> Failure {
+    (exit::USAGE, e.into())
+}
+
+fn io_error(e: impl Into<String>) -> Failure {
+    (exit::IOERR, e.into())
+}
+
+fn run(args: &Args) -> Result<ExitCode, Failure> {
     if !(args.timeout.is_finite() && args.timeout > 0.0) {
-        return Err(format!(
+        return Err(usage(format!(
             "--timeout {}: must be a positive number",
             args.timeout
-        ));
+        )));
     }
     let limit = Duration::from_secs_f64(args.timeout);
     let name = match (&args.service, args.list) {
         (_, true) => "HELP",
         (Some(s), false) => s.as_str(),
-        (None, false) => return Err("no service given".into()),
+        (None, false) => return Err(usage("no service given")),
     };
     if name.is_empty() || name.bytes().any(|b| !b.is_ascii_graphic()) {
-        return Err(format!(
+        return Err(usage(format!(
             "service name {name:?}: only visible ASCII characters are allowed"
-        ));
+        )));
     }
     let mut stream = connect(&args.server, limit)?;
     stream
         .write_all(format!("{name}\r\n").as_bytes())
-        .map_err(|e| format!("{}: sending the service name: {e}", args.server))?;
+        .map_err(|e| io_error(format!("{}: sending the service name: {e}", args.server)))?;
 
     stream
         .set_read_timeout(Some(limit))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| io_error(e.to_string()))?;
     if args.list {
         let mut list = Vec::new();
         (&mut stream)
             .take(MAX_LIST_LEN)
             .read_to_end(&mut list)
-            .map_err(|e| format!("{}: reading the list: {e}", args.server))?;
+            .map_err(|e| io_error(format!("{}: reading the list: {e}", args.server)))?;
         if list.first() == Some(&b'-') {
             let shown = String::from_utf8_lossy(&list);
             eprintln!("{}", shown.trim_end_matches(['\r', '\n']));
-            return Ok(ExitCode::from(EXIT_REFUSED));
+            return Ok(ExitCode::from(exit::REFUSED));
         }
-        io::stdout().write_all(&list).map_err(|e| e.to_string())?;
+        io::stdout()
+            .write_all(&list)
+            .map_err(|e| io_error(e.to_string()))?;
         return Ok(ExitCode::SUCCESS);
     }
 
     let line = read_reply_line(&mut stream)
-        .map_err(|e| format!("{}: reading the reply: {e}", args.server))?;
+        .map_err(|e| io_error(format!("{}: reading the reply: {e}", args.server)))?;
     let shown = String::from_utf8_lossy(&line);
     eprintln!("{}", shown.trim_end_matches(['\r', '\n']));
     match line.first() {
         Some(b'+') => {}
-        Some(b'-') => return Ok(ExitCode::from(EXIT_REFUSED)),
+        Some(b'-') => return Ok(ExitCode::from(exit::REFUSED)),
         _ => {
-            return Err(format!(
+            return Err(io_error(format!(
                 "{}: the reply is neither \"+\" nor \"-\"",
                 args.server
-            ));
+            )));
         }
     }
-    stream.set_read_timeout(None).map_err(|e| e.to_string())?;
-    bridge(stream).map_err(|e| format!("{}: {e}", args.server))?;
+    stream
+        .set_read_timeout(None)
+        .map_err(|e| io_error(e.to_string()))?;
+    bridge(stream).map_err(|e| io_error(format!("{}: {e}", args.server)))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -113,17 +125,17 @@ fn split_host_port(server: &str) -> Result<(String, u16), String> {
     }
 }
 
-fn connect(server: &str, limit: Duration) -> Result<TcpStream, String> {
-    let (host, port) = split_host_port(server)?;
+fn connect(server: &str, limit: Duration) -> Result<TcpStream, Failure> {
+    let (host, port) = split_host_port(server).map_err(usage)?;
     let addrs: Vec<SocketAddr> = (host.as_str(), port)
         .to_socket_addrs()
-        .map_err(|e| format!("{server}: cannot resolve: {e}"))?
+        .map_err(|e| (exit::NOHOST, format!("{server}: cannot resolve: {e}")))?
         .collect();
-    let mut last = format!("{server}: no address");
+    let mut last = (exit::NOHOST, format!("{server}: no address"));
     for addr in addrs {
         match TcpStream::connect_timeout(&addr, limit) {
             Ok(s) => return Ok(s),
-            Err(e) => last = format!("{addr}: cannot connect: {e}"),
+            Err(e) => last = (exit::UNAVAILABLE, format!("{addr}: cannot connect: {e}")),
         }
     }
     Err(last)

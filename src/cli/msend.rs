@@ -13,11 +13,14 @@ Examples:
 
 The sender is you, on your terminal; every message carries a fresh cookie so
 that a server shows a retransmitted datagram only once. Text is sent as
-ISO 8859-1 with CRLF line ends.
+UTF-8, as today's MSP clients do (RFC 1312 names ISO 8859-1, which is the
+same for ASCII), with CRLF line ends.
 
 Exit status:
   0 delivered (over UDP: acknowledged); 1 refused, or no answer over UDP;
-  2 bad arguments or a message that cannot be sent; 3 network errors.";
+  64 bad arguments; 65 a message that cannot be sent (too long, control
+  characters); 68 the host cannot be resolved; 69 cannot connect; 74 the
+  exchange failed (as sysexits(3) names them).";
 
 #[derive(Debug, Parser)]
 #[command(

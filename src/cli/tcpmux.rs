@@ -14,7 +14,9 @@ the service closes the connection.
 
 Exit status:
   0 the service accepted (or the list was printed); 1 the server or the
-  service answered \"-\"; 2 bad arguments; 3 cannot connect or talk.";
+  service answered \"-\"; 64 bad arguments (a bad address or port too);
+  68 the host cannot be resolved; 69 cannot connect; 74 the exchange failed
+  or the reply is neither \"+\" nor \"-\" (as sysexits(3) names them).";
 
 #[derive(Debug, Parser)]
 #[command(

@@ -23,7 +23,9 @@ Signals:
   exit. Running sessions are left running.
 
 Exit status:
-  0 success; 1 other errors; 71 sockets cannot be used; 78 invalid config.";
+  0 success; 64 bad arguments; 69 the journal was asked for and is not
+  there; 71 sockets or the runtime cannot be had; 78 invalid configuration
+  (as sysexits(3) names them).";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -47,8 +49,15 @@ pub struct Args {
 
     /// Least severe level logged: error, warn, info, debug or trace (or a
     /// tracing filter such as "tcpmuxd=debug").
-    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = log_filter)]
     pub log_level: String,
+}
+
+/// A `--log-level` that tracing accepts.
+fn log_filter(text: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(text)
+        .map(|_| text.to_string())
+        .map_err(|e| format!("not a level or filter: {e}"))
 }
 
 /// The command line as clap sees it: for the binary, the man page and the
