@@ -312,6 +312,35 @@ fn silent_connections_at_the_cap_make_room_for_a_prompt_client() {
     }
 }
 
+#[test]
+fn a_source_at_its_cap_cannot_make_others_give_way() {
+    let d = Daemon::start(&one_service("echo", r#"["/bin/cat"]"#, "").replace(
+        "[[service]]",
+        "[tcpmux]\nmax_handshakes = 4\nmax_handshakes_per_source = 2\n\n[[service]]",
+    ));
+    // Another source's handshakes first (the oldest), then the attacker's.
+    let others: Vec<_> = (0..2).map(|_| connect_from("127.0.0.20", d.addr)).collect();
+    let own: Vec<_> = (0..2).map(|_| connect_from("127.0.0.21", d.addr)).collect();
+    assert!(d.wait_notify("4 in handshake"), "{}", d.log());
+    for _ in 0..5 {
+        let mut s = connect_from("127.0.0.21", d.addr);
+        assert_eq!(
+            read_to_end(&mut s),
+            b"-Too many connections from your address, try again later\r\n"
+        );
+    }
+    // Nobody was shed for it: the four still wait, silent.
+    for s in others.iter().chain(&own) {
+        s.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        let peeked = s.peek(&mut byte);
+        assert!(
+            matches!(&peeked, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "{peeked:?}"
+        );
+    }
+}
+
 /// HELP from `source`.
 fn help_from(d: &Daemon, source: &str) -> Vec<u8> {
     let mut s = connect_from(source, d.addr);

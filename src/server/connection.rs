@@ -63,17 +63,8 @@ async fn accept_loop(
             record(&state, peer, None, Outcome::NoDescriptors);
             continue;
         };
-        // Taken before the handshake's task exists, so that no path can
-        // keep it.
-        let (place, before) = state.stats.handshakes.enter();
-        // At the cap, the oldest handshake still waiting for its name makes
-        // room; only when none waits is the new connection refused.
-        if before >= config.tcpmux.max_handshakes && !state.waiting.shed_oldest() {
-            drop(place);
-            let _ = stream.try_write(reply::OVERLOADED);
-            record(&state, peer, None, Outcome::Overloaded);
-            continue;
-        }
+        // Checked before anything is shed: a source at its cap must not
+        // make other sources' handshakes give way.
         let source = source_key(peer.ip(), config.tcpmux.ipv6_source_prefix);
         let Some(source_place) = state
             .sources
@@ -83,6 +74,17 @@ async fn accept_loop(
             record(&state, peer, None, Outcome::SourceLimit);
             continue;
         };
+        // Taken before the handshake's task exists, so that no path can
+        // keep it.
+        let (place, before) = state.stats.handshakes.enter();
+        // At the cap, the oldest handshake still waiting for its name makes
+        // room; only when none waits is the new connection refused.
+        if before >= config.tcpmux.max_handshakes && !state.waiting.shed_oldest() {
+            drop((place, source_place));
+            let _ = stream.try_write(reply::OVERLOADED);
+            record(&state, peer, None, Outcome::Overloaded);
+            continue;
+        }
         drop(config);
         let waiting = state.waiting.enter();
         let state = Arc::clone(&state);
