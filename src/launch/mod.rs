@@ -5,6 +5,7 @@
 
 pub mod child;
 pub mod exec;
+pub mod handover;
 pub mod systemd;
 
 use crate::admission::FdGuard;
