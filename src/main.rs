@@ -149,14 +149,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let state = Arc::new(State::new(
+    let mut state = State::new(
         config,
         args.config,
         is_activated,
         notifier,
         under_systemd,
         fd_limit,
-    ));
+    );
+    state.warm_helper = startup::warm_helper();
+    if under_systemd && state.warm_helper.is_none() {
+        tracing::warn!(
+            "{} is not installed beside tcpmuxd: the systemd launcher starts every session's unit when its client comes",
+            startup::WARM_HELPER
+        );
+    }
+    let state = Arc::new(state);
     match runtime.block_on(server::serve(sockets, state)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -81,6 +81,8 @@ fn run() -> i32 {
     let (n, fds) = loop {
         match handover::recv(&control, &mut buf, false) {
             Err(e) if e.raw_os_error() == Some(Errno::INTR.raw_os_error()) => continue,
+            // tcpmuxd closed its end before reading all we said: gone too.
+            Err(e) if e.raw_os_error() == Some(Errno::CONNRESET.raw_os_error()) => return 0,
             Err(e) => {
                 eprintln!("tcpmux-warm: receiving the connection: {e}");
                 return EXIT_PROTOCOL;
