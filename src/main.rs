@@ -202,6 +202,16 @@ fn check(args: &Args) -> ExitCode {
                     names.join(", ")
                 }
             );
+            for service in &config.services {
+                if service.command.is_none() && service.launcher != config::LauncherKind::Exec {
+                    println!(
+                        "service \"{}\": no command (ExecStart= from its unit's drop-ins): no \
+                         warm units; under the systemd launcher each session's unit starts cold, \
+                         when its client comes",
+                        service.name
+                    );
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
