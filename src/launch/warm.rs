@@ -370,3 +370,17 @@ pub fn hand_over(
     )?;
     Ok(status)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_maximum() {
+        assert_eq!(backoff(1), limits::WARM_BACKOFF_MIN);
+        assert_eq!(backoff(2), limits::WARM_BACKOFF_MIN * 2);
+        assert_eq!(backoff(3), limits::WARM_BACKOFF_MIN * 4);
+        assert_eq!(backoff(40), limits::WARM_BACKOFF_MAX);
+        assert_eq!(backoff(u32::MAX), limits::WARM_BACKOFF_MAX);
+    }
+}
