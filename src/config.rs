@@ -143,6 +143,8 @@ pub struct TcpmuxSettings {
     pub ipv6_source_prefix: u8,
     /// Sessions running at once, all services together.
     pub max_sessions: usize,
+    /// Warm units (systemd launcher) kept ready, all services together.
+    pub max_warm: usize,
     /// Master access list, checked before each service's own.
     pub acl: Acl,
 }
@@ -163,6 +165,9 @@ pub struct Service {
     /// Sessions started per second at most (a token bucket with as many
     /// in reserve).
     pub max_starts_per_second: u32,
+    /// Warm units kept ready for it under the systemd launcher; 0: every
+    /// session's unit starts when its client comes.
+    pub warm: usize,
     pub acl: Acl,
     /// User and group to run the program as (root only).
     pub credentials: Option<Credentials>,
@@ -361,6 +366,7 @@ struct RawTcpmux {
     max_handshakes_per_source: Option<usize>,
     ipv6_source_prefix: Option<u8>,
     max_sessions: Option<usize>,
+    max_warm: Option<usize>,
     #[serde(default, deserialize_with = "nets")]
     allow: Option<Vec<IpNet>>,
     #[serde(default, deserialize_with = "nets")]
@@ -407,6 +413,8 @@ struct RawService {
     max_instances: usize,
     #[serde(default = "default_max_starts_per_second")]
     max_starts_per_second: u32,
+    #[serde(default = "default_warm")]
+    warm: usize,
     #[serde(default, deserialize_with = "nets")]
     allow: Option<Vec<IpNet>>,
     #[serde(default, deserialize_with = "nets")]
@@ -438,6 +446,10 @@ fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Err
              min, h, d (for example \"10s\", \"1min 30s\", \"500ms\")"
         ))
     })
+}
+
+fn default_warm() -> usize {
+    limits::DEFAULT_WARM
 }
 
 fn nets<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Vec<IpNet>>, D::Error> {
@@ -499,6 +511,7 @@ pub fn build(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, ConfigError> {
                 .or(merged.max_handshakes_per_source);
             merged.ipv6_source_prefix = t.ipv6_source_prefix.or(merged.ipv6_source_prefix);
             merged.max_sessions = t.max_sessions.or(merged.max_sessions);
+            merged.max_warm = t.max_warm.or(merged.max_warm);
             merged.allow = t.allow.or(merged.allow);
             merged.deny = t.deny.or(merged.deny);
         }
@@ -598,6 +611,13 @@ fn validate_tcpmux(
         raw.max_sessions,
         limits::DEFAULT_MAX_SESSIONS,
     )?;
+    let max_warm = raw.max_warm.unwrap_or(limits::DEFAULT_MAX_WARM);
+    if max_warm > limits::MAX_WARM {
+        return Err(err(
+            "max_warm",
+            format!("{max_warm} is more than {}", limits::MAX_WARM),
+        ));
+    }
     let ipv6_source_prefix = raw
         .ipv6_source_prefix
         .unwrap_or(limits::DEFAULT_IPV6_SOURCE_PREFIX);
@@ -628,6 +648,7 @@ fn validate_tcpmux(
         max_handshakes_per_source,
         ipv6_source_prefix,
         max_sessions,
+        max_warm,
         acl: Acl::new(raw.allow.unwrap_or_default(), raw.deny.unwrap_or_default()),
     })
 }
@@ -843,6 +864,12 @@ fn validate_service(
     if raw.max_starts_per_second == 0 {
         return Err(err("max_starts_per_second", "must be at least 1".into()));
     }
+    if raw.warm > limits::MAX_WARM {
+        return Err(err(
+            "warm",
+            format!("{} is more than {}", raw.warm, limits::MAX_WARM),
+        ));
+    }
     for (key, value) in &raw.environment {
         let valid = !key.is_empty()
             && !key.starts_with(|c: char| c.is_ascii_digit())
@@ -874,6 +901,7 @@ fn validate_service(
         launcher: raw.launcher,
         max_instances: raw.max_instances,
         max_starts_per_second: raw.max_starts_per_second,
+        warm: raw.warm,
         acl: Acl::new(raw.allow.unwrap_or_default(), raw.deny.unwrap_or_default()),
         credentials,
         environment: raw.environment.into_iter().collect(),
@@ -1028,6 +1056,8 @@ mod tests {
         assert!(s.plus);
         assert_eq!(s.launcher, LauncherKind::Auto);
         assert_eq!(s.max_instances, limits::DEFAULT_MAX_INSTANCES);
+        assert_eq!(s.warm, limits::DEFAULT_WARM);
+        assert_eq!(c.tcpmux.max_warm, limits::DEFAULT_MAX_WARM);
     }
 
     #[test]
@@ -1154,6 +1184,11 @@ mod tests {
                 "[msp] max_connections_per_source: must be at least 1",
             ),
             ("[msp]\nallow = [\"10.0.0.0/33\"]\n", "10.0.0.0/33"),
+            (
+                "[[service]]\nname = \"x\"\ncommand = [\"/bin/cat\"]\nwarm = 100000\n",
+                "warm: 100000",
+            ),
+            ("[tcpmux]\nmax_warm = 5000\n", "max_warm: 5000"),
         ];
         for (text, needle) in cases {
             let e = build_from(&[("main.toml", text)]).unwrap_err().to_string();

@@ -186,3 +186,44 @@ pub fn deadline_in(after: Duration) -> tokio::time::Instant {
     now.checked_add(after)
         .unwrap_or_else(|| now + MAX_MSP_CONNECTION_TIMEOUT)
 }
+
+/// Default for `[[service]] warm`: warm units kept ready per service under
+/// the systemd launcher. Four was measured to keep a paced 10 sessions a
+/// second and bursts of four clients on warm units, for a few MiB of
+/// waiting helpers; 0 turns warm units off.
+pub const DEFAULT_WARM: usize = 4;
+
+/// Default for `[tcpmux] max_warm`: warm units of all services together.
+pub const DEFAULT_MAX_WARM: usize = 64;
+
+/// Upper bound for `warm` and `max_warm`, so that a typo cannot start
+/// thousands of units.
+pub const MAX_WARM: usize = 1024;
+
+/// Warm units being started at once, all services together: refilling
+/// competes with cold starts for the service manager, and must not crowd
+/// them out.
+pub const WARM_MAX_STARTING: usize = 2;
+
+/// First and longest pause before another warm start of a service whose
+/// last one failed (the pause doubles with each failure in a row): a broken
+/// drop-in must not make tcpmuxd spin.
+pub const WARM_BACKOFF_MIN: Duration = Duration::from_secs(1);
+pub const WARM_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// Time a warm unit's helper has, once systemd started it, to say it is
+/// ready.
+pub const WARM_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Time a warm unit's helper has, after the hand-over, to exec the program
+/// or say why it cannot.
+pub const WARM_EXEC_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A warm unit waits at most this long for a connection, then is replaced:
+/// a session's `RuntimeMaxSec=` counts from its unit's start, so a session
+/// on a warm unit gets at least `RuntimeMaxSec=` less this.
+pub const WARM_MAX_AGE: Duration = Duration::from_secs(120);
+
+/// How often warm units are checked (retired when their helper died or
+/// they are too old) and refilled when nothing else prompts it.
+pub const WARM_CHECK_INTERVAL: Duration = Duration::from_secs(1);

@@ -101,14 +101,22 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::OSERR);
         }
     };
-    let state = Arc::new(State::new(
+    let mut state = State::new(
         config,
         args.config,
         is_activated,
         notifier,
         under_systemd,
         fd_limit,
-    ));
+    );
+    state.warm_helper = startup::warm_helper();
+    if under_systemd && state.warm_helper.is_none() {
+        tracing::warn!(
+            "{} is not installed beside tcpmuxd: the systemd launcher starts every session's unit when its client comes",
+            startup::WARM_HELPER
+        );
+    }
+    let state = Arc::new(state);
     match runtime.block_on(server::serve(sockets, state)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -146,6 +154,16 @@ fn check(args: &Args) -> ExitCode {
                     names.join(", ")
                 }
             );
+            for service in &config.services {
+                if service.command.is_none() && service.launcher != config::LauncherKind::Exec {
+                    println!(
+                        "service \"{}\": no command (ExecStart= from its unit's drop-ins): no \
+                         warm units; under the systemd launcher each session's unit starts cold, \
+                         when its client comes",
+                        service.name
+                    );
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -98,3 +98,15 @@ pub fn fd_warning(config: &Config, limit: FdLimit) -> Option<String> {
         )
     })
 }
+
+/// Name of the warm units' program, installed beside tcpmuxd.
+pub const WARM_HELPER: &str = "tcpmux-warm";
+
+/// The warm units' program beside the running tcpmuxd, if it is there.
+pub fn warm_helper() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let helper = exe.parent()?.join(WARM_HELPER);
+    crate::launch::check_program(&helper.to_string_lossy())
+        .ok()
+        .map(|()| helper)
+}

@@ -26,6 +26,11 @@ struct Started {
 #[derive(Clone)]
 struct Mock {
     started: Arc<Mutex<Vec<Started>>>,
+    /// Every unit name started, in order (not popped by the tests).
+    names: Arc<Mutex<Vec<String>>>,
+    /// Units whose program the mock ran, as systemd would: the warm
+    /// units' helper, with the unit's stdin and environment.
+    children: Arc<Mutex<Vec<(String, std::process::Child)>>>,
     /// The start job's result the mock reports.
     result: Arc<Mutex<String>>,
     loaded: Arc<Mutex<Vec<String>>>,
@@ -64,13 +69,19 @@ impl Mock {
         _aux: Vec<(String, Vec<(String, OwnedVariant)>)>,
     ) -> zbus::fdo::Result<OwnedObjectPath> {
         let job = OwnedObjectPath::try_from("/org/freedesktop/systemd1/job/1").unwrap();
+        let result = self.result.lock().unwrap().clone();
+        if result == "done"
+            && let Some(child) = run_helper(&properties)
+        {
+            self.children.lock().unwrap().push((name.clone(), child));
+        }
+        self.names.lock().unwrap().push(name.clone());
         self.started.lock().unwrap().push(Started {
             name: name.clone(),
             mode,
             props: properties.into_iter().collect(),
         });
         self.loaded.lock().unwrap().push(name.clone());
-        let result = self.result.lock().unwrap().clone();
         Self::job_removed(&emitter, 1, job.clone(), name, result)
             .await
             .map_err(|e| zbus::fdo::Error::Failed(e.to_string()))?;
@@ -135,6 +146,37 @@ impl Mock {
     ) -> zbus::Result<()>;
 }
 
+/// Runs a warm unit's ExecStart (the helper) as systemd would: stdin and
+/// stdout the unit's StandardInputFileDescriptor, only the unit's
+/// Environment, `$$` read as `$`.
+fn run_helper(props: &[(String, OwnedVariant)]) -> Option<std::process::Child> {
+    let props: HashMap<&str, &OwnedVariant> = props.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let exec = props.get("ExecStart")?;
+    let exec = <Vec<(String, Vec<String>, bool)>>::try_from((*exec).try_clone().unwrap()).unwrap();
+    let (path, argv, _) = exec.first()?;
+    if !path.ends_with("tcpmux-warm") || props.contains_key("StandardOutputFileDescriptor") {
+        return None;
+    }
+    let stdin = zbus::Fd::try_from((*props["StandardInputFileDescriptor"]).try_clone().unwrap())
+        .unwrap()
+        .as_fd()
+        .try_clone_to_owned()
+        .unwrap();
+    let stdout = stdin.try_clone().unwrap();
+    let env = <Vec<String>>::try_from((*props["Environment"]).try_clone().unwrap()).unwrap();
+    let mut cmd = std::process::Command::new(path);
+    cmd.args(argv[1..].iter().map(|a| a.replace("$$", "$")))
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .stdin(std::process::Stdio::from(stdin))
+        .stdout(std::process::Stdio::from(stdout));
+    for entry in env {
+        let (k, v) = entry.split_once('=').unwrap();
+        cmd.env(k, v);
+    }
+    Some(cmd.spawn().unwrap())
+}
+
 struct Harness {
     mock: Mock,
     server: zbus::Connection,
@@ -153,13 +195,34 @@ fn config(text: &str) -> Config {
 }
 
 async fn harness(text: &str, preloaded: &[&str]) -> Harness {
-    harness_of_version(text, preloaded, "252.36-1~deb12u1").await
+    harness_of_version(text, preloaded, "252.36-1~deb12u1", None).await
 }
 
-async fn harness_of_version(text: &str, preloaded: &[&str], version: &str) -> Harness {
+/// The helper under test.
+const HELPER: &str = env!("CARGO_BIN_EXE_tcpmux-warm");
+
+/// With warm units: the helper built with these tests.
+async fn warm_harness(text: &str) -> Harness {
+    harness_of_version(
+        text,
+        &[],
+        "252.36-1~deb12u1",
+        Some(std::path::PathBuf::from(HELPER)),
+    )
+    .await
+}
+
+async fn harness_of_version(
+    text: &str,
+    preloaded: &[&str],
+    version: &str,
+    helper: Option<std::path::PathBuf>,
+) -> Harness {
     let mock = Mock {
         version: version.to_string(),
         started: Arc::default(),
+        names: Arc::default(),
+        children: Arc::default(),
         result: Arc::new(Mutex::new("done".into())),
         loaded: Arc::new(Mutex::new(
             preloaded.iter().map(|s| s.to_string()).collect(),
@@ -184,7 +247,7 @@ async fn harness_of_version(text: &str, preloaded: &[&str], version: &str) -> Ha
     });
     let sessions = Arc::new(SessionTable::default());
     let config = config(text);
-    let launcher = SystemdLauncher::start(connector, Arc::clone(&sessions), &config).await;
+    let launcher = SystemdLauncher::start(connector, Arc::clone(&sessions), &config, helper).await;
     assert!(launcher.is_connected());
     Harness {
         mock,
@@ -467,7 +530,7 @@ async fn msp_commands_run_as_oneshot_units_with_the_message_on_stdin() {
 
 #[tokio::test]
 async fn systemd_257_also_gets_the_connection_in_extra_file_descriptors() {
-    let h = harness_of_version(ECHO, &[], "257.1").await;
+    let h = harness_of_version(ECHO, &[], "257.1", None).await;
     let service = Arc::clone(h.config.service("my-echo").unwrap());
     let slot = h.sessions.try_acquire("my-echo", 1, 10).unwrap();
     let (conn, _client) = tcp_pair().await;
@@ -480,4 +543,292 @@ async fn systemd_257_also_gets_the_connection_in_extra_file_descriptors() {
     let extra = &started.props["ExtraFileDescriptors"];
     assert_eq!(extra.value_signature().to_string(), "a(hs)");
     assert!(format!("{extra:?}").contains("\"connection\""), "{extra:?}");
+}
+
+// ---- warm units ---------------------------------------------------------------
+
+/// Waits up to 10 s for `cond`.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn warm_service(name: &str, command: &str, extra: &str) -> String {
+    format!(
+        "[[service]]\nname = \"{name}\"\ncommand = {command}\nlauncher = \"systemd\"\nwarm = 1\n{extra}"
+    )
+}
+
+/// Reads from `client` until `needle` has come, or 5 s passed.
+fn read_until(client: &mut std::net::TcpStream, needle: &str) -> String {
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut text = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&text).contains(needle) {
+        match client.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => text.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+/// A file the kernel will not run, but with an executable bit and, when
+/// `elf`, ELF's magic number: it passes the helper's readiness check and
+/// fails at exec.
+fn not_a_program(dir: &std::path::Path, elf: bool) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(if elf { "broken-elf" } else { "text" });
+    let body: &[u8] = if elf {
+        b"\x7fELF but nothing more"
+    } else {
+        b"plain text"
+    };
+    std::fs::write(&path, body).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[tokio::test]
+async fn a_warm_unit_runs_the_helper_with_the_sessions_properties_and_is_no_session() {
+    let text = warm_service("my-echo", "[\"/bin/cat\", \"-u\", \"$HOME\"]", "");
+    let h = warm_harness(&text).await;
+    until("a ready warm unit", || {
+        h.launcher.warm_ready("my-echo") == 1
+    })
+    .await;
+    let started = h.mock.started.lock().unwrap().pop().expect("a warm unit");
+    assert!(
+        started.name.starts_with("tcpmux-my\\x2decho@"),
+        "{}",
+        started.name
+    );
+    let p = &started.props;
+    assert_eq!(string(p, "Type"), "exec");
+    assert_eq!(string(p, "CollectMode"), "inactive-or-failed");
+    assert_eq!(string(p, "StandardError"), "journal");
+    assert!(p.contains_key("StandardInputFileDescriptor"));
+    assert!(!p.contains_key("StandardOutputFileDescriptor"));
+    let exec = format!("{:?}", p["ExecStart"]);
+    assert!(
+        exec.contains(HELPER) && exec.contains("/bin/cat") && exec.contains("$$HOME"),
+        "{exec}"
+    );
+    let env = format!("{:?}", p["Environment"]);
+    assert!(env.contains("TCPMUX_SERVICE=my-echo"), "{env}");
+    assert!(!env.contains("REMOTE_ADDR"), "{env}");
+    assert_eq!(h.sessions.total(), 0, "a warm unit is not a session");
+    assert_eq!(h.launcher.tracked_units(), 0);
+    assert_eq!(h.mock.names.lock().unwrap().len(), 1, "warm = 1: one unit");
+}
+
+#[tokio::test]
+async fn a_connection_goes_to_a_ready_warm_unit_which_is_replaced() {
+    let command = "[\"/bin/sh\", \"-c\", \"echo \\\"$REMOTE_ADDR $TCPMUX_SERVICE [$LISTEN_FDS]\\\"; exec cat\"]";
+    let h = warm_harness(&warm_service("w", command, "")).await;
+    until("a ready warm unit", || h.launcher.warm_ready("w") == 1).await;
+    let warm_unit = h.mock.names.lock().unwrap()[0].clone();
+    let service = Arc::clone(h.config.service("w").unwrap());
+    let slot = h.sessions.try_acquire("w", 1, 10).unwrap();
+    let (conn, mut client) = tcp_pair().await;
+    h.launcher.precheck(&service).unwrap();
+    h.launcher
+        .launch(service, conn, slot, no_fds())
+        .await
+        .map_err(|f| f.error)
+        .unwrap();
+    let said = read_until(&mut client, "]\n");
+    assert_eq!(said, "+\r\n127.0.0.1 w []\n", "+ first, then the program");
+    client.write_all(b"echoed\n").unwrap();
+    assert_eq!(read_until(&mut client, "echoed\n"), "echoed\n");
+    // No unit was started for the connection: the warm one took it, and is
+    // a session now, counted until systemd unloads it.
+    assert_eq!(h.launcher.tracked_units(), 1);
+    assert_eq!(h.sessions.running("w"), 1);
+    let names = h.mock.names.lock().unwrap().clone();
+    assert_eq!(names[0], warm_unit);
+    until("a replacement", || h.launcher.warm_ready("w") == 1).await;
+    assert_eq!(h.mock.names.lock().unwrap().len(), 2, "one replacement");
+    drop(client);
+}
+
+#[tokio::test]
+async fn an_exec_failure_gives_a_dedicated_services_client_its_connection_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = not_a_program(dir.path(), true);
+    let text = warm_service("d", &format!("[\"{program}\"]"), "plus = false\n");
+    let h = warm_harness(&text).await;
+    until("a ready warm unit", || h.launcher.warm_ready("d") == 1).await;
+    let service = Arc::clone(h.config.service("d").unwrap());
+    let slot = h.sessions.try_acquire("d", 1, 10).unwrap();
+    let (conn, _client) = tcp_pair().await;
+    let failed = h
+        .launcher
+        .launch(service, conn, slot, no_fds())
+        .await
+        .unwrap_err();
+    let error = failed.error.to_string();
+    assert!(
+        error.contains(&format!("exec {program}")) && error.contains("format"),
+        "{error}"
+    );
+    assert!(failed.conn.is_some(), "the client can still be told -");
+}
+
+#[tokio::test]
+async fn a_plus_client_hears_nothing_after_plus_when_exec_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = not_a_program(dir.path(), true);
+    let h = warm_harness(&warm_service("p", &format!("[\"{program}\"]"), "")).await;
+    until("a ready warm unit", || h.launcher.warm_ready("p") == 1).await;
+    let service = Arc::clone(h.config.service("p").unwrap());
+    let slot = h.sessions.try_acquire("p", 1, 10).unwrap();
+    let (conn, mut client) = tcp_pair().await;
+    let failed = h
+        .launcher
+        .launch(service, conn, slot, no_fds())
+        .await
+        .unwrap_err();
+    assert!(failed.conn.is_none(), "{}", failed.error);
+    assert_eq!(read_until(&mut client, "never"), "+\r\n");
+}
+
+#[tokio::test]
+async fn failing_warm_starts_back_off_and_refuse_clients_until_one_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = not_a_program(dir.path(), false);
+    let h = warm_harness(&warm_service("f", &format!("[\"{program}\"]"), "")).await;
+    let service = Arc::clone(h.config.service("f").unwrap());
+    until("a failed warm start", || {
+        h.launcher
+            .precheck(&service)
+            .is_err_and(|e| e.to_string().contains("not an executable format"))
+    })
+    .await;
+    // Failures in a row wait 1 s, then 2 s, ...: in 2.5 s at most three
+    // attempts, however fast each fails.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let attempts = h.mock.names.lock().unwrap().len();
+    assert!((2..=3).contains(&attempts), "{attempts} attempts");
+    assert_eq!(h.launcher.warm_ready("f"), 0);
+
+    // systemd refusing the unit is a failure as well; the next start that
+    // works ends the refusals.
+    std::fs::write(&program, "#!/bin/sh\nexec cat\n").unwrap();
+    until("a warm unit once the program is fixed", || {
+        h.launcher.warm_ready("f") == 1
+    })
+    .await;
+    h.launcher.precheck(&service).unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_start_job_of_a_warm_unit_is_a_failure() {
+    let text = warm_service("j", "[\"/bin/cat\"]", "");
+    let mock_result = "failed";
+    let h = warm_harness(&text).await;
+    *h.mock.result.lock().unwrap() = mock_result.into();
+    let service = Arc::clone(h.config.service("j").unwrap());
+    until("the failure to show", || {
+        h.launcher
+            .precheck(&service)
+            .is_err_and(|e| e.to_string().contains("\"failed\""))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_reload_replaces_the_warm_units_of_changed_services_and_stops_removed_ones() {
+    let text = format!(
+        "{}{}",
+        warm_service("a", "[\"/bin/cat\"]", ""),
+        warm_service("b", "[\"/bin/cat\"]", "")
+    );
+    let h = warm_harness(&text).await;
+    until("both ready", || h.launcher.warm_ready_total() == 2).await;
+    let unit_of = |service: &str| {
+        h.mock
+            .names
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|n| n.starts_with(&format!("tcpmux-{service}@")))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let (a0, b0) = (unit_of("a"), unit_of("b"));
+    // a changes, b goes away.
+    let changed = config(&warm_service("a", "[\"/bin/cat\", \"-u\"]", ""));
+    h.launcher.set_services(&changed, false);
+    until("the retired helpers to exit", || {
+        h.mock
+            .children
+            .lock()
+            .unwrap()
+            .iter_mut()
+            .filter(|(n, _)| a0.contains(n) || b0.contains(n))
+            .all(|(_, c)| c.try_wait().unwrap().is_some())
+    })
+    .await;
+    until("a's new unit", || h.launcher.warm_ready("a") == 1).await;
+    assert_eq!(unit_of("a").len(), 2, "one new unit for a");
+    assert_eq!(unit_of("b").len(), 1, "none for b");
+    assert_eq!(h.launcher.warm_ready_total(), 1);
+    // A connection judged by the old configuration starts cold.
+    let old = Arc::clone(h.config.service("a").unwrap());
+    let slot = h.sessions.try_acquire("a", 1, 10).unwrap();
+    let (conn, _client) = tcp_pair().await;
+    h.launcher
+        .launch(old, conn, slot, no_fds())
+        .await
+        .map_err(|f| f.error)
+        .unwrap();
+    assert_eq!(h.launcher.warm_ready("a"), 1, "the new unit is kept");
+}
+
+#[tokio::test]
+async fn max_warm_bounds_all_services_together_and_zero_turns_a_service_off() {
+    let text = format!(
+        "[tcpmux]\nmax_warm = 3\n{}{}{}",
+        warm_service("a", "[\"/bin/cat\"]", "warm = 2\n").replace("warm = 1\nwarm = 2", "warm = 2"),
+        warm_service("b", "[\"/bin/cat\"]", "").replace("warm = 1", "warm = 2"),
+        warm_service("c", "[\"/bin/cat\"]", "").replace("warm = 1", "warm = 0"),
+    );
+    let h = warm_harness(&text).await;
+    until("three ready", || h.launcher.warm_ready_total() == 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.launcher.warm_ready_total(), 3);
+    assert_eq!(h.launcher.warm_ready("c"), 0);
+    assert_eq!(h.mock.names.lock().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_service_without_command_stays_cold() {
+    let h =
+        warm_harness("[[service]]\nname = \"dropin\"\nlauncher = \"systemd\"\nwarm = 2\n").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(h.mock.names.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn helpers_exit_when_the_launcher_goes_away() {
+    let h = warm_harness(&warm_service("e", "[\"/bin/cat\"]", "")).await;
+    until("a ready unit", || h.launcher.warm_ready("e") == 1).await;
+    let children = Arc::clone(&h.mock.children);
+    drop(h);
+    until("the helper to exit on EOF", || {
+        children
+            .lock()
+            .unwrap()
+            .iter_mut()
+            .all(|(_, c)| c.try_wait().unwrap().is_some_and(|s| s.success()))
+    })
+    .await;
 }

@@ -150,7 +150,8 @@ async fn client(
         let started = Instant::now();
         match tokio::time::timeout(OP_TIMEOUT, ops::perform(&op, target, id, seq)).await {
             Ok(Ok(done)) => {
-                let us = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                let latency = done.latency.unwrap_or_else(|| started.elapsed());
+                let us = latency.as_micros().min(u128::from(u32::MAX)) as u32;
                 summary.latencies_us.push(us);
                 summary.ok += 1;
                 summary.retries += u64::from(done.retries);
@@ -171,6 +172,54 @@ async fn client(
         seq += 1;
     }
     summary
+}
+
+/// The open-loop load: one operation started every 1/`rate` s for
+/// `duration`, each on its own, however long the others take.
+pub fn paced(target: SocketAddr, op: &Op, rate: f64, duration: Duration) -> Summary {
+    let op = Arc::new(op.clone());
+    runtime().block_on(async move {
+        let start = Instant::now();
+        let period = Duration::from_secs_f64(1.0 / rate);
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ops = tokio::task::JoinSet::new();
+        let mut seq = 0u64;
+        while start.elapsed() < duration {
+            ticks.tick().await;
+            let op = Arc::clone(&op);
+            ops.spawn(async move {
+                let started = Instant::now();
+                let result =
+                    tokio::time::timeout(OP_TIMEOUT, ops::perform(&op, target, 0, seq)).await;
+                (started, result)
+            });
+            seq += 1;
+        }
+        let mut total = Summary::default();
+        while let Some(joined) = ops.join_next().await {
+            match joined {
+                Ok((started, Ok(Ok(done)))) => {
+                    let latency = done.latency.unwrap_or_else(|| started.elapsed());
+                    total
+                        .latencies_us
+                        .push(latency.as_micros().min(u128::from(u32::MAX)) as u32);
+                    total.ok += 1;
+                }
+                Ok((_, Ok(Err(e)))) => {
+                    total.errors += 1;
+                    total.count_error(e, 1);
+                }
+                Ok((_, Err(_))) => {
+                    total.errors += 1;
+                    total.count_error(format!("no answer within {} s", OP_TIMEOUT.as_secs()), 1);
+                }
+                Err(e) => total.count_error(format!("task failed: {e}"), 1),
+            }
+        }
+        total.elapsed = start.elapsed();
+        total
+    })
 }
 
 /// One operation, for checking a server before it is measured.

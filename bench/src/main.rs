@@ -24,6 +24,10 @@ usage:
   tcpmux-bench dispatch ADDR SERVICE [--concurrency N] [--seconds S] [--label NAME] [--once]
       plus-mode dispatch to an echoing service: name, '+', one line echoed,
       then our end of input and the service's exit (EOF), then close
+  tcpmux-bench first-byte ADDR SERVICE [--concurrency N | --rate R] [--seconds S] [--label NAME] [--once]
+      name a service that writes first (as /bin/echo does): the latency is
+      the time from connect to its first byte after '+'; --rate R starts R
+      sessions a second (open loop) instead of N clients in a closed loop
   tcpmux-bench msp ADDR --file FILE [--concurrency N] [--seconds S] [--label NAME] [--once]
       MSP version B over UDP, retransmitted until acknowledged; FILE is where
       the server's delivery command appends the text, read back to count
@@ -47,7 +51,7 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(&e),
     };
     let result = match args.command.as_str() {
-        "help" | "dispatch" | "msp" => measure(&args),
+        "help" | "dispatch" | "first-byte" | "msp" => measure(&args),
         "memory" => memory_cmd(&args),
         "slowloris" => slowloris_cmd(&args),
         "free" => free_cmd(&args),
@@ -76,6 +80,10 @@ fn addr(args: &Args, index: usize) -> Result<SocketAddr, String> {
         .map_err(|e| format!("{text}: not an address and port: {e}"))
 }
 
+/// Highest `--rate`: each paced session is a task of its own, and a typo
+/// must not open a million connections a second.
+const MAX_RATE: f64 = 1000.0;
+
 fn measure(args: &Args) -> Result<(), String> {
     let target = addr(args, 0)?;
     let concurrency: usize = args.number("concurrency", 1)?;
@@ -84,6 +92,9 @@ fn measure(args: &Args) -> Result<(), String> {
     let op = match args.command.as_str() {
         "help" => ops::Op::Help,
         "dispatch" => ops::Op::Dispatch {
+            service: args.positional(1, "SERVICE")?.to_string(),
+        },
+        "first-byte" => ops::Op::FirstByte {
             service: args.positional(1, "SERVICE")?.to_string(),
         },
         _ => ops::Op::Msp {
@@ -96,6 +107,22 @@ fn measure(args: &Args) -> Result<(), String> {
     }
     if concurrency == 0 || seconds.is_nan() || seconds <= 0.0 {
         return Err("--concurrency and --seconds must be positive".into());
+    }
+    if let Some(rate) = args.value("rate") {
+        let rate: f64 = rate
+            .parse()
+            .map_err(|_| format!("--rate {rate}: not a number"))?;
+        if !(rate > 0.0 && rate <= MAX_RATE) {
+            return Err(format!("--rate must be more than 0 and at most {MAX_RATE}"));
+        }
+        let summary = load::paced(target, &op, rate, Duration::from_secs_f64(seconds));
+        let note = summary.error_note();
+        // Recorded with the rate as its "concurrency": the table's column.
+        let test = format!("{}-paced", args.command);
+        summary
+            .record(&test, rate.round() as usize, &label, note)
+            .print();
+        return Ok(());
     }
     let summary = load::run(target, &op, concurrency, Duration::from_secs_f64(seconds));
     let mut note = summary.error_note();

@@ -25,6 +25,11 @@ pub enum Op {
     Dispatch {
         service: String,
     },
+    /// Name a service that writes first (`/bin/echo`): the latency is the
+    /// time from connect to the service's first byte after `+`.
+    FirstByte {
+        service: String,
+    },
     /// `run` tells this run's messages apart from earlier ones in the
     /// delivery file and in the server's duplicate filter.
     Msp {
@@ -37,6 +42,8 @@ pub enum Op {
 pub struct Done {
     /// MSP: how often the datagram had to be sent again.
     pub retries: u32,
+    /// The latency to report instead of the whole operation's.
+    pub latency: Option<Duration>,
 }
 
 /// Runs one operation. `worker` and `seq` make its payload unique.
@@ -44,6 +51,7 @@ pub async fn perform(op: &Op, target: SocketAddr, worker: usize, seq: u64) -> Re
     match op {
         Op::Help => help(target).await,
         Op::Dispatch { service } => dispatch(target, service, worker, seq).await,
+        Op::FirstByte { service } => first_byte(target, service).await,
         Op::Msp { run } => msp(target, run, worker, seq).await,
     }
 }
@@ -164,6 +172,39 @@ async fn dispatch(
         Ok(_) => Err("output after the echo".into()),
         Err(e) => Err(format!("waiting for the service to end: {e}")),
     }
+}
+
+async fn first_byte(target: SocketAddr, service: &str) -> Result<Done, String> {
+    let started = Instant::now();
+    let mut stream = connect(target).await?;
+    send(&mut stream, format!("{service}\r\n").as_bytes()).await?;
+    let mut buf = Vec::with_capacity(128);
+    let after_plus = loop {
+        if let Some(i) = buf.iter().position(|&b| b == b'\n') {
+            if buf.first() != Some(&b'+') {
+                return Err(format!("refused: {}", printable(&buf[..i])));
+            }
+            if buf.len() > i + 1 {
+                break i + 1;
+            }
+        }
+        read_more(&mut stream, &mut buf, "the service's first byte").await?;
+    };
+    let latency = started.elapsed();
+    // The service ends by itself; wait for it, as a client would.
+    let mut rest = Vec::new();
+    (&mut stream)
+        .take(MAX_REPLY as u64)
+        .read_to_end(&mut rest)
+        .await
+        .map_err(|e| format!("waiting for the service to end: {e}"))?;
+    if buf[after_plus..].iter().all(|&b| b == 0) && rest.is_empty() {
+        return Err("no output after +".into());
+    }
+    Ok(Done {
+        retries: 0,
+        latency: Some(latency),
+    })
 }
 
 /// A nonce for this run: the time and our pid, so that two runs never share

@@ -174,6 +174,16 @@ pub fn keys() -> Vec<Key> {
         ),
         key(
             "tcpmux",
+            "max_warm",
+            "integer",
+            limits::DEFAULT_MAX_WARM.to_string(),
+            format!("0 to {}", limits::MAX_WARM),
+            None,
+            "Warm units of all services together (see warm); they are not sessions and do not \
+             count against max_sessions or max_instances.",
+        ),
+        key(
+            "tcpmux",
             "allow",
             "array of strings",
             "[] (everyone)".into(),
@@ -414,6 +424,17 @@ pub fn keys() -> Vec<Key> {
             Some(when_hit_start_rate()),
             "Sessions of this service started per second, with as many in reserve for bursts, \
              shared fairly among sources.",
+        ),
+        key(
+            "service",
+            "warm",
+            "integer",
+            limits::DEFAULT_WARM.to_string(),
+            format!("0 to {}", limits::MAX_WARM),
+            None,
+            "Under the systemd launcher: session units kept started ahead of need, sandbox and \
+             all, so that a client waits only for a hand-over and an exec. 0 turns them off. \
+             A service without command always starts cold.",
         ),
         key(
             "service",

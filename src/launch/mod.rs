@@ -5,7 +5,9 @@
 
 pub mod child;
 pub mod exec;
+pub mod handover;
 pub mod systemd;
+pub mod warm;
 
 use crate::admission::FdGuard;
 use crate::config::Service;

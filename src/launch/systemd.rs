@@ -8,6 +8,8 @@
 //! the start of a unit until systemd reports the unit unloaded
 //! (`UnitRemoved`; the units are garbage-collected once inactive or failed).
 
+use super::handover::{Status, VARIABLES};
+use super::warm::{self, Pools, Ready, Start};
 use super::{Connection, Failed, LaunchError, Launcher, check_program, session_environment};
 use crate::admission::FdGuard;
 use crate::config::{Config, LauncherKind, Service};
@@ -17,10 +19,11 @@ use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::future::Future;
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use zbus::{Fd, OwnedVariant, Variant};
 use zbus_systemd::systemd1::ManagerProxy;
 
@@ -102,6 +105,11 @@ struct Inner {
     generation: AtomicU64,
     instance_prefix: String,
     counter: AtomicU64,
+    /// Warm units, per service.
+    warm: Mutex<Pools>,
+    /// Wakes the refiller: a unit was taken, a start ended, services
+    /// changed.
+    refill: Arc<Notify>,
 }
 
 #[derive(Clone)]
@@ -149,8 +157,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl SystemdLauncher {
     /// Connects to the manager. When that fails, the launcher keeps trying
-    /// in the background and refuses sessions meanwhile.
-    pub async fn start(connector: Connector, sessions: Arc<SessionTable>, config: &Config) -> Self {
+    /// in the background and refuses sessions meanwhile. `helper`: the
+    /// path of `tcpmux-warm`, for warm units; none, every unit starts cold.
+    pub async fn start(
+        connector: Connector,
+        sessions: Arc<SessionTable>,
+        config: &Config,
+        helper: Option<PathBuf>,
+    ) -> Self {
         // Instance names must stay unique across restarts of tcpmuxd while
         // units of the previous run are still loaded.
         let started = std::time::SystemTime::now()
@@ -170,9 +184,15 @@ impl SystemdLauncher {
                 generation: AtomicU64::new(0),
                 instance_prefix: format!("{started:x}"),
                 counter: AtomicU64::new(0),
+                warm: Mutex::new(Pools::new(helper)),
+                refill: Arc::default(),
             }),
         };
         launcher.set_services(config, false);
+        tokio::spawn(refill(
+            Arc::downgrade(&launcher.inner),
+            Arc::clone(&launcher.inner.refill),
+        ));
         if let Err(e) = connect(&launcher.inner).await {
             tracing::error!("systemd launcher: cannot reach the service manager: {e}; retrying");
             spawn_reconnect(Arc::clone(&launcher.inner));
@@ -190,6 +210,16 @@ impl SystemdLauncher {
         lock(&self.inner.running).len()
     }
 
+    /// Warm units of service `name` ready for a connection now.
+    pub fn warm_ready(&self, name: &str) -> usize {
+        lock(&self.inner.warm).ready(name)
+    }
+
+    /// Warm units ready now, all services together.
+    pub fn warm_ready_total(&self) -> usize {
+        lock(&self.inner.warm).ready_total()
+    }
+
     /// Learns the services of a (new) configuration. `auto_is_systemd`:
     /// whether `launcher = "auto"` services start units here.
     pub fn set_services(&self, config: &Config, auto_is_systemd: bool) {
@@ -199,16 +229,19 @@ impl SystemdLauncher {
             .map(|s| (libsystemd::unit::escape_name(&s.name), s.name.clone()))
             .collect();
         *lock(&self.inner.services) = map;
+        let launched = |s: &&Arc<Service>| match s.launcher {
+            LauncherKind::Systemd => true,
+            LauncherKind::Auto => auto_is_systemd,
+            LauncherKind::Exec => false,
+        };
         *lock(&self.inner.launched) = config
             .services
             .iter()
-            .filter(|s| match s.launcher {
-                LauncherKind::Systemd => true,
-                LauncherKind::Auto => auto_is_systemd,
-                LauncherKind::Exec => false,
-            })
+            .filter(launched)
             .map(|s| s.name.clone())
             .collect();
+        lock(&self.inner.warm).set_services(config, config.services.iter().filter(launched));
+        self.inner.refill.notify_one();
     }
 
     /// Logs an error for each service of this launcher that has a template
@@ -400,6 +433,7 @@ async fn connect(inner: &Arc<Inner>) -> Result<(), String> {
         generation,
     });
     check_templates(inner).await;
+    inner.refill.notify_one();
     Ok(())
 }
 
@@ -416,12 +450,14 @@ async fn adopt(inner: &Arc<Inner>, manager: &ManagerProxy<'static>) -> Result<()
     let names: Vec<String> = units.into_iter().map(|u| u.0).collect();
     let mut adopted = Vec::new();
     {
+        let warm_units = lock(&inner.warm).units.clone();
         let services = lock(&inner.services);
         let mut running = lock(&inner.running);
         // Units that went away while nobody was listening.
         running.retain(|unit, _| names.contains(unit));
         for unit in &names {
-            if running.contains_key(unit) {
+            // Our own warm units wait for connections: not sessions.
+            if running.contains_key(unit) || warm_units.contains(unit) {
                 continue;
             }
             let Some(service) = escaped_service_of(unit).and_then(|e| services.get(e)) else {
@@ -569,6 +605,68 @@ fn spawn_reconnect(inner: Arc<Inner>) {
     });
 }
 
+fn value<'a>(v: impl Into<Variant<'a>>) -> Result<OwnedVariant, LaunchError> {
+    OwnedVariant::try_from(v.into()).map_err(|e| LaunchError::Systemd(e.to_string()))
+}
+
+/// `ExecStart=` running `program` with `argv`.
+fn exec_start(program: &str, argv: &[String]) -> Result<OwnedVariant, LaunchError> {
+    // systemd expands $VARIABLES in ExecStart at run time; the exec
+    // launcher does not, and neither must this one.
+    let argv: Vec<String> = argv.iter().map(|a| a.replace('$', "$$")).collect();
+    let exec: Vec<(String, Vec<String>, bool)> = vec![(program.to_string(), argv, false)];
+    value(exec)
+}
+
+fn credentials(
+    service: &Service,
+    props: &mut Vec<(String, OwnedVariant)>,
+) -> Result<(), LaunchError> {
+    if let Some(cred) = &service.credentials {
+        props.push(("User".into(), value(cred.user.clone())?));
+        // systemd adds the user's own supplementary groups, never
+        // tcpmuxd's.
+        props.push(("Group".into(), value(cred.gid.to_string())?));
+    }
+    Ok(())
+}
+
+/// A warm unit's properties: those of a session unit, but with the helper
+/// as its program (the service's command as the helper's arguments) and
+/// `control` as its standard input (and, inherited, output). The
+/// connection's variables come with the hand-over.
+fn warm_properties(
+    service: &Service,
+    helper: &Path,
+    control: std::os::fd::BorrowedFd<'_>,
+) -> Result<Vec<(String, OwnedVariant)>, LaunchError> {
+    let Some(command) = &service.command else {
+        return Err(LaunchError::NoCommand);
+    };
+    let helper = helper.to_string_lossy().into_owned();
+    let fd: OwnedFd = control.try_clone_to_owned().map_err(LaunchError::Socket)?;
+    let environment: Vec<String> = std::iter::once(format!("TCPMUX_SERVICE={}", service.name))
+        .chain(service.environment.iter().map(|(k, v)| format!("{k}={v}")))
+        .collect();
+    let argv: Vec<String> = std::iter::once(helper.clone())
+        .chain(command.iter().cloned())
+        .collect();
+    let mut props = vec![
+        (
+            "Description".to_string(),
+            value(format!("TCPMUX service {} (warm unit)", service.name))?,
+        ),
+        ("Type".into(), value("exec")?),
+        ("CollectMode".into(), value("inactive-or-failed")?),
+        ("StandardInputFileDescriptor".into(), value(Fd::from(fd))?),
+        ("StandardError".into(), value("journal")?),
+        ("Environment".into(), value(environment)?),
+        ("ExecStart".into(), exec_start(&helper, &argv)?),
+    ];
+    credentials(service, &mut props)?;
+    Ok(props)
+}
+
 /// The unit's properties, as `StartTransientUnit` takes them.
 fn properties(
     service: &Service,
@@ -577,9 +675,6 @@ fn properties(
     socket: std::os::fd::BorrowedFd<'_>,
     version: u32,
 ) -> Result<Vec<(String, OwnedVariant)>, LaunchError> {
-    fn value<'a>(v: impl Into<Variant<'a>>) -> Result<OwnedVariant, LaunchError> {
-        OwnedVariant::try_from(v.into()).map_err(|e| LaunchError::Systemd(e.to_string()))
-    }
     let fd = || -> Result<Fd<'static>, LaunchError> {
         let dup: OwnedFd = socket.try_clone_to_owned().map_err(LaunchError::Socket)?;
         Ok(Fd::from(dup))
@@ -608,18 +703,9 @@ fn properties(
         ("Environment".into(), value(environment)?),
     ];
     if let Some(command) = &service.command {
-        // systemd expands $VARIABLES in ExecStart at run time; the exec
-        // launcher does not, and neither must this one.
-        let argv: Vec<String> = command.iter().map(|a| a.replace('$', "$$")).collect();
-        let exec: Vec<(String, Vec<String>, bool)> = vec![(command[0].clone(), argv, false)];
-        props.push(("ExecStart".into(), value(exec)?));
+        props.push(("ExecStart".into(), exec_start(&command[0], command)?));
     }
-    if let Some(cred) = &service.credentials {
-        props.push(("User".into(), value(cred.user.clone())?));
-        // systemd adds the user's own supplementary groups, never
-        // tcpmuxd's.
-        props.push(("Group".into(), value(cred.gid.to_string())?));
-    }
+    credentials(service, &mut props)?;
     if version >= EXTRA_FDS_MIN_VERSION {
         let extra: Vec<(Fd<'static>, String)> = vec![(fd()?, CONNECTION_FD_NAME.to_string())];
         props.push(("ExtraFileDescriptors".into(), value(extra)?));
@@ -634,11 +720,18 @@ impl Launcher for SystemdLauncher {
                 "not connected to the service manager (system bus); retrying".into(),
             ));
         }
-        match service.program() {
-            Some(path) => check_program(path).map_err(|cause| LaunchError::Program {
+        if let Some(path) = service.program() {
+            check_program(path).map_err(|cause| LaunchError::Program {
                 path: path.to_string(),
                 cause,
-            }),
+            })?;
+        }
+        // The service's units do not start (a broken drop-in, a program
+        // the sandbox hides): refuse before any `+`.
+        match lock(&self.inner.warm).failing(service) {
+            Some(e) => Err(LaunchError::Systemd(format!(
+                "its units fail to start: {e}"
+            ))),
             None => Ok(()),
         }
     }
@@ -653,6 +746,118 @@ impl Launcher for SystemdLauncher {
         mut conn: Connection,
         slot: SessionSlot,
         _fds: FdGuard,
+    ) -> Result<(), Failed> {
+        let taken = lock(&self.inner.warm).take(&service);
+        if let Some(ready) = taken {
+            self.inner.refill.notify_one();
+            conn.send_plus(&service).await?;
+            return match self.hand_over(&service, conn, slot, ready).await {
+                Handed::Done(result) => result,
+                Handed::Gone(conn, slot) => {
+                    let plus_sent = service.plus;
+                    self.launch_cold(service, conn, slot, plus_sent).await
+                }
+            };
+        }
+        self.launch_cold(service, conn, slot, false).await
+    }
+}
+
+/// How a hand-over to a warm unit ended.
+enum Handed {
+    Done(Result<(), Failed>),
+    /// The unit was gone before it got the connection: start one cold.
+    Gone(Connection, SessionSlot),
+}
+
+impl SystemdLauncher {
+    /// Gives `conn` (told `+` already, for a plus-mode service) to a ready
+    /// warm unit, which becomes a session, and waits for the helper's exec.
+    async fn hand_over(
+        &self,
+        service: &Service,
+        conn: Connection,
+        slot: SessionSlot,
+        ready: Ready,
+    ) -> Handed {
+        let inner = &self.inner;
+        let unit = ready.unit.clone();
+        let timeout = conn.reply_timeout;
+        let (socket, peer, local) = match conn.into_blocking() {
+            Ok(c) => c,
+            Err(e) => return Handed::Done(Err(e.into())),
+        };
+        let variables: Vec<(&str, String)> = session_environment(service, peer, local)
+            .into_iter()
+            .filter(|(k, _)| VARIABLES.contains(k))
+            .collect();
+        // Tracked as a session before it can end, so that its UnitRemoved
+        // is not missed.
+        lock(&inner.running).insert(unit.clone(), slot);
+        let status = match warm::hand_over(&ready, socket.as_fd(), &variables) {
+            Ok(status) => status,
+            Err(e) => {
+                tracing::warn!(
+                    tcpmux_service = %service.name, %unit,
+                    "warm unit {unit} did not take the connection ({e}); starting a unit for it"
+                );
+                let slot = lock(&inner.running).remove(&unit);
+                let back = socket
+                    .set_nonblocking(true)
+                    .and_then(|()| tokio::net::TcpStream::from_std(socket));
+                return match (back, slot) {
+                    (Ok(stream), Some(slot)) => Handed::Gone(
+                        Connection {
+                            stream,
+                            peer,
+                            local,
+                            reply_timeout: timeout,
+                        },
+                        slot,
+                    ),
+                    (Err(e), _) => Handed::Done(Err(LaunchError::Socket(e).into())),
+                    (_, None) => Handed::Done(Err(LaunchError::Systemd(format!(
+                        "{unit}: ended while taking the connection"
+                    ))
+                    .into())),
+                };
+            }
+        };
+        drop(ready);
+        let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        let failure = match warm::receive(status, limits::WARM_EXEC_TIMEOUT).await {
+            Ok((None, _)) => {
+                tracing::info!(
+                    tcpmux_service = %service.name,
+                    %unit,
+                    "{} from {peer}: session started as {unit} (warm unit)",
+                    service.name,
+                );
+                return Handed::Done(Ok(()));
+            }
+            Ok((Some(Status::Failed(e)), _)) => e,
+            Ok((Some(Status::Ready), _)) => "unexpected message after the hand-over".into(),
+            Err(e) => {
+                // The program may well run: the client is not told.
+                tracing::warn!(tcpmux_service = %service.name, %unit, "{unit}: {e}");
+                return Handed::Done(Ok(()));
+            }
+        };
+        Handed::Done(Err(Failed {
+            error: LaunchError::Systemd(format!("{unit}: {failure}")),
+            // A plus-mode client has heard `+`: nothing more to tell it.
+            conn: (!service.plus).then_some(socket),
+        }))
+    }
+
+    /// Starts a unit of its own for `conn`. `plus_sent`: the client was
+    /// told `+` already.
+    async fn launch_cold(
+        &self,
+        service: Arc<Service>,
+        mut conn: Connection,
+        slot: SessionSlot,
+        plus_sent: bool,
     ) -> Result<(), Failed> {
         let inner = &self.inner;
         let unit = unit_name(&service.name, &self.next_instance());
@@ -674,11 +879,13 @@ impl Launcher for SystemdLauncher {
             Err(error) => {
                 return Err(Failed {
                     error,
-                    conn: conn.unanswered(),
+                    conn: if plus_sent { None } else { conn.unanswered() },
                 });
             }
         };
-        conn.send_plus(&service).await?;
+        if !plus_sent {
+            conn.send_plus(&service).await?;
+        }
         let (socket, peer, _) = conn.into_blocking()?;
 
         // From here on the unit may own the connection: hand it back for an
@@ -723,4 +930,94 @@ impl Launcher for SystemdLauncher {
             conn: conn.filter(|_| !service.plus),
         })
     }
+}
+
+/// Keeps the warm pools filled: on every prompt, and every
+/// [`limits::WARM_CHECK_INTERVAL`] to retire units that died or waited too
+/// long. Ends with the launcher.
+async fn refill(inner: std::sync::Weak<Inner>, prompt: Arc<Notify>) {
+    loop {
+        tokio::select! {
+            () = prompt.notified() => {}
+            () = tokio::time::sleep(limits::WARM_CHECK_INTERVAL) => {}
+        }
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if lock(&inner.bus).is_none() {
+            continue;
+        }
+        let starts = lock(&inner.warm).plan(std::time::Instant::now());
+        for start in starts {
+            let launcher = SystemdLauncher {
+                inner: Arc::clone(&inner),
+            };
+            tokio::spawn(async move {
+                let (unit, result) = warm_start(&launcher, &start).await;
+                lock(&launcher.inner.warm).finished(&start, &unit, result);
+                launcher.inner.refill.notify_one();
+            });
+        }
+    }
+}
+
+/// Starts one warm unit and waits until its helper is ready.
+async fn warm_start(launcher: &SystemdLauncher, start: &Start) -> (String, Result<Ready, String>) {
+    let inner = &launcher.inner;
+    let unit = unit_name(&start.service.name, &launcher.next_instance());
+    let helper = {
+        let mut pools = lock(&inner.warm);
+        pools.starting(&unit);
+        pools.helper.clone()
+    };
+    let result = async {
+        let helper = helper.ok_or("no helper for warm units")?;
+        let bus = lock(&inner.bus)
+            .clone()
+            .ok_or("not connected to the service manager")?;
+        let (ours, theirs) =
+            warm::socket_pair().map_err(|e| format!("a socket for the unit's stdin: {e}"))?;
+        let props =
+            warm_properties(&start.service, &helper, theirs.as_fd()).map_err(|e| e.to_string())?;
+        // systemd gets its own copy in the call; the helper's end must
+        // not stay open here, or the helper would not see tcpmuxd go.
+        drop(theirs);
+        match launcher
+            .start_job(&bus, &unit, props, None, limits::UNIT_START_TIMEOUT)
+            .await
+        {
+            JobEnd::Result(result) if result == "done" => {}
+            JobEnd::Result(result) => {
+                return Err(format!(
+                    "{unit}: start job ended with result \"{result}\" (see journalctl -u {unit})"
+                ));
+            }
+            JobEnd::Refused(e) => return Err(format!("starting {unit}: {e}")),
+            JobEnd::Lost => {
+                return Err(format!(
+                    "{unit}: connection to the service manager lost while starting"
+                ));
+            }
+            JobEnd::TimedOut(limit) => {
+                return Err(format!(
+                    "{unit}: no start result from systemd within {}",
+                    humantime::format_duration(limit)
+                ));
+            }
+        }
+        match warm::receive(ours, limits::WARM_READY_TIMEOUT).await {
+            Ok((Some(Status::Ready), control)) => Ok(Ready {
+                unit: unit.clone(),
+                control,
+                since: std::time::Instant::now(),
+            }),
+            Ok((Some(Status::Failed(e)), _)) => Err(format!("{unit}: {e}")),
+            Ok((None, _)) => Err(format!(
+                "{unit}: the helper exited before it was ready (see journalctl -u {unit})"
+            )),
+            Err(e) => Err(format!("{unit}: {e}")),
+        }
+    }
+    .await;
+    (unit, result)
 }

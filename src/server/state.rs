@@ -46,6 +46,10 @@ pub struct State {
     pub fd_limit: FdLimit,
     /// Connections counted instead of logged one by one.
     pub summary: Summary,
+    /// The program of warm session units (`tcpmux-warm`), found beside
+    /// tcpmuxd at startup; none: the systemd launcher starts every unit
+    /// cold.
+    pub warm_helper: Option<PathBuf>,
 }
 
 /// Live counters, shown in systemd's `STATUS=` line.
@@ -91,6 +95,7 @@ impl State {
             stats: Stats::default(),
             notifier,
             exec: ExecLauncher,
+            warm_helper: None,
         }
     }
 
@@ -168,6 +173,7 @@ impl State {
                 systemd_launch::system_bus(),
                 Arc::clone(&self.sessions),
                 &config,
+                self.warm_helper.clone(),
             )
             .await;
             if self.under_systemd {

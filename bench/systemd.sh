@@ -1,0 +1,268 @@
+#!/usr/bin/env bash
+# Benchmarks the systemd launcher, cold and warm, against systemd's own
+# per-connection activation (Accept=yes) with the same sandbox, and the
+# exec launcher, all inside one throw-away systemd container (booted as
+# tests/systemd-e2e.sh does; the container setup is the same shape).
+#
+#   sudo bench/systemd.sh
+#
+# Every session runs /bin/echo under tcpmux-.service.d/10-defaults.conf
+# (Accept=yes: the same file as its template's drop-in). The figure is the
+# time from connect to the service's first byte, p50 and p99, and sessions
+# a second, at 1, 4 and 24 clients in a closed loop and at a paced 10
+# sessions a second; the configurations alternate within each round, and
+# each figure is the median of the rounds. Clients run inside the
+# container, on its own loopback.
+#
+# Settings (environment):
+#   ROUNDS=3            rounds
+#   CELL_SECONDS=3      length of one measurement
+#   CLIENTS="1 4 24"    closed-loop concurrencies
+#   PACED_RATE=10       sessions a second of the paced load
+#   WARM=4              warm units of the warm service
+#   SETTLE=3            seconds between measurements (units end, pools refill)
+#   TIME_LIMIT=900      seconds before the whole run is stopped
+#   KEEP_WORK=1         keep the scratch directory (raw records)
+set -euo pipefail
+
+if [ -z "${TCPMUX_BENCH_TIMED:-}" ]; then
+    export TCPMUX_BENCH_TIMED=1
+    exec timeout --foreground "${TIME_LIMIT:-900}" "$0" "$@"
+fi
+
+ROUNDS=${ROUNDS:-3}
+CELL_SECONDS=${CELL_SECONDS:-3}
+CLIENTS=${CLIENTS:-1 4 24}
+PACED_RATE=${PACED_RATE:-10}
+WARM=${WARM:-4}
+SETTLE=${SETTLE:-3}
+
+BENCH_DIR=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$BENCH_DIR/.." && pwd)
+readonly OPT=/opt/tcpmuxd
+readonly TCPMUX_AT=127.0.0.1:1
+readonly ACCEPT_AT=127.0.0.1:2001
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "systemd.sh: $*"; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (systemd-nspawn)"
+for tool in cargo systemd-nspawn nsenter timeout; do
+    command -v "$tool" >/dev/null || die "$tool is needed"
+done
+
+wait_until() {
+    local seconds=$1
+    shift
+    local deadline=$((SECONDS + seconds))
+    until "$@"; do
+        [ "$SECONDS" -lt "$deadline" ] || return 1
+        sleep 0.2
+    done
+}
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/tcpmux-systemd-bench.XXXXXX")
+chmod 755 "$WORK"
+machine="tcpmux-bench-$$"
+nspawn_pid=
+pid1=
+cgroups=()
+
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM HUP
+    if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
+        kill -TERM "$nspawn_pid" 2>/dev/null || true
+        if ! wait_until 20 eval '! kill -0 "$nspawn_pid" 2>/dev/null'; then
+            [ -n "$pid1" ] && kill -KILL "$pid1" 2>/dev/null
+            kill -KILL "$nspawn_pid" 2>/dev/null || true
+        fi
+        wait "$nspawn_pid" 2>/dev/null || true
+    fi
+    local dir
+    for dir in "${cgroups[@]}"; do
+        [ -d "$dir" ] || continue
+        wait_until 10 eval 'find "$dir" -depth -type d -exec rmdir {} + 2>/dev/null; [ ! -d "$dir" ]' ||
+            say "warning: cannot remove cgroup $dir"
+    done
+    if [ -n "${KEEP_WORK:-}" ]; then
+        say "systemd.sh: scratch directory kept: $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM HUP
+
+say "building (release)"
+(cd "$REPO" && CARGO_TARGET_DIR=$REPO/target cargo build --quiet --release --locked --bins) ||
+    die "cannot build tcpmuxd"
+(cd "$BENCH_DIR" && CARGO_TARGET_DIR=$BENCH_DIR/target cargo build --quiet --release --locked) ||
+    die "cannot build the benchmark client"
+mkdir -p "$WORK/stage/bin"
+cp "$REPO/target/release/tcpmuxd" "$REPO/target/release/tcpmux-warm" \
+    "$BENCH_DIR/target/release/tcpmux-bench" "$WORK/stage/bin/"
+chmod -R a+rX "$WORK/stage"
+
+# ---- the container -------------------------------------------------------------
+
+if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+    cgroups=("/sys/fs/cgroup/$machine")
+else
+    for hierarchy in systemd unified; do
+        [ -d "/sys/fs/cgroup/$hierarchy" ] && cgroups+=("/sys/fs/cgroup/$hierarchy/$machine")
+    done
+fi
+for dir in "${cgroups[@]}"; do
+    mkdir -p "$dir" || die "cannot create cgroup $dir"
+done
+say "booting systemd in container $machine"
+(
+    for dir in "${cgroups[@]}"; do
+        echo "$BASHPID" >"$dir/cgroup.procs" || exit 1
+    done
+    exec systemd-nspawn -q -D / --volatile=yes -M "$machine" -b \
+        --register=no --keep-unit --private-network \
+        --bind-ro="$WORK/stage:$OPT" --console=pipe -- systemd.mask=systemd-firstboot.service
+) >"$WORK/console.log" 2>&1 </dev/null &
+nspawn_pid=$!
+find_pid1() {
+    local child
+    kill -0 "$nspawn_pid" 2>/dev/null || return 2
+    for child in $(cat /proc/"$nspawn_pid"/task/*/children 2>/dev/null); do
+        if [ "$(cat /proc/"$child"/comm 2>/dev/null)" = systemd ]; then
+            pid1=$child
+            return 0
+        fi
+    done
+    return 1
+}
+wait_until 60 find_pid1 || die "the container's systemd did not start: $(cat "$WORK/console.log")"
+root=/proc/$pid1/root
+wait_until 60 test -S "$root/run/systemd/private" || die "the container's systemd does not answer"
+ct() {
+    timeout 120 nsenter -t "$pid1" -a \
+        env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"
+}
+ct systemctl is-system-running --wait >/dev/null || true
+
+# ---- installing the servers -----------------------------------------------------
+
+etc=$root/etc
+mkdir -p "$etc/systemd/system/tcpmux-.service.d" "$etc/systemd/system/tcpmuxd.service.d" \
+    "$etc/systemd/system/bench-accept@.service.d" "$etc/tcpmuxd"
+cp "$REPO/units/tcpmuxd.socket" "$REPO/units/tcpmuxd-msp.socket" "$REPO/units/tcpmuxd.service" \
+    "$etc/systemd/system/"
+cp "$REPO/units/tcpmux-.service.d/10-defaults.conf" "$etc/systemd/system/tcpmux-.service.d/"
+# Accept=yes gets the very same sandbox.
+cp "$REPO/units/tcpmux-.service.d/10-defaults.conf" "$etc/systemd/system/bench-accept@.service.d/"
+cat >"$etc/systemd/system/tcpmuxd.service.d/50-bench.conf" <<EOF2
+[Service]
+ExecStart=
+ExecStart=$OPT/bin/tcpmuxd --config /etc/tcpmuxd/tcpmuxd.toml --log-level warn
+EOF2
+printf 'passwd: files systemd\ngroup: files systemd\nhosts: files\n' >"$etc/nsswitch.conf"
+cat >"$etc/systemd/system/bench-accept.socket" <<EOF2
+[Socket]
+ListenStream=$ACCEPT_AT
+Accept=yes
+MaxConnections=4096
+TriggerLimitIntervalSec=0
+EOF2
+# A plus-mode TCPMUX service on a port of its own, as PEERS.md describes.
+cat >"$etc/systemd/system/bench-accept@.service" <<'EOF2'
+[Service]
+StandardInput=socket
+StandardError=journal
+ExecStart=/bin/sh -c 'read name; printf "+\r\n"; exec /bin/echo hello'
+EOF2
+limits="max_instances = 1000
+max_starts_per_second = 100000"
+cat >"$etc/tcpmuxd/tcpmuxd.toml" <<EOF2
+[tcpmux]
+max_sessions = 4000
+
+[[service]]
+name = "cold"
+command = ["/bin/echo", "hello"]
+launcher = "systemd"
+warm = 0
+$limits
+
+[[service]]
+name = "warm"
+command = ["/bin/echo", "hello"]
+launcher = "systemd"
+warm = $WARM
+$limits
+
+[[service]]
+name = "exec"
+command = ["/bin/echo", "hello"]
+launcher = "exec"
+$limits
+EOF2
+ct systemctl daemon-reload
+ct systemctl start bench-accept.socket tcpmuxd.socket || die "cannot start the sockets"
+BENCH=$OPT/bin/tcpmux-bench
+for probe in "$ACCEPT_AT x" "$TCPMUX_AT cold" "$TCPMUX_AT warm" "$TCPMUX_AT exec"; do
+    # shellcheck disable=SC2086
+    ct "$BENCH" first-byte $probe --once || die "probe $probe fails"
+done
+
+# ---- measuring -----------------------------------------------------------------
+
+declare -A AT=([accept-yes]="$ACCEPT_AT x" [tcpmuxd-cold]="$TCPMUX_AT cold"
+    [tcpmuxd-warm]="$TCPMUX_AT warm" [tcpmuxd-exec]="$TCPMUX_AT exec")
+CONFIGS=(accept-yes tcpmuxd-cold tcpmuxd-warm tcpmuxd-exec)
+records=$WORK/records.tsv
+: >"$records"
+for round in $(seq "$ROUNDS"); do
+    for config in "${CONFIGS[@]}"; do
+        for load in $CLIENTS paced; do
+            sleep "$SETTLE"
+            if [ "$load" = paced ]; then
+                how=(--rate "$PACED_RATE")
+            else
+                how=(--concurrency "$load")
+            fi
+            say "round $round: $config, ${how[*]}"
+            # shellcheck disable=SC2086
+            ct "$BENCH" first-byte ${AT[$config]} "${how[@]}" --seconds "$CELL_SECONDS" \
+                --label "$config" >>"$records" || say "  (failed)"
+        done
+    done
+done
+leftover=$(ct systemctl list-units --no-legend --plain 'tcpmux-*' 'bench-accept@*' | grep -c . || true)
+
+# ---- the table -------------------------------------------------------------------
+
+cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+echo "Machine: $(nproc) cores ($cpu), $(uname -r), systemd $(systemctl --version | head -n 1 | awk '{print $2}') in systemd-nspawn"
+echo "Command: sudo bench/systemd.sh (ROUNDS=$ROUNDS CELL_SECONDS=$CELL_SECONDS WARM=$WARM); medians of $ROUNDS rounds"
+echo
+echo "| configuration | load | sessions/s | p50 first byte | p99 first byte | errors |"
+echo "|---|---|---|---|---|---|"
+for config in "${CONFIGS[@]}"; do
+    for load in $CLIENTS paced; do
+        if [ "$load" = paced ]; then
+            test=first-byte-paced label="$PACED_RATE/s paced" conc=$PACED_RATE
+        else
+            test=first-byte label="$load clients" conc=$load
+        fi
+        awk -F'\t' -v t="$test" -v c="$conc" -v s="$config" -v label="$label" '
+            function median(a, n,   i, j, x) {
+                for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j > 0 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
+                return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+            }
+            $1 == t && $2 == c && $3 == s { n++; v[n] = $4; p50[n] = $5; p99[n] = $6; e += $7 }
+            END {
+                if (n == 0) { printf "| %s | %s | - | - | - | not measured |\n", s, label; exit }
+                printf "| %s | %s | %.0f | %.1f ms | %.1f ms | %d |\n", s, label, median(v, n), median(p50, n) / 1000, median(p99, n) / 1000, e
+            }' "$records"
+    done
+done
+echo
+echo "Units of tcpmux-* and bench-accept@* still loaded at the end: $leftover (the warm service's $WARM warm units, and sessions ending)"

@@ -1,0 +1,406 @@
+#!/usr/bin/env bash
+# End-to-end test of warm session units under a real systemd.
+#
+# Boots the machine's own systemd as PID 1 of a throw-away container, as
+# tests/systemd-e2e.sh does (the container setup below is the same shape,
+# copied), installs the shipped units and tcpmuxd with tcpmux-warm beside
+# it, and checks warm units as a user would see them: a session through a
+# warm unit, its sandbox, refill, an exec failure answered with -, reload,
+# a restart of tcpmuxd with warm units waiting, and no unit left behind.
+#
+# Usage: tests/systemd-e2e-warm.sh STAGE
+#   STAGE/bin/{tcpmuxd,tcpmux,tcpmux-warm}  the binaries under test
+#   STAGE/bin/broken-elf                    ELF's magic and nothing more: a
+#                                           program exec refuses
+#   STAGE/units/                            a copy of the repository's units/
+# `cargo test` stages these itself (tests/systemd_warm_e2e.rs).
+#
+# Environment:
+#   E2E_MASK="a.service ..."  more units to mask in the container
+#
+# Exit status: 0 every check passed; 1 a check failed or the container could
+# not be set up; 77 systemd cannot be booted here.
+
+set -uo pipefail
+
+readonly SKIP=77
+E2E_MASK=${E2E_MASK:-}
+
+readonly BOOT_TIMEOUT=60 # container up and systemd settled
+readonly CMD_TIMEOUT=30  # any one command run inside
+readonly WAIT_TIMEOUT=15 # a state we expect to appear
+readonly WARM=2          # warm units of the service "echo"
+
+readonly OPT=/opt/tcpmuxd
+readonly CLIENT=$OPT/bin/tcpmux
+readonly CONFIG=/etc/tcpmuxd/tcpmuxd.toml
+
+stage=${1:-}
+if [ -z "$stage" ] || [ ! -x "$stage/bin/tcpmuxd" ] || [ ! -x "$stage/bin/tcpmux-warm" ] ||
+    [ ! -x "$stage/bin/broken-elf" ] || [ ! -f "$stage/units/tcpmuxd.service" ]; then
+    echo "usage: $0 STAGE (with STAGE/bin/{tcpmuxd,tcpmux,tcpmux-warm,broken-elf}, STAGE/units/)" >&2
+    exit 2
+fi
+stage=$(cd "$stage" && pwd)
+
+if [ "$(id -u)" != 0 ]; then
+    echo "skipped: booting systemd in a container needs root" >&2
+    exit $SKIP
+fi
+for tool in systemd-nspawn nsenter; do
+    if ! command -v "$tool" >/dev/null; then
+        echo "skipped: $tool is not installed (Debian: systemd-container, util-linux)" >&2
+        exit $SKIP
+    fi
+done
+
+# ---- reporting ---------------------------------------------------------------
+
+failures=0
+failed_checks=()
+
+section() { printf '\n== %s\n' "$*"; }
+note() { printf '      %s\n' "$*"; }
+pass() { printf 'PASS  %s\n' "$*"; }
+fail() {
+    local check=$1
+    printf 'FAIL  %s\n' "$check"
+    shift
+    if [ $# -gt 0 ] && [ -n "$*" ]; then
+        printf '%s\n' "$*" | sed 's/^/      | /'
+    fi
+    failures=$((failures + 1))
+    failed_checks+=("$check")
+}
+die() {
+    printf 'ERROR %s\n' "$1" >&2
+    shift
+    if [ $# -gt 0 ] && [ -n "$*" ]; then
+        printf '%s\n' "$*" | sed 's/^/      | /' >&2
+    fi
+    exit 1
+}
+wait_until() {
+    local seconds=$1
+    shift
+    local deadline=$((SECONDS + seconds))
+    until "$@"; do
+        [ "$SECONDS" -lt "$deadline" ] || return 1
+        sleep 0.2
+    done
+}
+
+# ---- the container (same shape as tests/systemd-e2e.sh) ------------------------
+
+machine="tcpmuxd-warm-$$-$RANDOM"
+work=$(mktemp -d)
+nspawn_pid=
+pid1=
+root=
+cgroups=()
+
+teardown() {
+    local status=$?
+    if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
+        kill -TERM "$nspawn_pid" 2>/dev/null
+        if ! wait_until 20 eval '! kill -0 "$nspawn_pid" 2>/dev/null'; then
+            [ -n "$pid1" ] && kill -KILL "$pid1" 2>/dev/null
+            kill -KILL "$nspawn_pid" 2>/dev/null
+        fi
+        wait "$nspawn_pid" 2>/dev/null
+    fi
+    for dir in "${cgroups[@]}"; do
+        [ -d "$dir" ] || continue
+        wait_until 10 eval 'find "$dir" -depth -type d -exec rmdir {} + 2>/dev/null; [ ! -d "$dir" ]' ||
+            echo "warning: cannot remove cgroup $dir" >&2
+    done
+    rm -rf "$work"
+    exit "$status"
+}
+trap teardown EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+    cgroups=("/sys/fs/cgroup/$machine")
+else
+    for hierarchy in systemd unified; do
+        if [ -d "/sys/fs/cgroup/$hierarchy" ]; then
+            cgroups+=("/sys/fs/cgroup/$hierarchy/$machine")
+        fi
+    done
+fi
+for dir in "${cgroups[@]}"; do
+    mkdir -p "$dir" || die "cannot create cgroup $dir"
+done
+
+masks=(systemd-firstboot.service)
+read -r -a extra_masks <<<"$E2E_MASK"
+masks+=("${extra_masks[@]}")
+kernel_args=()
+for unit in "${masks[@]}"; do
+    kernel_args+=("systemd.mask=$unit")
+done
+
+section "booting systemd in container $machine"
+(
+    for dir in "${cgroups[@]}"; do
+        echo "$BASHPID" >"$dir/cgroup.procs" || exit 1
+    done
+    exec systemd-nspawn -q -D / --volatile=yes -M "$machine" -b \
+        --register=no --keep-unit --private-network \
+        --bind-ro="$stage:$OPT" --console=pipe -- "${kernel_args[@]}"
+) >"$work/console.log" 2>&1 </dev/null &
+nspawn_pid=$!
+
+find_pid1() {
+    local child
+    kill -0 "$nspawn_pid" 2>/dev/null || return 2
+    for child in $(cat /proc/"$nspawn_pid"/task/*/children 2>/dev/null); do
+        if [ "$(cat /proc/"$child"/comm 2>/dev/null)" = systemd ]; then
+            pid1=$child
+            return 0
+        fi
+    done
+    return 1
+}
+wait_until "$BOOT_TIMEOUT" find_pid1 ||
+    die "the container's systemd did not start" "$(cat "$work/console.log")"
+root=/proc/$pid1/root
+wait_until "$BOOT_TIMEOUT" test -S "$root/run/systemd/private" ||
+    die "the container's systemd does not answer" "$(cat "$work/console.log")"
+
+ct() {
+    timeout "$CMD_TIMEOUT" nsenter -t "$pid1" -a \
+        env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"
+}
+show() { ct systemctl show -p "$2" --value "$1"; }
+active_running() {
+    [ "$(ct systemctl show -p ActiveState,SubState --value tcpmuxd.service | tr '\n' ' ')" = "active running " ]
+}
+journal_says() {
+    local text
+    text=$(ct journalctl -u tcpmuxd.service -o cat --no-pager 2>/dev/null) || return 1
+    printf '%s\n' "$text" | grep -qF -- "$1"
+}
+# Loaded units of service $1 (all of them with no argument), one name a line.
+units_of() {
+    ct systemctl list-units --all --plain --no-legend --no-pager "tcpmux-${1:-}*" | awk '{ print $1 }' | sort
+}
+# Warm units of service $1 waiting for a connection: running the helper.
+waiting_of() {
+    local unit
+    for unit in $(units_of "$1@"); do
+        if [ "$(show "$unit" ActiveState)" = active ] &&
+            ct systemctl show -p ExecStart --value "$unit" | grep -q 'tcpmux-warm' &&
+            ct systemctl status --no-pager "$unit" 2>/dev/null | grep -q "$OPT/bin/tcpmux-warm"; then
+            echo "$unit"
+        fi
+    done
+}
+count_waiting() { [ "$(waiting_of "$1" | grep -c .)" = "$2" ]; }
+
+state=$(timeout "$BOOT_TIMEOUT" nsenter -t "$pid1" -a \
+    env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin systemctl is-system-running --wait)
+case "$state" in
+running | degraded) pass "container booted: $state" ;;
+*) die "the container did not boot: '$state'" "$(cat "$work/console.log")" ;;
+esac
+
+# ---- installing ---------------------------------------------------------------
+
+section "installing tcpmuxd with tcpmux-warm beside it"
+etc=$root/etc
+mkdir -p "$etc/systemd/system/tcpmux-.service.d" "$etc/systemd/system/tcpmuxd.service.d" \
+    "$etc/tcpmuxd/conf.d"
+cp "$stage/units/tcpmuxd.socket" "$stage/units/tcpmuxd-msp.socket" \
+    "$stage/units/tcpmuxd.service" "$etc/systemd/system/"
+cp "$stage/units/tcpmux-.service.d/10-defaults.conf" "$etc/systemd/system/tcpmux-.service.d/"
+cat >"$etc/systemd/system/tcpmuxd.service.d/50-e2e.conf" <<EOF2
+[Service]
+ExecStart=
+ExecStart=$OPT/bin/tcpmuxd --config $CONFIG
+EOF2
+printf '127.0.0.1 localhost\n::1 localhost ip6-localhost\n' >"$etc/hosts"
+printf 'passwd: files systemd\ngroup: files systemd\nhosts: files\n' >"$etc/nsswitch.conf"
+write_config() {
+    cat >"$root$CONFIG" <<EOF2
+[tcpmux]
+name_timeout = "5s"
+
+[[service]]
+name = "echo"
+command = ["/bin/cat"]
+launcher = "systemd"
+warm = $WARM
+$1
+
+# The sandbox in force: prints its uid (a dynamic one).
+[[service]]
+name = "uid"
+command = ["/usr/bin/id", "-u"]
+launcher = "systemd"
+warm = 1
+
+# Passes the helper's readiness check (ELF's magic), fails at exec.
+[[service]]
+name = "broken"
+command = ["$OPT/bin/broken-elf"]
+launcher = "systemd"
+plus = false
+warm = 1
+
+# No command: ExecStart= from drop-ins only, so no warm units.
+[[service]]
+name = "dropin"
+launcher = "systemd"
+EOF2
+}
+write_config ""
+ct systemctl daemon-reload || die "systemctl daemon-reload failed"
+if out=$(ct "$OPT/bin/tcpmuxd" --config "$CONFIG" --check 2>&1) &&
+    printf '%s\n' "$out" | grep -q 'dropin.*cold'; then
+    pass "tcpmuxd --check: says that \"dropin\" stays cold"
+    note "$(printf '%s\n' "$out" | grep cold)"
+else
+    fail "tcpmuxd --check accepts the configuration and says \"dropin\" stays cold" "$out"
+fi
+ct systemctl enable --now tcpmuxd.socket tcpmuxd-msp.socket >/dev/null 2>&1 ||
+    die "cannot enable tcpmuxd.socket"
+# The first client starts tcpmuxd, which starts the warm units.
+ct "$CLIENT" localhost --list >/dev/null 2>&1
+wait_until "$WAIT_TIMEOUT" active_running || die "tcpmuxd.service did not start" \
+    "$(ct journalctl -u tcpmuxd.service --no-pager -n 20)"
+
+# ---- warm units ---------------------------------------------------------------
+
+section "warm units"
+if wait_until "$WAIT_TIMEOUT" count_waiting echo "$WARM" && wait_until "$WAIT_TIMEOUT" count_waiting uid 1; then
+    pass "warm = $WARM: $WARM units of echo wait, running tcpmux-warm, before any client"
+    note "$(waiting_of echo | tr '\n' ' ')"
+else
+    fail "$WARM warm units of echo and 1 of uid wait for connections" "$(units_of)" \
+        "$(ct journalctl -u tcpmuxd.service --no-pager -n 20)"
+fi
+first=$(waiting_of echo | head -n 1)
+out=$(ct systemctl show -p DynamicUser,DropInPaths,ProtectSystem "$first")
+if printf '%s\n' "$out" | grep -qx DynamicUser=yes && printf '%s\n' "$out" | grep -q 10-defaults.conf; then
+    pass "a warm unit has the session sandbox (10-defaults.conf, DynamicUser=yes)"
+else
+    fail "$first picks up tcpmux-.service.d/10-defaults.conf" "$out"
+fi
+if [ -z "$(units_of dropin)" ]; then
+    pass "a service without a command has no warm unit"
+else
+    fail "no warm unit for dropin" "$(units_of dropin)"
+fi
+status=$(ct systemctl show -p StatusText --value tcpmuxd.service)
+note "tcpmuxd STATUS: $status"
+
+before=$(waiting_of echo)
+if out=$(printf 'through a warm unit\n' | ct "$CLIENT" localhost echo 2>"$work/err") &&
+    [ "$out" = "through a warm unit" ] && wait_until "$WAIT_TIMEOUT" journal_says "(warm unit)"; then
+    pass "tcpmux localhost echo: the session ran in a warm unit"
+else
+    fail "a session of echo through a warm unit echoes" "stdout: $out" "stderr: $(cat "$work/err")" \
+        "$(ct journalctl -u tcpmuxd.service --no-pager -n 10)"
+fi
+refilled() {
+    local now
+    now=$(waiting_of echo)
+    [ "$(printf '%s\n' "$now" | grep -c .)" = "$WARM" ] && [ "$now" != "$before" ]
+}
+if wait_until "$WAIT_TIMEOUT" refilled; then
+    pass "refill: $WARM units of echo wait again, one of them new"
+else
+    fail "the pool of echo is refilled after a session" "before: $before" "now: $(waiting_of echo)"
+fi
+
+out=$(ct "$CLIENT" localhost uid </dev/null 2>&1 | tr -d '\r')
+uid=$(printf '%s\n' "$out" | tail -n 1)
+if [ -n "$uid" ] && [ "$uid" -ge 61184 ] 2>/dev/null && [ "$uid" -le 65519 ]; then
+    pass "the program in a warm unit runs as a dynamic user (uid $uid)"
+else
+    fail "tcpmux localhost uid prints a uid of DynamicUser's range" "$out"
+fi
+
+out=$(ct "$CLIENT" localhost broken </dev/null 2>&1)
+if printf '%s\n' "$out" | grep -qx -- '-Service unavailable' &&
+    wait_until "$WAIT_TIMEOUT" journal_says "exec $OPT/bin/broken-elf: Exec format error"; then
+    pass "dedicated service whose exec fails: the client gets -Service unavailable, the log says why"
+else
+    fail "broken (exec fails) answers -Service unavailable and logs the exec error" "$out" \
+        "$(ct journalctl -u tcpmuxd.service --no-pager -n 10)"
+fi
+
+# ---- reload -------------------------------------------------------------------
+
+section "reload"
+before=$(waiting_of echo)
+uid_before=$(waiting_of uid)
+write_config "max_instances = 10"
+replaced() {
+    local now
+    now=$(waiting_of echo)
+    [ "$(printf '%s\n' "$now" | grep -c .)" = "$WARM" ] &&
+        [ -z "$(comm -12 <(printf '%s\n' "$before") <(printf '%s\n' "$now"))" ]
+}
+if ct systemctl reload tcpmuxd.service && wait_until "$WAIT_TIMEOUT" replaced; then
+    pass "a changed service's warm units are replaced on reload"
+else
+    fail "reload replaces every warm unit of echo" "before: $before" "now: $(waiting_of echo)"
+fi
+if [ -n "$uid_before" ] && [ "$(waiting_of uid)" = "$uid_before" ]; then
+    pass "an unchanged service keeps its warm unit"
+else
+    fail "the warm unit of uid (unchanged) survives the reload" "before: $uid_before" "now: $(waiting_of uid)"
+fi
+
+# ---- restart --------------------------------------------------------------------
+
+section "tcpmuxd restarted with warm units waiting"
+before=$(waiting_of echo)
+main=$(show tcpmuxd.service MainPID)
+gone_and_new() {
+    local now
+    now=$(waiting_of echo)
+    [ "$(printf '%s\n' "$now" | grep -c .)" = "$WARM" ] &&
+        [ -z "$(comm -12 <(printf '%s\n' "$before") <(units_of echo@))" ]
+}
+if ct systemctl restart tcpmuxd.service && wait_until "$WAIT_TIMEOUT" active_running &&
+    [ "$(show tcpmuxd.service MainPID)" != "$main" ] && wait_until "$WAIT_TIMEOUT" gone_and_new; then
+    pass "the previous run's warm units exited (EOF on their stdin); the new run has its own"
+else
+    fail "after a restart, the old warm units are gone and $WARM new ones wait" \
+        "before: $before" "now: $(units_of echo@)"
+fi
+if out=$(printf 'after restart\n' | ct "$CLIENT" localhost echo 2>"$work/err") && [ "$out" = "after restart" ]; then
+    pass "sessions through warm units work after the restart"
+else
+    fail "echo works after the restart" "$out"
+fi
+if wait_until "$WAIT_TIMEOUT" eval '[ "$(ct systemctl show -p StatusText --value tcpmuxd.service | sed -n "s/.* \([0-9]*\) sessions running.*/\1/p")" = 0 ]'; then
+    pass "the old warm units are not counted as sessions"
+else
+    fail "STATUS shows 0 sessions running once the old warm units are gone" \
+        "$(ct systemctl show -p StatusText --value tcpmuxd.service)"
+fi
+
+# ---- nothing left behind -------------------------------------------------------
+
+section "no leaked units"
+ct systemctl stop tcpmuxd.socket tcpmuxd-msp.socket tcpmuxd.service
+if wait_until "$WAIT_TIMEOUT" eval '[ -z "$(units_of)" ]'; then
+    pass "systemctl list-units 'tcpmux-*' is empty once tcpmuxd stops"
+else
+    fail "no tcpmux-* unit is left after tcpmuxd stops" "$(ct systemctl list-units --all --no-pager 'tcpmux-*')"
+fi
+
+section "result"
+if [ "$failures" = 0 ]; then
+    echo "all checks passed"
+    exit 0
+fi
+echo "$failures checks failed:"
+printf '  %s\n' "${failed_checks[@]}"
+exit 1
