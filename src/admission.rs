@@ -305,6 +305,17 @@ impl FdBudget {
         })
     }
 
+    /// Takes `n` descriptors even past the capacity: for a connection
+    /// admitted in place of one being shed, which gives its own back at
+    /// once.
+    pub fn take_over(self: &Arc<Self>, n: usize) -> FdGuard {
+        self.used.fetch_add(n, Ordering::AcqRel);
+        FdGuard {
+            budget: Arc::clone(self),
+            held: n,
+        }
+    }
+
     fn grab(&self, n: usize) -> bool {
         let capacity = self.capacity();
         self.used

@@ -60,10 +60,18 @@ pub const SUMMARY_TOP_SOURCES: usize = 3;
 /// theirs.
 pub const START_SHARE_DIVISOR: u32 = 8;
 
-/// Descriptors kept out of the connection budget for the rest of the
-/// daemon: listeners, the runtime, the journal, the system bus, MSP
-/// deliveries, and configuration reads.
+/// Descriptors kept out of the connection budget for what the daemon opens
+/// later: the system bus, the journal, configuration reads on reload.
+/// (Those open at startup, and MSP's, are counted on their own.)
 pub const FD_RESERVE: usize = 64;
+
+/// Descriptors of one MSP TCP connection: the connection, and a delivery
+/// command's three pipes.
+pub const MSP_CONNECTION_FDS: u64 = 4;
+
+/// Descriptors of one MSP datagram being delivered: a delivery command's
+/// three pipes.
+pub const MSP_DELIVERY_FDS: u64 = 3;
 
 /// Bytes of one session's stderr read per second at most. Past that the
 /// daemon stops reading for the rest of the second, and the program blocks

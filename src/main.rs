@@ -15,7 +15,7 @@ use tcpmuxd::startup;
 fn main() -> ExitCode {
     // First of all: nothing the daemon was started with may reach a
     // session's program.
-    let inherited = startup::close_inherited_on_exec();
+    let inherited = startup::close_inherited_on_exec().and(startup::forbid_tracing());
     let args = match exit::parse::<Args>() {
         Ok(args) => args,
         Err(code) => return code,
@@ -53,7 +53,7 @@ fn main() -> ExitCode {
         tracing::error!("{e}");
         return ExitCode::from(exit::OSERR);
     }
-    let (fd_limit, fd_problem) = startup::raise_fd_limit();
+    let (mut fd_limit, fd_problem) = startup::raise_fd_limit();
     if let Some(problem) = fd_problem {
         tracing::warn!("{problem}");
     }
@@ -101,6 +101,9 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::OSERR);
         }
     };
+    // What is open now (listeners, runtime, journal, whatever was
+    // inherited) is not there for connections.
+    fd_limit.open = startup::open_fds();
     let mut state = State::new(
         config,
         args.config,

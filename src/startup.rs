@@ -1,9 +1,9 @@
 //! What the process inherits from whoever started it, made safe at startup:
-//! open descriptors, and the limit on descriptors.
+//! open descriptors, the limit on descriptors, and who may trace it.
 
 use crate::config::Config;
 use crate::launch::exec::EXEC_SESSION_FDS;
-use crate::limits::FD_RESERVE;
+use crate::limits::{FD_RESERVE, MSP_CONNECTION_FDS, MSP_DELIVERY_FDS, MSP_MAX_UDP_IN_FLIGHT};
 use rustix::io::{FdFlags, fcntl_getfd, fcntl_setfd};
 use rustix::process::{Resource, getrlimit, setrlimit};
 use std::os::fd::{BorrowedFd, RawFd};
@@ -30,11 +30,34 @@ pub fn close_inherited_on_exec() -> Result<(), String> {
     Ok(())
 }
 
-/// The soft and hard limits on open descriptors.
+/// Makes the daemon's memory and descriptors out of reach of its own
+/// children: a session's program running as the daemon's user (a service
+/// without `user`, or tcpmuxd run as its own user) could otherwise take
+/// the listening socket, other clients' connections and other sessions'
+/// pipes with `pidfd_getfd(2)`, or read the daemon through /proc. Children
+/// are dumpable again once they exec.
+pub fn forbid_tracing() -> Result<(), String> {
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .map_err(|e| format!("cannot make tcpmuxd non-dumpable (PR_SET_DUMPABLE): {e}"))
+}
+
+/// The soft and hard limits on open descriptors, and how many were open
+/// when the daemon had set itself up (listeners, runtime, journal, and
+/// whatever it inherited).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FdLimit {
     pub soft: u64,
     pub hard: u64,
+    pub open: u64,
+}
+
+/// The limit on open files tcpmuxd was started with, given back to every
+/// child: programs that use select(2) break with descriptors above 1024.
+static CHILDREN_FD_LIMIT: std::sync::OnceLock<rustix::process::Rlimit> = std::sync::OnceLock::new();
+
+/// The limit on open files for children, once [`raise_fd_limit`] ran.
+pub fn children_fd_limit() -> Option<rustix::process::Rlimit> {
+    CHILDREN_FD_LIMIT.get().copied()
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (the default soft
@@ -43,19 +66,25 @@ pub struct FdLimit {
 /// soft limit could not be raised, if it could not.
 pub fn raise_fd_limit() -> (FdLimit, Option<String>) {
     let current = getrlimit(Resource::Nofile);
+    let _ = CHILDREN_FD_LIMIT.set(current);
     let soft = current.current.unwrap_or(u64::MAX);
     let hard = current.maximum.unwrap_or(u64::MAX);
+    let limit = |soft| FdLimit {
+        soft,
+        hard,
+        open: 0,
+    };
     if soft >= hard {
-        return (FdLimit { soft, hard }, None);
+        return (limit(soft), None);
     }
     let raised = rustix::process::Rlimit {
         current: current.maximum,
         maximum: current.maximum,
     };
     match setrlimit(Resource::Nofile, raised) {
-        Ok(()) => (FdLimit { soft: hard, hard }, None),
+        Ok(()) => (limit(hard), None),
         Err(e) => (
-            FdLimit { soft, hard },
+            limit(soft),
             Some(format!(
                 "cannot raise the soft limit on open files from {soft} to {hard}: {e}"
             )),
@@ -63,38 +92,61 @@ pub fn raise_fd_limit() -> (FdLimit, Option<String>) {
     }
 }
 
-/// Descriptors the configured maxima need at once: one per handshake, what
-/// every running session of the exec launcher holds, one per MSP
-/// connection, and the reserve.
-pub fn fds_needed(config: &Config) -> u64 {
-    let handshakes = config.tcpmux.max_handshakes as u64;
-    let sessions = config.tcpmux.max_sessions as u64 * EXEC_SESSION_FDS as u64;
-    let msp = config.msp.max_connections as u64;
-    handshakes + sessions + msp + FD_RESERVE as u64
+/// Descriptors open in this process now.
+pub fn open_fds() -> u64 {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count() as u64)
 }
 
-/// The descriptors connections and sessions may hold: the soft limit less
-/// the reserve and MSP's connections, which are bounded on their own.
+/// Descriptors MSP may hold at once: each TCP connection with a delivery
+/// command's three pipes, and as many for each datagram being delivered.
+fn msp_fds(config: &Config) -> u64 {
+    let connections = (config.msp.max_connections as u64).saturating_mul(MSP_CONNECTION_FDS);
+    let datagrams = (MSP_MAX_UDP_IN_FLIGHT as u64).saturating_mul(MSP_DELIVERY_FDS);
+    connections.saturating_add(datagrams)
+}
+
+/// Descriptors kept out of the budget of TCPMUX connections and sessions:
+/// those open at startup, MSP's, and the reserve.
+fn kept_fds(config: &Config, limit: FdLimit) -> u64 {
+    limit
+        .open
+        .saturating_add(msp_fds(config))
+        .saturating_add(FD_RESERVE as u64)
+}
+
+/// Descriptors the configured maxima need at once: one per handshake, what
+/// every running session of the exec launcher holds, and what is kept.
+pub fn fds_needed(config: &Config, limit: FdLimit) -> u64 {
+    let handshakes = config.tcpmux.max_handshakes as u64;
+    let sessions = (config.tcpmux.max_sessions as u64).saturating_mul(EXEC_SESSION_FDS as u64);
+    handshakes
+        .saturating_add(sessions)
+        .saturating_add(kept_fds(config, limit))
+}
+
+/// The descriptors TCPMUX connections and sessions may hold: the soft
+/// limit less what is kept.
 pub fn fd_budget(config: &Config, limit: FdLimit) -> usize {
-    let kept = FD_RESERVE as u64 + config.msp.max_connections as u64;
-    usize::try_from(limit.soft.saturating_sub(kept)).unwrap_or(usize::MAX)
+    let budget = limit.soft.saturating_sub(kept_fds(config, limit));
+    usize::try_from(budget).unwrap_or(usize::MAX)
 }
 
 /// A warning when the configured maxima cannot all be reached within the
 /// limit on open files; clients past it are told `-Server busy` or
 /// `-Too many connections`, never `+` for a session that cannot start.
 pub fn fd_warning(config: &Config, limit: FdLimit) -> Option<String> {
-    let needed = fds_needed(config);
+    let needed = fds_needed(config, limit);
     (needed > limit.soft).then(|| {
         format!(
             "the limit on open files ({}) is below what the configured maxima need ({needed}: \
-             max_handshakes {} + {EXEC_SESSION_FDS} x max_sessions {} + [msp] max_connections {} \
-             + {FD_RESERVE} reserved); clients past the limit are refused. Raise LimitNOFILE= \
-             (or ulimit -n), or lower the maxima",
+             max_handshakes {} + {EXEC_SESSION_FDS} x max_sessions {} + {} for MSP + {} open at \
+             startup + {FD_RESERVE} reserved); clients past the limit are refused. Raise \
+             LimitNOFILE= (or ulimit -n), or lower the maxima",
             limit.soft,
             config.tcpmux.max_handshakes,
             config.tcpmux.max_sessions,
-            config.msp.max_connections,
+            msp_fds(config),
+            limit.open,
         )
     })
 }

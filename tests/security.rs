@@ -205,6 +205,46 @@ impl GroupsForTest for Command {
     }
 }
 
+#[test]
+fn a_session_running_as_the_daemons_user_cannot_take_its_descriptors() {
+    // The daemon as root without any capability, as tcpmuxd.service runs
+    // it, and a session of the same user: pidfd_getfd(2) on the daemon
+    // would hand it the listening socket and other clients' connections.
+    let steal = "my $p = syscall(434, getppid(), 0); \
+                 if ($p < 0) { print \"pidfd_open failed: $!\\n\"; exit } \
+                 my $n = 0; for my $fd (0..64) { $n++ if syscall(438, $p, $fd, 0) >= 0 } \
+                 print \"stolen=$n\\n\"";
+    let config = one_service(
+        "steal",
+        &format!("[\"/usr/bin/perl\", \"-e\", {:?}]", steal),
+        "",
+    );
+    let d = Daemon::start_opts(
+        &config,
+        Options {
+            customize: Box::new(|cmd: &mut Command| {
+                // SAFETY: prctl only, between fork and exec.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        for cap in 0..64 {
+                            libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+                        }
+                        Ok(())
+                    });
+                }
+            }),
+            ..Options::default()
+        },
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    assert!(
+        status.contains("CapEff:\t0000000000000000"),
+        "the daemon runs without capabilities: {status}"
+    );
+    let out = session_output(&d, "steal");
+    assert_eq!(out.trim(), "stolen=0", "{}", d.log());
+}
+
 /// Limits the command's process to `n` open files (soft and hard).
 fn limit_open_files(cmd: &mut Command, n: libc::rlim_t) {
     // SAFETY: setrlimit only, between fork and exec.
@@ -230,13 +270,30 @@ fn with_the_descriptor_table_full_clients_hear_busy_never_plus_and_nothing() {
     let d = Daemon::start_opts(
         config,
         Options {
-            customize: Box::new(|cmd: &mut Command| limit_open_files(cmd, 200)),
+            customize: Box::new(|cmd: &mut Command| {
+                // 300 descriptors inherited from whoever started it, as a
+                // supervisor may leave them (more than the reserve and
+                // MSP's share together), and a tight limit.
+                // SAFETY: open and dup2 only, between fork and exec.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+                        for fd in 100..400 {
+                            if null < 0 || libc::dup2(null, fd) < 0 {
+                                return Err(std::io::Error::last_os_error());
+                            }
+                        }
+                        Ok(())
+                    });
+                }
+                limit_open_files(cmd, 700);
+            }),
             ..Options::default()
         },
     );
     let mut sessions = Vec::new();
     let mut refusal = None;
-    for i in 0..300 {
+    for i in 0..500 {
         let mut s = d.connect();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         s.write_all(b"echo\r\n").unwrap();
@@ -270,7 +327,7 @@ fn with_the_descriptor_table_full_clients_hear_busy_never_plus_and_nothing() {
     );
     // It said so at startup.
     assert!(
-        d.wait_log("the limit on open files (200) is below what the configured maxima need"),
+        d.wait_log("the limit on open files (700) is below what the configured maxima need"),
         "{}",
         d.log()
     );
@@ -331,14 +388,59 @@ fn a_source_at_its_cap_cannot_make_others_give_way() {
     }
     // Nobody was shed for it: the four still wait, silent.
     for s in others.iter().chain(&own) {
-        s.set_nonblocking(true).unwrap();
-        let mut byte = [0u8; 1];
-        let peeked = s.peek(&mut byte);
-        assert!(
-            matches!(&peeked, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
-            "{peeked:?}"
-        );
+        assert_still_waiting(s);
     }
+}
+
+#[test]
+fn denied_connections_take_no_place_and_shed_nobody() {
+    let d = Daemon::start(&one_service("echo", r#"["/bin/cat"]"#, "").replace(
+        "[[service]]",
+        "[tcpmux]\nmax_handshakes = 4\ndeny = [\"127.0.0.64/26\"]\n\n[[service]]",
+    ));
+    let waiting: Vec<_> = (0..4).map(|_| connect_from("127.0.0.20", d.addr)).collect();
+    assert!(d.wait_notify("4 in handshake"), "{}", d.log());
+    for _ in 0..20 {
+        assert_eq!(help_from(&d, "127.0.0.70"), b"-Access denied\r\n");
+    }
+    for s in &waiting {
+        assert_still_waiting(s);
+    }
+}
+
+#[test]
+fn when_descriptors_run_out_the_oldest_waiting_handshake_makes_room() {
+    let config =
+        "[msp]\nmax_connections = 1\n\n[[service]]\nname = \"echo\"\ncommand = [\"/bin/cat\"]\n";
+    let d = Daemon::start_opts(
+        config,
+        Options {
+            customize: Box::new(|cmd: &mut Command| limit_open_files(cmd, 400)),
+            ..Options::default()
+        },
+    );
+    // Far fewer descriptors than max_handshakes: silent connections use
+    // them all up.
+    let mut silent = Vec::new();
+    for i in 0..400 {
+        silent.push(connect_from(&format!("127.0.1.{}", 1 + i % 200), d.addr));
+    }
+    assert!(d.wait_log("outcome=shed"), "{}", d.log());
+    for _ in 0..5 {
+        assert_eq!(help_from(&d, "127.0.0.3"), b"echo\r\n", "{}", d.log());
+    }
+}
+
+/// Asserts that the daemon holds `s` without having answered or closed it.
+fn assert_still_waiting(s: &std::net::TcpStream) {
+    s.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let peeked = s.peek(&mut byte);
+    assert!(
+        matches!(&peeked, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "{peeked:?}"
+    );
+    s.set_nonblocking(false).unwrap();
 }
 
 /// HELP from `source`.

@@ -490,6 +490,31 @@ fn a_program_that_cannot_be_executed_gets_minus_in_dedicated_mode() {
 }
 
 #[test]
+fn a_program_that_cannot_be_executed_in_plus_mode_is_logged_with_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("bogus");
+    std::fs::write(&bogus, b"\x01\x02not a program").unwrap();
+    std::fs::set_permissions(&bogus, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = format!(
+        "[[service]]\nname = \"bogus\"\ncommand = [\"{}\"]\n",
+        bogus.display()
+    );
+    let d = Daemon::start(&config);
+    // Everything but the exec itself is done before `+`; the exec's
+    // failure comes after it, and is logged with its cause.
+    assert_eq!(d.exchange(b"bogus\r\n"), b"+\r\n");
+    assert!(
+        d.wait_log(&format!(
+            "stderr: cannot execute {}: error 8",
+            bogus.display()
+        )),
+        "{}",
+        d.log()
+    );
+    assert!(d.wait_log("session ended, exit code 127"), "{}", d.log());
+}
+
+#[test]
 fn binds_configured_addresses_without_socket_activation() {
     let config = format!(
         "[tcpmux]\nlisten = [\"127.0.0.1:0\"]\n{}",

@@ -1,23 +1,39 @@
 //! How every child of tcpmuxd starts, a session's program or MSP's
 //! delivery command: in a session of its own with no controlling terminal,
-//! with exactly the environment given, in `/`. (Descriptors beyond 0, 1 and
-//! 2 are close-on-exec from startup on: see [`crate::startup`].)
+//! with exactly the environment given, in `/`, with the limit on open files
+//! tcpmuxd itself was started with. (Descriptors beyond 0, 1 and 2 are
+//! close-on-exec from startup on: see [`crate::startup`].)
 
+use crate::startup;
+use rustix::process::{Resource, Rlimit, setrlimit};
 use std::ffi::CString;
+use std::os::fd::BorrowedFd;
 use std::os::unix::process::CommandExt;
+
+/// Exit status of a child whose program could not be executed after its
+/// client was told `+` (as shells use it for a command that cannot run).
+pub const EXIT_CANNOT_EXECUTE: i32 = 127;
 
 /// Sets `cmd` up to run `command` (program path, then arguments) with
 /// only `environment`. Stdio, user and group are the caller's to set.
+///
+/// `greeting`, when given, is written to the child's standard output just
+/// before it execs the program: the `+` of a plus-mode service. Everything
+/// that can fail before (descriptors, fork, the user switch) then fails
+/// before the client hears `+`, and `spawn` returns the error. Should the
+/// exec itself fail after the greeting, the child says why on its stderr
+/// and exits [`EXIT_CANNOT_EXECUTE`].
 pub fn prepare<'a>(
     cmd: &mut std::process::Command,
     command: &[String],
     environment: impl Iterator<Item = (&'a str, String)>,
+    greeting: Option<&'static [u8]>,
 ) -> Result<(), String> {
-    let image = ExecImage::new(command, environment)?;
+    let image = ExecImage::new(command, environment, greeting)?;
     cmd.current_dir("/");
     // SAFETY: the closure runs between fork and exec and calls only
-    // setsid(2) and execve(2), both async-signal-safe, on memory made
-    // before the fork.
+    // async-signal-safe system calls (setsid, setrlimit, write, execve,
+    // _exit) on memory made before the fork.
     unsafe {
         cmd.pre_exec(move || image.exec());
     }
@@ -35,6 +51,10 @@ struct ExecImage {
     _strings: Vec<CString>,
     argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
+    greeting: Option<&'static [u8]>,
+    /// "cannot execute PATH: error ", followed by the errno in the child.
+    exec_failed: Vec<u8>,
+    fd_limit: Option<Rlimit>,
 }
 
 // SAFETY: the pointers point into `_strings` and `path`, owned by the same
@@ -47,6 +67,7 @@ impl ExecImage {
     fn new<'a>(
         command: &[String],
         environment: impl Iterator<Item = (&'a str, String)>,
+        greeting: Option<&'static [u8]>,
     ) -> Result<Self, String> {
         let c = |s: String| {
             CString::new(s)
@@ -69,22 +90,96 @@ impl ExecImage {
         let mut strings = args;
         strings.extend(vars);
         Ok(ExecImage {
+            exec_failed: format!("cannot execute {}: error ", command[0]).into_bytes(),
             path,
             _strings: strings,
             argv,
             envp,
+            greeting,
+            fd_limit: startup::children_fd_limit(),
         })
     }
 
     /// In the child: a session and process group of its own, and so no
     /// controlling terminal (a program must not reach the terminal tcpmuxd
-    /// was started from, as with TIOCSTI, nor get its signals); then the
-    /// program. Returns only on failure.
+    /// was started from, as with TIOCSTI, nor get its signals); the limit
+    /// on open files tcpmuxd was started with; the greeting; then the
+    /// program. Returns only on a failure before the greeting.
     fn exec(&self) -> std::io::Result<()> {
         rustix::process::setsid()?;
+        if let Some(limit) = &self.fd_limit {
+            // Under a seccomp filter that denies setrlimit, the program
+            // keeps tcpmuxd's limit: no reason to fail the session.
+            let _ = setrlimit(Resource::Nofile, *limit);
+        }
+        let Some(greeting) = self.greeting else {
+            self.execve();
+            return Err(std::io::Error::last_os_error());
+        };
+        // SAFETY: the caller made the connection this process's stdout.
+        write_all(unsafe { BorrowedFd::borrow_raw(1) }, greeting)?;
+        self.execve();
+        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        // SAFETY: stderr is the pipe tcpmuxd logs.
+        let stderr = unsafe { BorrowedFd::borrow_raw(2) };
+        let mut digits = [0u8; 12];
+        let _ = write_all(stderr, &self.exec_failed);
+        let _ = write_all(stderr, decimal(errno, &mut digits));
+        let _ = write_all(stderr, b"\n");
+        // SAFETY: _exit ends this forked child without running anything of
+        // the parent's (no atexit handlers, no buffered output).
+        unsafe { libc::_exit(EXIT_CANNOT_EXECUTE) }
+    }
+
+    fn execve(&self) {
         // SAFETY: NUL-terminated arrays of pointers to NUL-terminated
         // strings, all alive as long as `self`.
         unsafe { libc::execve(self.path.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr()) };
-        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Writes all of `bytes`, with nothing but write(2).
+fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        match rustix::io::write(fd, bytes) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// `n` in decimal, in `buf`, without allocating.
+fn decimal(n: i32, buf: &mut [u8; 12]) -> &[u8] {
+    let mut i = buf.len();
+    let mut v = n.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        i -= 1;
+        buf[i] = b'-';
+    }
+    &buf[i..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals() {
+        let mut buf = [0u8; 12];
+        assert_eq!(decimal(0, &mut buf), b"0");
+        assert_eq!(decimal(8, &mut buf), b"8");
+        assert_eq!(decimal(-2147483648, &mut buf), b"-2147483648");
+        assert_eq!(decimal(1234, &mut buf), b"1234");
     }
 }

@@ -9,7 +9,8 @@ use crate::limits::{
 };
 use crate::log::escaped;
 use crate::sessions::SessionSlot;
-use std::os::fd::{AsFd, OwnedFd};
+use crate::tcpmux::reply;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
@@ -57,34 +58,31 @@ impl Launcher for ExecLauncher {
     async fn launch(
         &self,
         service: Arc<Service>,
-        mut conn: Connection,
+        conn: Connection,
         slot: SessionSlot,
         mut fds: FdGuard,
     ) -> Result<(), Failed> {
         let Some(command) = service.command.as_deref() else {
             return Err(LaunchError::NoCommand.into());
         };
-        // The copies the program and the error answer need, made before the
-        // client hears `+`.
-        let copies = conn
-            .stream
-            .as_fd()
-            .try_clone_to_owned()
-            .and_then(|stdout| Ok((stdout, conn.stream.as_fd().try_clone_to_owned()?)));
+        // The program's `+` comes from the child itself, right before it
+        // execs the program (launch::child): every descriptor and the fork
+        // come first, and a failure there still finds the client waiting
+        // for an answer.
+        let (socket, peer, local) = conn.into_blocking()?;
+        let copies = socket
+            .try_clone()
+            .and_then(|stdout| Ok((stdout, socket.try_clone()?)));
         let (stdout, reply) = match copies {
             Ok(c) => c,
             Err(e) => {
                 return Err(Failed {
                     error: LaunchError::Socket(e),
-                    conn: conn.unanswered(),
+                    conn: Some(socket),
                 });
             }
         };
-        conn.send_plus(&service).await?;
-        let (socket, peer, local) = conn.into_blocking()?;
-        // Answers a dedicated service's client if the program cannot start;
-        // after `+` there is nothing left to tell.
-        let reply = (!service.plus).then(|| std::net::TcpStream::from(reply));
+        let reply = Some(reply);
 
         let program = &command[0];
         let environment = std::iter::once(("PATH", SESSION_PATH.to_string()))
@@ -97,14 +95,15 @@ impl Launcher for ExecLauncher {
             .chain(session_environment(&service, peer, local));
         let mut cmd = std::process::Command::new(program);
         cmd.stdin(Stdio::from(OwnedFd::from(socket)))
-            .stdout(Stdio::from(stdout))
+            .stdout(Stdio::from(OwnedFd::from(stdout)))
             .stderr(Stdio::piped());
         if let Some(cred) = &service.credentials {
             // With uid and gid both set (the configuration allows no group
             // without a user), std also drops every supplementary group.
             cmd.gid(cred.gid).uid(cred.uid);
         }
-        if let Err(cause) = child::prepare(&mut cmd, command, environment) {
+        let greeting = service.plus.then_some(reply::PLUS);
+        if let Err(cause) = child::prepare(&mut cmd, command, environment, greeting) {
             return Err(Failed {
                 error: LaunchError::Program {
                     path: program.clone(),

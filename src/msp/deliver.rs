@@ -145,7 +145,7 @@ async fn to_command(settings: &MspSettings, envelope: &Envelope<'_>) -> Result<(
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let environment = std::iter::once(("PATH", SESSION_PATH.to_string())).chain(envelope.fields());
-    crate::launch::child::prepare(&mut cmd, command, environment).map_err(spawn_error)?;
+    crate::launch::child::prepare(&mut cmd, command, environment, None).map_err(spawn_error)?;
     let mut child = tokio::process::Command::from(cmd)
         .kill_on_drop(true)
         .spawn()

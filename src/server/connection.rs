@@ -58,21 +58,32 @@ async fn accept_loop(
         let config = state.config.load();
         // Refusals here never wait on the client: the reply fits the empty
         // send buffer of a new connection, and the accept loop moves on.
-        let Some(fds) = state.fds.try_take(1) else {
-            let _ = stream.try_write(reply::SESSIONS_FULL);
-            record(&state, peer, None, Outcome::NoDescriptors);
+        // Each is checked before anything is taken or shed: a client that
+        // is refused must not make others give way.
+        if !config.tcpmux.acl.permits(peer.ip()) {
+            refuse_at_once(&stream, reply::DENIED);
+            record(&state, peer, None, Outcome::Denied);
             continue;
-        };
-        // Checked before anything is shed: a source at its cap must not
-        // make other sources' handshakes give way.
+        }
         let source = source_key(peer.ip(), config.tcpmux.ipv6_source_prefix);
         let Some(source_place) = state
             .sources
             .try_enter(source, config.tcpmux.max_handshakes_per_source)
         else {
-            let _ = stream.try_write(reply::SOURCE_LIMIT);
+            refuse_at_once(&stream, reply::SOURCE_LIMIT);
             record(&state, peer, None, Outcome::SourceLimit);
             continue;
+        };
+        // A descriptor for the connection; when none is left, the oldest
+        // handshake still waiting for its name gives up its own.
+        let fds = match state.fds.try_take(1) {
+            Some(fds) => fds,
+            None if state.waiting.shed_oldest() => state.fds.take_over(1),
+            None => {
+                refuse_at_once(&stream, reply::SESSIONS_FULL);
+                record(&state, peer, None, Outcome::NoDescriptors);
+                continue;
+            }
         };
         // Taken before the handshake's task exists, so that no path can
         // keep it.
@@ -80,8 +91,8 @@ async fn accept_loop(
         // At the cap, the oldest handshake still waiting for its name makes
         // room; only when none waits is the new connection refused.
         if before >= config.tcpmux.max_handshakes && !state.waiting.shed_oldest() {
-            drop((place, source_place));
-            let _ = stream.try_write(reply::OVERLOADED);
+            drop((place, source_place, fds));
+            refuse_at_once(&stream, reply::OVERLOADED);
             record(&state, peer, None, Outcome::Overloaded);
             continue;
         }
@@ -235,9 +246,6 @@ async fn handshake(
     let config = state.config.load_full();
     let limit = config.tcpmux.name_timeout;
     let ip = peer.ip().to_canonical();
-    if !config.tcpmux.acl.permits(ip) {
-        return refuse(stream, reply::DENIED, limit, Outcome::Denied).await;
-    }
     let read = tokio::select! {
         line = timeout(limit, tcpmux::read_request_line(&mut stream)) => Read::Line(line),
         () = waiting.shed() => Read::Shed,
@@ -402,6 +410,22 @@ impl Launcher for Chosen<'_> {
             Chosen::Missing => Err(LaunchError::Systemd("not available".into()).into()),
         }
     }
+}
+
+/// Answers a connection refused as it is accepted, without a task: what the
+/// client already sent is read and dropped (closing over unread data would
+/// reset the connection and could lose the reply), then the reply is
+/// written into the empty send buffer and the connection closed.
+fn refuse_at_once(stream: &TcpStream, text: &[u8]) {
+    let mut sink = [0u8; limits::MAX_LINE_LEN];
+    let mut drained = 0;
+    while drained < limits::MAX_LINE_LEN {
+        match stream.try_read(&mut sink) {
+            Ok(n) if n > 0 => drained += n,
+            _ => break,
+        }
+    }
+    let _ = stream.try_write(text);
 }
 
 /// Writes a final reply, closes our side, and reads what the client still
