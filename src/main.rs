@@ -115,8 +115,9 @@ fn main() -> ExitCode {
     state.warm_helper = startup::warm_helper();
     if under_systemd && state.warm_helper.is_none() {
         tracing::warn!(
-            "{} is not installed beside tcpmuxd: the systemd launcher starts every session's unit when its client comes",
-            startup::WARM_HELPER
+            "{} is installed neither beside tcpmuxd nor as {}: the systemd launcher starts every session's unit when its client comes",
+            startup::WARM_HELPER,
+            startup::WARM_HELPER_INSTALLED
         );
     }
     let state = Arc::new(state);

@@ -151,14 +151,22 @@ pub fn fd_warning(config: &Config, limit: FdLimit) -> Option<String> {
     })
 }
 
-/// Name of the warm units' program, installed beside tcpmuxd.
+/// Name of the warm units' program.
 pub const WARM_HELPER: &str = "tcpmux-warm";
 
-/// The warm units' program beside the running tcpmuxd, if it is there.
+/// Where the packages install the warm units' program.
+pub const WARM_HELPER_INSTALLED: &str = "/usr/libexec/tcpmuxd/tcpmux-warm";
+
+/// The warm units' program: beside the running tcpmuxd (a build tree, or
+/// an installation of both in one folder), else where the packages put it.
 pub fn warm_helper() -> Option<std::path::PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let helper = exe.parent()?.join(WARM_HELPER);
-    crate::launch::check_program(&helper.to_string_lossy())
+    let beside = std::env::current_exe()
         .ok()
-        .map(|()| helper)
+        .and_then(|exe| Some(exe.parent()?.join(WARM_HELPER)));
+    beside
+        .into_iter()
+        .chain(std::iter::once(std::path::PathBuf::from(
+            WARM_HELPER_INSTALLED,
+        )))
+        .find(|helper| crate::launch::check_program(&helper.to_string_lossy()).is_ok())
 }
