@@ -2,11 +2,9 @@
 //! starts per service, and the counters of limits hit (for the log summary
 //! and systemd's STATUS= line).
 
-use crate::limits::START_SHARE_DIVISOR;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use crate::limits::{START_MAX_SOURCES, START_SOURCE_IDLE};
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -126,11 +124,15 @@ impl Drop for SourceGuard {
 /// worth, refilled continuously. A service that starts too often is
 /// refused for a moment, never disabled.
 ///
-/// The bucket is shared fairly: each source has a share of the rate
-/// ([`START_SHARE_DIVISOR`]). A source within its share may take the
-/// bucket's last token; a source over it only takes tokens while more than
-/// half of the bucket is left. One source flooding a service then leaves
-/// the other half for everyone else.
+/// The rate is shared fairly among the sources asking for it now: each
+/// source active in the last [`START_SOURCE_IDLE`] has a share of the rate
+/// divided by their number, and by two at least (a bucket of its own,
+/// holding at least one start). A source within its share may take the
+/// service's last token; a source over it only takes tokens while more
+/// than half of the service's bucket is left. A source that floods alone
+/// therefore leaves half for whoever comes next, flooding sources however
+/// many each get what one polite source gets, and a source over its share
+/// is refused first.
 #[derive(Debug, Default)]
 pub struct StartRate {
     services: Mutex<HashMap<String, ServiceStarts>>,
@@ -139,21 +141,47 @@ pub struct StartRate {
 #[derive(Debug)]
 struct ServiceStarts {
     per_second: u32,
+    bucket: Bucket,
+    /// At most [`START_MAX_SOURCES`]: a source beyond them counts as over
+    /// its share.
+    sources: HashMap<IpAddr, Bucket>,
+}
+
+/// Tokens, and when they were last counted.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
     tokens: f64,
     last: Instant,
-    shares: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+impl Bucket {
+    fn full(size: f64, now: Instant) -> Self {
+        Bucket {
+            tokens: size,
+            last: now,
+        }
+    }
+
+    /// Adds what `per_second` gave since the last count, up to `size`.
+    fn refill(&mut self, per_second: f64, size: f64, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * per_second).min(size);
+        self.last = now;
+    }
 }
 
 impl ServiceStarts {
     fn new(per_second: u32, now: Instant) -> Self {
-        let share = per_second.div_ceil(START_SHARE_DIVISOR).max(1);
-        let share = NonZeroU32::new(share).unwrap_or(NonZeroU32::MIN);
         ServiceStarts {
             per_second,
-            tokens: f64::from(per_second),
-            last: now,
-            shares: RateLimiter::keyed(Quota::per_second(share)),
+            bucket: Bucket::full(f64::from(per_second), now),
+            sources: HashMap::new(),
         }
+    }
+
+    fn forget_idle(&mut self, now: Instant) {
+        self.sources
+            .retain(|_, b| now.saturating_duration_since(b.last) < START_SOURCE_IDLE);
     }
 }
 
@@ -168,19 +196,40 @@ impl StartRate {
         if starts.per_second != per_second {
             *starts = ServiceStarts::new(per_second, now);
         }
-        let max = f64::from(per_second);
-        starts.tokens = (starts.tokens
-            + now.saturating_duration_since(starts.last).as_secs_f64() * max)
-            .min(max);
-        starts.last = now;
-        let within_share = starts.shares.check_key(&source).is_ok();
-        let keep = if within_share { 0.0 } else { max / 2.0 };
-        if starts.tokens >= 1.0 + keep {
-            starts.tokens -= 1.0;
-            true
-        } else {
-            false
+        let rate = f64::from(per_second);
+        starts.bucket.refill(rate, rate, now);
+        if starts.sources.len() >= START_MAX_SOURCES && !starts.sources.contains_key(&source) {
+            starts.forget_idle(now);
         }
+        // Shared by the sources active now, and always room for one more:
+        // a source alone has half the rate as its share.
+        let active = starts.sources.len() + usize::from(!starts.sources.contains_key(&source));
+        let share = rate / active.max(2) as f64;
+        let share_size = share.max(1.0);
+        let room = starts.sources.len() < START_MAX_SOURCES;
+        let own = match starts.sources.get_mut(&source) {
+            Some(own) => Some(own),
+            None if room => Some(
+                starts
+                    .sources
+                    .entry(source)
+                    .or_insert_with(|| Bucket::full(share_size, now)),
+            ),
+            None => None,
+        };
+        let within_share = own.is_some_and(|own| {
+            own.refill(share, share_size, now);
+            own.tokens >= 1.0
+        });
+        let keep = if within_share { 0.0 } else { rate / 2.0 };
+        if starts.bucket.tokens < 1.0 + keep {
+            return false;
+        }
+        starts.bucket.tokens -= 1.0;
+        if within_share && let Some(own) = starts.sources.get_mut(&source) {
+            own.tokens -= 1.0;
+        }
+        true
     }
 
     /// Forgets services no longer configured.
@@ -188,12 +237,13 @@ impl StartRate {
         lock(&self.services).retain(|name, _| keep(name));
     }
 
-    /// Forgets sources whose share is whole again, so that the table
-    /// holds only the sources of the last moments.
+    /// Forgets sources that asked for nothing lately, so that the tables
+    /// hold only the sources of the last moments.
     pub fn forget_idle_sources(&self) {
-        for starts in lock(&self.services).values() {
-            starts.shares.retain_recent();
-            starts.shares.shrink_to_fit();
+        let now = Instant::now();
+        for starts in lock(&self.services).values_mut() {
+            starts.forget_idle(now);
+            starts.sources.shrink_to_fit();
         }
     }
 }
@@ -527,32 +577,65 @@ mod tests {
         let r = StartRate::default();
         let t0 = Instant::now();
         let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "192.0.2.2".parse().unwrap();
-        // 2 a second: a share of 1 per source; the second start of one
-        // source would take the half kept for others.
+        // 2 a second; alone, a source's share is half of it, and the other
+        // half is kept for sources within theirs.
         assert!(r.allow("Echo", 2, a, t0));
-        assert!(!r.allow("echo", 2, a, t0));
-        assert!(r.allow("ECHO", 2, b, t0), "b is within its share");
-        assert!(!r.allow("echo", 2, b, t0), "the bucket is empty");
+        assert!(!r.allow("ECHO", 2, a, t0));
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        assert!(r.allow("echo", 2, b, t0), "b is within its share");
         assert!(r.allow("other", 2, a, t0), "services are counted apart");
         let later = t0 + Duration::from_millis(1500);
         assert!(r.allow("echo", 2, a, later));
     }
 
-    #[test]
-    fn a_flooding_source_leaves_half_for_the_others() {
-        let r = StartRate::default();
+    /// Every 10 ms for two seconds, `flood` asks ten times and, every
+    /// 250 ms, `polite` asks once: (flood's starts, polite's).
+    fn flood_and_polite(r: &StartRate, rate: u32) -> (usize, usize) {
         let t0 = Instant::now();
         let flood: IpAddr = "192.0.2.1".parse().unwrap();
         let polite: IpAddr = "192.0.2.2".parse().unwrap();
-        // 16 a second: a share of 2 per source, 8 kept for sources within
-        // their share.
-        let taken = (0..100).filter(|_| r.allow("echo", 16, flood, t0)).count();
-        assert_eq!(taken, 2 + 6, "its share, then down to the kept half");
-        assert!(r.allow("echo", 16, polite, t0));
-        assert!(r.allow("echo", 16, polite, t0));
-        assert!(!r.allow("echo", 16, polite, t0), "over its share now too");
+        let (mut flooded, mut served) = (0, 0);
+        for tick in 0..200 {
+            let now = t0 + Duration::from_millis(10 * tick);
+            flooded += (0..10)
+                .filter(|_| r.allow("echo", rate, flood, now))
+                .count();
+            if tick % 25 == 0 {
+                served += usize::from(r.allow("echo", rate, polite, now));
+            }
+        }
+        (flooded, served)
+    }
+
+    #[test]
+    fn a_flooding_source_leaves_a_share_for_the_others() {
+        let r = StartRate::default();
+        let (flooded, served) = flood_and_polite(&r, 16);
+        assert_eq!(served, 8, "the polite source is within its share");
+        assert!(flooded <= 16 + 2 * 16, "{flooded}: the rate holds");
         r.forget_idle_sources();
+    }
+
+    #[test]
+    fn many_sources_within_their_shares_leave_a_share_for_another() {
+        let r = StartRate::default();
+        let t0 = Instant::now();
+        let attackers: Vec<IpAddr> = (0..24u8).map(|i| IpAddr::from([198, 51, 100, i])).collect();
+        let polite: IpAddr = "192.0.2.2".parse().unwrap();
+        let mut served = 0;
+        // Four seconds: every source asks twice a second, the polite one
+        // at a different place among them each time.
+        for tick in 0..8usize {
+            let now = t0 + Duration::from_millis(500 * tick as u64);
+            let turn = tick * 7 % attackers.len();
+            for (i, a) in attackers.iter().enumerate() {
+                if i == turn {
+                    served += usize::from(r.allow("echo", 16, polite, now));
+                }
+                r.allow("echo", 16, *a, now);
+            }
+        }
+        assert!(served >= 2, "the polite source got {served} of 8");
     }
 
     #[test]

@@ -53,12 +53,14 @@ pub const SUMMARY_MAX_SOURCES: usize = 4096;
 /// Sources named in a summary line, those with the most connections first.
 pub const SUMMARY_TOP_SOURCES: usize = 3;
 
-/// A source's fair share of a service's `max_starts_per_second`: that rate
-/// divided by this, rounded up, at least one a second. Sources over their
-/// share may only take starts while more than half of the service's
-/// second's worth is left; the other half is kept for sources within
-/// theirs.
-pub const START_SHARE_DIVISOR: u32 = 8;
+/// A source counts towards the sharing of a service's
+/// `max_starts_per_second` while it asked for a start within this long.
+pub const START_SOURCE_IDLE: Duration = Duration::from_secs(1);
+
+/// Sources whose share of one service's starts is tracked at once; a source
+/// beyond them counts as over its share (and idle ones are forgotten
+/// first).
+pub const START_MAX_SOURCES: usize = 4096;
 
 /// Descriptors kept out of the connection budget for what the daemon opens
 /// later: the system bus, the journal, configuration reads on reload.
