@@ -611,6 +611,38 @@ fn a_session_flooding_stderr_is_held_back() {
 }
 
 #[test]
+fn many_sessions_flooding_stderr_cannot_flood_the_log() {
+    let config = one_service("loud", r#"["/bin/sh", "-c", "timeout 2 yes spam >&2"]"#, "");
+    let d = Daemon::start_opts(
+        &config,
+        Options {
+            log_level: "info",
+            ..Options::default()
+        },
+    );
+    let sessions: Vec<_> = (0..20)
+        .map(|_| {
+            let mut s = d.connect();
+            s.write_all(b"loud\r\n").unwrap();
+            s
+        })
+        .collect();
+    for mut s in sessions {
+        read_to_end(&mut s);
+    }
+    assert!(d.wait_log("lines of stderr not logged"), "{}", d.log());
+    let lines = d
+        .log()
+        .lines()
+        .filter(|l| l.contains(": stderr: spam"))
+        .count();
+    // 20 sessions at 50 lines a second each would log some 2000 lines in
+    // two seconds; all sessions together get 200 a second.
+    assert!(lines <= 1000, "{lines} lines of stderr logged");
+    assert!(lines > 0);
+}
+
+#[test]
 fn a_request_is_judged_by_the_configuration_in_force_when_its_name_arrives() {
     let config = one_service("echo", r#"["/bin/cat"]"#, "");
     let d = Daemon::start(&config);

@@ -575,14 +575,16 @@ pub fn limits_table() -> Vec<Limit> {
         row(
             "a session's stderr",
             format!(
-                "{} KiB read a second, lines of {} bytes, {} lines a second in the log",
+                "{} KiB read a second, lines of {} bytes, {} lines a second in the log ({} for \
+                 all sessions together)",
                 kib(limits::MAX_STDERR_BYTES_PER_SECOND),
                 limits::MAX_STDERR_LINE,
-                limits::MAX_STDERR_LINES_PER_SECOND
+                limits::MAX_STDERR_LINES_PER_SECOND,
+                limits::MAX_STDERR_LINES_PER_SECOND_TOTAL
             ),
             format!(
                 "past {} KiB the program blocks on its full pipe until the next second; lines \
-                 over the rate are counted in one warning",
+                 over the rates are counted in one warning",
                 kib(limits::MAX_STDERR_BYTES_PER_SECOND)
             ),
         ),

@@ -5,7 +5,8 @@ use super::{Connection, Failed, LaunchError, Launcher, check_program, child, ses
 use crate::admission::FdGuard;
 use crate::config::Service;
 use crate::limits::{
-    MAX_STDERR_BYTES_PER_SECOND, MAX_STDERR_LINE, MAX_STDERR_LINES_PER_SECOND, STDERR_DRAIN_TIMEOUT,
+    MAX_STDERR_BYTES_PER_SECOND, MAX_STDERR_LINE, MAX_STDERR_LINES_PER_SECOND,
+    MAX_STDERR_LINES_PER_SECOND_TOTAL, STDERR_DRAIN_TIMEOUT, STDERR_READ_CHUNK, STDERR_WINDOW,
 };
 use crate::log::escaped;
 use crate::sessions::SessionSlot;
@@ -30,8 +31,26 @@ pub const EXEC_START_FDS: usize = 8;
 /// its stderr pipe and its pidfd.
 pub const EXEC_SESSION_FDS: usize = 2;
 
-#[derive(Debug, Default, Clone)]
-pub struct ExecLauncher;
+/// Lines of all sessions' stderr logged a second, together, so that many
+/// sessions cannot flood the journal either.
+type StderrLines = governor::DefaultDirectRateLimiter;
+
+#[derive(Debug, Clone)]
+pub struct ExecLauncher {
+    stderr_lines: Arc<StderrLines>,
+}
+
+impl Default for ExecLauncher {
+    fn default() -> Self {
+        let rate = std::num::NonZeroU32::new(MAX_STDERR_LINES_PER_SECOND_TOTAL)
+            .unwrap_or(std::num::NonZeroU32::MIN);
+        ExecLauncher {
+            stderr_lines: Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(
+                rate,
+            ))),
+        }
+    }
+}
 
 impl Launcher for ExecLauncher {
     fn precheck(&self, service: &Service) -> Result<(), LaunchError> {
@@ -128,12 +147,13 @@ impl Launcher for ExecLauncher {
         tracing::debug!(tcpmux_service = %service.name, %remote_addr, pid, "session started");
 
         let stderr = child.stderr.take();
+        let all_lines = Arc::clone(&self.stderr_lines);
         // One task per session: it copies stderr to the log while it waits
         // for the program.
         tokio::spawn(async move {
             let log = async {
                 if let Some(stderr) = stderr {
-                    log_stderr(service.name.clone(), pid, stderr).await;
+                    log_stderr(service.name.clone(), pid, stderr, &all_lines).await;
                 }
             };
             tokio::pin!(log);
@@ -199,14 +219,16 @@ pub fn describe_exit(status: ExitStatus) -> String {
 
 /// Copies a program's stderr into the log, line by line, each line cut at
 /// [`MAX_STDERR_LINE`] bytes and at most [`MAX_STDERR_LINES_PER_SECOND`]
-/// lines a second: a program that floods its stderr must not flood the
-/// log. Lines over the rate are counted and reported at the end. At most
+/// lines a second, and all sessions together at most
+/// [`MAX_STDERR_LINES_PER_SECOND_TOTAL`]: programs that flood their stderr
+/// must not flood the log. Lines over the rates are counted and reported
+/// at the end. At most
 /// [`MAX_STDERR_BYTES_PER_SECOND`] are read a second: past that, reading
 /// pauses until the second is over, and the program blocks on its full
 /// pipe instead of costing the daemon a core.
-async fn log_stderr(service: String, pid: u32, mut stderr: ChildStderr) {
+async fn log_stderr(service: String, pid: u32, mut stderr: ChildStderr, all: &StderrLines) {
     let mut buf = Vec::with_capacity(MAX_STDERR_LINE);
-    let mut chunk = [0u8; 4096];
+    let mut chunk = [0u8; STDERR_READ_CHUNK];
     let mut window = tokio::time::Instant::now();
     let (mut logged, mut dropped, mut bytes) = (0u32, 0u64, 0usize);
     loop {
@@ -225,7 +247,7 @@ async fn log_stderr(service: String, pid: u32, mut stderr: ChildStderr) {
         };
         bytes += n;
         let mut emit = |line: &[u8]| {
-            if logged < MAX_STDERR_LINES_PER_SECOND {
+            if logged < MAX_STDERR_LINES_PER_SECOND && all.check().is_ok() {
                 logged += 1;
                 emit_stderr_line(&service, pid, line);
             } else {
@@ -243,7 +265,7 @@ async fn log_stderr(service: String, pid: u32, mut stderr: ChildStderr) {
             buf.push(b);
         }
     }
-    if !buf.is_empty() && logged < MAX_STDERR_LINES_PER_SECOND {
+    if !buf.is_empty() && logged < MAX_STDERR_LINES_PER_SECOND && all.check().is_ok() {
         emit_stderr_line(&service, pid, &buf);
     } else if !buf.is_empty() {
         dropped += 1;
@@ -252,13 +274,12 @@ async fn log_stderr(service: String, pid: u32, mut stderr: ChildStderr) {
         tracing::warn!(
             tcpmux_service = %service,
             pid,
-            "{dropped} lines of stderr not logged (more than {MAX_STDERR_LINES_PER_SECOND} a second)"
+            "{service}[{pid}]: {dropped} lines of stderr not logged (more than \
+             {MAX_STDERR_LINES_PER_SECOND} a second from one session, or \
+             {MAX_STDERR_LINES_PER_SECOND_TOTAL} from all)"
         );
     }
 }
-
-/// The period of the stderr budgets.
-const STDERR_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn emit_stderr_line(service: &str, pid: u32, line: &[u8]) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);

@@ -94,7 +94,7 @@ impl State {
             sessions: Arc::default(),
             stats: Stats::default(),
             notifier,
-            exec: ExecLauncher,
+            exec: ExecLauncher::default(),
             warm_helper: None,
         }
     }
