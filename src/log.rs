@@ -71,9 +71,9 @@ pub fn init(
 }
 
 /// A value that a peer or a session's program chose, made safe for the
-/// log: every control character (C0, DEL and C1) and every invalid UTF-8
-/// byte is written as `\xNN`, and the bidirectional overrides (U+202A to
-/// U+202E, U+2066 to U+2069) as `\u{NNNN}`. A line feed or an escape
+/// log: C0 controls, DEL and every invalid UTF-8 byte are written as
+/// `\xNN`; C1 controls, the line and paragraph separators and the marks and
+/// overrides of bidirectional text as `\u{NNNN}`. A line feed or an escape
 /// sequence from a client then cannot forge a log line or reach the
 /// terminal of whoever reads the log, on stderr or in the journal.
 ///
@@ -86,9 +86,21 @@ pub fn escaped<T: AsRef<[u8]> + ?Sized>(value: &T) -> Escaped<'_> {
     Escaped(value.as_ref())
 }
 
-/// Whether `c` must not reach a log reader's terminal as it is.
+/// Whether `c` must not reach a log reader's terminal as it is: controls,
+/// line and paragraph separators, and the marks and overrides of
+/// bidirectional text.
 fn needs_escape(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        )
 }
 
 impl std::fmt::Display for Escaped<'_> {
@@ -99,9 +111,11 @@ impl std::fmt::Display for Escaped<'_> {
             for (i, c) in text.char_indices() {
                 if needs_escape(c) {
                     f.write_str(&text[start..i])?;
+                    // C0 and DEL as the bytes they are; the rest as code
+                    // points, told apart from invalid bytes.
                     match u8::try_from(u32::from(c)) {
-                        Ok(b) => write!(f, "\\x{b:02x}")?,
-                        Err(_) => write!(f, "\\u{{{:04x}}}", u32::from(c))?,
+                        Ok(b) if b < 0x80 => write!(f, "\\x{b:02x}")?,
+                        _ => write!(f, "\\u{{{:04x}}}", u32::from(c))?,
                     }
                     start = i + c.len_utf8();
                 }
@@ -136,7 +150,16 @@ mod tests {
             escaped("caf\u{e9} \u{20ac}").to_string(),
             "caf\u{e9} \u{20ac}"
         );
-        assert_eq!(escaped("\u{85}x\u{9b}").to_string(), "\\x85x\\x9b");
+        assert_eq!(escaped("\u{85}x\u{9b}").to_string(), "\\u{0085}x\\u{009b}");
+        assert_eq!(
+            escaped(b"\x85".as_slice()).to_string(),
+            "\\x85",
+            "an invalid byte"
+        );
+        assert_eq!(
+            escaped("a\u{2028}b\u{200f}c\u{61c}").to_string(),
+            "a\\u{2028}b\\u{200f}c\\u{061c}"
+        );
         assert_eq!(
             escaped("a\u{202e}b\u{2066}").to_string(),
             "a\\u{202e}b\\u{2066}"

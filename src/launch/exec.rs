@@ -21,10 +21,9 @@ use tokio::process::{ChildStderr, Command};
 /// PATH given to programs; the rest of tcpmuxd's environment is not passed on.
 pub const SESSION_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Descriptors the daemon holds while a session is being started: two
-/// copies of the connection (the program's stdout, the error answer), the
-/// stderr pipe, std's exec-status pipe, the child's pidfd, and one to
-/// spare.
+/// Descriptors the daemon holds while a session is being started: the
+/// connection and two copies of it (the program's stdout, the error
+/// answer), the stderr pipe, std's exec-status pipe and the child's pidfd.
 pub const EXEC_START_FDS: usize = 8;
 
 /// Descriptors the daemon holds for a running session: the read end of
@@ -178,9 +177,9 @@ impl Launcher for ExecLauncher {
                     remote_port = peer.port(),
                     pid,
                     exit_status = %describe_exit(status),
-                    "{} from {}: session ended, {}",
+                    "{} from {remote_addr}:{}: session ended, {}",
                     service.name,
-                    peer,
+                    peer.port(),
                     describe_exit(status)
                 ),
                 Err(e) => tracing::error!(
