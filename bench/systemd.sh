@@ -2,7 +2,7 @@
 # Benchmarks the systemd launcher, cold and warm, against systemd's own
 # per-connection activation (Accept=yes) with the same sandbox, and the
 # exec launcher, all inside one throw-away systemd container (booted as
-# tests/systemd-e2e.sh does; the container setup is the same shape).
+# tests/systemd-e2e.sh does).
 #
 #   sudo bench/systemd.sh
 #
@@ -12,7 +12,8 @@
 # a second, at 1, 4 and 24 clients in a closed loop and at a paced 10
 # sessions a second; the configurations alternate within each round, and
 # each figure is the median of the rounds. Clients run inside the
-# container, on its own loopback.
+# container, on its own loopback. The container is booted by
+# tests/e2e-lib.sh, as for the end-to-end tests.
 #
 # Settings (environment):
 #   ROUNDS=3            rounds
@@ -21,6 +22,7 @@
 #   PACED_RATE=10       sessions a second of the paced load
 #   WARM=4              warm units of the warm service
 #   SETTLE=3            seconds between measurements (units end, pools refill)
+#   E2E_MASK="a.service ..."  more units to mask in the container
 #   TIME_LIMIT=900      seconds before the whole run is stopped
 #   KEEP_WORK=1         keep the scratch directory (raw records)
 set -euo pipefail
@@ -39,9 +41,14 @@ SETTLE=${SETTLE:-3}
 
 BENCH_DIR=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$BENCH_DIR/.." && pwd)
-readonly OPT=/opt/tcpmuxd
 readonly TCPMUX_AT=127.0.0.1:1
 readonly ACCEPT_AT=127.0.0.1:2001
+
+# The container (start_container, ct, OPT: where the staged files appear).
+readonly BOOT_TIMEOUT=60 # container up and systemd settled
+readonly CMD_TIMEOUT=120 # any one command run inside
+# shellcheck source=tests/e2e-lib.sh
+. "$REPO/tests/e2e-lib.sh"
 
 say() { printf '%s\n' "$*" >&2; }
 die() { say "systemd.sh: $*"; exit 1; }
@@ -51,101 +58,26 @@ for tool in cargo systemd-nspawn nsenter timeout; do
     command -v "$tool" >/dev/null || die "$tool is needed"
 done
 
-wait_until() {
-    local seconds=$1
-    shift
-    local deadline=$((SECONDS + seconds))
-    until "$@"; do
-        [ "$SECONDS" -lt "$deadline" ] || return 1
-        sleep 0.2
-    done
-}
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/tcpmux-systemd-bench.XXXXXX")
-chmod 755 "$WORK"
+work=$(mktemp -d "${TMPDIR:-/tmp}/tcpmux-systemd-bench.XXXXXX")
+chmod 755 "$work"
+keep_work=${KEEP_WORK:-}
 machine="tcpmux-bench-$$"
-nspawn_pid=
-pid1=
-cgroups=()
-
-cleanup() {
-    local status=$?
-    trap - EXIT INT TERM HUP
-    if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
-        kill -TERM "$nspawn_pid" 2>/dev/null || true
-        if ! wait_until 20 eval '! kill -0 "$nspawn_pid" 2>/dev/null'; then
-            [ -n "$pid1" ] && kill -KILL "$pid1" 2>/dev/null
-            kill -KILL "$nspawn_pid" 2>/dev/null || true
-        fi
-        wait "$nspawn_pid" 2>/dev/null || true
-    fi
-    local dir
-    for dir in "${cgroups[@]}"; do
-        [ -d "$dir" ] || continue
-        wait_until 10 eval 'find "$dir" -depth -type d -exec rmdir {} + 2>/dev/null; [ ! -d "$dir" ]' ||
-            say "warning: cannot remove cgroup $dir"
-    done
-    if [ -n "${KEEP_WORK:-}" ]; then
-        say "systemd.sh: scratch directory kept: $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM HUP
+init_work
 
 say "building (release)"
 (cd "$REPO" && CARGO_TARGET_DIR=$REPO/target cargo build --quiet --release --locked --bins) ||
     die "cannot build tcpmuxd"
 (cd "$BENCH_DIR" && CARGO_TARGET_DIR=$BENCH_DIR/target cargo build --quiet --release --locked) ||
     die "cannot build the benchmark client"
-mkdir -p "$WORK/stage/bin"
+mkdir -p "$work/stage/bin"
 cp "$REPO/target/release/tcpmuxd" "$REPO/target/release/tcpmux-warm" \
-    "$BENCH_DIR/target/release/tcpmux-bench" "$WORK/stage/bin/"
-chmod -R a+rX "$WORK/stage"
+    "$BENCH_DIR/target/release/tcpmux-bench" "$work/stage/bin/"
+chmod -R a+rX "$work/stage"
 
 # ---- the container -------------------------------------------------------------
 
-if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
-    cgroups=("/sys/fs/cgroup/$machine")
-else
-    for hierarchy in systemd unified; do
-        [ -d "/sys/fs/cgroup/$hierarchy" ] && cgroups+=("/sys/fs/cgroup/$hierarchy/$machine")
-    done
-fi
-for dir in "${cgroups[@]}"; do
-    mkdir -p "$dir" || die "cannot create cgroup $dir"
-done
-say "booting systemd in container $machine"
-(
-    for dir in "${cgroups[@]}"; do
-        echo "$BASHPID" >"$dir/cgroup.procs" || exit 1
-    done
-    exec systemd-nspawn -q -D / --volatile=yes -M "$machine" -b \
-        --register=no --keep-unit --private-network \
-        --bind-ro="$WORK/stage:$OPT" --console=pipe -- systemd.mask=systemd-firstboot.service
-) >"$WORK/console.log" 2>&1 </dev/null &
-nspawn_pid=$!
-find_pid1() {
-    local child
-    kill -0 "$nspawn_pid" 2>/dev/null || return 2
-    for child in $(cat /proc/"$nspawn_pid"/task/*/children 2>/dev/null); do
-        if [ "$(cat /proc/"$child"/comm 2>/dev/null)" = systemd ]; then
-            pid1=$child
-            return 0
-        fi
-    done
-    return 1
-}
-wait_until 60 find_pid1 || die "the container's systemd did not start: $(cat "$WORK/console.log")"
-root=/proc/$pid1/root
-wait_until 60 test -S "$root/run/systemd/private" || die "the container's systemd does not answer"
-ct() {
-    timeout 120 nsenter -t "$pid1" -a \
-        env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"
-}
+# Progress on stderr: stdout is the table.
+start_container "$machine" -D / --volatile=yes --bind-ro="$work/stage:$OPT" >&2
 ct systemctl is-system-running --wait >/dev/null || true
 
 # ---- installing the servers -----------------------------------------------------
@@ -217,7 +149,7 @@ done
 declare -A AT=([accept-yes]="$ACCEPT_AT x" [tcpmuxd-cold]="$TCPMUX_AT cold"
     [tcpmuxd-warm]="$TCPMUX_AT warm" [tcpmuxd-exec]="$TCPMUX_AT exec")
 CONFIGS=(accept-yes tcpmuxd-cold tcpmuxd-warm tcpmuxd-exec)
-records=$WORK/records.tsv
+records=$work/records.tsv
 : >"$records"
 for round in $(seq "$ROUNDS"); do
     for config in "${CONFIGS[@]}"; do

@@ -2,11 +2,11 @@
 # End-to-end test of warm session units under a real systemd.
 #
 # Boots the machine's own systemd as PID 1 of a throw-away container, as
-# tests/systemd-e2e.sh does (the container setup below is the same shape,
-# copied), installs the shipped units and tcpmuxd with tcpmux-warm beside
-# it, and checks warm units as a user would see them: a session through a
-# warm unit, its sandbox, refill, an exec failure answered with -, reload,
-# a restart of tcpmuxd with warm units waiting, and no unit left behind.
+# tests/systemd-e2e.sh does (both use tests/e2e-lib.sh), installs the
+# shipped units and tcpmuxd with tcpmux-warm beside it, and checks warm
+# units as a user would see them: a session through a warm unit, its
+# sandbox, refill, an exec failure answered with -, reload, a restart of
+# tcpmuxd with warm units waiting, and no unit left behind.
 #
 # Usage: tests/systemd-e2e-warm.sh STAGE
 #   STAGE/bin/{tcpmuxd,tcpmux,tcpmux-warm}  the binaries under test
@@ -23,17 +23,16 @@
 
 set -uo pipefail
 
-readonly SKIP=77
-E2E_MASK=${E2E_MASK:-}
-
 readonly BOOT_TIMEOUT=60 # container up and systemd settled
 readonly CMD_TIMEOUT=30  # any one command run inside
 readonly WAIT_TIMEOUT=15 # a state we expect to appear
 readonly WARM=2          # warm units of the service "echo"
 
-readonly OPT=/opt/tcpmuxd
+# The helpers, the container, OPT and CONFIG.
+# shellcheck source=tests/e2e-lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/e2e-lib.sh"
+
 readonly CLIENT=$OPT/bin/tcpmux
-readonly CONFIG=/etc/tcpmuxd/tcpmuxd.toml
 
 stage=${1:-}
 if [ -z "$stage" ] || [ ! -x "$stage/bin/tcpmuxd" ] || [ ! -x "$stage/bin/tcpmux-warm" ] ||
@@ -43,141 +42,13 @@ if [ -z "$stage" ] || [ ! -x "$stage/bin/tcpmuxd" ] || [ ! -x "$stage/bin/tcpmux
 fi
 stage=$(cd "$stage" && pwd)
 
-if [ "$(id -u)" != 0 ]; then
-    echo "skipped: booting systemd in a container needs root" >&2
-    exit $SKIP
-fi
-for tool in systemd-nspawn nsenter; do
-    if ! command -v "$tool" >/dev/null; then
-        echo "skipped: $tool is not installed (Debian: systemd-container, util-linux)" >&2
-        exit $SKIP
-    fi
-done
+skip_unless_bootable
 
-# ---- reporting ---------------------------------------------------------------
-
-failures=0
-failed_checks=()
-
-section() { printf '\n== %s\n' "$*"; }
-note() { printf '      %s\n' "$*"; }
-pass() { printf 'PASS  %s\n' "$*"; }
-fail() {
-    local check=$1
-    printf 'FAIL  %s\n' "$check"
-    shift
-    if [ $# -gt 0 ] && [ -n "$*" ]; then
-        printf '%s\n' "$*" | sed 's/^/      | /'
-    fi
-    failures=$((failures + 1))
-    failed_checks+=("$check")
-}
-die() {
-    printf 'ERROR %s\n' "$1" >&2
-    shift
-    if [ $# -gt 0 ] && [ -n "$*" ]; then
-        printf '%s\n' "$*" | sed 's/^/      | /' >&2
-    fi
-    exit 1
-}
-wait_until() {
-    local seconds=$1
-    shift
-    local deadline=$((SECONDS + seconds))
-    until "$@"; do
-        [ "$SECONDS" -lt "$deadline" ] || return 1
-        sleep 0.2
-    done
-}
-
-# ---- the container (same shape as tests/systemd-e2e.sh) ------------------------
+# ---- the container -------------------------------------------------------------
 
 machine="tcpmuxd-warm-$$-$RANDOM"
-work=$(mktemp -d)
-nspawn_pid=
-pid1=
-root=
-cgroups=()
+init_work
 
-teardown() {
-    local status=$?
-    if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
-        kill -TERM "$nspawn_pid" 2>/dev/null
-        if ! wait_until 20 eval '! kill -0 "$nspawn_pid" 2>/dev/null'; then
-            [ -n "$pid1" ] && kill -KILL "$pid1" 2>/dev/null
-            kill -KILL "$nspawn_pid" 2>/dev/null
-        fi
-        wait "$nspawn_pid" 2>/dev/null
-    fi
-    for dir in "${cgroups[@]}"; do
-        [ -d "$dir" ] || continue
-        wait_until 10 eval 'find "$dir" -depth -type d -exec rmdir {} + 2>/dev/null; [ ! -d "$dir" ]' ||
-            echo "warning: cannot remove cgroup $dir" >&2
-    done
-    rm -rf "$work"
-    exit "$status"
-}
-trap teardown EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
-    cgroups=("/sys/fs/cgroup/$machine")
-else
-    for hierarchy in systemd unified; do
-        if [ -d "/sys/fs/cgroup/$hierarchy" ]; then
-            cgroups+=("/sys/fs/cgroup/$hierarchy/$machine")
-        fi
-    done
-fi
-for dir in "${cgroups[@]}"; do
-    mkdir -p "$dir" || die "cannot create cgroup $dir"
-done
-
-masks=(systemd-firstboot.service)
-read -r -a extra_masks <<<"$E2E_MASK"
-masks+=("${extra_masks[@]}")
-kernel_args=()
-for unit in "${masks[@]}"; do
-    kernel_args+=("systemd.mask=$unit")
-done
-
-section "booting systemd in container $machine"
-(
-    for dir in "${cgroups[@]}"; do
-        echo "$BASHPID" >"$dir/cgroup.procs" || exit 1
-    done
-    exec systemd-nspawn -q -D / --volatile=yes -M "$machine" -b \
-        --register=no --keep-unit --private-network \
-        --bind-ro="$stage:$OPT" --console=pipe -- "${kernel_args[@]}"
-) >"$work/console.log" 2>&1 </dev/null &
-nspawn_pid=$!
-
-find_pid1() {
-    local child
-    kill -0 "$nspawn_pid" 2>/dev/null || return 2
-    for child in $(cat /proc/"$nspawn_pid"/task/*/children 2>/dev/null); do
-        if [ "$(cat /proc/"$child"/comm 2>/dev/null)" = systemd ]; then
-            pid1=$child
-            return 0
-        fi
-    done
-    return 1
-}
-wait_until "$BOOT_TIMEOUT" find_pid1 ||
-    die "the container's systemd did not start" "$(cat "$work/console.log")"
-root=/proc/$pid1/root
-wait_until "$BOOT_TIMEOUT" test -S "$root/run/systemd/private" ||
-    die "the container's systemd does not answer" "$(cat "$work/console.log")"
-
-ct() {
-    timeout "$CMD_TIMEOUT" nsenter -t "$pid1" -a \
-        env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"
-}
-show() { ct systemctl show -p "$2" --value "$1"; }
-active_running() {
-    [ "$(ct systemctl show -p ActiveState,SubState --value tcpmuxd.service | tr '\n' ' ')" = "active running " ]
-}
 journal_says() {
     local text
     text=$(ct journalctl -u tcpmuxd.service -o cat --no-pager 2>/dev/null) || return 1
@@ -200,29 +71,12 @@ waiting_of() {
 }
 count_waiting() { [ "$(waiting_of "$1" | grep -c .)" = "$2" ]; }
 
-state=$(timeout "$BOOT_TIMEOUT" nsenter -t "$pid1" -a \
-    env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin systemctl is-system-running --wait)
-case "$state" in
-running | degraded) pass "container booted: $state" ;;
-*) die "the container did not boot: '$state'" "$(cat "$work/console.log")" ;;
-esac
+boot_container "$machine" -D / --volatile=yes --bind-ro="$stage:$OPT"
 
 # ---- installing ---------------------------------------------------------------
 
 section "installing tcpmuxd with tcpmux-warm beside it"
-etc=$root/etc
-mkdir -p "$etc/systemd/system/tcpmux-.service.d" "$etc/systemd/system/tcpmuxd.service.d" \
-    "$etc/tcpmuxd/conf.d"
-cp "$stage/units/tcpmuxd.socket" "$stage/units/tcpmuxd-msp.socket" \
-    "$stage/units/tcpmuxd.service" "$etc/systemd/system/"
-cp "$stage/units/tcpmux-.service.d/10-defaults.conf" "$etc/systemd/system/tcpmux-.service.d/"
-cat >"$etc/systemd/system/tcpmuxd.service.d/50-e2e.conf" <<EOF2
-[Service]
-ExecStart=
-ExecStart=$OPT/bin/tcpmuxd --config $CONFIG
-EOF2
-printf '127.0.0.1 localhost\n::1 localhost ip6-localhost\n' >"$etc/hosts"
-printf 'passwd: files systemd\ngroup: files systemd\nhosts: files\n' >"$etc/nsswitch.conf"
+install_staged "$stage"
 write_config() {
     cat >"$root$CONFIG" <<EOF2
 [tcpmux]
@@ -397,10 +251,4 @@ else
 fi
 
 section "result"
-if [ "$failures" = 0 ]; then
-    echo "all checks passed"
-    exit 0
-fi
-echo "$failures checks failed:"
-printf '  %s\n' "${failed_checks[@]}"
-exit 1
+finish

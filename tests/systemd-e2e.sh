@@ -31,10 +31,8 @@
 
 set -uo pipefail
 
-readonly SKIP=77
 E2E_SYSTEMD_LAUNCHER=${E2E_SYSTEMD_LAUNCHER:-1}
 E2E_MAX_EXPOSURE=${E2E_MAX_EXPOSURE:-2.0}
-E2E_MASK=${E2E_MASK:-}
 
 # Every wait is bounded; a healthy run needs a fraction of each.
 readonly BOOT_TIMEOUT=60     # container up and systemd settled
@@ -42,11 +40,12 @@ readonly CMD_TIMEOUT=30      # any one command run inside
 readonly WAIT_TIMEOUT=15     # a state we expect to appear
 readonly SESSION_TIMEOUT=120 # the long-lived session of the restart check
 
-# Where the staged files appear inside the container.
-readonly OPT=/opt/tcpmuxd
+# The helpers, the container, OPT and CONFIG.
+# shellcheck source=tests/e2e-lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/e2e-lib.sh"
+
 # The client under test; /usr/bin/tcpmux once the package is installed.
 CLIENT=$OPT/bin/tcpmux
-readonly CONFIG=/etc/tcpmuxd/tcpmuxd.toml
 
 stage=${1:-}
 if [ -z "$stage" ] || [ ! -x "$stage/bin/tcpmuxd" ] || [ ! -x "$stage/bin/tcpmux" ] ||
@@ -56,187 +55,13 @@ if [ -z "$stage" ] || [ ! -x "$stage/bin/tcpmuxd" ] || [ ! -x "$stage/bin/tcpmux
 fi
 stage=$(cd "$stage" && pwd)
 
-if [ "$(id -u)" != 0 ]; then
-    echo "skipped: booting systemd in a container needs root" >&2
-    exit $SKIP
-fi
-for tool in systemd-nspawn nsenter; do
-    if ! command -v "$tool" >/dev/null; then
-        echo "skipped: $tool is not installed (Debian: systemd-container, util-linux)" >&2
-        exit $SKIP
-    fi
-done
-
-# ---- reporting ---------------------------------------------------------------
-
-failures=0
-failed_checks=()
-
-section() { printf '\n== %s\n' "$*"; }
-note() { printf '      %s\n' "$*"; }
-pass() { printf 'PASS  %s\n' "$*"; }
-fail() {
-    local check=$1
-    printf 'FAIL  %s\n' "$check"
-    shift
-    # Whatever explains the failure, indented under it.
-    if [ $# -gt 0 ] && [ -n "$*" ]; then
-        printf '%s\n' "$*" | sed 's/^/      | /'
-    fi
-    failures=$((failures + 1))
-    failed_checks+=("$check")
-}
-die() {
-    printf 'ERROR %s\n' "$1" >&2
-    shift
-    if [ $# -gt 0 ] && [ -n "$*" ]; then
-        printf '%s\n' "$*" | sed 's/^/      | /' >&2
-    fi
-    exit 1
-}
-
-# Runs CMD until it succeeds or SECONDS have passed.
-wait_until() {
-    local seconds=$1
-    shift
-    local deadline=$((SECONDS + seconds))
-    until "$@"; do
-        [ "$SECONDS" -lt "$deadline" ] || return 1
-        sleep 0.2
-    done
-}
+skip_unless_bootable
 
 # ---- the container -------------------------------------------------------------
 
 machine="tcpmuxd-e2e-$$-$RANDOM"
-work=$(mktemp -d)
-nspawn_pid=
-pid1=
-root=
-cgroups=()
-session_pids=()
+init_work
 
-# Halts the container started last, if it still runs.
-stop_container() {
-    if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
-        # SIGTERM makes nspawn halt the container cleanly, in about a second.
-        kill -TERM "$nspawn_pid" 2>/dev/null
-        if ! wait_until 20 eval '! kill -0 "$nspawn_pid" 2>/dev/null'; then
-            # Killing nspawn alone would leave the container running: its
-            # init takes every process of the container with it.
-            [ -n "$pid1" ] && kill -KILL "$pid1" 2>/dev/null
-            kill -KILL "$nspawn_pid" 2>/dev/null
-        fi
-        wait "$nspawn_pid" 2>/dev/null
-    fi
-    nspawn_pid=
-    pid1=
-}
-
-teardown() {
-    local status=$?
-    exec 7>&-
-    for pid in "${session_pids[@]}"; do
-        kill "$pid" 2>/dev/null
-    done
-    stop_container
-    # nspawn leaves its supervisor/ and payload/ below our cgroup: remove
-    # the tree depth first, once the last process in it is gone.
-    for dir in "${cgroups[@]}"; do
-        [ -d "$dir" ] || continue
-        wait_until 10 eval 'find "$dir" -depth -type d -exec rmdir {} + 2>/dev/null; [ ! -d "$dir" ]' ||
-            echo "warning: cannot remove cgroup $dir" >&2
-    done
-    rm -rf "$work"
-    exit "$status"
-}
-trap teardown EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-masks=(systemd-firstboot.service)
-read -r -a extra_masks <<<"$E2E_MASK"
-masks+=("${extra_masks[@]}")
-kernel_args=()
-for unit in "${masks[@]}"; do
-    kernel_args+=("systemd.mask=$unit")
-done
-
-# Boots container NAME with systemd-nspawn ARGS... (the root, binds) and
-# sets nspawn_pid, pid1 and root; dies when it does not come up.
-boot_container() {
-    local name=$1 dir hierarchy state
-    shift
-    # The container gets a cgroup of its own, so that what nspawn creates
-    # below it does not clutter the cgroup this script runs in and can be
-    # removed afterwards. cgroup v2 has one hierarchy; a v1 ("hybrid") host
-    # has the named systemd hierarchy and usually a v2 one beside it.
-    local mine=()
-    if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
-        mine=("/sys/fs/cgroup/$name")
-    else
-        for hierarchy in systemd unified; do
-            if [ -d "/sys/fs/cgroup/$hierarchy" ]; then
-                mine+=("/sys/fs/cgroup/$hierarchy/$name")
-            fi
-        done
-    fi
-    for dir in "${mine[@]}"; do
-        mkdir -p "$dir" || die "cannot create cgroup $dir"
-        cgroups+=("$dir")
-    done
-
-    section "booting systemd in container $name"
-    # --register=no and --keep-unit: nspawn must not need a systemd on the
-    # host. --private-network: only a loopback of its own.
-    (
-        for dir in "${mine[@]}"; do
-            echo "$BASHPID" >"$dir/cgroup.procs" || exit 1
-        done
-        exec systemd-nspawn -q "$@" -M "$name" -b \
-            --register=no --keep-unit --private-network \
-            --console=pipe -- "${kernel_args[@]}"
-    ) >"$work/console.log" 2>&1 </dev/null &
-    nspawn_pid=$!
-
-    wait_until "$BOOT_TIMEOUT" find_pid1 ||
-        die "the container's systemd did not start" "$(cat "$work/console.log")"
-    root=/proc/$pid1/root
-    wait_until "$BOOT_TIMEOUT" test -S "$root/run/systemd/private" ||
-        die "the container's systemd does not answer" "$(cat "$work/console.log")"
-    state=$(timeout "$BOOT_TIMEOUT" nsenter -t "$pid1" -a \
-        env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin systemctl is-system-running --wait)
-    case "$state" in
-    running) pass "container booted: $state" ;;
-    degraded)
-        pass "container booted: degraded (units that fail in a container; E2E_MASK can mask them)"
-        ct systemctl --failed --no-legend --plain --no-pager | sed 's/^/      /'
-        ;;
-    *) die "the container did not boot: '$state'" "$(cat "$work/console.log")" ;;
-    esac
-}
-
-find_pid1() {
-    local child
-    kill -0 "$nspawn_pid" 2>/dev/null || return 2
-    for child in $(cat /proc/"$nspawn_pid"/task/*/children 2>/dev/null); do
-        if [ "$(cat /proc/"$child"/comm 2>/dev/null)" = systemd ]; then
-            pid1=$child
-            return 0
-        fi
-    done
-    return 1
-}
-
-# Runs a command inside the container, with a clean environment.
-ct() {
-    timeout "$CMD_TIMEOUT" nsenter -t "$pid1" -a \
-        env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"
-}
-show() { ct systemctl show -p "$2" --value "$1"; }
-active_running() {
-    [ "$(ct systemctl show -p ActiveState,SubState --value tcpmuxd.service | tr '\n' ' ')" = "active running " ]
-}
 lists() { ct "$CLIENT" localhost --list 2>/dev/null | tr -d '\r' | grep -qx "$1"; }
 exposure() {
     ct systemd-analyze security --no-pager "$1" 2>&1 |
@@ -259,23 +84,7 @@ boot_container "$machine" -D / --volatile=yes --bind-ro="$stage:$OPT"
 # ---- installing, as a package would --------------------------------------------
 
 section "installing tcpmuxd"
-etc=$root/etc
-mkdir -p "$etc/systemd/system/tcpmux-.service.d" "$etc/systemd/system/tcpmuxd.service.d" \
-    "$etc/tcpmuxd/conf.d"
-cp "$stage/units/tcpmuxd.socket" "$stage/units/tcpmuxd-msp.socket" \
-    "$stage/units/tcpmuxd.service" "$etc/systemd/system/"
-cp "$stage/units/tcpmux-.service.d/10-defaults.conf" "$etc/systemd/system/tcpmux-.service.d/"
-# The container's /usr is the host's, read-only: the binary lives in the
-# staged directory, and the shipped unit stays as it is.
-cat >"$etc/systemd/system/tcpmuxd.service.d/50-e2e.conf" <<EOF
-[Service]
-ExecStart=
-ExecStart=$OPT/bin/tcpmuxd --config $CONFIG
-EOF
-# An empty /etc has no hosts file and no name service configuration;
-# clients name "localhost", and dynamic users have names.
-printf '127.0.0.1 localhost\n::1 localhost ip6-localhost\n' >"$etc/hosts"
-printf 'passwd: files systemd\ngroup: files systemd\nhosts: files\n' >"$etc/nsswitch.conf"
+install_staged "$stage"
 cat >"$root$CONFIG" <<'EOF'
 # Socket-activated: no listen addresses.
 [tcpmux]
@@ -944,10 +753,4 @@ else
     section "package checks not run (E2E_DEB is not set)"
 fi
 
-if [ "$failures" = 0 ]; then
-    echo "all checks passed"
-    exit 0
-fi
-echo "$failures checks failed:"
-printf '  %s\n' "${failed_checks[@]}"
-exit 1
+finish

@@ -1,6 +1,8 @@
 //! A harness that runs the real tcpmuxd binary on loopback.
 #![allow(dead_code)]
 
+pub mod e2e;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
