@@ -755,11 +755,33 @@ impl Launcher for SystemdLauncher {
                 Handed::Done(result) => result,
                 Handed::Gone(conn, slot) => {
                     let plus_sent = service.plus;
+                    let _cold = ColdStart::begin(&self.inner);
                     self.launch_cold(service, conn, slot, plus_sent).await
                 }
             };
         }
+        let _cold = ColdStart::begin(&self.inner);
         self.launch_cold(service, conn, slot, false).await
+    }
+}
+
+/// A session unit being started cold, counted while it lasts (refills wait
+/// for none to be left), and a prompt to refill once it is done.
+struct ColdStart<'a>(&'a Inner);
+
+impl<'a> ColdStart<'a> {
+    fn begin(inner: &'a Inner) -> Self {
+        lock(&inner.warm).cold_starting += 1;
+        ColdStart(inner)
+    }
+}
+
+impl Drop for ColdStart<'_> {
+    fn drop(&mut self) {
+        let mut pools = lock(&self.0.warm);
+        pools.cold_starting = pools.cold_starting.saturating_sub(1);
+        drop(pools);
+        self.0.refill.notify_one();
     }
 }
 

@@ -101,6 +101,11 @@ pub struct Pools {
     order: Vec<String>,
     /// Warm starts in progress, all services together.
     pub starting_total: usize,
+    /// Sessions whose unit is being started cold now: while there are
+    /// any, no refill begins, so that refills do not compete with them for
+    /// the service manager (the pool is drained: clients come faster than
+    /// units start).
+    pub cold_starting: usize,
     /// Units ready or starting: not sessions, whatever a listing of units
     /// says.
     pub units: HashSet<String>,
@@ -203,7 +208,7 @@ impl Pools {
             let Some(pool) = self.pools.get_mut(key) else {
                 continue;
             };
-            if pool.retry_at.is_some_and(|at| now < at) {
+            if pool.retry_at.is_some_and(|at| now < at) || self.cold_starting > 0 {
                 continue;
             }
             while pool.size() < pool.service.warm
@@ -374,6 +379,25 @@ pub fn hand_over(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pools_for(text: &str) -> Pools {
+        let path = PathBuf::from("main.toml");
+        let file = crate::config::parse_file(&path, text).unwrap();
+        let config = crate::config::build(vec![(path, file)]).unwrap();
+        let mut pools = Pools::new(Some(PathBuf::from("/usr/libexec/tcpmuxd/tcpmux-warm")));
+        pools.set_services(&config, config.services.iter());
+        pools
+    }
+
+    #[test]
+    fn refills_wait_while_sessions_start_cold() {
+        let mut pools =
+            pools_for("[[service]]\nname = \"echo\"\ncommand = [\"/bin/cat\"]\nwarm = 2\n");
+        pools.cold_starting = 1;
+        assert!(pools.plan(Instant::now()).is_empty(), "the manager is busy");
+        pools.cold_starting = 0;
+        assert_eq!(pools.plan(Instant::now()).len(), 2);
+    }
 
     #[test]
     fn backoff_doubles_up_to_its_maximum() {
