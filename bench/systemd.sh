@@ -165,6 +165,13 @@ for round in $(seq "$ROUNDS"); do
             ct "$BENCH" first-byte ${AT[$config]} "${how[@]}" --seconds "$CELL_SECONDS" \
                 --label "$config" >>"$records" || say "  (failed)"
         done
+        # A burst of as many clients as there are warm units, the pool
+        # full: each should get one.
+        sleep "$SETTLE"
+        say "round $round: $config, --burst $WARM"
+        # shellcheck disable=SC2086
+        ct "$BENCH" first-byte ${AT[$config]} --burst "$WARM" --label "$config" \
+            >>"$records" || say "  (failed)"
     done
 done
 leftover=$(ct systemctl list-units --no-legend --plain 'tcpmux-*' 'bench-accept@*' | grep -c . || true)
@@ -178,9 +185,11 @@ echo
 echo "| configuration | load | sessions/s | p50 first byte | p99 first byte | errors |"
 echo "|---|---|---|---|---|---|"
 for config in "${CONFIGS[@]}"; do
-    for load in $CLIENTS paced; do
+    for load in $CLIENTS paced burst; do
         if [ "$load" = paced ]; then
             test=first-byte-paced label="$PACED_RATE/s paced" conc=$PACED_RATE
+        elif [ "$load" = burst ]; then
+            test=first-byte-burst label="burst of $WARM" conc=$WARM
         else
             test=first-byte label="$load clients" conc=$load
         fi

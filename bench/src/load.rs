@@ -196,30 +196,62 @@ pub fn paced(target: SocketAddr, op: &Op, rate: f64, duration: Duration) -> Summ
             });
             seq += 1;
         }
-        let mut total = Summary::default();
-        while let Some(joined) = ops.join_next().await {
-            match joined {
-                Ok((started, Ok(Ok(done)))) => {
-                    let latency = done.latency.unwrap_or_else(|| started.elapsed());
-                    total
-                        .latencies_us
-                        .push(latency.as_micros().min(u128::from(u32::MAX)) as u32);
-                    total.ok += 1;
-                }
-                Ok((_, Ok(Err(e)))) => {
-                    total.errors += 1;
-                    total.count_error(e, 1);
-                }
-                Ok((_, Err(_))) => {
-                    total.errors += 1;
-                    total.count_error(format!("no answer within {} s", OP_TIMEOUT.as_secs()), 1);
-                }
-                Err(e) => total.count_error(format!("task failed: {e}"), 1),
-            }
-        }
+        let mut total = collect(ops).await;
         total.elapsed = start.elapsed();
         total
     })
+}
+
+/// Starts `n` operations at the same moment, once: a burst of clients.
+pub fn burst(target: SocketAddr, op: &Op, n: usize) -> Summary {
+    let op = Arc::new(op.clone());
+    runtime().block_on(async move {
+        let start = Instant::now();
+        let mut ops = tokio::task::JoinSet::new();
+        for seq in 0..n as u64 {
+            let op = Arc::clone(&op);
+            ops.spawn(async move {
+                let started = Instant::now();
+                let result =
+                    tokio::time::timeout(OP_TIMEOUT, ops::perform(&op, target, 0, seq)).await;
+                (started, result)
+            });
+        }
+        let mut total = collect(ops).await;
+        total.elapsed = start.elapsed();
+        total
+    })
+}
+
+type Timed = (
+    Instant,
+    Result<Result<ops::Done, String>, tokio::time::error::Elapsed>,
+);
+
+/// The latencies and errors of operations started apart.
+async fn collect(mut ops: tokio::task::JoinSet<Timed>) -> Summary {
+    let mut total = Summary::default();
+    while let Some(joined) = ops.join_next().await {
+        match joined {
+            Ok((started, Ok(Ok(done)))) => {
+                let latency = done.latency.unwrap_or_else(|| started.elapsed());
+                total
+                    .latencies_us
+                    .push(latency.as_micros().min(u128::from(u32::MAX)) as u32);
+                total.ok += 1;
+            }
+            Ok((_, Ok(Err(e)))) => {
+                total.errors += 1;
+                total.count_error(e, 1);
+            }
+            Ok((_, Err(_))) => {
+                total.errors += 1;
+                total.count_error(format!("no answer within {} s", OP_TIMEOUT.as_secs()), 1);
+            }
+            Err(e) => total.count_error(format!("task failed: {e}"), 1),
+        }
+    }
+    total
 }
 
 /// One operation, for checking a server before it is measured.

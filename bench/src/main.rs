@@ -24,10 +24,11 @@ usage:
   tcpmux-bench dispatch ADDR SERVICE [--concurrency N] [--seconds S] [--label NAME] [--once]
       plus-mode dispatch to an echoing service: name, '+', one line echoed,
       then our end of input and the service's exit (EOF), then close
-  tcpmux-bench first-byte ADDR SERVICE [--concurrency N | --rate R] [--seconds S] [--label NAME] [--once]
+  tcpmux-bench first-byte ADDR SERVICE [--concurrency N | --rate R | --burst N] [--seconds S] [--label NAME] [--once]
       name a service that writes first (as /bin/echo does): the latency is
       the time from connect to its first byte after '+'; --rate R starts R
-      sessions a second (open loop) instead of N clients in a closed loop
+      sessions a second (open loop) instead of N clients in a closed loop;
+      --burst N starts N sessions at the same moment, once
   tcpmux-bench msp ADDR --file FILE [--concurrency N] [--seconds S] [--label NAME] [--once]
       MSP version B over UDP, retransmitted until acknowledged; FILE is where
       the server's delivery command appends the text, read back to count
@@ -80,6 +81,9 @@ fn addr(args: &Args, index: usize) -> Result<SocketAddr, String> {
         .map_err(|e| format!("{text}: not an address and port: {e}"))
 }
 
+/// Largest `--burst`: clients started at the same moment, once.
+const MAX_BURST: usize = 1024;
+
 /// Highest `--rate`: each paced session is a task of its own, and a typo
 /// must not open a million connections a second.
 const MAX_RATE: f64 = 1000.0;
@@ -107,6 +111,19 @@ fn measure(args: &Args) -> Result<(), String> {
     }
     if concurrency == 0 || seconds.is_nan() || seconds <= 0.0 {
         return Err("--concurrency and --seconds must be positive".into());
+    }
+    if let Some(n) = args.value("burst") {
+        let n: usize = n
+            .parse()
+            .map_err(|_| format!("--burst {n}: not a whole number"))?;
+        if n == 0 || n > MAX_BURST {
+            return Err(format!("--burst must be 1 to {MAX_BURST}"));
+        }
+        let summary = load::burst(target, &op, n);
+        let note = summary.error_note();
+        let test = format!("{}-burst", args.command);
+        summary.record(&test, n, &label, note).print();
+        return Ok(());
     }
     if let Some(rate) = args.value("rate") {
         let rate: f64 = rate
