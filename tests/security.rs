@@ -171,7 +171,7 @@ fn a_session_run_as_a_user_keeps_none_of_the_daemons_groups() {
             ..Options::default()
         },
     );
-    let daemon_status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    let daemon_status = d.proc_status();
     assert!(
         daemon_status.contains("Groups:\t0 5 6 42"),
         "{daemon_status}"
@@ -236,7 +236,7 @@ fn a_session_running_as_the_daemons_user_cannot_take_its_descriptors() {
             ..Options::default()
         },
     );
-    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    let status = d.proc_status();
     assert!(
         status.contains("CapEff:\t0000000000000000"),
         "the daemon runs without capabilities: {status}"

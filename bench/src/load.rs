@@ -187,13 +187,7 @@ pub fn paced(target: SocketAddr, op: &Op, rate: f64, duration: Duration) -> Summ
         let mut seq = 0u64;
         while start.elapsed() < duration {
             ticks.tick().await;
-            let op = Arc::clone(&op);
-            ops.spawn(async move {
-                let started = Instant::now();
-                let result =
-                    tokio::time::timeout(OP_TIMEOUT, ops::perform(&op, target, 0, seq)).await;
-                (started, result)
-            });
+            spawn_timed(&mut ops, &op, target, seq);
             seq += 1;
         }
         let mut total = collect(ops).await;
@@ -209,13 +203,7 @@ pub fn burst(target: SocketAddr, op: &Op, n: usize) -> Summary {
         let start = Instant::now();
         let mut ops = tokio::task::JoinSet::new();
         for seq in 0..n as u64 {
-            let op = Arc::clone(&op);
-            ops.spawn(async move {
-                let started = Instant::now();
-                let result =
-                    tokio::time::timeout(OP_TIMEOUT, ops::perform(&op, target, 0, seq)).await;
-                (started, result)
-            });
+            spawn_timed(&mut ops, &op, target, seq);
         }
         let mut total = collect(ops).await;
         total.elapsed = start.elapsed();
@@ -227,6 +215,16 @@ type Timed = (
     Instant,
     Result<Result<ops::Done, String>, tokio::time::error::Elapsed>,
 );
+
+/// Starts one operation, timed from now, bounded by [`OP_TIMEOUT`].
+fn spawn_timed(ops: &mut tokio::task::JoinSet<Timed>, op: &Arc<Op>, target: SocketAddr, seq: u64) {
+    let op = Arc::clone(op);
+    ops.spawn(async move {
+        let started = Instant::now();
+        let result = tokio::time::timeout(OP_TIMEOUT, ops::perform(&op, target, 0, seq)).await;
+        (started, result)
+    });
+}
 
 /// The latencies and errors of operations started apart.
 async fn collect(mut ops: tokio::task::JoinSet<Timed>) -> Summary {

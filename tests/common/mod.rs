@@ -309,6 +309,11 @@ impl Daemon {
         text.split_terminator("\r\n").map(str::to_string).collect()
     }
 
+    /// The daemon's /proc/PID/status.
+    pub fn proc_status(&self) -> String {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("status")
+    }
+
     /// Resident memory of the daemon, in KiB.
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
