@@ -19,7 +19,9 @@
 #   ROUNDS=3            rounds
 #   CELL_SECONDS=3      length of one measurement
 #   CLIENTS="1 4 24"    closed-loop concurrencies
-#   PACED_RATE=10       sessions a second of the paced load
+#   PACED_RATE=10       sessions a second of the paced load (0: none)
+#   BURST=1             measure a burst of WARM clients (0: none)
+#   CONFIGS="accept-yes tcpmuxd-cold tcpmuxd-warm tcpmuxd-exec"
 #   WARM=4              warm units of the warm service
 #   SETTLE=3            seconds between measurements (units end, pools refill)
 #   E2E_MASK="a.service ..."  more units to mask in the container
@@ -36,6 +38,7 @@ ROUNDS=${ROUNDS:-3}
 CELL_SECONDS=${CELL_SECONDS:-3}
 CLIENTS=${CLIENTS:-1 4 24}
 PACED_RATE=${PACED_RATE:-10}
+BURST=${BURST:-1}
 WARM=${WARM:-4}
 SETTLE=${SETTLE:-3}
 
@@ -148,30 +151,65 @@ done
 
 declare -A AT=([accept-yes]="$ACCEPT_AT x" [tcpmuxd-cold]="$TCPMUX_AT cold"
     [tcpmuxd-warm]="$TCPMUX_AT warm" [tcpmuxd-exec]="$TCPMUX_AT exec")
-CONFIGS=(accept-yes tcpmuxd-cold tcpmuxd-warm tcpmuxd-exec)
+read -r -a CONFIGS <<<"${CONFIGS:-accept-yes tcpmuxd-cold tcpmuxd-warm tcpmuxd-exec}"
+for config in "${CONFIGS[@]}"; do
+    [ -n "${AT[$config]:-}" ] || die "no configuration $config (CONFIGS)"
+done
+LOADS=$CLIENTS
+[ "$PACED_RATE" = 0 ] || LOADS="$LOADS paced"
+[ "$BURST" = 0 ] || LOADS="$LOADS burst"
+
+# CPU time in clock ticks, as "pid1 pid1-children bus tcpmuxd machine":
+# PID 1 itself; the processes it started and reaped (each unit's set-up
+# before exec, and the sessions); the bus daemon; tcpmuxd with its
+# children; and every core of the machine, busy. /proc of the container.
+cpu_ticks() {
+    local bus daemon
+    bus=$(ct systemctl show -p MainPID --value dbus.service)
+    daemon=$(ct systemctl show -p MainPID --value tcpmuxd.service)
+    # shellcheck disable=SC2016
+    ct sh -c 'stat() { if [ "$1" -gt 0 ] 2>/dev/null && [ -r /proc/$1/stat ]; then sed "s/.*) //" /proc/$1/stat; else echo "x x x x x x x x x x x 0 0 0 0"; fi; }
+        set -- $(stat 1); p1=$((${12} + ${13})); p1c=$((${14} + ${15}))
+        set -- $(stat '"$bus"'); b=$((${12} + ${13}))
+        set -- $(stat '"$daemon"'); d=$((${12} + ${13} + ${14} + ${15}))
+        echo $p1 $p1c $b $d'
+    awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat
+}
+# "cpu CONCURRENCY CONFIG SESSIONS/S TICKS..." of one cell: the ticks
+# between BEFORE and AFTER (5 numbers each).
+cpu_record() { # CONFIG CONCURRENCY SESSIONS/S BEFORE... AFTER...
+    local config=$1 conc=$2 rate=$3
+    shift 3
+    printf 'cpu\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$conc" "$config" "$rate" \
+        $(($6 - $1)) $(($7 - $2)) $(($8 - $3)) $(($9 - $4)) $((${10} - $5))
+}
+
 records=$work/records.tsv
 : >"$records"
 for round in $(seq "$ROUNDS"); do
     for config in "${CONFIGS[@]}"; do
-        for load in $CLIENTS paced; do
+        for load in $LOADS; do
             sleep "$SETTLE"
-            if [ "$load" = paced ]; then
-                how=(--rate "$PACED_RATE")
-            else
-                how=(--concurrency "$load")
-            fi
+            case $load in
+            paced) how=(--rate "$PACED_RATE" --seconds "$CELL_SECONDS") ;;
+            # As many clients as there are warm units, the pool full: each
+            # should get one.
+            burst) how=(--burst "$WARM") ;;
+            *) how=(--concurrency "$load" --seconds "$CELL_SECONDS") ;;
+            esac
             say "round $round: $config, ${how[*]}"
+            # shellcheck disable=SC2046
+            before=$(cpu_ticks | tr '\n' ' ')
             # shellcheck disable=SC2086
-            ct "$BENCH" first-byte ${AT[$config]} "${how[@]}" --seconds "$CELL_SECONDS" \
-                --label "$config" >>"$records" || say "  (failed)"
+            ct "$BENCH" first-byte ${AT[$config]} "${how[@]}" --label "$config" \
+                >>"$records" || say "  (failed)"
+            case $load in paced | burst) ;; *)
+                rate=$(tail -n 1 "$records" | cut -f 4)
+                # shellcheck disable=SC2086
+                cpu_record "$config" "$load" "$rate" $before $(cpu_ticks | tr '\n' ' ') \
+                    >>"$work/cpu.tsv" ;;
+            esac
         done
-        # A burst of as many clients as there are warm units, the pool
-        # full: each should get one.
-        sleep "$SETTLE"
-        say "round $round: $config, --burst $WARM"
-        # shellcheck disable=SC2086
-        ct "$BENCH" first-byte ${AT[$config]} --burst "$WARM" --label "$config" \
-            >>"$records" || say "  (failed)"
     done
 done
 leftover=$(ct systemctl list-units --no-legend --plain 'tcpmux-*' 'bench-accept@*' | grep -c . || true)
@@ -185,7 +223,7 @@ echo
 echo "| configuration | load | sessions/s | p50 first byte | p99 first byte | errors |"
 echo "|---|---|---|---|---|---|"
 for config in "${CONFIGS[@]}"; do
-    for load in $CLIENTS paced burst; do
+    for load in $LOADS; do
         if [ "$load" = paced ]; then
             test=first-byte-paced label="$PACED_RATE/s paced" conc=$PACED_RATE
         elif [ "$load" = burst ]; then
@@ -207,3 +245,29 @@ for config in "${CONFIGS[@]}"; do
 done
 echo
 echo "Units of tcpmux-* and bench-accept@* still loaded at the end: $leftover (the warm service's $WARM warm units, and sessions ending)"
+echo
+echo "CPU time per session (ms; medians of $ROUNDS rounds, closed loop): PID 1 itself; the processes"
+echo "PID 1 forked (each unit's set-up before exec, and the session); the bus daemon; tcpmuxd"
+echo "with its children; and the whole machine (every core, busy)."
+echo
+echo "| configuration | clients | PID 1 | PID 1's children | bus | tcpmuxd | machine |"
+echo "|---|---|---|---|---|---|---|"
+hz=$(getconf CLK_TCK)
+for config in "${CONFIGS[@]}"; do
+    for load in $CLIENTS; do
+        awk -F'\t' -v c="$load" -v s="$config" -v hz="$hz" -v secs="$CELL_SECONDS" '
+            function median(a, n,   i, j, x) {
+                for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j > 0 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
+                return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+            }
+            $2 == c && $3 == s && $4 > 0 {
+                n++; for (k = 1; k <= 5; k++) { v[k, n] = $(k + 4) * 1000 / hz / ($4 * secs) }
+            }
+            END {
+                if (n == 0) exit
+                printf "| %s | %s |", s, c
+                for (k = 1; k <= 5; k++) { for (i = 1; i <= n; i++) a[i] = v[k, i]; printf " %.1f |", median(a, n) }
+                printf "\n"
+            }' "$work/cpu.tsv"
+    done
+done

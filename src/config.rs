@@ -145,6 +145,8 @@ pub struct TcpmuxSettings {
     pub max_sessions: usize,
     /// Warm units (systemd launcher) kept ready, all services together.
     pub max_warm: usize,
+    /// Session units the systemd launcher has starting at once.
+    pub max_starting_units: usize,
     /// Master access list, checked before each service's own.
     pub acl: Acl,
 }
@@ -367,6 +369,7 @@ struct RawTcpmux {
     ipv6_source_prefix: Option<u8>,
     max_sessions: Option<usize>,
     max_warm: Option<usize>,
+    max_starting_units: Option<usize>,
     #[serde(default, deserialize_with = "nets")]
     allow: Option<Vec<IpNet>>,
     #[serde(default, deserialize_with = "nets")]
@@ -512,6 +515,7 @@ pub fn build(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, ConfigError> {
             merged.ipv6_source_prefix = t.ipv6_source_prefix.or(merged.ipv6_source_prefix);
             merged.max_sessions = t.max_sessions.or(merged.max_sessions);
             merged.max_warm = t.max_warm.or(merged.max_warm);
+            merged.max_starting_units = t.max_starting_units.or(merged.max_starting_units);
             merged.allow = t.allow.or(merged.allow);
             merged.deny = t.deny.or(merged.deny);
         }
@@ -618,6 +622,20 @@ fn validate_tcpmux(
             format!("{max_warm} is more than {}", limits::MAX_WARM),
         ));
     }
+    let max_starting_units = at_least_one(
+        "max_starting_units",
+        raw.max_starting_units,
+        limits::default_max_starting_units(),
+    )?;
+    if max_starting_units > limits::MAX_STARTING_UNITS {
+        return Err(err(
+            "max_starting_units",
+            format!(
+                "{max_starting_units} is more than {}",
+                limits::MAX_STARTING_UNITS
+            ),
+        ));
+    }
     let ipv6_source_prefix = raw
         .ipv6_source_prefix
         .unwrap_or(limits::DEFAULT_IPV6_SOURCE_PREFIX);
@@ -649,6 +667,7 @@ fn validate_tcpmux(
         ipv6_source_prefix,
         max_sessions,
         max_warm,
+        max_starting_units,
         acl: Acl::new(raw.allow.unwrap_or_default(), raw.deny.unwrap_or_default()),
     })
 }
@@ -1058,6 +1077,11 @@ mod tests {
         assert_eq!(s.max_instances, limits::DEFAULT_MAX_INSTANCES);
         assert_eq!(s.warm, limits::DEFAULT_WARM);
         assert_eq!(c.tcpmux.max_warm, limits::DEFAULT_MAX_WARM);
+        assert_eq!(
+            c.tcpmux.max_starting_units,
+            limits::default_max_starting_units()
+        );
+        assert!(c.tcpmux.max_starting_units >= 2);
     }
 
     #[test]
@@ -1189,6 +1213,14 @@ mod tests {
                 "warm: 100000",
             ),
             ("[tcpmux]\nmax_warm = 5000\n", "max_warm: 5000"),
+            (
+                "[tcpmux]\nmax_starting_units = 0\n",
+                "[tcpmux] max_starting_units: must be at least 1",
+            ),
+            (
+                "[tcpmux]\nmax_starting_units = 5000\n",
+                "max_starting_units: 5000 is more than 1024",
+            ),
         ];
         for (text, needle) in cases {
             let e = build_from(&[("main.toml", text)]).unwrap_err().to_string();

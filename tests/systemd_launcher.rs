@@ -34,6 +34,8 @@ struct Mock {
     /// The start job's result the mock reports.
     result: Arc<Mutex<String>>,
     loaded: Arc<Mutex<Vec<String>>>,
+    /// When set, start jobs stay running until [`finish_job`] ends them.
+    hold: Arc<Mutex<bool>>,
     /// The manager's version string.
     version: String,
 }
@@ -82,6 +84,9 @@ impl Mock {
             props: properties.into_iter().collect(),
         });
         self.loaded.lock().unwrap().push(name.clone());
+        if *self.hold.lock().unwrap() {
+            return Ok(job);
+        }
         Self::job_removed(&emitter, 1, job.clone(), name, result)
             .await
             .map_err(|e| zbus::fdo::Error::Failed(e.to_string()))?;
@@ -224,6 +229,7 @@ async fn harness_of_version(
         names: Arc::default(),
         children: Arc::default(),
         result: Arc::new(Mutex::new("done".into())),
+        hold: Arc::default(),
         loaded: Arc::new(Mutex::new(
             preloaded.iter().map(|s| s.to_string()).collect(),
         )),
@@ -256,6 +262,20 @@ async fn harness_of_version(
         sessions,
         config,
     }
+}
+
+/// Ends the start job of `unit`, held by [`Mock::hold`], with "done".
+async fn finish_job(h: &Harness, unit: &str) {
+    let iface = h
+        .server
+        .object_server()
+        .interface::<_, Mock>(MANAGER_PATH)
+        .await
+        .unwrap();
+    let job = OwnedObjectPath::try_from("/org/freedesktop/systemd1/job/1").unwrap();
+    Mock::job_removed(iface.signal_emitter(), 1, job, unit.into(), "done".into())
+        .await
+        .unwrap();
 }
 
 /// The launchers' descriptor guard, from an unbounded budget.
@@ -403,6 +423,56 @@ async fn a_service_without_command_sends_no_exec_start() {
         .unwrap();
     let started = h.mock.started.lock().unwrap().pop().unwrap();
     assert!(!started.props.contains_key("ExecStart"));
+}
+
+// Multi-threaded: the test's own reads block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn units_start_in_turn_and_a_waiting_client_hears_no_plus_before_its_turn() {
+    let h = harness(&format!("[tcpmux]\nmax_starting_units = 1\n{ECHO}"), &[]).await;
+    *h.mock.hold.lock().unwrap() = true;
+    let service = Arc::clone(h.config.service("my-echo").unwrap());
+    let launch = |conn| {
+        let launcher = h.launcher.clone();
+        let service = Arc::clone(&service);
+        let slot = h.sessions.try_acquire("my-echo", 10, 10).unwrap();
+        tokio::spawn(async move { launcher.launch(service, conn, slot, no_fds()).await })
+    };
+    let (first, mut first_client) = tcp_pair().await;
+    let first = launch(first);
+    until("the first unit's start", || {
+        h.mock.names.lock().unwrap().len() == 1
+    })
+    .await;
+    let mut plus = [0u8; 3];
+    first_client.read_exact(&mut plus).unwrap();
+    assert_eq!(&plus, b"+\r\n");
+
+    let (second, mut second_client) = tcp_pair().await;
+    let second = launch(second);
+    // While the first start runs, the second waits: no unit, no `+`.
+    second_client
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let waited = second_client.read(&mut plus);
+    assert!(
+        matches!(&waited, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the second client heard {waited:?} before its turn"
+    );
+    assert_eq!(h.mock.names.lock().unwrap().len(), 1);
+
+    let unit = h.mock.names.lock().unwrap()[0].clone();
+    finish_job(&h, &unit).await;
+    first.await.unwrap().unwrap();
+    until("the second unit's start", || {
+        h.mock.names.lock().unwrap().len() == 2
+    })
+    .await;
+    second_client.set_read_timeout(None).unwrap();
+    second_client.read_exact(&mut plus).unwrap();
+    assert_eq!(&plus, b"+\r\n");
+    let unit = h.mock.names.lock().unwrap()[1].clone();
+    finish_job(&h, &unit).await;
+    second.await.unwrap().unwrap();
 }
 
 #[tokio::test]

@@ -184,6 +184,18 @@ pub fn keys() -> Vec<Key> {
         ),
         key(
             "tcpmux",
+            "max_starting_units",
+            "integer",
+            "twice the CPUs (at least 2)".into(),
+            format!("1 to {}", limits::MAX_STARTING_UNITS),
+            None,
+            "Session units the systemd launcher has systemd start at once, all services \
+             together: cold starts and warm units being filled (not MSP's deliveries). \
+             Building a unit's sandbox is CPU work, and many at once slow each other down: \
+             further connections wait their turn, in order of arrival.",
+        ),
+        key(
+            "tcpmux",
             "allow",
             "array of strings",
             "[] (everyone)".into(),
@@ -538,6 +550,16 @@ pub fn limits_table() -> Vec<Limit> {
                 limits::DEFAULT_MAX_SESSIONS
             ),
             when_hit_server_busy(),
+        ),
+        row(
+            "`[tcpmux] max_starting_units`",
+            "twice the CPUs (at least 2) session units being started at once, systemd launcher"
+                .into(),
+            format!(
+                "the connection waits its turn, in order of arrival; after {} \
+                 `-Service unavailable`",
+                duration(limits::UNIT_START_TIMEOUT)
+            ),
         ),
         row(
             "open files (`LimitNOFILE=`, `ulimit -n`)",

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 use zbus::{Fd, OwnedVariant, Variant};
 use zbus_systemd::systemd1::ManagerProxy;
 
@@ -110,6 +110,9 @@ struct Inner {
     /// Wakes the refiller: a unit was taken, a start ended, services
     /// changed.
     refill: Arc<Notify>,
+    /// Turns to start a unit: `[tcpmux] max_starting_units` of them, and
+    /// the number.
+    turns: Mutex<(usize, Arc<Semaphore>)>,
 }
 
 #[derive(Clone)]
@@ -186,6 +189,7 @@ impl SystemdLauncher {
                 counter: AtomicU64::new(0),
                 warm: Mutex::new(Pools::new(helper)),
                 refill: Arc::default(),
+                turns: Mutex::new((0, Arc::new(Semaphore::new(0)))),
             }),
         };
         launcher.set_services(config, false);
@@ -241,7 +245,36 @@ impl SystemdLauncher {
             .map(|s| s.name.clone())
             .collect();
         lock(&self.inner.warm).set_services(config, config.services.iter().filter(launched));
+        let max = config.tcpmux.max_starting_units;
+        let mut turns = lock(&self.inner.turns);
+        if turns.0 != max {
+            // Starts under way keep the turns of the old number; new ones
+            // wait for the new.
+            *turns = (max, Arc::new(Semaphore::new(max)));
+        }
+        drop(turns);
         self.inner.refill.notify_one();
+    }
+
+    /// Waits for a turn to start a unit, in order of arrival: at most
+    /// `[tcpmux] max_starting_units` units are being started at once, since
+    /// building their sandboxes is CPU work that slows every start when
+    /// too many run together. Held until the start ends.
+    async fn start_turn(&self) -> Result<OwnedSemaphorePermit, LaunchError> {
+        let (max, turns) = {
+            let turns = lock(&self.inner.turns);
+            (turns.0, Arc::clone(&turns.1))
+        };
+        match tokio::time::timeout(limits::UNIT_START_TIMEOUT, turns.acquire_owned()).await {
+            Ok(Ok(turn)) => Ok(turn),
+            // Never closed.
+            Ok(Err(_)) => Err(LaunchError::Systemd("the launcher is shutting down".into())),
+            Err(_) => Err(LaunchError::Systemd(format!(
+                "no turn to start a unit within {} (max_starting_units = {max}): systemd builds \
+                 sandboxes more slowly than clients come",
+                humantime::format_duration(limits::UNIT_START_TIMEOUT)
+            ))),
+        }
     }
 
     /// Logs an error for each service of this launcher that has a template
@@ -252,7 +285,9 @@ impl SystemdLauncher {
     }
 
     /// Starts a transient unit and waits for its start job to end. `slot`,
-    /// when given, is held until the unit is unloaded.
+    /// when given, is held until the unit is unloaded. A session's or warm
+    /// unit's start holds its turn ([`SystemdLauncher::start_turn`]) around
+    /// this; MSP's deliveries, which run to their end, take none.
     async fn start_job(
         &self,
         bus: &Bus,
@@ -883,20 +918,23 @@ impl SystemdLauncher {
     ) -> Result<(), Failed> {
         let inner = &self.inner;
         let unit = unit_name(&service.name, &self.next_instance());
-        let prepared = lock(&inner.bus)
-            .clone()
-            .ok_or_else(|| LaunchError::Systemd("not connected to the service manager".into()))
-            .and_then(|bus| {
-                let props = properties(
-                    &service,
-                    conn.peer,
-                    conn.local,
-                    conn.stream.as_fd(),
-                    bus.version,
-                )?;
-                Ok((bus, props))
-            });
-        let (bus, props) = match prepared {
+        let prepared = async {
+            // Held until the start job ends: the sandbox is built by then.
+            let turn = self.start_turn().await?;
+            let bus = lock(&inner.bus).clone().ok_or_else(|| {
+                LaunchError::Systemd("not connected to the service manager".into())
+            })?;
+            let props = properties(
+                &service,
+                conn.peer,
+                conn.local,
+                conn.stream.as_fd(),
+                bus.version,
+            )?;
+            Ok((turn, bus, props))
+        }
+        .await;
+        let (turn, bus, props) = match prepared {
             Ok(p) => p,
             Err(error) => {
                 return Err(Failed {
@@ -918,6 +956,7 @@ impl SystemdLauncher {
             .await
         {
             JobEnd::Result(result) if result == "done" => {
+                drop(turn);
                 tracing::info!(
                     tcpmux_service = %service.name,
                     %unit,
@@ -994,6 +1033,8 @@ async fn warm_start(launcher: &SystemdLauncher, start: &Start) -> (String, Resul
     };
     let result = async {
         let helper = helper.ok_or("no helper for warm units")?;
+        // Held until the helper is ready: its sandbox is built by then.
+        let turn = launcher.start_turn().await.map_err(|e| e.to_string())?;
         let bus = lock(&inner.bus)
             .clone()
             .ok_or("not connected to the service manager")?;
@@ -1027,7 +1068,9 @@ async fn warm_start(launcher: &SystemdLauncher, start: &Start) -> (String, Resul
                 ));
             }
         }
-        match warm::receive(ours, limits::WARM_READY_TIMEOUT).await {
+        let ready = warm::receive(ours, limits::WARM_READY_TIMEOUT).await;
+        drop(turn);
+        match ready {
             Ok((Some(Status::Ready), control)) => Ok(Ready {
                 unit: unit.clone(),
                 control,
