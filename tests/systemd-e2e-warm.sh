@@ -81,6 +81,8 @@ write_config() {
     cat >"$root$CONFIG" <<EOF2
 [tcpmux]
 name_timeout = "5s"
+# One unit starting at a time: cold starts and refills take turns.
+max_starting_units = 1
 
 [[service]]
 name = "echo"
@@ -103,6 +105,13 @@ command = ["$OPT/bin/broken-elf"]
 launcher = "systemd"
 plus = false
 warm = 1
+
+# No warm units: every session starts cold, in its turn.
+[[service]]
+name = "cold"
+command = ["/bin/echo", "started in turn"]
+launcher = "systemd"
+warm = 0
 
 # No command: ExecStart= from drop-ins only, so no warm units.
 [[service]]
@@ -185,6 +194,21 @@ if printf '%s\n' "$out" | grep -qx -- '-Service unavailable' &&
 else
     fail "broken (exec fails) answers -Service unavailable and logs the exec error" "$out" \
         "$(ct journalctl -u tcpmuxd.service --no-pager -n 10)"
+fi
+
+readonly AT_ONCE=6
+clients=()
+for i in $(seq "$AT_ONCE"); do
+    ct "$CLIENT" localhost cold </dev/null >"$work/cold.$i" 2>&1 &
+    clients+=("$!")
+done
+wait "${clients[@]}"
+served=$(cat "$work"/cold.* | grep -cx 'started in turn')
+if [ "$served" = "$AT_ONCE" ]; then
+    pass "max_starting_units = 1: $AT_ONCE clients at once of a cold service are all served, in turn"
+else
+    fail "$AT_ONCE clients of cold at once are all served" "$(cat "$work"/cold.*)" \
+        "$(ct journalctl -u tcpmuxd.service --no-pager -n 20)"
 fi
 
 # ---- reload -------------------------------------------------------------------
