@@ -15,6 +15,20 @@ impl Acl {
         Acl { allow, deny }
     }
 
+    /// Entries, as ("allow" or "deny", entry), that look as if they covered
+    /// IPv4 clients but do not: IPv6 networks such as `::/0` that contain
+    /// the IPv4-mapped range. IPv4 clients, also those seen on an IPv6
+    /// socket, are matched as IPv4, by IPv4 entries only.
+    pub fn ipv6_entries_that_miss_ipv4(&self) -> Vec<(&'static str, IpNet)> {
+        let mapped: IpAddr = IpAddr::V6(std::net::Ipv4Addr::UNSPECIFIED.to_ipv6_mapped());
+        let lists = [("allow", &self.allow), ("deny", &self.deny)];
+        lists
+            .into_iter()
+            .flat_map(|(name, nets)| nets.iter().map(move |net| (name, *net)))
+            .filter(|(_, net)| matches!(net, IpNet::V6(_)) && net.contains(&mapped))
+            .collect()
+    }
+
     /// Whether `addr` may connect. IPv4 peers seen on an IPv6 socket
     /// (`::ffff:a.b.c.d`) are matched as IPv4.
     pub fn permits(&self, addr: IpAddr) -> bool {
@@ -106,6 +120,21 @@ mod tests {
         let a = acl(&["::ffff:127.0.0.0/104"], &[]);
         assert!(a.permits("127.1.2.3".parse().unwrap()));
         assert!(a.permits("::ffff:127.1.2.3".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipv6_entries_covering_the_mapped_range_are_found() {
+        let a = acl(&["::/0", "2001:db8::/32", "0.0.0.0/0"], &["::/8", "::1"]);
+        let found: Vec<String> = a
+            .ipv6_entries_that_miss_ipv4()
+            .iter()
+            .map(|(list, net)| format!("{list} {net}"))
+            .collect();
+        assert_eq!(found, ["allow ::/0", "deny ::/8"]);
+        // They indeed miss IPv4 clients, mapped or not.
+        let deny_all_v6 = acl(&[], &["::/0"]);
+        assert!(deny_all_v6.permits("192.0.2.1".parse().unwrap()));
+        assert!(deny_all_v6.permits("::ffff:192.0.2.1".parse().unwrap()));
     }
 
     #[test]

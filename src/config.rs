@@ -1029,6 +1029,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             file.display()
         ));
     }
+    config.warnings.extend(acl_warnings(&config));
     for service in &config.services {
         let Some(program) = service.program() else {
             continue;
@@ -1042,6 +1043,36 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         }
     }
     Ok(config)
+}
+
+/// Warnings for access-list entries that do not do what they seem to:
+/// `deny = ["::/0"]` lets every IPv4 client in, `allow = ["::/0"]` keeps
+/// every one out.
+fn acl_warnings(config: &Config) -> Vec<String> {
+    let lists = [
+        ("[tcpmux]".to_string(), &config.tcpmux.acl),
+        ("[msp]".to_string(), &config.msp.acl),
+    ]
+    .into_iter()
+    .chain(config.services.iter().map(|s| {
+        (
+            format!("{}: service \"{}\"", s.source.display(), s.name),
+            &s.acl,
+        )
+    }));
+    lists
+        .flat_map(|(owner, acl)| {
+            acl.ipv6_entries_that_miss_ipv4()
+                .into_iter()
+                .map(move |(list, net)| {
+                    format!(
+                        "{owner} {list}: \"{net}\" is IPv6 and covers no IPv4 client, not even one \
+                         seen on an IPv6 socket (IPv4 clients are matched by IPv4 entries such as \
+                         \"0.0.0.0/0\")"
+                    )
+                })
+        })
+        .collect()
 }
 
 #[cfg(test)]

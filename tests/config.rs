@@ -55,3 +55,23 @@ fn a_dropin_that_is_not_toml_is_named_in_a_warning() {
         "hidden files are an editor's: {stderr}"
     );
 }
+
+#[test]
+fn an_ipv6_entry_that_seems_to_cover_ipv4_clients_is_warned_about() {
+    let main = format!("[tcpmux]\ndeny = [\"::/0\"]\n\n{ECHO}allow = [\"::/0\", \"0.0.0.0/0\"]\n");
+    let (code, _, stderr) = check(&[("tcpmuxd.toml", &main)]);
+    assert_eq!(code, 0, "{stderr}");
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{stderr}");
+    assert!(
+        warnings[0].contains("[tcpmux] deny: \"::/0\" is IPv6 and covers no IPv4 client"),
+        "{stderr}"
+    );
+    assert!(
+        warnings[1].contains("service \"echo\" allow: \"::/0\" is IPv6"),
+        "{stderr}"
+    );
+}
