@@ -223,9 +223,9 @@ pub const MAX_WARM: usize = 1024;
 /// Default for `[tcpmux] max_starting_units`: twice the CPUs (at least 2).
 /// Building a unit's sandbox is CPU work in the processes PID 1 forks, and
 /// the mounts of concurrent starts contend for the kernel's mount lock:
-/// measured on systemd 252 with the shipped sandbox on 2 cores, 4 to 6
-/// starts at once gave 1.15 to 1.3 times the sessions a second of 24
-/// (bench/systemd.sh).
+/// measured on systemd 252 with the shipped sandbox on 2 cores, 4 starts at
+/// once gave 1.19 to 1.30 times the sessions a second of 24 (BENCHMARKS.md).
+/// The CPUs are those tcpmuxd may use (affinity, cgroup quota).
 pub fn default_max_starting_units() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
@@ -233,6 +233,16 @@ pub fn default_max_starting_units() -> usize {
         .saturating_mul(2)
         .clamp(2, MAX_STARTING_UNITS)
 }
+
+/// A client waits at most this long for its unit's turn to start; then it
+/// is told `-Service unavailable`.
+pub const TURN_WAIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A start gives its turn back after this long even while systemd is still
+/// at it: building a sandbox takes tens of milliseconds, so a start this
+/// slow waits for something else (an `ExecStartPre=`, a stalled manager),
+/// and must not hold up the other services' starts.
+pub const TURN_HOLD_MAX: Duration = Duration::from_secs(2);
 
 /// Upper bound for `[tcpmux] max_starting_units`.
 pub const MAX_STARTING_UNITS: usize = 1024;

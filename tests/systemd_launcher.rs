@@ -475,6 +475,67 @@ async fn units_start_in_turn_and_a_waiting_client_hears_no_plus_before_its_turn(
     second.await.unwrap().unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_while_waiting_for_its_turn_starts_no_unit() {
+    let h = harness(&format!("[tcpmux]\nmax_starting_units = 1\n{ECHO}"), &[]).await;
+    *h.mock.hold.lock().unwrap() = true;
+    let service = Arc::clone(h.config.service("my-echo").unwrap());
+    let launch = |conn| {
+        let launcher = h.launcher.clone();
+        let service = Arc::clone(&service);
+        let slot = h.sessions.try_acquire("my-echo", 10, 10).unwrap();
+        tokio::spawn(async move { launcher.launch(service, conn, slot, no_fds()).await })
+    };
+    let (first, _first_client) = tcp_pair().await;
+    let first = launch(first);
+    until("the first unit's start", || {
+        h.mock.names.lock().unwrap().len() == 1
+    })
+    .await;
+    let (second, second_client) = tcp_pair().await;
+    let second = launch(second);
+    drop(second_client);
+    let unit = h.mock.names.lock().unwrap()[0].clone();
+    finish_job(&h, &unit).await;
+    first.await.unwrap().unwrap();
+    let gone = second.await.unwrap().unwrap_err();
+    assert!(
+        matches!(gone.error, tcpmuxd::launch::LaunchError::ClientGone(_)),
+        "{}",
+        gone.error
+    );
+    assert_eq!(h.mock.names.lock().unwrap().len(), 1, "no unit for it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_takes_long_gives_its_turn_to_the_next() {
+    let h = harness(&format!("[tcpmux]\nmax_starting_units = 1\n{ECHO}"), &[]).await;
+    *h.mock.hold.lock().unwrap() = true;
+    let service = Arc::clone(h.config.service("my-echo").unwrap());
+    let launch = |conn| {
+        let launcher = h.launcher.clone();
+        let service = Arc::clone(&service);
+        let slot = h.sessions.try_acquire("my-echo", 10, 10).unwrap();
+        tokio::spawn(async move { launcher.launch(service, conn, slot, no_fds()).await })
+    };
+    let (first, _first_client) = tcp_pair().await;
+    let first = launch(first);
+    let (second, _second_client) = tcp_pair().await;
+    let second = launch(second);
+    // The first job never ends by itself; the second unit starts anyway,
+    // once the first start has had its turn long enough.
+    until("the second unit's start", || {
+        h.mock.names.lock().unwrap().len() == 2
+    })
+    .await;
+    let names = h.mock.names.lock().unwrap().clone();
+    for unit in &names {
+        finish_job(&h, unit).await;
+    }
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn a_failed_start_job_is_an_error_that_returns_the_connection() {
     let dedicated = format!("{ECHO}plus = false\n");

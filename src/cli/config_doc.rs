@@ -192,7 +192,8 @@ pub fn keys() -> Vec<Key> {
             "Session units the systemd launcher has systemd start at once, all services \
              together: cold starts and warm units being filled (not MSP's deliveries). \
              Building a unit's sandbox is CPU work, and many at once slow each other down: \
-             further connections wait their turn, in order of arrival.",
+             further connections wait their turn, in order of arrival, for at most 30 s. A \
+             start that takes over 2 s gives its turn to the next.",
         ),
         key(
             "tcpmux",
@@ -558,7 +559,7 @@ pub fn limits_table() -> Vec<Limit> {
             format!(
                 "the connection waits its turn, in order of arrival; after {} \
                  `-Service unavailable`",
-                duration(limits::UNIT_START_TIMEOUT)
+                duration(limits::TURN_WAIT_TIMEOUT)
             ),
         ),
         row(
@@ -726,6 +727,18 @@ mod tests {
     use super::*;
     use crate::config::FileConfig;
     use std::collections::BTreeSet;
+
+    #[test]
+    fn max_starting_units_is_described_with_the_limits_in_force() {
+        let key = keys()
+            .into_iter()
+            .find(|k| k.name == "max_starting_units")
+            .unwrap();
+        let wait = format!("at most {} s", limits::TURN_WAIT_TIMEOUT.as_secs());
+        let hold = format!("over {} s", limits::TURN_HOLD_MAX.as_secs());
+        assert!(key.description.contains(&wait), "{}", key.description);
+        assert!(key.description.contains(&hold), "{}", key.description);
+    }
 
     /// The keys serde accepts in one table, from its error for an unknown
     /// key ("unknown field `x`, expected one of `a`, `b`").

@@ -46,6 +46,22 @@ impl Connection {
         }
     }
 
+    /// Whether the client closed its side or reset the connection while it
+    /// waited. Bytes it sent ahead, for the program, do not count.
+    pub fn hung_up(&self) -> bool {
+        use rustix::net::RecvFlags;
+        let mut byte = [0u8; 1];
+        match rustix::net::recv(
+            &self.stream,
+            &mut byte[..],
+            RecvFlags::PEEK | RecvFlags::DONTWAIT,
+        ) {
+            Ok((0, _)) => true,
+            Ok(_) => false,
+            Err(e) => e != rustix::io::Errno::AGAIN && e != rustix::io::Errno::INTR,
+        }
+    }
+
     /// The connection, for an answer to a client that has heard nothing.
     pub fn unanswered(self) -> Option<std::net::TcpStream> {
         self.into_blocking().ok().map(|(socket, _, _)| socket)

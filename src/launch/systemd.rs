@@ -256,25 +256,42 @@ impl SystemdLauncher {
         self.inner.refill.notify_one();
     }
 
-    /// Waits for a turn to start a unit, in order of arrival: at most
+    /// The turns to start units, and their number.
+    fn turns(&self) -> (usize, Arc<Semaphore>) {
+        let turns = lock(&self.inner.turns);
+        (turns.0, Arc::clone(&turns.1))
+    }
+
+    /// Waits for a client's unit's turn to start, in order of arrival, for
+    /// at most [`limits::TURN_WAIT_TIMEOUT`]: at most
     /// `[tcpmux] max_starting_units` units are being started at once, since
     /// building their sandboxes is CPU work that slows every start when
-    /// too many run together. Held until the start ends.
-    async fn start_turn(&self) -> Result<OwnedSemaphorePermit, LaunchError> {
-        let (max, turns) = {
-            let turns = lock(&self.inner.turns);
-            (turns.0, Arc::clone(&turns.1))
-        };
-        match tokio::time::timeout(limits::UNIT_START_TIMEOUT, turns.acquire_owned()).await {
+    /// too many run together. See [`in_turn`].
+    async fn client_turn(&self) -> Result<OwnedSemaphorePermit, LaunchError> {
+        let (max, turns) = self.turns();
+        match tokio::time::timeout(limits::TURN_WAIT_TIMEOUT, turns.acquire_owned()).await {
             Ok(Ok(turn)) => Ok(turn),
             // Never closed.
             Ok(Err(_)) => Err(LaunchError::Systemd("the launcher is shutting down".into())),
             Err(_) => Err(LaunchError::Systemd(format!(
                 "no turn to start a unit within {} (max_starting_units = {max}): systemd builds \
                  sandboxes more slowly than clients come",
-                humantime::format_duration(limits::UNIT_START_TIMEOUT)
+                humantime::format_duration(limits::TURN_WAIT_TIMEOUT)
             ))),
         }
+    }
+
+    /// A turn for a warm unit's start: waited for as long as it takes
+    /// (refills are few, and never urgent), so that waiting is never
+    /// mistaken for a failing service.
+    async fn refill_turn(&self) -> Option<OwnedSemaphorePermit> {
+        self.turns().1.acquire_owned().await.ok()
+    }
+
+    /// A turn if one is free now, without queueing: for a client that has
+    /// heard `+` already.
+    fn spare_turn(&self) -> Option<OwnedSemaphorePermit> {
+        self.turns().1.try_acquire_owned().ok()
     }
 
     /// Logs an error for each service of this launcher that has a template
@@ -286,8 +303,8 @@ impl SystemdLauncher {
 
     /// Starts a transient unit and waits for its start job to end. `slot`,
     /// when given, is held until the unit is unloaded. A session's or warm
-    /// unit's start holds its turn ([`SystemdLauncher::start_turn`]) around
-    /// this; MSP's deliveries, which run to their end, take none.
+    /// unit's start runs this in its turn ([`in_turn`]); MSP's deliveries,
+    /// which run to their end, take none.
     async fn start_job(
         &self,
         bus: &Bus,
@@ -640,6 +657,19 @@ fn spawn_reconnect(inner: Arc<Inner>) {
     });
 }
 
+/// Runs a start (`start`) in its turn: the turn is given back when the
+/// start ends, or after [`limits::TURN_HOLD_MAX`] if it takes longer.
+async fn in_turn<T>(turn: Option<OwnedSemaphorePermit>, start: impl Future<Output = T>) -> T {
+    let mut start = std::pin::pin!(start);
+    match tokio::time::timeout(limits::TURN_HOLD_MAX, &mut start).await {
+        Ok(end) => end,
+        Err(_) => {
+            drop(turn);
+            start.await
+        }
+    }
+}
+
 fn value<'a>(v: impl Into<Variant<'a>>) -> Result<OwnedVariant, LaunchError> {
     OwnedVariant::try_from(v.into()).map_err(|e| LaunchError::Systemd(e.to_string()))
 }
@@ -919,8 +949,19 @@ impl SystemdLauncher {
         let inner = &self.inner;
         let unit = unit_name(&service.name, &self.next_instance());
         let prepared = async {
-            // Held until the start job ends: the sandbox is built by then.
-            let turn = self.start_turn().await?;
+            // Held while the start job runs: the sandbox is built by then.
+            // A client that has heard `+` already does not queue again.
+            let turn = if plus_sent {
+                self.spare_turn()
+            } else {
+                let turn = self.client_turn().await?;
+                if conn.hung_up() {
+                    return Err(LaunchError::ClientGone(
+                        "hung up while its unit waited for its turn to start".into(),
+                    ));
+                }
+                Some(turn)
+            };
             let bus = lock(&inner.bus).clone().ok_or_else(|| {
                 LaunchError::Systemd("not connected to the service manager".into())
             })?;
@@ -951,12 +992,9 @@ impl SystemdLauncher {
         // From here on the unit may own the connection: hand it back for an
         // answer only when the unit was never made, or its start job proves
         // the program never ran.
-        let (failure, conn) = match self
-            .start_job(&bus, &unit, props, Some(slot), limits::UNIT_START_TIMEOUT)
-            .await
-        {
+        let started = self.start_job(&bus, &unit, props, Some(slot), limits::UNIT_START_TIMEOUT);
+        let (failure, conn) = match in_turn(turn, started).await {
             JobEnd::Result(result) if result == "done" => {
-                drop(turn);
                 tracing::info!(
                     tcpmux_service = %service.name,
                     %unit,
@@ -1034,7 +1072,8 @@ async fn warm_start(launcher: &SystemdLauncher, start: &Start) -> (String, Resul
     let result = async {
         let helper = helper.ok_or("no helper for warm units")?;
         // Held until the helper is ready: its sandbox is built by then.
-        let turn = launcher.start_turn().await.map_err(|e| e.to_string())?;
+        let turn = launcher.refill_turn().await;
+        in_turn(turn, async {
         let bus = lock(&inner.bus)
             .clone()
             .ok_or("not connected to the service manager")?;
@@ -1068,9 +1107,7 @@ async fn warm_start(launcher: &SystemdLauncher, start: &Start) -> (String, Resul
                 ));
             }
         }
-        let ready = warm::receive(ours, limits::WARM_READY_TIMEOUT).await;
-        drop(turn);
-        match ready {
+        match warm::receive(ours, limits::WARM_READY_TIMEOUT).await {
             Ok((Some(Status::Ready), control)) => Ok(Ready {
                 unit: unit.clone(),
                 control,
@@ -1082,6 +1119,8 @@ async fn warm_start(launcher: &SystemdLauncher, start: &Start) -> (String, Resul
             )),
             Err(e) => Err(format!("{unit}: {e}")),
         }
+        })
+        .await
     }
     .await;
     (unit, result)
