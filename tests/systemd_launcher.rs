@@ -425,18 +425,30 @@ async fn a_service_without_command_sends_no_exec_start() {
     assert!(!started.props.contains_key("ExecStart"));
 }
 
+/// One turn to start units, and start jobs that last until
+/// [`finish_job`] ends them.
+async fn one_turn_harness() -> Harness {
+    let h = harness(&format!("[tcpmux]\nmax_starting_units = 1\n{ECHO}"), &[]).await;
+    *h.mock.hold.lock().unwrap() = true;
+    h
+}
+
+/// Launches a session of my-echo on `conn` in a task of its own.
+fn launch_in_background(
+    h: &Harness,
+    conn: Connection,
+) -> tokio::task::JoinHandle<Result<(), tcpmuxd::launch::Failed>> {
+    let launcher = h.launcher.clone();
+    let service = Arc::clone(h.config.service("my-echo").unwrap());
+    let slot = h.sessions.try_acquire("my-echo", 10, 10).unwrap();
+    tokio::spawn(async move { launcher.launch(service, conn, slot, no_fds()).await })
+}
+
 // Multi-threaded: the test's own reads block.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn units_start_in_turn_and_a_waiting_client_hears_no_plus_before_its_turn() {
-    let h = harness(&format!("[tcpmux]\nmax_starting_units = 1\n{ECHO}"), &[]).await;
-    *h.mock.hold.lock().unwrap() = true;
-    let service = Arc::clone(h.config.service("my-echo").unwrap());
-    let launch = |conn| {
-        let launcher = h.launcher.clone();
-        let service = Arc::clone(&service);
-        let slot = h.sessions.try_acquire("my-echo", 10, 10).unwrap();
-        tokio::spawn(async move { launcher.launch(service, conn, slot, no_fds()).await })
-    };
+    let h = one_turn_harness().await;
+    let launch = |conn| launch_in_background(&h, conn);
     let (first, mut first_client) = tcp_pair().await;
     let first = launch(first);
     until("the first unit's start", || {
@@ -477,15 +489,8 @@ async fn units_start_in_turn_and_a_waiting_client_hears_no_plus_before_its_turn(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_hangs_up_while_waiting_for_its_turn_starts_no_unit() {
-    let h = harness(&format!("[tcpmux]\nmax_starting_units = 1\n{ECHO}"), &[]).await;
-    *h.mock.hold.lock().unwrap() = true;
-    let service = Arc::clone(h.config.service("my-echo").unwrap());
-    let launch = |conn| {
-        let launcher = h.launcher.clone();
-        let service = Arc::clone(&service);
-        let slot = h.sessions.try_acquire("my-echo", 10, 10).unwrap();
-        tokio::spawn(async move { launcher.launch(service, conn, slot, no_fds()).await })
-    };
+    let h = one_turn_harness().await;
+    let launch = |conn| launch_in_background(&h, conn);
     let (first, _first_client) = tcp_pair().await;
     let first = launch(first);
     until("the first unit's start", || {
@@ -509,15 +514,8 @@ async fn a_client_that_hangs_up_while_waiting_for_its_turn_starts_no_unit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_that_takes_long_gives_its_turn_to_the_next() {
-    let h = harness(&format!("[tcpmux]\nmax_starting_units = 1\n{ECHO}"), &[]).await;
-    *h.mock.hold.lock().unwrap() = true;
-    let service = Arc::clone(h.config.service("my-echo").unwrap());
-    let launch = |conn| {
-        let launcher = h.launcher.clone();
-        let service = Arc::clone(&service);
-        let slot = h.sessions.try_acquire("my-echo", 10, 10).unwrap();
-        tokio::spawn(async move { launcher.launch(service, conn, slot, no_fds()).await })
-    };
+    let h = one_turn_harness().await;
+    let launch = |conn| launch_in_background(&h, conn);
     let (first, _first_client) = tcp_pair().await;
     let first = launch(first);
     let (second, _second_client) = tcp_pair().await;
