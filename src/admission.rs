@@ -416,6 +416,8 @@ pub enum Limit {
     MaxInstances,
     MaxSessions,
     MaxStartsPerSecond,
+    /// `[tcpmux] max_starting_units`: no turn to start a unit in time.
+    MaxStartingUnits,
     /// The limit on open files (`LimitNOFILE=`).
     OpenFiles,
     /// `[msp] rate_per_minute`.
@@ -433,7 +435,7 @@ pub enum Limit {
 }
 
 /// How many kinds of limit there are.
-const LIMITS: usize = 13;
+const LIMITS: usize = 14;
 
 impl Limit {
     pub const ALL: [Limit; LIMITS] = [
@@ -443,6 +445,7 @@ impl Limit {
         Limit::MaxInstances,
         Limit::MaxSessions,
         Limit::MaxStartsPerSecond,
+        Limit::MaxStartingUnits,
         Limit::OpenFiles,
         Limit::MspRate,
         Limit::MspConnections,
@@ -461,6 +464,7 @@ impl Limit {
             Limit::MaxInstances => "max_instances",
             Limit::MaxSessions => "max_sessions",
             Limit::MaxStartsPerSecond => "max_starts_per_second",
+            Limit::MaxStartingUnits => "max_starting_units",
             Limit::OpenFiles => "open files",
             Limit::MspRate => "msp rate_per_minute",
             Limit::MspConnections => "msp max_connections",

@@ -73,6 +73,13 @@ fn when_hit_per_source() -> String {
 fn when_hit_server_busy() -> String {
     "`-Server busy, try again later`".into()
 }
+fn when_hit_no_turn() -> String {
+    format!(
+        "the connection waits its turn, in order of arrival; after {} {}",
+        duration(limits::TURN_WAIT_TIMEOUT),
+        when_hit_server_busy()
+    )
+}
 fn when_hit_max_instances() -> String {
     "`-Service busy, try again later`".into()
 }
@@ -188,7 +195,7 @@ pub fn keys() -> Vec<Key> {
             "integer",
             "twice the CPUs (at least 2)".into(),
             format!("1 to {}", limits::MAX_STARTING_UNITS),
-            None,
+            Some(when_hit_no_turn()),
             "Session units the systemd launcher has systemd start at once, all services \
              together: cold starts and warm units being filled (not MSP's deliveries). \
              Building a unit's sandbox is CPU work, and many at once slow each other down: \
@@ -556,11 +563,7 @@ pub fn limits_table() -> Vec<Limit> {
             "`[tcpmux] max_starting_units`",
             "twice the CPUs (at least 2) session units being started at once, systemd launcher"
                 .into(),
-            format!(
-                "the connection waits its turn, in order of arrival; after {} \
-                 `-Service unavailable`",
-                duration(limits::TURN_WAIT_TIMEOUT)
-            ),
+            when_hit_no_turn(),
         ),
         row(
             "open files (`LimitNOFILE=`, `ulimit -n`)",

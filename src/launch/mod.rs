@@ -97,6 +97,9 @@ pub enum LaunchError {
     Systemd(String),
     #[error("the client went away before the session started: {0}")]
     ClientGone(String),
+    /// No turn to start a unit came in time (`[tcpmux] max_starting_units`).
+    #[error("systemd launcher: {0}")]
+    NoTurn(String),
 }
 
 /// A launch that failed, with the client's connection when it can still be

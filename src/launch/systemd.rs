@@ -273,7 +273,7 @@ impl SystemdLauncher {
             Ok(Ok(turn)) => Ok(turn),
             // Never closed.
             Ok(Err(_)) => Err(LaunchError::Systemd("the launcher is shutting down".into())),
-            Err(_) => Err(LaunchError::Systemd(format!(
+            Err(_) => Err(LaunchError::NoTurn(format!(
                 "no turn to start a unit within {} (max_starting_units = {max}): systemd builds \
                  sandboxes more slowly than clients come",
                 humantime::format_duration(limits::TURN_WAIT_TIMEOUT)

@@ -131,6 +131,8 @@ pub enum Outcome {
     /// The limit on open files leaves no room for the connection or the
     /// session's start.
     NoDescriptors,
+    /// No turn to start the session's unit came in time.
+    NoTurn,
 }
 
 impl Outcome {
@@ -144,6 +146,7 @@ impl Outcome {
             Outcome::Busy => Some(Limit::MaxInstances),
             Outcome::SessionsFull => Some(Limit::MaxSessions),
             Outcome::StartRate => Some(Limit::MaxStartsPerSecond),
+            Outcome::NoTurn => Some(Limit::MaxStartingUnits),
             _ => None,
         }
     }
@@ -177,6 +180,7 @@ impl Outcome {
             Outcome::StartRate => "start-rate",
             Outcome::Shed => "shed",
             Outcome::NoDescriptors => "no-descriptors",
+            Outcome::NoTurn => "no-turn",
         }
     }
 }
@@ -345,6 +349,18 @@ async fn handshake(
             error: LaunchError::ClientGone(_),
             ..
         }) => Outcome::Closed,
+        // Overload, summed up like the other limits rather than logged
+        // for each client.
+        Err(Failed {
+            error: LaunchError::NoTurn(_),
+            conn,
+        }) => match conn
+            .and_then(|socket| socket.set_nonblocking(true).ok().map(|()| socket))
+            .and_then(|socket| TcpStream::from_std(socket).ok())
+        {
+            Some(stream) => refuse(stream, reply::SESSIONS_FULL, limit, Outcome::NoTurn).await,
+            None => Outcome::NoTurn,
+        },
         Err(Failed { error, conn }) => {
             log_failure(service, peer, Outcome::SpawnFailed, &error);
             // A client that has heard nothing yet, not even `+`, is told.
@@ -457,4 +473,17 @@ async fn refuse(mut stream: TcpStream, text: &[u8], limit: Duration, outcome: Ou
     };
     let _ = timeout(limits::DRAIN_TIMEOUT.min(limit), drain).await;
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_turn_is_a_limit_summed_up_not_logged_for_each_client() {
+        assert_eq!(Outcome::NoTurn.limit(), Some(Limit::MaxStartingUnits));
+        assert!(!Outcome::NoTurn.logged_each());
+        assert_eq!(Outcome::NoTurn.as_str(), "no-turn");
+        assert_eq!(Limit::MaxStartingUnits.key(), "max_starting_units");
+    }
 }
