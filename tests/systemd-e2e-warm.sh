@@ -158,7 +158,12 @@ else
     fail "no warm unit for dropin" "$(units_of dropin)"
 fi
 status=$(ct systemctl show -p StatusText --value tcpmuxd.service)
-note "tcpmuxd STATUS: $status"
+if printf '%s\n' "$status" | grep -Eq 'units: [0-9]+ starting, [0-9]+ waiting for a turn, [1-9][0-9]* warm'; then
+    pass "STATUS= counts units starting, clients waiting for a turn and warm units"
+    note "tcpmuxd STATUS: $status"
+else
+    fail "STATUS= has the units' counters" "$status"
+fi
 
 before=$(waiting_of echo)
 if out=$(printf 'through a warm unit\n' | ct "$CLIENT" localhost echo 2>"$work/err") &&

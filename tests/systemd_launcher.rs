@@ -471,6 +471,7 @@ async fn units_start_in_turn_and_a_waiting_client_hears_no_plus_before_its_turn(
         "the second client heard {waited:?} before its turn"
     );
     assert_eq!(h.mock.names.lock().unwrap().len(), 1);
+    assert_eq!(h.launcher.starts(), (1, 1), "one starting, one waiting");
 
     let unit = h.mock.names.lock().unwrap()[0].clone();
     finish_job(&h, &unit).await;
@@ -485,6 +486,7 @@ async fn units_start_in_turn_and_a_waiting_client_hears_no_plus_before_its_turn(
     let unit = h.mock.names.lock().unwrap()[1].clone();
     finish_job(&h, &unit).await;
     second.await.unwrap().unwrap();
+    assert_eq!(h.launcher.starts(), (0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,7 +21,7 @@ use std::future::Future;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 use zbus::{Fd, OwnedVariant, Variant};
@@ -113,6 +113,8 @@ struct Inner {
     /// Turns to start a unit: `[tcpmux] max_starting_units` of them, and
     /// the number.
     turns: Mutex<(usize, Arc<Semaphore>)>,
+    /// Clients waiting for a turn now.
+    waiting: Arc<AtomicUsize>,
 }
 
 #[derive(Clone)]
@@ -190,6 +192,7 @@ impl SystemdLauncher {
                 warm: Mutex::new(Pools::new(helper)),
                 refill: Arc::default(),
                 turns: Mutex::new((0, Arc::new(Semaphore::new(0)))),
+                waiting: Arc::default(),
             }),
         };
         launcher.set_services(config, false);
@@ -269,6 +272,7 @@ impl SystemdLauncher {
     /// too many run together. See [`in_turn`].
     async fn client_turn(&self) -> Result<OwnedSemaphorePermit, LaunchError> {
         let (max, turns) = self.turns();
+        let _waiting = Waiting::count(&self.inner.waiting);
         match tokio::time::timeout(limits::TURN_WAIT_TIMEOUT, turns.acquire_owned()).await {
             Ok(Ok(turn)) => Ok(turn),
             // Never closed.
@@ -279,6 +283,16 @@ impl SystemdLauncher {
                 humantime::format_duration(limits::TURN_WAIT_TIMEOUT)
             ))),
         }
+    }
+
+    /// Units being started now (holding a turn), and clients waiting for
+    /// a turn, for the status line.
+    pub fn starts(&self) -> (usize, usize) {
+        let (max, turns) = self.turns();
+        (
+            max.saturating_sub(turns.available_permits()),
+            self.inner.waiting.load(Ordering::Relaxed),
+        )
     }
 
     /// A turn for a warm unit's start: waited for as long as it takes
@@ -655,6 +669,22 @@ fn spawn_reconnect(inner: Arc<Inner>) {
         }
         inner.reconnecting.store(false, Ordering::Release);
     });
+}
+
+/// One client waiting for a turn, counted while it waits.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn count(waiting: &'a AtomicUsize) -> Self {
+        waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(waiting)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Runs a start (`start`) in its turn: the turn is given back when the

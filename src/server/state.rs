@@ -101,8 +101,18 @@ impl State {
 
     /// One line for `STATUS=`.
     pub fn status_line(&self) -> String {
+        let units = match self.systemd.get() {
+            Some(launcher) => {
+                let (starting, waiting) = launcher.starts();
+                format!(
+                    "; units: {starting} starting, {waiting} waiting for a turn, {} warm",
+                    launcher.warm_ready_total()
+                )
+            }
+            None => String::new(),
+        };
         format!(
-            "{} in handshake, {} sessions running; {} handed off, {} refused, {} limits hit; MSP: {} delivered, {} refused",
+            "{} in handshake, {} sessions running; {} handed off, {} refused, {} limits hit; MSP: {} delivered, {} refused{units}",
             self.stats.handshakes.get(),
             self.sessions.total(),
             self.stats.served.load(Ordering::Relaxed),
