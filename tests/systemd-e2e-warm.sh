@@ -157,8 +157,11 @@ if [ -z "$(units_of dropin)" ]; then
 else
     fail "no warm unit for dropin" "$(units_of dropin)"
 fi
-status=$(ct systemctl show -p StatusText --value tcpmuxd.service)
-if printf '%s\n' "$status" | grep -Eq 'units: [0-9]+ starting, [0-9]+ waiting for a turn, [1-9][0-9]* warm'; then
+status_counts_units() {
+    status=$(ct systemctl show -p StatusText --value tcpmuxd.service)
+    printf '%s\n' "$status" | grep -Eq 'units: [0-9]+ starting, [0-9]+ waiting for a turn, [1-9][0-9]* warm'
+}
+if wait_until "$WAIT_TIMEOUT" status_counts_units; then
     pass "STATUS= counts units starting, clients waiting for a turn and warm units"
     note "tcpmuxd STATUS: $status"
 else
