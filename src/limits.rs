@@ -224,7 +224,7 @@ pub const MAX_WARM: usize = 1024;
 /// Building a unit's sandbox is CPU work in the processes PID 1 forks, and
 /// the mounts of concurrent starts contend for the kernel's mount lock:
 /// measured on systemd 252 with the shipped sandbox on 2 cores, 4 starts at
-/// once gave 1.19 to 1.30 times the sessions a second of 24 (BENCHMARKS.md).
+/// once gave 1.19 to 1.65 times the sessions a second of 24 (BENCHMARKS.md).
 /// The CPUs are those tcpmuxd may use (affinity, cgroup quota).
 pub fn default_max_starting_units() -> usize {
     std::thread::available_parallelism()
