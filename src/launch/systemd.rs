@@ -114,7 +114,7 @@ struct Inner {
     /// the number.
     turns: Mutex<(usize, Arc<Semaphore>)>,
     /// Clients waiting for a turn now.
-    waiting: Arc<AtomicUsize>,
+    waiting: AtomicUsize,
 }
 
 #[derive(Clone)]
@@ -192,7 +192,7 @@ impl SystemdLauncher {
                 warm: Mutex::new(Pools::new(helper)),
                 refill: Arc::default(),
                 turns: Mutex::new((0, Arc::new(Semaphore::new(0)))),
-                waiting: Arc::default(),
+                waiting: AtomicUsize::new(0),
             }),
         };
         launcher.set_services(config, false);
@@ -1099,59 +1099,68 @@ async fn warm_start(launcher: &SystemdLauncher, start: &Start) -> (String, Resul
         pools.starting(&unit);
         pools.helper.clone()
     };
-    let result = async {
-        let helper = helper.ok_or("no helper for warm units")?;
-        // Held until the helper is ready: its sandbox is built by then.
-        let turn = launcher.refill_turn().await;
-        in_turn(turn, async {
-        let bus = lock(&inner.bus)
-            .clone()
-            .ok_or("not connected to the service manager")?;
-        let (ours, theirs) =
-            warm::socket_pair().map_err(|e| format!("a socket for the unit's stdin: {e}"))?;
-        let props =
-            warm_properties(&start.service, &helper, theirs.as_fd()).map_err(|e| e.to_string())?;
-        // systemd gets its own copy in the call; the helper's end must
-        // not stay open here, or the helper would not see tcpmuxd go.
-        drop(theirs);
-        match launcher
-            .start_job(&bus, &unit, props, None, limits::UNIT_START_TIMEOUT)
-            .await
-        {
-            JobEnd::Result(result) if result == "done" => {}
-            JobEnd::Result(result) => {
-                return Err(format!(
-                    "{unit}: start job ended with result \"{result}\" (see journalctl -u {unit})"
-                ));
-            }
-            JobEnd::Refused(e) => return Err(format!("starting {unit}: {e}")),
-            JobEnd::Lost => {
-                return Err(format!(
-                    "{unit}: connection to the service manager lost while starting"
-                ));
-            }
-            JobEnd::TimedOut(limit) => {
-                return Err(format!(
-                    "{unit}: no start result from systemd within {}",
-                    humantime::format_duration(limit)
-                ));
-            }
+    let result = match helper {
+        None => Err("no helper for warm units".to_string()),
+        Some(helper) => {
+            // Held until the helper is ready: its sandbox is built by then.
+            let turn = launcher.refill_turn().await;
+            in_turn(turn, start_helper(launcher, start, &unit, &helper)).await
         }
-        match warm::receive(ours, limits::WARM_READY_TIMEOUT).await {
-            Ok((Some(Status::Ready), control)) => Ok(Ready {
-                unit: unit.clone(),
-                control,
-                since: std::time::Instant::now(),
-            }),
-            Ok((Some(Status::Failed(e)), _)) => Err(format!("{unit}: {e}")),
-            Ok((None, _)) => Err(format!(
-                "{unit}: the helper exited before it was ready (see journalctl -u {unit})"
-            )),
-            Err(e) => Err(format!("{unit}: {e}")),
-        }
-        })
-        .await
-    }
-    .await;
+    };
     (unit, result)
+}
+
+/// Starts warm unit `unit` running `helper`, and waits for it to be ready.
+async fn start_helper(
+    launcher: &SystemdLauncher,
+    start: &Start,
+    unit: &str,
+    helper: &Path,
+) -> Result<Ready, String> {
+    let inner = &launcher.inner;
+    let bus = lock(&inner.bus)
+        .clone()
+        .ok_or("not connected to the service manager")?;
+    let (ours, theirs) =
+        warm::socket_pair().map_err(|e| format!("a socket for the unit's stdin: {e}"))?;
+    let props =
+        warm_properties(&start.service, helper, theirs.as_fd()).map_err(|e| e.to_string())?;
+    // systemd gets its own copy in the call; the helper's end must
+    // not stay open here, or the helper would not see tcpmuxd go.
+    drop(theirs);
+    match launcher
+        .start_job(&bus, unit, props, None, limits::UNIT_START_TIMEOUT)
+        .await
+    {
+        JobEnd::Result(result) if result == "done" => {}
+        JobEnd::Result(result) => {
+            return Err(format!(
+                "{unit}: start job ended with result \"{result}\" (see journalctl -u {unit})"
+            ));
+        }
+        JobEnd::Refused(e) => return Err(format!("starting {unit}: {e}")),
+        JobEnd::Lost => {
+            return Err(format!(
+                "{unit}: connection to the service manager lost while starting"
+            ));
+        }
+        JobEnd::TimedOut(limit) => {
+            return Err(format!(
+                "{unit}: no start result from systemd within {}",
+                humantime::format_duration(limit)
+            ));
+        }
+    }
+    match warm::receive(ours, limits::WARM_READY_TIMEOUT).await {
+        Ok((Some(Status::Ready), control)) => Ok(Ready {
+            unit: unit.to_string(),
+            control,
+            since: std::time::Instant::now(),
+        }),
+        Ok((Some(Status::Failed(e)), _)) => Err(format!("{unit}: {e}")),
+        Ok((None, _)) => Err(format!(
+            "{unit}: the helper exited before it was ready (see journalctl -u {unit})"
+        )),
+        Err(e) => Err(format!("{unit}: {e}")),
+    }
 }
