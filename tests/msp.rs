@@ -818,7 +818,10 @@ fn msp_is_served_only_when_configured_or_passed() {
          [msp]\nlisten = [\"127.0.0.1:0\"]\ndeliver = \"command\"\ncommand = [\"{recorder}\"]\n"
     );
     let d = Daemon::start_with(&config, &[], vec![]);
-    assert!(d.wait_log("listening for MSP on "), "{}", d.log());
+    // One line for each transport, the TCP one first.
+    for transport in ["/tcp ", "/udp "] {
+        assert!(d.wait_log(transport), "{}", d.log());
+    }
     let (tcp, udp) = (
         msp_addresses(&d.log(), "tcp"),
         msp_addresses(&d.log(), "udp"),

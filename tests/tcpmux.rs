@@ -537,12 +537,10 @@ fn socket_activation_maps_sockets_by_name_and_type_not_position() {
     ];
     let d = Daemon::start_with(BASE, &[], passed);
     assert_eq!(d.help(), ["echo", "Dedicated", "env"]);
-    assert!(d.wait_log("listening for MSP on"), "{}", d.log());
-    assert!(
-        d.log().contains("/tcp") && d.log().contains("/udp"),
-        "{}",
-        d.log()
-    );
+    // One line for each transport: both must come.
+    for transport in ["/tcp ", "/udp "] {
+        assert!(d.wait_log(transport), "{}", d.log());
+    }
 }
 
 #[test]
