@@ -321,16 +321,12 @@ const ECHO: &str = "[[service]]\nname = \"my-echo\"\ncommand = [\"/bin/cat\", \"
 #[tokio::test]
 async fn starts_a_transient_unit_with_the_connection_as_stdio() {
     let h = harness(ECHO, &[]).await;
-    let service = Arc::clone(h.config.service("my-echo").unwrap());
-    let slot = h.sessions.try_acquire("my-echo", 1, 10).unwrap();
-    let (conn, mut client) = tcp_pair().await;
-    let peer = conn.peer;
-    h.launcher.precheck(&service).unwrap();
     h.launcher
-        .launch(service, conn, slot, no_fds())
-        .await
-        .map_err(|f| f.error)
+        .precheck(h.config.service("my-echo").unwrap())
         .unwrap();
+    let (launched, mut client) = launch_one(&h, "my-echo").await;
+    launched.map_err(|f| f.error).unwrap();
+    let peer = client.local_addr().unwrap();
 
     let started = h
         .mock
@@ -412,15 +408,11 @@ async fn a_service_without_command_sends_no_exec_start() {
         &[],
     )
     .await;
-    let service = Arc::clone(h.config.service("dropin").unwrap());
-    let slot = h.sessions.try_acquire("dropin", 1, 10).unwrap();
-    let (conn, _client) = tcp_pair().await;
-    h.launcher.precheck(&service).unwrap();
     h.launcher
-        .launch(service, conn, slot, no_fds())
-        .await
-        .map_err(|f| f.error)
+        .precheck(h.config.service("dropin").unwrap())
         .unwrap();
+    let (launched, _client) = launch_one(&h, "dropin").await;
+    launched.map_err(|f| f.error).unwrap();
     let started = h.mock.started.lock().unwrap().pop().unwrap();
     assert!(!started.props.contains_key("ExecStart"));
 }
@@ -442,6 +434,21 @@ fn launch_in_background(
     let service = Arc::clone(h.config.service("my-echo").unwrap());
     let slot = h.sessions.try_acquire("my-echo", 10, 10).unwrap();
     tokio::spawn(async move { launcher.launch(service, conn, slot, no_fds()).await })
+}
+
+/// Launches one session of service `name` on a fresh loopback connection:
+/// the launch's result, and the client's end.
+async fn launch_one(
+    h: &Harness,
+    name: &str,
+) -> (Result<(), tcpmuxd::launch::Failed>, std::net::TcpStream) {
+    let service = Arc::clone(h.config.service(name).unwrap());
+    let slot = h.sessions.try_acquire(name, 1, 10).unwrap();
+    let (conn, client) = tcp_pair().await;
+    (
+        h.launcher.launch(service, conn, slot, no_fds()).await,
+        client,
+    )
 }
 
 // Multi-threaded: the test's own reads block.
@@ -541,14 +548,8 @@ async fn a_failed_start_job_is_an_error_that_returns_the_connection() {
     let dedicated = format!("{ECHO}plus = false\n");
     let h = harness(&dedicated, &[]).await;
     *h.mock.result.lock().unwrap() = "failed".into();
-    let service = Arc::clone(h.config.service("my-echo").unwrap());
-    let slot = h.sessions.try_acquire("my-echo", 1, 10).unwrap();
-    let (conn, _client) = tcp_pair().await;
-    let failed = h
-        .launcher
-        .launch(service, conn, slot, no_fds())
-        .await
-        .unwrap_err();
+    let (launched, _client) = launch_one(&h, "my-echo").await;
+    let failed = launched.unwrap_err();
     assert!(
         failed.error.to_string().contains("\"failed\""),
         "{}",
@@ -564,14 +565,8 @@ async fn a_failed_start_job_is_an_error_that_returns_the_connection() {
 async fn a_plus_client_hears_plus_before_the_start_and_nothing_after_a_failure() {
     let h = harness(ECHO, &[]).await;
     *h.mock.result.lock().unwrap() = "failed".into();
-    let service = Arc::clone(h.config.service("my-echo").unwrap());
-    let slot = h.sessions.try_acquire("my-echo", 1, 10).unwrap();
-    let (conn, mut client) = tcp_pair().await;
-    let failed = h
-        .launcher
-        .launch(service, conn, slot, no_fds())
-        .await
-        .unwrap_err();
+    let (launched, mut client) = launch_one(&h, "my-echo").await;
+    let failed = launched.unwrap_err();
     assert!(failed.conn.is_none(), "{}", failed.error);
     let mut plus = [0u8; 3];
     std::io::Read::read_exact(&mut client, &mut plus).unwrap();
@@ -662,14 +657,8 @@ async fn msp_commands_run_as_oneshot_units_with_the_message_on_stdin() {
 #[tokio::test]
 async fn systemd_257_also_gets_the_connection_in_extra_file_descriptors() {
     let h = harness_of_version(ECHO, &[], "257.1", None).await;
-    let service = Arc::clone(h.config.service("my-echo").unwrap());
-    let slot = h.sessions.try_acquire("my-echo", 1, 10).unwrap();
-    let (conn, _client) = tcp_pair().await;
-    h.launcher
-        .launch(service, conn, slot, no_fds())
-        .await
-        .map_err(|f| f.error)
-        .unwrap();
+    let (launched, _client) = launch_one(&h, "my-echo").await;
+    launched.map_err(|f| f.error).unwrap();
     let started = h.mock.started.lock().unwrap().pop().unwrap();
     let extra = &started.props["ExtraFileDescriptors"];
     assert_eq!(extra.value_signature().to_string(), "a(hs)");
@@ -766,15 +755,9 @@ async fn a_connection_goes_to_a_ready_warm_unit_which_is_replaced() {
     let h = warm_harness(&warm_service("w", command, "")).await;
     until("a ready warm unit", || h.launcher.warm_ready("w") == 1).await;
     let warm_unit = h.mock.names.lock().unwrap()[0].clone();
-    let service = Arc::clone(h.config.service("w").unwrap());
-    let slot = h.sessions.try_acquire("w", 1, 10).unwrap();
-    let (conn, mut client) = tcp_pair().await;
-    h.launcher.precheck(&service).unwrap();
-    h.launcher
-        .launch(service, conn, slot, no_fds())
-        .await
-        .map_err(|f| f.error)
-        .unwrap();
+    h.launcher.precheck(h.config.service("w").unwrap()).unwrap();
+    let (launched, mut client) = launch_one(&h, "w").await;
+    launched.map_err(|f| f.error).unwrap();
     let said = read_until(&mut client, "]\n");
     assert_eq!(said, "+\r\n127.0.0.1 w []\n", "+ first, then the program");
     client.write_all(b"echoed\n").unwrap();
@@ -797,14 +780,8 @@ async fn an_exec_failure_gives_a_dedicated_services_client_its_connection_back()
     let text = warm_service("d", &format!("[\"{program}\"]"), "plus = false\n");
     let h = warm_harness(&text).await;
     until("a ready warm unit", || h.launcher.warm_ready("d") == 1).await;
-    let service = Arc::clone(h.config.service("d").unwrap());
-    let slot = h.sessions.try_acquire("d", 1, 10).unwrap();
-    let (conn, _client) = tcp_pair().await;
-    let failed = h
-        .launcher
-        .launch(service, conn, slot, no_fds())
-        .await
-        .unwrap_err();
+    let (launched, _client) = launch_one(&h, "d").await;
+    let failed = launched.unwrap_err();
     let error = failed.error.to_string();
     assert!(
         error.contains(&format!("exec {program}")) && error.contains("format"),
@@ -819,14 +796,8 @@ async fn a_plus_client_hears_nothing_after_plus_when_exec_fails() {
     let program = not_a_program(dir.path(), true);
     let h = warm_harness(&warm_service("p", &format!("[\"{program}\"]"), "")).await;
     until("a ready warm unit", || h.launcher.warm_ready("p") == 1).await;
-    let service = Arc::clone(h.config.service("p").unwrap());
-    let slot = h.sessions.try_acquire("p", 1, 10).unwrap();
-    let (conn, mut client) = tcp_pair().await;
-    let failed = h
-        .launcher
-        .launch(service, conn, slot, no_fds())
-        .await
-        .unwrap_err();
+    let (launched, mut client) = launch_one(&h, "p").await;
+    let failed = launched.unwrap_err();
     assert!(failed.conn.is_none(), "{}", failed.error);
     assert_eq!(read_until(&mut client, "never"), "+\r\n");
 }
