@@ -354,20 +354,13 @@ async fn handshake(
         Err(Failed {
             error: LaunchError::NoTurn(_),
             conn,
-        }) => match conn
-            .and_then(|socket| socket.set_nonblocking(true).ok().map(|()| socket))
-            .and_then(|socket| TcpStream::from_std(socket).ok())
-        {
+        }) => match answerable(conn) {
             Some(stream) => refuse(stream, reply::SESSIONS_FULL, limit, Outcome::NoTurn).await,
             None => Outcome::NoTurn,
         },
         Err(Failed { error, conn }) => {
             log_failure(service, peer, Outcome::SpawnFailed, &error);
-            // A client that has heard nothing yet, not even `+`, is told.
-            if let Some(socket) = conn
-                && socket.set_nonblocking(true).is_ok()
-                && let Ok(stream) = TcpStream::from_std(socket)
-            {
+            if let Some(stream) = answerable(conn) {
                 refuse(stream, reply::UNAVAILABLE, limit, Outcome::SpawnFailed).await;
             }
             Outcome::SpawnFailed
@@ -426,6 +419,14 @@ impl Launcher for Chosen<'_> {
             Chosen::Missing => Err(LaunchError::Systemd("not available".into()).into()),
         }
     }
+}
+
+/// The connection a failed launch gave back, ready for an answer: only a
+/// client that has heard nothing yet, not even `+`, is told.
+fn answerable(conn: Option<std::net::TcpStream>) -> Option<TcpStream> {
+    let socket = conn?;
+    socket.set_nonblocking(true).ok()?;
+    TcpStream::from_std(socket).ok()
 }
 
 /// Answers a connection refused as it is accepted, without a task: what the
