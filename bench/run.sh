@@ -144,6 +144,9 @@ P_FLOOR_MSP=$LOOPBACK:$((PORT_BASE + 7))
 cat >"$WORK/tcpmuxd.toml" <<EOF
 [tcpmux]
 listen = ["$P_TCPMUXD"]
+# As root, like the peers' services (user = root): tcpmuxd asks for it to be
+# written out. Ignored when not run as root.
+default_user = "root"
 name_timeout = "2m"
 max_handshakes = 100000
 max_handshakes_per_source = 100000

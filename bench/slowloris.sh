@@ -25,6 +25,8 @@ BENCH=$REPO/bench/target/release/tcpmux-bench
 cat >"$WORK/tcpmuxd.toml" <<CONF
 [tcpmux]
 listen = ["127.0.0.1:$PORT"]
+# The sessions' programs, when run as root (ignored otherwise).
+default_user = "nobody"
 
 [[service]]
 name = "echo"

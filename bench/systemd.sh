@@ -137,6 +137,8 @@ $limits
 name = "exec"
 command = ["/bin/echo", "hello"]
 launcher = "exec"
+# tcpmuxd runs as root without capabilities: it cannot switch users.
+user = "root"
 $limits
 EOF2
 ct systemctl daemon-reload

@@ -66,6 +66,42 @@ pub enum LauncherKind {
     Systemd,
 }
 
+impl LauncherKind {
+    /// Whether a service with this launcher starts its program as a child
+    /// of tcpmuxd (the exec launcher) on `host`: `auto` means the systemd
+    /// launcher whenever tcpmuxd runs as a systemd service, whether or not
+    /// the service manager answers at the moment.
+    pub fn runs_exec(self, host: &Host) -> bool {
+        match self {
+            LauncherKind::Exec => true,
+            LauncherKind::Systemd => false,
+            LauncherKind::Auto => !host.under_systemd,
+        }
+    }
+}
+
+/// What the configuration's meaning depends on beyond its files: who
+/// tcpmuxd runs as, and whether it runs as a systemd service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Host {
+    /// tcpmuxd runs as uid 0: a program it starts itself without a `user`
+    /// would run as root.
+    pub root: bool,
+    /// tcpmuxd runs as a systemd service: `launcher = "auto"` means the
+    /// systemd launcher, and MSP's command runs as a unit.
+    pub under_systemd: bool,
+}
+
+impl Host {
+    /// This process, run as a systemd service or not.
+    pub fn current(under_systemd: bool) -> Host {
+        Host {
+            root: rustix::process::geteuid().is_root(),
+            under_systemd,
+        }
+    }
+}
+
 /// How the Message Send Protocol delivers a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -88,6 +124,9 @@ pub struct MspSettings {
     pub deliver: Delivery,
     /// Program and arguments for `deliver = "command"`.
     pub command: Option<Vec<String>>,
+    /// Who the command runs as when tcpmuxd starts it itself (not under
+    /// systemd); under systemd, `User=` of its unit.
+    pub credentials: Option<Credentials>,
     /// Time the delivery command may run.
     pub command_timeout: Duration,
     /// Whether messages with an empty recipient go to the console.
@@ -126,6 +165,8 @@ pub struct Config {
     pub files: Vec<PathBuf>,
     /// Problems that do not stop the daemon (a service's program missing).
     pub warnings: Vec<String>,
+    /// Where `[msp] command` was set, for errors about it.
+    msp_command_origin: Option<(PathBuf, Option<usize>)>,
 }
 
 /// The `[tcpmux]` section.
@@ -149,6 +190,9 @@ pub struct TcpmuxSettings {
     pub max_starting_units: usize,
     /// Master access list, checked before each service's own.
     pub acl: Acl,
+    /// Who programs run as that tcpmuxd starts itself as root and whose
+    /// service (or `[msp]`) names no user.
+    pub default_credentials: Option<Credentials>,
 }
 
 /// One `[[service]]`.
@@ -374,6 +418,7 @@ struct RawTcpmux {
     allow: Option<Vec<IpNet>>,
     #[serde(default, deserialize_with = "nets")]
     deny: Option<Vec<IpNet>>,
+    default_user: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -382,6 +427,8 @@ struct RawMsp {
     listen: Option<Vec<SocketAddr>>,
     deliver: Option<Delivery>,
     command: Option<Vec<String>>,
+    user: Option<String>,
+    group: Option<String>,
     #[serde(default, deserialize_with = "duration")]
     command_timeout: Option<Duration>,
     console: Option<bool>,
@@ -518,12 +565,15 @@ pub fn build(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, ConfigError> {
             merged.max_starting_units = t.max_starting_units.or(merged.max_starting_units);
             merged.allow = t.allow.or(merged.allow);
             merged.deny = t.deny.or(merged.deny);
+            merged.default_user = t.default_user.or(merged.default_user);
         }
         if let Some(m) = file.msp {
             msp_source = path.clone();
             msp.listen = m.listen.or(msp.listen);
             msp.deliver = m.deliver.or(msp.deliver);
             msp.command = m.command.or(msp.command);
+            msp.user = m.user.or(msp.user);
+            msp.group = m.group.or(msp.group);
             msp.command_timeout = m.command_timeout.or(msp.command_timeout);
             msp.console = m.console.or(msp.console);
             msp.rate_per_minute = m.rate_per_minute.or(msp.rate_per_minute);
@@ -569,6 +619,10 @@ pub fn build(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, ConfigError> {
 
     let tcpmux = validate_tcpmux(&tcpmux_source, &origins, merged)?;
     let msp = validate_msp(&msp_source, &origins, msp)?;
+    let msp_command_origin = origins
+        .keys
+        .get("msp.command")
+        .map(|(path, line)| (path.clone(), Some(*line)));
     Ok(Config {
         tcpmux,
         msp,
@@ -576,6 +630,7 @@ pub fn build(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, ConfigError> {
         by_name,
         files: paths,
         warnings: Vec::new(),
+        msp_command_origin,
     })
 }
 
@@ -659,7 +714,10 @@ fn validate_tcpmux(
                 .expect("DEFAULT_LISTEN is a valid address"),
         ],
     };
+    let default_credentials = resolve_credentials(raw.default_user.as_deref(), None)
+        .map_err(|(_, m)| err("default_user", m))?;
     Ok(TcpmuxSettings {
+        default_credentials,
         listen,
         name_timeout,
         max_handshakes,
@@ -739,10 +797,13 @@ fn validate_msp(path: &Path, origins: &Origins, raw: RawMsp) -> Result<MspSettin
             "must be at least 1".into(),
         ));
     }
+    let credentials = resolve_credentials(raw.user.as_deref(), raw.group.as_deref())
+        .map_err(|(key, m)| err(key, m))?;
     Ok(MspSettings {
         listen: raw.listen.unwrap_or_default(),
         deliver,
         command: raw.command,
+        credentials,
         command_timeout: bounded(
             "command_timeout",
             raw.command_timeout,
@@ -1012,9 +1073,9 @@ pub fn dropin_files(path: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), ConfigE
     Ok((files, ignored))
 }
 
-/// Reads, merges and validates the main file and its drop-ins, and notes
-/// services whose program cannot be run now.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
+/// Reads, merges and validates the main file and its drop-ins for `host`,
+/// and notes services whose program cannot be run now.
+pub fn load(path: &Path, host: &Host) -> Result<Config, ConfigError> {
     let mut parsed = Vec::new();
     let (dropins, ignored) = dropin_files(path)?;
     for file in std::iter::once(path.to_path_buf()).chain(dropins) {
@@ -1023,6 +1084,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         parsed.push((file.clone(), parse_file(&file, &text)?));
     }
     let mut config = build(parsed)?;
+    apply_host(&mut config, host)?;
     for file in ignored {
         config.warnings.push(format!(
             "{}: ignored: only files whose names end in .toml are read",
@@ -1043,6 +1105,62 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         }
     }
     Ok(config)
+}
+
+/// Settles who the programs tcpmuxd starts itself run as. As root, each
+/// needs a user: its own, or `[tcpmux] default_user`; `user = "root"`
+/// written out is the only way to run one as root. A program without one
+/// is an error here, never a session or a delivery run as root by
+/// accident. Not as root, tcpmuxd cannot switch users and
+/// `default_user` does not apply.
+pub fn apply_host(config: &mut Config, host: &Host) -> Result<(), ConfigError> {
+    if !host.root {
+        return Ok(());
+    }
+    let default = config.tcpmux.default_credentials.clone();
+    const FIX: &str = "set user = \"nobody\" (or another user) here or [tcpmux] default_user, or \
+                       user = \"root\" to run it as root on purpose";
+    for service in &mut config.services {
+        if !service.launcher.runs_exec(host) || service.credentials.is_some() {
+            continue;
+        }
+        match &default {
+            Some(cred) => Arc::make_mut(service).credentials = Some(cred.clone()),
+            None => {
+                return Err(ConfigError::at(
+                    &service.source,
+                    service.line,
+                    format!(
+                        "service \"{}\": no user: tcpmuxd runs as root and the exec launcher \
+                         would run its program as root; {FIX}",
+                        service.name.escape_debug()
+                    ),
+                ));
+            }
+        }
+    }
+    let msp = &mut config.msp;
+    let command_runs_here = msp.deliver == Delivery::Command && !host.under_systemd;
+    if command_runs_here && msp.credentials.is_none() {
+        match default {
+            Some(cred) => msp.credentials = Some(cred),
+            None => {
+                let (path, line) = config
+                    .msp_command_origin
+                    .clone()
+                    .unwrap_or_else(|| (config.files[0].clone(), None));
+                return Err(ConfigError::at(
+                    &path,
+                    line,
+                    format!(
+                        "[msp] command: no user: tcpmuxd runs as root and would run the delivery \
+                         command as root; {FIX}"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Warnings for access-list entries that do not do what they seem to:

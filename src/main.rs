@@ -59,7 +59,8 @@ fn main() -> ExitCode {
     }
     let notifier = Notifier::new(notify_enabled, watchdog);
 
-    let config = match config::load(&args.config) {
+    let host = config::Host::current(under_systemd);
+    let config = match config::load(&args.config, &host) {
         Ok(config) => config,
         Err(e) => {
             tracing::error!("invalid configuration: {e}");
@@ -104,16 +105,9 @@ fn main() -> ExitCode {
     // What is open now (listeners, runtime, journal, whatever was
     // inherited) is not there for connections.
     fd_limit.open = startup::open_fds();
-    let mut state = State::new(
-        config,
-        args.config,
-        is_activated,
-        notifier,
-        under_systemd,
-        fd_limit,
-    );
+    let mut state = State::new(config, args.config, is_activated, notifier, host, fd_limit);
     state.warm_helper = startup::warm_helper();
-    if under_systemd && state.warm_helper.is_none() {
+    if host.under_systemd && state.warm_helper.is_none() {
         tracing::warn!(
             "{} is installed neither beside tcpmuxd nor as {}: the systemd launcher starts every session's unit when its client comes",
             startup::WARM_HELPER,
@@ -140,8 +134,11 @@ fn bind_all(config: &config::Config) -> Result<Sockets, listen::ListenError> {
 }
 
 /// `--check`: validate and report, on stdout and stderr only.
+/// `--check`: the configuration as tcpmuxd would read it here, as a
+/// systemd service when systemd runs this machine.
 fn check(args: &Args) -> ExitCode {
-    match config::load(&args.config) {
+    let host = config::Host::current(sd_notify::booted().unwrap_or(false));
+    match config::load(&args.config, &host) {
         Ok(config) => {
             for w in &config.warnings {
                 eprintln!("warning: {w}");

@@ -657,3 +657,88 @@ fn a_request_is_judged_by_the_configuration_in_force_when_its_name_arrives() {
     waiting.write_all(b"ho\r\n").unwrap();
     assert_eq!(read_to_end(&mut waiting), b"-Access denied\r\n");
 }
+
+/// As root, every program tcpmuxd starts itself needs a user: without one
+/// it would run as root. (The daemon as an ordinary user cannot switch
+/// users, and a program of its can never be root.)
+#[test]
+fn as_root_a_program_without_a_user_is_a_configuration_error() {
+    if !rustix_is_root() {
+        eprintln!("skipped: tcpmuxd does not run as root here");
+        return;
+    }
+    let echo = one_service("echo", r#"["/bin/cat"]"#, "");
+    let (code, _, stderr) = check_exactly(&[("tcpmuxd.toml", &echo)]);
+    assert_eq!(code, 78, "{stderr}");
+    assert!(
+        stderr.contains("tcpmuxd.toml: line 1: service \"echo\": no user: tcpmuxd runs as root"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("user = \"root\" to run it as root on purpose"),
+        "{stderr}"
+    );
+
+    // The MSP delivery command too.
+    let msp = format!(
+        "{}\n[msp]\ndeliver = \"command\"\ncommand = [\"/bin/true\"]\n",
+        one_service("echo", r#"["/bin/cat"]"#, "user = \"nobody\"")
+    );
+    let (code, _, stderr) = check_exactly(&[("tcpmuxd.toml", &msp)]);
+    assert_eq!(code, 78, "{stderr}");
+    assert!(
+        stderr.contains("[msp] command: no user: tcpmuxd runs as root"),
+        "{stderr}"
+    );
+
+    // Written out, root is allowed; a default user covers every program.
+    let written = one_service("echo", r#"["/bin/cat"]"#, "user = \"root\"");
+    let (code, _, stderr) = check_exactly(&[("tcpmuxd.toml", &written)]);
+    assert_eq!(code, 0, "{stderr}");
+    let default = format!(
+        "[tcpmux]\ndefault_user = \"nobody\"\n\n{echo}\n[msp]\ndeliver = \"command\"\ncommand = [\"/bin/true\"]\n"
+    );
+    let (code, _, stderr) = check_exactly(&[("tcpmuxd.toml", &default)]);
+    assert_eq!(code, 0, "{stderr}");
+
+    // The daemon itself refuses to start, exit status 78.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tcpmuxd.toml");
+    std::fs::write(&path, &echo).unwrap();
+    let out = Command::new(DAEMON)
+        .arg("--config")
+        .arg(&path)
+        .args(["--log-target", "stderr"])
+        .env_remove("INVOCATION_ID")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(78),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn as_root_programs_without_a_user_of_their_own_run_as_the_default_user() {
+    if !rustix_is_root() {
+        eprintln!("skipped: tcpmuxd does not run as root here");
+        return;
+    }
+    let config = format!(
+        "[tcpmux]\ndefault_user = \"nobody\"\n\n{}\n{}",
+        one_service("uid", r#"["/usr/bin/id", "-u"]"#, ""),
+        one_service("root", r#"["/usr/bin/id", "-u"]"#, "user = \"root\""),
+    );
+    // Exactly this configuration: without the tests' root drop-in.
+    let d = Daemon::start_opts(
+        &config,
+        Options {
+            dropins: &[("00-root.toml", "# none here\n")],
+            ..Options::default()
+        },
+    );
+    assert_eq!(session_output(&d, "uid").trim(), "65534", "{}", d.log());
+    assert_eq!(session_output(&d, "root").trim(), "0", "{}", d.log());
+}

@@ -94,6 +94,9 @@ name_timeout = "5s"
 name = "echo"
 command = ["/bin/cat"]
 launcher = "exec"
+# tcpmuxd runs as root (without capabilities): a program it starts itself
+# runs as root only when written out.
+user = "root"
 EOF
 ct systemctl daemon-reload || die "systemctl daemon-reload failed"
 
@@ -216,6 +219,9 @@ cat >"$etc/tcpmuxd/conf.d/50-reload.toml" <<'EOF'
 name = "added-by-reload"
 command = ["/bin/cat"]
 launcher = "exec"
+# tcpmuxd runs as root (without capabilities): a program it starts itself
+# runs as root only when written out.
+user = "root"
 EOF
 before=$(show tcpmuxd.service MainPID)
 # Once the new service is listed the reload has happened; a daemon that sent
@@ -320,6 +326,13 @@ launcher = "systemd"
 [[service]]
 name = "whoami"
 launcher = "systemd"
+
+# The default launcher ("auto"): under systemd, the systemd launcher,
+# whether or not the bus answers (the bus loss checks).
+[[service]]
+name = "uid"
+command = ["/usr/bin/id", "-u"]
+warm = 0
 EOF
     if out=$(ct "$OPT/bin/tcpmuxd" --config "$CONFIG" --check 2>&1); then
         pass "tcpmuxd --check accepts launcher = \"systemd\" and services without a command"
@@ -447,7 +460,34 @@ bus_loss_checks() {
         fail "tcpmuxd serves while journald is stopped" "$out"
     fi
     ct systemctl start systemd-journald.socket systemd-journald-dev-log.socket systemd-journald.service
+    # tcpmuxd restarted while the bus is away: launcher = "auto" still
+    # means the systemd launcher. Its clients are refused until the bus is
+    # back; nothing runs as tcpmuxd's child, as root.
+    if ct systemctl restart tcpmuxd.service && wait_until "$WAIT_TIMEOUT" active_running; then
+        out=$(ct "$CLIENT" localhost uid </dev/null 2>&1 | tr -d '\r')
+        if [ "$out" = "-Service unavailable" ]; then
+            pass "restarted without the bus: a launcher = \"auto\" service answers -Service unavailable"
+        else
+            fail "a launcher = \"auto\" service is refused, not run as root, while the bus is down" \
+                "id -u printed: $out" "$(ct journalctl -u tcpmuxd.service --no-pager -n 10)"
+        fi
+    else
+        fail "tcpmuxd restarts while the bus is down" "$(ct systemctl status --no-pager tcpmuxd.service)"
+    fi
+    sleep 2
     ct systemctl start dbus.socket dbus.service
+    uid_is_dynamic() {
+        local uid
+        uid=$(ct "$CLIENT" localhost uid </dev/null 2>/dev/null | tr -d '\r' | tail -n 1)
+        [ -n "$uid" ] && [ "$uid" -ge 61184 ] && [ "$uid" -le 65519 ]
+    }
+    if wait_until 45 uid_is_dynamic; then
+        pass "the bus is back 2 s later: the launcher = \"auto\" service runs as a dynamic user, not as root"
+    else
+        fail "after the bus outage at startup, service uid runs in a unit as a dynamic user" \
+            "id -u printed: $(ct "$CLIENT" localhost uid </dev/null 2>&1)" \
+            "$(ct journalctl -u tcpmuxd.service --no-pager -n 10)"
+    fi
     hold_works() {
         printf 'back\n' | ct "$CLIENT" localhost hold 2>/dev/null | grep -qx back
     }

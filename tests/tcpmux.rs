@@ -548,6 +548,7 @@ fn socket_activation_with_a_foreign_name_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("c.toml");
     std::fs::write(&config, BASE).unwrap();
+    write_root_dropin(&config);
     let passed = [Passed::Stream(loopback_listener(), "web")];
     let mut cmd = daemon_command(&config, &passed);
     cmd.args(["--log-target", "stderr"]);
@@ -571,8 +572,11 @@ fn check_accepts_a_valid_config_with_dropins() {
         ("conf.d/README", "not a drop-in"),
     ]);
     assert_eq!(code, 0, "{err}");
+    let files = 2 + usize::from(root_dropin().is_some());
     assert!(
-        out.contains("valid (2 files, 4 services: echo, Dedicated, env, more)"),
+        out.contains(&format!(
+            "valid ({files} files, 4 services: echo, Dedicated, env, more)"
+        )),
         "{out}"
     );
 }

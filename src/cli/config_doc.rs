@@ -222,6 +222,21 @@ pub fn keys() -> Vec<Key> {
             "Clients refused every service; deny wins over allow.",
         ),
         key(
+            "tcpmux",
+            "default_user",
+            "string",
+            "none".into(),
+            "a user name or uid that exists".into(),
+            None,
+            "When tcpmuxd runs as root, the user of the programs it starts itself (the exec \
+             launcher's, and MSP's delivery command when not under systemd) whose service, or \
+             [msp], sets no user. Without it, such a program is a configuration error: tcpmuxd \
+             never runs one as root unless user = \"root\" is written out. Ignored when tcpmuxd \
+             does not run as root (it cannot switch users: the programs run as its own user). \
+             The systemd launcher's units take their user from unit drop-ins (DynamicUser= by \
+             default).",
+        ),
+        key(
             "msp",
             "listen",
             "array of strings",
@@ -251,6 +266,27 @@ pub fn keys() -> Vec<Key> {
             "The program that delivers a message with deliver = \"command\": the text on its \
              standard input, the MSP_* fields in its environment. Exit status 0 means delivered; \
              otherwise the first line of its standard error is the reason sent back.",
+        ),
+        key(
+            "msp",
+            "user",
+            "string",
+            "[tcpmux] default_user; not as root: tcpmuxd's own user".into(),
+            "a user name or uid that exists".into(),
+            None,
+            "The user the delivery command runs as, with that user's primary group and no \
+             supplementary groups. Required when tcpmuxd runs as root and starts the command \
+             itself (not as a systemd service) and default_user is not set: the command would \
+             run as root. Under systemd, User= of its unit (tcpmux-msp@.service).",
+        ),
+        key(
+            "msp",
+            "group",
+            "string",
+            "the user's primary group".into(),
+            "a group name or gid that exists; only together with user".into(),
+            None,
+            "The group the delivery command runs as.",
         ),
         key(
             "msp",
@@ -478,11 +514,13 @@ pub fn keys() -> Vec<Key> {
             "service",
             "user",
             "string",
-            "none (tcpmuxd's own user)".into(),
+            "[tcpmux] default_user; not as root: tcpmuxd's own user".into(),
             "a user name or uid that exists".into(),
             None,
             "The user the program runs as, with that user's primary group and no supplementary \
-             groups, when tcpmuxd runs as root.",
+             groups. When tcpmuxd runs as root, a program of the exec launcher needs one (here \
+             or default_user): user = \"root\" written out is the only way to run it as root. \
+             With the systemd launcher: User= of the session's unit.",
         ),
         key(
             "service",

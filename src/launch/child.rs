@@ -4,11 +4,29 @@
 //! tcpmuxd itself was started with. (Descriptors beyond 0, 1 and 2 are
 //! close-on-exec from startup on: see [`crate::startup`].)
 
+use crate::config::Credentials;
 use crate::startup;
 use rustix::process::{Resource, Rlimit, setrlimit};
 use std::ffi::CString;
 use std::os::fd::BorrowedFd;
 use std::os::unix::process::CommandExt;
+
+/// Makes `cmd` run as `cred`: that user, its group, and no supplementary
+/// group (std drops them all when both uid and gid are set). Nothing to
+/// switch when tcpmuxd already runs as exactly that user and group (as
+/// root with `user = "root"` under a service manager that took its
+/// capabilities).
+pub fn run_as(cmd: &mut std::process::Command, cred: Option<&Credentials>) {
+    if let Some(cred) = cred.filter(|c| needs_switch(c)) {
+        cmd.gid(cred.gid).uid(cred.uid);
+    }
+}
+
+/// Whether running as `cred` takes a change of user or group.
+pub fn needs_switch(cred: &Credentials) -> bool {
+    cred.uid != rustix::process::geteuid().as_raw()
+        || cred.gid != rustix::process::getegid().as_raw()
+}
 
 /// Exit status of a child whose program could not be executed after its
 /// client was told `+` (as shells use it for a command that cannot run).

@@ -12,7 +12,7 @@ use crate::log::escaped;
 use crate::sessions::SessionSlot;
 use crate::tcpmux::reply;
 use std::os::fd::OwnedFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use tokio::io::AsyncReadExt;
@@ -58,7 +58,11 @@ impl Launcher for ExecLauncher {
             path: path.to_string(),
             cause,
         })?;
-        if service.credentials.is_some() && !can_switch_credentials() {
+        let switch = service
+            .credentials
+            .as_ref()
+            .is_some_and(child::needs_switch);
+        if switch && !can_switch_credentials() {
             return Err(LaunchError::Program {
                 path: path.to_string(),
                 cause: "cannot switch to the configured user or group: tcpmuxd lacks CAP_SETUID \
@@ -115,11 +119,7 @@ impl Launcher for ExecLauncher {
         cmd.stdin(Stdio::from(OwnedFd::from(socket)))
             .stdout(Stdio::from(OwnedFd::from(stdout)))
             .stderr(Stdio::piped());
-        if let Some(cred) = &service.credentials {
-            // With uid and gid both set (the configuration allows no group
-            // without a user), std also drops every supplementary group.
-            cmd.gid(cred.gid).uid(cred.uid);
-        }
+        child::run_as(&mut cmd, service.credentials.as_ref());
         let greeting = service.plus.then_some(reply::PLUS);
         if let Err(cause) = child::prepare(&mut cmd, command, environment, greeting) {
             return Err(Failed {

@@ -12,7 +12,7 @@ use super::handover::{Status, VARIABLES};
 use super::warm::{self, Pools, Ready, Start};
 use super::{Connection, Failed, LaunchError, Launcher, check_program, session_environment};
 use crate::admission::FdGuard;
-use crate::config::{Config, LauncherKind, Service};
+use crate::config::{Config, Credentials, Service};
 use crate::limits;
 use crate::sessions::{SessionSlot, SessionTable};
 use futures_util::StreamExt;
@@ -195,7 +195,14 @@ impl SystemdLauncher {
                 waiting: AtomicUsize::new(0),
             }),
         };
-        launcher.set_services(config, false);
+        // Until the configuration is given with its host: no service.
+        launcher.set_services(
+            config,
+            &crate::config::Host {
+                root: false,
+                under_systemd: false,
+            },
+        );
         tokio::spawn(refill(
             Arc::downgrade(&launcher.inner),
             Arc::clone(&launcher.inner.refill),
@@ -227,20 +234,16 @@ impl SystemdLauncher {
         lock(&self.inner.warm).ready_total()
     }
 
-    /// Learns the services of a (new) configuration. `auto_is_systemd`:
-    /// whether `launcher = "auto"` services start units here.
-    pub fn set_services(&self, config: &Config, auto_is_systemd: bool) {
+    /// Learns the services of a (new) configuration: those that start
+    /// units on `host`.
+    pub fn set_services(&self, config: &Config, host: &crate::config::Host) {
         let map = config
             .services
             .iter()
             .map(|s| (libsystemd::unit::escape_name(&s.name), s.name.clone()))
             .collect();
         *lock(&self.inner.services) = map;
-        let launched = |s: &&Arc<Service>| match s.launcher {
-            LauncherKind::Systemd => true,
-            LauncherKind::Auto => auto_is_systemd,
-            LauncherKind::Exec => false,
-        };
+        let launched = |s: &&Arc<Service>| !s.launcher.runs_exec(host);
         *lock(&self.inner.launched) = config
             .services
             .iter()
@@ -369,6 +372,7 @@ impl SystemdLauncher {
         environment: Vec<(&'static str, String)>,
         input: &[u8],
         limit: std::time::Duration,
+        user: Option<&Credentials>,
     ) -> Result<(), String> {
         use rustix::pipe::{PipeFlags, pipe_with};
         let Some(bus) = lock(&self.inner.bus).clone() else {
@@ -388,7 +392,7 @@ impl SystemdLauncher {
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        let props = vec![
+        let mut props = vec![
             ("Description".to_string(), value(description.into())?),
             ("Type".into(), value("oneshot".into())?),
             ("CollectMode".into(), value("inactive-or-failed".into())?),
@@ -408,6 +412,7 @@ impl SystemdLauncher {
             ("Environment".into(), value(env.into())?),
             ("ExecStart".into(), value(exec.into())?),
         ];
+        credentials(user, &mut props).map_err(|e| e.to_string())?;
         let end = self
             .start_job(&bus, &unit, props, None, limit + limits::DBUS_CALL_TIMEOUT)
             .await;
@@ -714,10 +719,10 @@ fn exec_start(program: &str, argv: &[String]) -> Result<OwnedVariant, LaunchErro
 }
 
 fn credentials(
-    service: &Service,
+    cred: Option<&Credentials>,
     props: &mut Vec<(String, OwnedVariant)>,
 ) -> Result<(), LaunchError> {
-    if let Some(cred) = &service.credentials {
+    if let Some(cred) = cred {
         props.push(("User".into(), value(cred.user.clone())?));
         // systemd adds the user's own supplementary groups, never
         // tcpmuxd's.
@@ -758,7 +763,7 @@ fn warm_properties(
         ("Environment".into(), value(environment)?),
         ("ExecStart".into(), exec_start(&helper, &argv)?),
     ];
-    credentials(service, &mut props)?;
+    credentials(service.credentials.as_ref(), &mut props)?;
     Ok(props)
 }
 
@@ -800,7 +805,7 @@ fn properties(
     if let Some(command) = &service.command {
         props.push(("ExecStart".into(), exec_start(&command[0], command)?));
     }
-    credentials(service, &mut props)?;
+    credentials(service.credentials.as_ref(), &mut props)?;
     if version >= EXTRA_FDS_MIN_VERSION {
         let extra: Vec<(Fd<'static>, String)> = vec![(fd()?, CONNECTION_FD_NAME.to_string())];
         props.push(("ExtraFileDescriptors".into(), value(extra)?));

@@ -66,19 +66,34 @@ impl Envelope<'_> {
     }
 }
 
+/// Who runs the delivery command.
+#[derive(Clone, Copy)]
+pub enum Runner<'a> {
+    /// tcpmuxd, as its child, as `[msp] user` (not under systemd).
+    Exec,
+    /// The service manager, as a transient unit
+    /// `tcpmux-msp@INSTANCE.service` (under systemd). None: the launcher
+    /// is not there, and the command does not run at all: it never falls
+    /// back to running as tcpmuxd's child.
+    Systemd(Option<&'a SystemdLauncher>),
+}
+
 /// Delivers by the configured method; the error is the reason given to the
 /// sender.
-/// `systemd`: the launcher to run the delivery command through, as a
-/// transient unit `tcpmux-msp@INSTANCE.service`; None runs it directly.
 pub async fn deliver(
     settings: &MspSettings,
     envelope: &Envelope<'_>,
-    systemd: Option<&SystemdLauncher>,
+    runner: Runner<'_>,
 ) -> Result<(), String> {
     match settings.deliver {
         Delivery::Journal => to_journal(envelope),
-        Delivery::Command => match (systemd, settings.command.as_deref()) {
-            (Some(launcher), Some(command)) => {
+        Delivery::Command => match (runner, settings.command.as_deref()) {
+            (_, None) => Err("no delivery command configured".into()),
+            (Runner::Systemd(None), Some(_)) => {
+                tracing::error!("[msp] command: the systemd launcher is not available");
+                Err("delivery failed".into())
+            }
+            (Runner::Systemd(Some(launcher)), Some(command)) => {
                 let text = decode(&envelope.message.text).into_owned();
                 let description = format!(
                     "MSP delivery of a message from {}",
@@ -92,10 +107,11 @@ pub async fn deliver(
                         envelope.fields(),
                         text.as_bytes(),
                         settings.command_timeout,
+                        settings.credentials.as_ref(),
                     )
                     .await
             }
-            _ => to_command(settings, envelope).await,
+            (Runner::Exec, Some(_)) => to_command(settings, envelope).await,
         },
         Delivery::Tty => {
             let logins = if envelope.message.recipient.is_empty() {
@@ -146,6 +162,7 @@ async fn to_command(settings: &MspSettings, envelope: &Envelope<'_>) -> Result<(
         .stderr(Stdio::piped());
     let environment = std::iter::once(("PATH", SESSION_PATH.to_string())).chain(envelope.fields());
     crate::launch::child::prepare(&mut cmd, command, environment, None).map_err(spawn_error)?;
+    crate::launch::child::run_as(&mut cmd, settings.credentials.as_ref());
     let mut child = tokio::process::Command::from(cmd)
         .kill_on_drop(true)
         .spawn()

@@ -129,12 +129,12 @@ pub async fn accept_message(
                 peer,
                 transport,
             };
-            let systemd = if state.auto_systemd.load(Ordering::Relaxed) {
-                state.systemd.get()
+            let runner = if state.host.under_systemd {
+                deliver::Runner::Systemd(state.systemd.get())
             } else {
-                None
+                deliver::Runner::Exec
             };
-            match deliver::deliver(settings, &envelope, systemd).await {
+            match deliver::deliver(settings, &envelope, runner).await {
                 Ok(()) => Verdict::Delivered,
                 Err(reason) => Verdict::Refused(reason),
             }

@@ -3,7 +3,7 @@
 
 use super::State;
 use crate::admission::{FdGuard, Limit, WaitingPlace, source_key};
-use crate::config::{self, LauncherKind, Service};
+use crate::config::{self, Service};
 use crate::launch::exec::ExecLauncher;
 use crate::launch::systemd::SystemdLauncher;
 use crate::launch::{Connection, Failed, LaunchError, Launcher};
@@ -377,15 +377,13 @@ enum Chosen<'a> {
 }
 
 fn launcher_for<'a>(state: &'a State, service: &Service) -> Chosen<'a> {
-    let systemd = match service.launcher {
-        LauncherKind::Exec => false,
-        LauncherKind::Systemd => true,
-        LauncherKind::Auto => state.auto_systemd.load(Ordering::Relaxed),
-    };
-    match (systemd, state.systemd.get()) {
-        (false, _) => Chosen::Exec(&state.exec),
-        (true, Some(l)) => Chosen::Systemd(l),
-        (true, None) => Chosen::Missing,
+    // Under systemd, `auto` is the systemd launcher even while the bus is
+    // away: its clients are refused until it is back, never started as
+    // tcpmuxd's children (as root) instead.
+    match (service.launcher.runs_exec(&state.host), state.systemd.get()) {
+        (true, _) => Chosen::Exec(&state.exec),
+        (false, Some(l)) => Chosen::Systemd(l),
+        (false, None) => Chosen::Missing,
     }
 }
 

@@ -2,7 +2,7 @@
 //! configuration, connecting the systemd launcher.
 
 use crate::admission::{FdBudget, Gauge, LimitHits, PerSource, StartRate, Waiting};
-use crate::config::{self, Config, LauncherKind};
+use crate::config::{self, Config};
 use crate::launch::exec::ExecLauncher;
 use crate::launch::systemd::{self as systemd_launch, SystemdLauncher};
 use crate::notify::Notifier;
@@ -24,15 +24,12 @@ pub struct State {
     pub stats: Stats,
     pub notifier: Notifier,
     pub exec: ExecLauncher,
-    /// Whether tcpmuxd runs as a systemd service: `launcher = "auto"` then
-    /// means `systemd`.
-    pub under_systemd: bool,
+    /// Who tcpmuxd runs as, and whether as a systemd service:
+    /// `launcher = "auto"` then means `systemd`, always.
+    pub host: config::Host,
     /// Started when first needed.
     pub systemd: std::sync::OnceLock<SystemdLauncher>,
     pub msp: crate::msp::serve::MspState,
-    /// Whether `launcher = "auto"` services use the systemd launcher: under
-    /// systemd, when the manager could be reached at startup.
-    pub auto_systemd: std::sync::atomic::AtomicBool,
     /// Handshakes in progress per source.
     pub sources: Arc<PerSource>,
     /// Session starts per service, for `max_starts_per_second`.
@@ -71,7 +68,7 @@ impl State {
         config_path: PathBuf,
         activated: bool,
         notifier: Notifier,
-        under_systemd: bool,
+        host: config::Host,
         fd_limit: FdLimit,
     ) -> Self {
         if let Some(w) = startup::fd_warning(&config, fd_limit) {
@@ -83,9 +80,8 @@ impl State {
             waiting: Arc::default(),
             summary: Summary::default(),
             msp: Default::default(),
-            under_systemd,
+            host,
             systemd: std::sync::OnceLock::new(),
-            auto_systemd: std::sync::atomic::AtomicBool::new(false),
             sources: Arc::default(),
             starts: StartRate::default(),
             config: ArcSwap::from_pointee(config),
@@ -128,7 +124,7 @@ impl State {
     /// configuration leaves the old one in place.
     pub async fn reload(&self) -> Result<(), config::ConfigError> {
         self.notifier.reloading();
-        let result = config::load(&self.config_path).map(|new| {
+        let result = config::load(&self.config_path, &self.host).map(|new| {
             for w in &new.warnings {
                 tracing::warn!("{w}");
             }
@@ -165,12 +161,11 @@ impl State {
     fn wants_systemd(&self) -> bool {
         let config = self.config.load();
         let msp_command = config.msp.deliver == config::Delivery::Command;
-        (self.under_systemd && msp_command)
-            || config.services.iter().any(|s| match s.launcher {
-                LauncherKind::Systemd => true,
-                LauncherKind::Auto => self.under_systemd,
-                LauncherKind::Exec => false,
-            })
+        (self.host.under_systemd && msp_command)
+            || config
+                .services
+                .iter()
+                .any(|s| !s.launcher.runs_exec(&self.host))
     }
 
     /// Connects the systemd launcher when the configuration needs it, and
@@ -186,21 +181,11 @@ impl State {
                 self.warm_helper.clone(),
             )
             .await;
-            if self.under_systemd {
-                if launcher.is_connected() {
-                    self.auto_systemd.store(true, Ordering::Relaxed);
-                } else {
-                    tracing::warn!(
-                        "launcher = \"auto\" services use the exec launcher: the service manager \
-                         could not be reached at startup"
-                    );
-                }
-            }
             let _ = self.systemd.set(launcher);
         }
         if let Some(launcher) = self.systemd.get() {
             let config = self.config.load_full();
-            launcher.set_services(&config, self.auto_systemd.load(Ordering::Relaxed));
+            launcher.set_services(&config, &self.host);
             // D-Bus may be slow: never hold up the caller (signal handling).
             let launcher = launcher.clone();
             tokio::spawn(async move { launcher.check_templates().await });

@@ -62,6 +62,29 @@ impl Default for Options<'_> {
     }
 }
 
+/// Running as root, tcpmuxd starts no program without a user: the tests'
+/// programs run as root on purpose, said in a drop-in of their own (tests
+/// of that rule start the daemon without it).
+pub const ROOT_DROPIN: (&str, &str) = ("00-root.toml", "[tcpmux]\ndefault_user = \"root\"\n");
+
+pub fn root_dropin() -> Option<(&'static str, &'static str)> {
+    rustix_is_root().then_some(ROOT_DROPIN)
+}
+
+/// Writes [`ROOT_DROPIN`] beside configuration file `config`, as root.
+pub fn write_root_dropin(config: &Path) {
+    if let Some((name, text)) = root_dropin() {
+        let dir = config.parent().expect("config in a folder").join("conf.d");
+        std::fs::create_dir_all(&dir).expect("conf.d");
+        std::fs::write(dir.join(name), text).expect("write drop-in");
+    }
+}
+
+pub fn rustix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
 pub struct Daemon {
     pub child: Child,
     pub addr: SocketAddr,
@@ -127,6 +150,10 @@ impl Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("tcpmuxd.toml");
         std::fs::write(&config_path, config).expect("write config");
+        let dropins: Vec<(&str, &str)> = root_dropin()
+            .into_iter()
+            .chain(dropins.iter().copied())
+            .collect();
         if !dropins.is_empty() {
             std::fs::create_dir(dir.path().join("conf.d")).expect("conf.d");
             for (name, text) in dropins {
@@ -509,6 +536,17 @@ pub fn script(dir: &Path, name: &str, body: &str) -> String {
 /// `tcpmuxd --check` on `files` (name, text), the first being the main file,
 /// written into a fresh folder: (exit code, stdout, stderr).
 pub fn check(files: &[(&str, &str)]) -> (i32, String, String) {
+    let root = root_dropin().map(|(name, text)| (format!("conf.d/{name}"), text));
+    let mut all: Vec<(&str, &str)> = files.to_vec();
+    if let Some((name, text)) = &root {
+        all.push((name.as_str(), text));
+    }
+    check_exactly(&all)
+}
+
+/// As [`check`], with these files only: as root, no drop-in names the user
+/// of programs.
+pub fn check_exactly(files: &[(&str, &str)]) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
     for (name, text) in files {
         let path = dir.path().join(name);
