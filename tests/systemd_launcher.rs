@@ -7,8 +7,8 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tcpmuxd::config::{self, Config};
-use tcpmuxd::launch::systemd::{Connector, SystemdLauncher};
+use tcpmuxd::config::{self, Config, Host};
+use tcpmuxd::launch::systemd::{Connector, Oneshot, SystemdLauncher};
 use tcpmuxd::launch::{Connection, Launcher};
 use tcpmuxd::sessions::SessionTable;
 use zbus::object_server::SignalEmitter;
@@ -595,14 +595,15 @@ async fn msp_commands_run_as_oneshot_units_with_the_message_on_stdin() {
     let command = vec!["/usr/local/bin/on-message".to_string(), "$X".to_string()];
     let env = vec![("MSP_RECIPIENT", "alice".to_string())];
     h.launcher
-        .run_oneshot(
-            "msp",
-            "MSP delivery".into(),
-            &command,
-            env.clone(),
-            b"hello",
-            Duration::from_secs(3),
-        )
+        .run_oneshot(Oneshot {
+            name: "msp",
+            description: "MSP delivery".into(),
+            command: &command,
+            environment: env.clone(),
+            input: b"hello",
+            limit: Duration::from_secs(3),
+            user: None,
+        })
         .await
         .unwrap();
     let started = h.mock.started.lock().unwrap().pop().unwrap();
@@ -640,14 +641,15 @@ async fn msp_commands_run_as_oneshot_units_with_the_message_on_stdin() {
     });
     let err = h
         .launcher
-        .run_oneshot(
-            "msp",
-            "MSP delivery".into(),
-            &command,
-            env,
-            b"hi",
-            Duration::from_secs(3),
-        )
+        .run_oneshot(Oneshot {
+            name: "msp",
+            description: "MSP delivery".into(),
+            command: &command,
+            environment: env,
+            input: b"hi",
+            limit: Duration::from_secs(3),
+            user: None,
+        })
         .await
         .unwrap_err();
     writer.await.unwrap();
@@ -868,7 +870,13 @@ async fn a_reload_replaces_the_warm_units_of_changed_services_and_stops_removed_
     let (a0, b0) = (unit_of("a"), unit_of("b"));
     // a changes, b goes away.
     let changed = config(&warm_service("a", "[\"/bin/cat\", \"-u\"]", ""));
-    h.launcher.set_services(&changed, false);
+    h.launcher.set_services(
+        &changed,
+        &Host {
+            root: false,
+            under_systemd: false,
+        },
+    );
     until("the retired helpers to exit", || {
         h.mock
             .children

@@ -11,10 +11,10 @@ pub mod warm;
 
 use crate::admission::FdGuard;
 use crate::config::Service;
+pub use crate::config::check_program;
 use crate::sessions::SessionSlot;
 use crate::tcpmux::reply;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -138,19 +138,6 @@ pub trait Launcher {
         slot: SessionSlot,
         fds: FdGuard,
     ) -> impl Future<Output = Result<(), Failed>> + Send;
-}
-
-/// Whether `path` names a regular file this process may execute.
-pub fn check_program(path: &str) -> Result<(), String> {
-    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => "not found".to_string(),
-        _ => e.to_string(),
-    })?;
-    if !meta.is_file() {
-        return Err("not a regular file".into());
-    }
-    rustix::fs::access(Path::new(path), rustix::fs::Access::EXEC_OK)
-        .map_err(|_| "not executable".to_string())
 }
 
 /// The environment every session gets, as systemd's `Accept=yes` sets it

@@ -160,6 +160,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A command run to its end as a unit: MSP's delivery.
+pub struct Oneshot<'a> {
+    /// The unit is `tcpmux-NAME@INSTANCE.service`.
+    pub name: &'a str,
+    pub description: String,
+    /// Program path, then arguments.
+    pub command: &'a [String],
+    pub environment: Vec<(&'static str, String)>,
+    /// Its standard input: small enough for a pipe's buffer.
+    pub input: &'a [u8],
+    /// It is killed after this long.
+    pub limit: std::time::Duration,
+    /// `User=` and `Group=`; none: the unit's drop-ins decide.
+    pub user: Option<&'a Credentials>,
+}
+
 impl SystemdLauncher {
     /// Connects to the manager. When that fails, the launcher keeps trying
     /// in the background and refuses sessions meanwhile. `helper`: the
@@ -360,21 +376,21 @@ impl SystemdLauncher {
         }
     }
 
-    /// Runs `command` to its end as a transient unit `tcpmux-NAME@...service`
-    /// (`Type=oneshot`, killed after `limit`), with `input` on its standard
-    /// input. Ok when it exits 0; otherwise the first line of its stderr, or
-    /// a description of how it failed.
-    pub async fn run_oneshot(
-        &self,
-        name: &str,
-        description: String,
-        command: &[String],
-        environment: Vec<(&'static str, String)>,
-        input: &[u8],
-        limit: std::time::Duration,
-        user: Option<&Credentials>,
-    ) -> Result<(), String> {
+    /// Runs a command to its end as a transient unit
+    /// `tcpmux-NAME@...service` (`Type=oneshot`, killed after its limit),
+    /// with its input on its standard input. Ok when it exits 0; otherwise
+    /// the first line of its stderr, or a description of how it failed.
+    pub async fn run_oneshot(&self, job: Oneshot<'_>) -> Result<(), String> {
         use rustix::pipe::{PipeFlags, pipe_with};
+        let Oneshot {
+            name,
+            description,
+            command,
+            environment,
+            input,
+            limit,
+            user,
+        } = job;
         let Some(bus) = lock(&self.inner.bus).clone() else {
             return Err("not connected to the service manager".into());
         };

@@ -5,14 +5,14 @@ use super::message::{Message, decode};
 use super::tty;
 use crate::config::{Delivery, MspSettings};
 use crate::launch::exec::SESSION_PATH;
-use crate::launch::systemd::SystemdLauncher;
+use crate::launch::systemd::{Oneshot, SystemdLauncher};
 use crate::limits::MSP_MAX_REASON_LEN;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Under systemd, the delivery command runs as `tcpmux-msp@INSTANCE.service`.
-pub const MSP_UNIT_NAME: &str = "msp";
+pub use crate::config::MSP_UNIT_NAME;
 
 /// `MESSAGE_ID` of the journal entry each message becomes with
 /// `deliver = "journal"`; `journalctl MESSAGE_ID=...` lists them all.
@@ -100,15 +100,15 @@ pub async fn deliver(
                     envelope.peer.ip().to_canonical()
                 );
                 launcher
-                    .run_oneshot(
-                        MSP_UNIT_NAME,
+                    .run_oneshot(Oneshot {
+                        name: MSP_UNIT_NAME,
                         description,
                         command,
-                        envelope.fields(),
-                        text.as_bytes(),
-                        settings.command_timeout,
-                        settings.credentials.as_ref(),
-                    )
+                        environment: envelope.fields(),
+                        input: text.as_bytes(),
+                        limit: settings.command_timeout,
+                        user: settings.credentials.as_ref(),
+                    })
                     .await
             }
             (Runner::Exec, Some(_)) => to_command(settings, envelope).await,

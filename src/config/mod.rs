@@ -1,0 +1,406 @@
+//! The configuration: a main TOML file plus `conf.d/*.toml` drop-ins beside
+//! it, merged and validated once into an immutable [`Config`].
+//!
+//! One module a step: [`file`] reads one file's text (pure), [`merge`]
+//! puts the files together and [`validate`] checks the result (pure but
+//! for looking up users); [`load`] adds the file system. Configuration
+//! depends on no launcher and no protocol: they depend on it.
+
+mod file;
+mod merge;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+pub use file::{FileConfig, KeyLines, parse_file};
+pub use merge::build;
+pub use validate::{
+    MAX_ESCAPED_NAME_LEN, RESERVED_ENVIRONMENT, apply_host, check_program, check_service_name,
+};
+
+use crate::acl::Acl;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where the daemon looks for its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/tcpmuxd/tcpmuxd.toml";
+
+/// Name of the drop-in folder beside the main file.
+pub const DROPIN_DIR: &str = "conf.d";
+
+/// The address bound when neither socket activation nor `[tcpmux] listen`
+/// provides one.
+pub const DEFAULT_LISTEN: &str = "[::]:1";
+
+/// The name reserved by RFC 1078 for the list of services.
+pub const HELP_NAME: &str = "help";
+
+/// Under systemd, MSP's delivery command runs as
+/// `tcpmux-MSP_UNIT_NAME@INSTANCE.service`: a service may not take the name.
+pub const MSP_UNIT_NAME: &str = "msp";
+
+/// Where glibc keeps the login records.
+pub const DEFAULT_UTMP: &str = "/var/run/utmp";
+
+/// A configuration error: the file (and line, when known) it was found in
+/// and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {}{message}", path.display(), line.map(|l| format!("line {l}: ")).unwrap_or_default())]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(path: &Path, message: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.to_path_buf(),
+            line: None,
+            message: message.into(),
+        }
+    }
+
+    fn at(path: &Path, line: Option<usize>, message: impl Into<String>) -> Self {
+        ConfigError {
+            line,
+            ..ConfigError::new(path, message)
+        }
+    }
+}
+
+/// How a service's program is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LauncherKind {
+    /// `systemd` when tcpmuxd runs as a systemd service, else `exec`.
+    #[default]
+    Auto,
+    /// Spawn the program directly as a child of tcpmuxd.
+    Exec,
+    /// Start a transient unit `tcpmux-NAME@INSTANCE.service` per connection.
+    Systemd,
+}
+
+impl LauncherKind {
+    /// Whether a service with this launcher starts its program as a child
+    /// of tcpmuxd (the exec launcher) on `host`: `auto` means the systemd
+    /// launcher whenever tcpmuxd runs as a systemd service, whether or not
+    /// the service manager answers at the moment.
+    pub fn runs_exec(self, host: &Host) -> bool {
+        match self {
+            LauncherKind::Exec => true,
+            LauncherKind::Systemd => false,
+            LauncherKind::Auto => !host.under_systemd,
+        }
+    }
+}
+
+/// What the configuration's meaning depends on beyond its files: who
+/// tcpmuxd runs as, and whether it runs as a systemd service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Host {
+    /// tcpmuxd runs as uid 0: a program it starts itself without a `user`
+    /// would run as root.
+    pub root: bool,
+    /// tcpmuxd runs as a systemd service: `launcher = "auto"` means the
+    /// systemd launcher, and MSP's command runs as a unit.
+    pub under_systemd: bool,
+}
+
+impl Host {
+    /// This process, run as a systemd service or not.
+    pub fn current(under_systemd: bool) -> Host {
+        Host {
+            root: rustix::process::geteuid().is_root(),
+            under_systemd,
+        }
+    }
+}
+
+/// How the Message Send Protocol delivers a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    /// Write it to the recipient's terminal, as write(1) does.
+    #[default]
+    Tty,
+    /// Log it as a structured journal entry.
+    Journal,
+    /// Run `[msp] command` with the message on its standard input.
+    Command,
+}
+
+/// The `[msp]` section: Message Send Protocol (RFC 1159, RFC 1312).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MspSettings {
+    /// Addresses bound for both TCP and UDP when not socket-activated;
+    /// empty: MSP is served only on sockets passed by systemd.
+    pub listen: Vec<SocketAddr>,
+    pub deliver: Delivery,
+    /// Program and arguments for `deliver = "command"`.
+    pub command: Option<Vec<String>>,
+    /// Who the command runs as when tcpmuxd starts it itself (not under
+    /// systemd); under systemd, `User=` of its unit.
+    pub credentials: Option<Credentials>,
+    /// Time the delivery command may run.
+    pub command_timeout: Duration,
+    /// Whether messages with an empty recipient go to the console.
+    pub console: bool,
+    /// Messages accepted per source address (IPv6: per `[tcpmux] ipv6_source_prefix`) per minute.
+    pub rate_per_minute: u32,
+    /// Messages accepted per recipient per minute, from all sources.
+    pub recipient_rate_per_minute: u32,
+    /// Messages accepted per minute, all sources and recipients together.
+    pub total_rate_per_minute: u32,
+    /// TCP: time allowed for each message (not extended by reads), and
+    /// for a whole connection.
+    pub idle_timeout: Duration,
+    pub connection_timeout: Duration,
+    /// TCP connections served at once.
+    pub max_connections: usize,
+    /// Of those, from one source (IPv6: per `[tcpmux] ipv6_source_prefix`).
+    pub max_connections_per_source: usize,
+    /// How long a delivered version B message is remembered, so that a
+    /// retransmission is acknowledged but not shown again.
+    pub dedup_window: Duration,
+    /// The login records read to find a user's terminals.
+    pub utmp: PathBuf,
+    /// Who may send messages, over TCP and UDP alike.
+    pub acl: Acl,
+}
+
+/// The validated configuration the daemon serves with.
+#[derive(Debug)]
+pub struct Config {
+    pub tcpmux: TcpmuxSettings,
+    pub msp: MspSettings,
+    pub services: Vec<Arc<Service>>,
+    by_name: HashMap<String, usize>,
+    /// Files this configuration was read from, main file first.
+    pub files: Vec<PathBuf>,
+    /// Problems that do not stop the daemon (a service's program missing).
+    pub warnings: Vec<String>,
+    /// Where `[msp] command` was set, for errors about it.
+    msp_command_origin: Option<(PathBuf, Option<usize>)>,
+}
+
+/// The `[tcpmux]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TcpmuxSettings {
+    /// Addresses bound when not socket-activated.
+    pub listen: Vec<SocketAddr>,
+    /// Time a client has to send its request line (and take the reply).
+    pub name_timeout: Duration,
+    /// Connections allowed at once in the handshake phase.
+    pub max_handshakes: usize,
+    /// Of those, from one source (an IPv4 address, or an IPv6 prefix).
+    pub max_handshakes_per_source: usize,
+    /// IPv6 sources are grouped by this prefix length for per-source limits.
+    pub ipv6_source_prefix: u8,
+    /// Sessions running at once, all services together.
+    pub max_sessions: usize,
+    /// Warm units (systemd launcher) kept ready, all services together.
+    pub max_warm: usize,
+    /// Session units the systemd launcher has starting at once.
+    pub max_starting_units: usize,
+    /// Master access list, checked before each service's own.
+    pub acl: Acl,
+    /// Who programs run as that tcpmuxd starts itself as root and whose
+    /// service (or `[msp]`) names no user.
+    pub default_credentials: Option<Credentials>,
+}
+
+/// One `[[service]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    /// The name as configured: what HELP lists and `TCPMUX_SERVICE` carries.
+    pub name: String,
+    /// Program and arguments; the first element is an absolute path. None:
+    /// systemd takes `ExecStart=` from the drop-ins of the service's template
+    /// (systemd launcher only).
+    pub command: Option<Vec<String>>,
+    /// Whether tcpmuxd sends the `+` line (true) or the program does (false).
+    pub plus: bool,
+    pub launcher: LauncherKind,
+    pub max_instances: usize,
+    /// Sessions started per second at most (a token bucket with as many
+    /// in reserve).
+    pub max_starts_per_second: u32,
+    /// Warm units kept ready for it under the systemd launcher; 0: every
+    /// session's unit starts when its client comes.
+    pub warm: usize,
+    pub acl: Acl,
+    /// User and group to run the program as (root only).
+    pub credentials: Option<Credentials>,
+    /// Extra environment variables for the program.
+    pub environment: Vec<(String, String)>,
+    /// The file the service was defined in, and the line of its header.
+    pub source: PathBuf,
+    pub line: Option<usize>,
+}
+
+/// Who a service's program runs as: always a user, with that user's
+/// primary group or the configured one, and no supplementary groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Service {
+    /// The program's path, when the configuration gives a command.
+    pub fn program(&self) -> Option<&str> {
+        self.command
+            .as_ref()
+            .and_then(|c| c.first())
+            .map(String::as_str)
+    }
+}
+
+impl Config {
+    /// The service a client named, compared without regard to case.
+    pub fn service(&self, name: &str) -> Option<&Arc<Service>> {
+        self.by_name
+            .get(&name.to_ascii_lowercase())
+            .map(|&i| &self.services[i])
+    }
+}
+
+/// What a reload changes, for its log line: "2 services added, 1
+/// removed, 1 changed; [tcpmux] changed", or "nothing changed".
+pub fn describe_changes(old: &Config, new: &Config) -> String {
+    let count = |from: &Config, to: &Config| {
+        from.services
+            .iter()
+            .filter(|s| to.service(&s.name).is_none())
+            .count()
+    };
+    let added = count(new, old);
+    let removed = count(old, new);
+    let changed = new
+        .services
+        .iter()
+        .filter(|s| old.service(&s.name).is_some_and(|o| o != *s))
+        .count();
+    let mut parts = Vec::new();
+    if added + removed + changed > 0 {
+        parts.push(format!(
+            "{added} {} added, {removed} removed, {changed} changed",
+            if added == 1 { "service" } else { "services" }
+        ));
+    }
+    if old.tcpmux != new.tcpmux {
+        parts.push("[tcpmux] changed".to_string());
+    }
+    if old.msp != new.msp {
+        parts.push("[msp] changed".to_string());
+    }
+    if parts.is_empty() {
+        "nothing changed".to_string()
+    } else {
+        parts.join("; ")
+    }
+}
+
+// ---- the file system -------------------------------------------------------
+
+/// The drop-in files for main file `path`, in the order they apply.
+/// The drop-in files for main file `path`, in the order they apply, and
+/// the other files found beside them, which are not read. (Hidden files,
+/// such as an editor's, are neither.)
+pub fn dropin_files(path: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), ConfigError> {
+    let dir = path.parent().unwrap_or(Path::new(".")).join(DROPIN_DIR);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(e) => return Err(ConfigError::new(&dir, format!("cannot read folder: {e}"))),
+    };
+    let (mut files, mut ignored) = (Vec::new(), Vec::new());
+    for entry in entries {
+        let entry =
+            entry.map_err(|e| ConfigError::new(&dir, format!("cannot read folder: {e}")))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') {
+            continue;
+        }
+        if name.ends_with(".toml") {
+            files.push(entry.path());
+        } else {
+            ignored.push(entry.path());
+        }
+    }
+    files.sort();
+    ignored.sort();
+    Ok((files, ignored))
+}
+
+/// Reads, merges and validates the main file and its drop-ins for `host`,
+/// and notes services whose program cannot be run now.
+pub fn load(path: &Path, host: &Host) -> Result<Config, ConfigError> {
+    let mut parsed = Vec::new();
+    let (dropins, ignored) = dropin_files(path)?;
+    for file in std::iter::once(path.to_path_buf()).chain(dropins) {
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| ConfigError::new(&file, format!("cannot read: {e}")))?;
+        parsed.push((file.clone(), parse_file(&file, &text)?));
+    }
+    let mut config = build(parsed)?;
+    apply_host(&mut config, host)?;
+    for file in ignored {
+        config.warnings.push(format!(
+            "{}: ignored: only files whose names end in .toml are read",
+            file.display()
+        ));
+    }
+    config.warnings.extend(acl_warnings(&config));
+    for service in &config.services {
+        let Some(program) = service.program() else {
+            continue;
+        };
+        if let Err(e) = check_program(program) {
+            config.warnings.push(format!(
+                "{}: service \"{}\": command {program}: {e}; clients will be refused until it is installed",
+                service.source.display(),
+                service.name,
+            ));
+        }
+    }
+    Ok(config)
+}
+
+/// Warnings for access-list entries that do not do what they seem to:
+/// `deny = ["::/0"]` lets every IPv4 client in, `allow = ["::/0"]` keeps
+/// every one out.
+fn acl_warnings(config: &Config) -> Vec<String> {
+    let lists = [
+        ("[tcpmux]".to_string(), &config.tcpmux.acl),
+        ("[msp]".to_string(), &config.msp.acl),
+    ]
+    .into_iter()
+    .chain(config.services.iter().map(|s| {
+        (
+            format!("{}: service \"{}\"", s.source.display(), s.name),
+            &s.acl,
+        )
+    }));
+    lists
+        .flat_map(|(owner, acl)| {
+            acl.ipv6_entries_that_miss_ipv4()
+                .into_iter()
+                .map(move |(list, net)| {
+                    format!(
+                        "{owner} {list}: \"{net}\" is IPv6 and covers no IPv4 client, not even one \
+                         seen on an IPv6 socket (IPv4 clients are matched by IPv4 entries such as \
+                         \"0.0.0.0/0\")"
+                    )
+                })
+        })
+        .collect()
+}
