@@ -46,8 +46,11 @@ pub const DEFAULT_MAX_STARTS_PER_SECOND: u32 = 100;
 /// summed up in one log line.
 pub const LIMIT_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Sources counted by name in one summary interval; further sources add up
-/// as "other sources", so a flood from many addresses costs bounded memory.
+/// Sources counted by name in one summary interval (a Space-Saving table:
+/// a new source when it is full takes the place of the one with the
+/// smallest count), so a flood from many addresses costs bounded memory
+/// (about 100 bytes an entry) and any source with more than 1 in this many
+/// of the interval's connections is named, whatever came first.
 pub const SUMMARY_MAX_SOURCES: usize = 4096;
 
 /// Sources named in a summary line, those with the most connections first.

@@ -657,3 +657,53 @@ fn a_request_is_judged_by_the_configuration_in_force_when_its_name_arrives() {
     waiting.write_all(b"ho\r\n").unwrap();
     assert_eq!(read_to_end(&mut waiting), b"-Access denied\r\n");
 }
+
+#[test]
+fn the_summary_names_the_heaviest_source_whatever_decoys_come_first() {
+    let d = Daemon::start_opts(
+        &one_service("echo", r#"["/bin/cat"]"#, ""),
+        Options {
+            log_level: "info",
+            ..Options::default()
+        },
+    );
+    let addr = d.addr;
+    // An unknown name from `source`, to its answer.
+    let unknown = move |source: &str| {
+        let mut s = connect_from(source, addr);
+        s.write_all(b"nope\r\n").unwrap();
+        assert_eq!(read_to_end(&mut s), b"-Unknown service\r\n");
+    };
+    // 4096 decoys from distinct addresses (127.1.0.0 to 127.1.15.255), on
+    // four threads, then 3000 connections from one address.
+    let decoys: Vec<_> = (0..4u32)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in (t * 1024)..((t + 1) * 1024) {
+                    unknown(&format!("127.1.{}.{}", i / 256, i % 256));
+                }
+            })
+        })
+        .collect();
+    for t in decoys {
+        t.join().unwrap();
+    }
+    for _ in 0..3000 {
+        unknown("127.0.0.2");
+    }
+    // Every summary line that counts the flooder names it first, and
+    // together they count all it sent (an interval may end during the
+    // flood).
+    let named = || -> u64 {
+        let log = d.log();
+        log.lines()
+            .filter_map(|l| l.split_once("; top sources: "))
+            .filter_map(|(_, top)| {
+                let first = top.split(", ").next()?;
+                let n = first.strip_prefix("127.0.0.2 (")?.strip_suffix(')')?;
+                n.parse::<u64>().ok()
+            })
+            .sum()
+    };
+    assert!(wait_until(|| named() == 3000), "{}", d.log());
+}
