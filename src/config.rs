@@ -143,6 +143,8 @@ pub struct TcpmuxSettings {
     pub ipv6_source_prefix: u8,
     /// Sessions running at once, all services together.
     pub max_sessions: usize,
+    /// Of those, held by one source (an IPv4 address, or an IPv6 prefix).
+    pub max_sessions_per_source: usize,
     /// Warm units (systemd launcher) kept ready, all services together.
     pub max_warm: usize,
     /// Session units the systemd launcher has starting at once.
@@ -164,6 +166,8 @@ pub struct Service {
     pub plus: bool,
     pub launcher: LauncherKind,
     pub max_instances: usize,
+    /// Of those, held by one source (an IPv4 address, or an IPv6 prefix).
+    pub max_instances_per_source: usize,
     /// Sessions started per second at most (a token bucket with as many
     /// in reserve).
     pub max_starts_per_second: u32,
@@ -368,6 +372,7 @@ struct RawTcpmux {
     max_handshakes_per_source: Option<usize>,
     ipv6_source_prefix: Option<u8>,
     max_sessions: Option<usize>,
+    max_sessions_per_source: Option<usize>,
     max_warm: Option<usize>,
     max_starting_units: Option<usize>,
     #[serde(default, deserialize_with = "nets")]
@@ -414,6 +419,7 @@ struct RawService {
     launcher: LauncherKind,
     #[serde(default = "default_max_instances")]
     max_instances: usize,
+    max_instances_per_source: Option<usize>,
     #[serde(default = "default_max_starts_per_second")]
     max_starts_per_second: u32,
     #[serde(default = "default_warm")]
@@ -514,6 +520,8 @@ pub fn build(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, ConfigError> {
                 .or(merged.max_handshakes_per_source);
             merged.ipv6_source_prefix = t.ipv6_source_prefix.or(merged.ipv6_source_prefix);
             merged.max_sessions = t.max_sessions.or(merged.max_sessions);
+            merged.max_sessions_per_source =
+                t.max_sessions_per_source.or(merged.max_sessions_per_source);
             merged.max_warm = t.max_warm.or(merged.max_warm);
             merged.max_starting_units = t.max_starting_units.or(merged.max_starting_units);
             merged.allow = t.allow.or(merged.allow);
@@ -615,6 +623,17 @@ fn validate_tcpmux(
         raw.max_sessions,
         limits::DEFAULT_MAX_SESSIONS,
     )?;
+    let max_sessions_per_source = at_least_one(
+        "max_sessions_per_source",
+        raw.max_sessions_per_source,
+        limits::default_source_share(max_sessions),
+    )?;
+    if max_sessions_per_source > max_sessions {
+        return Err(err(
+            "max_sessions_per_source",
+            format!("{max_sessions_per_source} is more than max_sessions ({max_sessions})"),
+        ));
+    }
     let max_warm = raw.max_warm.unwrap_or(limits::DEFAULT_MAX_WARM);
     if max_warm > limits::MAX_WARM {
         return Err(err(
@@ -666,6 +685,7 @@ fn validate_tcpmux(
         max_handshakes_per_source,
         ipv6_source_prefix,
         max_sessions,
+        max_sessions_per_source,
         max_warm,
         max_starting_units,
         acl: Acl::new(raw.allow.unwrap_or_default(), raw.deny.unwrap_or_default()),
@@ -880,6 +900,21 @@ fn validate_service(
     if raw.max_instances == 0 {
         return Err(err("max_instances", "must be at least 1".into()));
     }
+    let max_instances_per_source = raw
+        .max_instances_per_source
+        .unwrap_or_else(|| limits::default_source_share(raw.max_instances));
+    if max_instances_per_source == 0 {
+        return Err(err("max_instances_per_source", "must be at least 1".into()));
+    }
+    if max_instances_per_source > raw.max_instances {
+        return Err(err(
+            "max_instances_per_source",
+            format!(
+                "{max_instances_per_source} is more than max_instances ({})",
+                raw.max_instances
+            ),
+        ));
+    }
     if raw.max_starts_per_second == 0 {
         return Err(err("max_starts_per_second", "must be at least 1".into()));
     }
@@ -919,6 +954,7 @@ fn validate_service(
         plus: raw.plus,
         launcher: raw.launcher,
         max_instances: raw.max_instances,
+        max_instances_per_source,
         max_starts_per_second: raw.max_starts_per_second,
         warm: raw.warm,
         acl: Acl::new(raw.allow.unwrap_or_default(), raw.deny.unwrap_or_default()),

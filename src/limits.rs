@@ -38,6 +38,22 @@ pub const DEFAULT_IPV6_SOURCE_PREFIX: u8 = 64;
 /// services together.
 pub const DEFAULT_MAX_SESSIONS: usize = 1024;
 
+/// The default share of `max_instances` and of `max_sessions` one source
+/// may hold (`max_instances_per_source`, `max_sessions_per_source`): one
+/// part in this many, at least one session. xinetd's `per_source` caps the
+/// instances of a service per client address with a fixed number; a
+/// fixed default could exceed a small `max_instances` and leave others
+/// nothing, so the default is a share: a quarter lets one address (a
+/// household or an office behind one NAT address) run a few sessions at
+/// once, 16 of the 64 of a service and 256 of all 1024 by default, while
+/// three quarters always stay for the others.
+pub const SOURCE_SHARE_DIVISOR: usize = 4;
+
+/// The default per-source share of `max`: see [`SOURCE_SHARE_DIVISOR`].
+pub fn default_source_share(max: usize) -> usize {
+    (max / SOURCE_SHARE_DIVISOR).max(1)
+}
+
 /// Default for `[[service]] max_starts_per_second`: sessions of one service
 /// started per second, with as many in reserve for bursts.
 pub const DEFAULT_MAX_STARTS_PER_SECOND: u32 = 100;
