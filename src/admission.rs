@@ -432,10 +432,14 @@ pub enum Limit {
     MspRecipientRate,
     /// `[msp] total_rate_per_minute`.
     MspTotalRate,
+    /// `[[service]] max_instances_per_source`.
+    MaxInstancesPerSource,
+    /// `[tcpmux] max_sessions_per_source`.
+    MaxSessionsPerSource,
 }
 
 /// How many kinds of limit there are.
-const LIMITS: usize = 14;
+const LIMITS: usize = 16;
 
 impl Limit {
     pub const ALL: [Limit; LIMITS] = [
@@ -453,6 +457,8 @@ impl Limit {
         Limit::MspConnectionsPerSource,
         Limit::MspRecipientRate,
         Limit::MspTotalRate,
+        Limit::MaxInstancesPerSource,
+        Limit::MaxSessionsPerSource,
     ];
 
     /// The config key that sets it.
@@ -472,6 +478,8 @@ impl Limit {
             Limit::MspConnectionsPerSource => "msp max_connections_per_source",
             Limit::MspRecipientRate => "msp recipient_rate_per_minute",
             Limit::MspTotalRate => "msp total_rate_per_minute",
+            Limit::MaxInstancesPerSource => "max_instances_per_source",
+            Limit::MaxSessionsPerSource => "max_sessions_per_source",
         }
     }
 }

@@ -38,6 +38,22 @@ pub const DEFAULT_IPV6_SOURCE_PREFIX: u8 = 64;
 /// services together.
 pub const DEFAULT_MAX_SESSIONS: usize = 1024;
 
+/// The default share of `max_instances` and of `max_sessions` one source
+/// may hold (`max_instances_per_source`, `max_sessions_per_source`): one
+/// part in this many, at least one session. xinetd's `per_source` caps the
+/// instances of a service per client address with a fixed number; a
+/// fixed default could exceed a small `max_instances` and leave others
+/// nothing, so the default is a share: a quarter lets one address (a
+/// household or an office behind one NAT address) run a few sessions at
+/// once, 16 of the 64 of a service and 256 of all 1024 by default, while
+/// three quarters always stay for the others.
+pub const SOURCE_SHARE_DIVISOR: usize = 4;
+
+/// The default per-source share of `max`: see [`SOURCE_SHARE_DIVISOR`].
+pub fn default_source_share(max: usize) -> usize {
+    (max / SOURCE_SHARE_DIVISOR).max(1)
+}
+
 /// Default for `[[service]] max_starts_per_second`: sessions of one service
 /// started per second, with as many in reserve for bursts.
 pub const DEFAULT_MAX_STARTS_PER_SECOND: u32 = 100;
@@ -46,8 +62,11 @@ pub const DEFAULT_MAX_STARTS_PER_SECOND: u32 = 100;
 /// summed up in one log line.
 pub const LIMIT_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Sources counted by name in one summary interval; further sources add up
-/// as "other sources", so a flood from many addresses costs bounded memory.
+/// Sources counted by name in one summary interval (a Space-Saving table:
+/// a new source when it is full takes the place of the one with the
+/// smallest count), so a flood from many addresses costs bounded memory
+/// (about 100 bytes an entry) and any source with more than 1 in this many
+/// of the interval's connections is named, whatever came first.
 pub const SUMMARY_MAX_SOURCES: usize = 4096;
 
 /// Sources named in a summary line, those with the most connections first.

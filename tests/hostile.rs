@@ -167,7 +167,7 @@ fn a_service_started_too_often_is_refused_then_recovers() {
 #[test]
 fn max_sessions_caps_all_services_together() {
     let d = Daemon::start(
-        "[tcpmux]\nmax_sessions = 2\n\n\
+        "[tcpmux]\nmax_sessions = 2\nmax_sessions_per_source = 2\n\n\
          [[service]]\nname = \"a\"\ncommand = [\"/bin/cat\"]\n\n\
          [[service]]\nname = \"b\"\ncommand = [\"/bin/cat\"]\n",
     );
@@ -308,7 +308,8 @@ fn running_out_of_descriptors_backs_off_and_recovers() {
 fn crashing_hanging_and_flooding_services_do_not_hurt_the_daemon() {
     let d = Daemon::start(
         "[[service]]\nname = \"crash\"\ncommand = [\"/bin/sh\", \"-c\", \"kill -SEGV $$\"]\n\n\
-         [[service]]\nname = \"hang\"\ncommand = [\"/bin/sleep\", \"600\"]\nmax_instances = 2\n\n\
+         [[service]]\nname = \"hang\"\ncommand = [\"/bin/sleep\", \"600\"]\nmax_instances = 2\n\
+         max_instances_per_source = 2\n\n\
          [[service]]\nname = \"flood\"\ncommand = [\"/bin/sh\", \"-c\", \
          \"i=0; while [ $i -lt 5000 ]; do echo flood line $i >&2; i=$((i+1)); done\"]\n\n\
          [[service]]\nname = \"echo\"\ncommand = [\"/bin/cat\"]\n",

@@ -742,3 +742,155 @@ fn as_root_programs_without_a_user_of_their_own_run_as_the_default_user() {
     assert_eq!(session_output(&d, "uid").trim(), "65534", "{}", d.log());
     assert_eq!(session_output(&d, "root").trim(), "0", "{}", d.log());
 }
+
+/// Opens sessions of `names` in turn from `source` and keeps them idle
+/// until one is refused: (the sessions held, the refusal). Fails when
+/// `max` are given.
+fn hold_sessions(
+    d: &Daemon,
+    source: &str,
+    names: &[&str],
+    max: usize,
+) -> (Vec<std::net::TcpStream>, Vec<u8>) {
+    let mut held = Vec::new();
+    for i in 0..max {
+        let mut s = connect_from(source, d.addr);
+        s.write_all(format!("{}\r\n", names[i % names.len()]).as_bytes())
+            .unwrap();
+        let line = read_line(&mut s);
+        if line != b"+\r\n" {
+            return (held, line);
+        }
+        held.push(s);
+    }
+    panic!("{source} was given {max} sessions: {}", d.log());
+}
+
+const SOURCE_SESSIONS: &[u8] = b"-Too many sessions from your address, try again later\r\n";
+
+/// Asks for service `name` from `source`: the connection, kept open, and
+/// the first reply line.
+fn session_from(d: &Daemon, source: &str, name: &str) -> (std::net::TcpStream, Vec<u8>) {
+    let mut s = connect_from(source, d.addr);
+    s.write_all(format!("{name}\r\n").as_bytes()).unwrap();
+    let line = read_line(&mut s);
+    (s, line)
+}
+
+#[test]
+fn one_address_holding_idle_sessions_is_stopped_at_its_share_of_the_service() {
+    // The defaults: 64 sessions of echo, a quarter of them per source.
+    let d = Daemon::start(&one_service("echo", r#"["/bin/cat"]"#, ""));
+    let (mut held, refusal) = hold_sessions(&d, "127.0.0.2", &["echo"], 64);
+    assert_eq!(refusal, SOURCE_SESSIONS, "{}", d.log());
+    assert_eq!(held.len(), 16, "a quarter of max_instances");
+    // Another address is still served, while the first keeps its sessions.
+    let others: Vec<_> = (0..3)
+        .map(|_| {
+            let (s, line) = session_from(&d, "127.0.0.3", "echo");
+            assert_eq!(line, b"+\r\n", "{}", d.log());
+            s
+        })
+        .collect();
+    // A session that ends gives its source's place back.
+    drop(held.pop());
+    assert!(
+        wait_until(|| session_from(&d, "127.0.0.2", "echo").1 == b"+\r\n"),
+        "{}",
+        d.log()
+    );
+    // Summed up as its own outcome and limit.
+    assert!(d.wait_log("outcome=source-busy"), "{}", d.log());
+    assert!(d.wait_log("max_instances_per_source"), "{}", d.log());
+    drop(others);
+}
+
+#[test]
+fn one_address_across_services_is_stopped_at_its_share_of_all_sessions() {
+    // 16 sessions in all, a quarter per source; each service would give
+    // one source 16.
+    let mut config = String::from("[tcpmux]\nmax_sessions = 16\n\n");
+    for name in ["a", "b", "c"] {
+        config.push_str(&one_service(name, r#"["/bin/cat"]"#, ""));
+    }
+    let d = Daemon::start(&config);
+    let (held, refusal) = hold_sessions(&d, "127.0.0.2", &["a", "b", "c"], 16);
+    assert_eq!(refusal, SOURCE_SESSIONS, "{}", d.log());
+    assert_eq!(held.len(), 4, "a quarter of max_sessions");
+    let (_other, line) = session_from(&d, "127.0.0.3", "c");
+    assert_eq!(line, b"+\r\n", "{}", d.log());
+    assert!(d.wait_log("outcome=source-sessions-full"), "{}", d.log());
+}
+
+#[test]
+fn a_configured_share_is_a_bound_of_its_own() {
+    let config = one_service(
+        "echo",
+        r#"["/bin/cat"]"#,
+        "max_instances = 10\nmax_instances_per_source = 1",
+    );
+    let d = Daemon::start(&config);
+    let (held, refusal) = hold_sessions(&d, "127.0.0.2", &["echo"], 10);
+    assert_eq!((held.len(), refusal.as_slice()), (1, SOURCE_SESSIONS));
+    let too_large = one_service(
+        "echo",
+        r#"["/bin/cat"]"#,
+        "max_instances = 10\nmax_instances_per_source = 11",
+    );
+    let (code, _, stderr) = check(&[("tcpmuxd.toml", &too_large)]);
+    assert_eq!(code, 78, "{stderr}");
+    assert!(
+        stderr.contains("max_instances_per_source: 11 is more than max_instances (10)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_summary_names_the_heaviest_source_whatever_decoys_come_first() {
+    let d = Daemon::start_opts(
+        &one_service("echo", r#"["/bin/cat"]"#, ""),
+        Options {
+            log_level: "info",
+            ..Options::default()
+        },
+    );
+    let addr = d.addr;
+    // An unknown name from `source`, to its answer.
+    let unknown = move |source: &str| {
+        let mut s = connect_from(source, addr);
+        s.write_all(b"nope\r\n").unwrap();
+        assert_eq!(read_to_end(&mut s), b"-Unknown service\r\n");
+    };
+    // 4096 decoys from distinct addresses (127.1.0.0 to 127.1.15.255), on
+    // four threads, then 3000 connections from one address.
+    let decoys: Vec<_> = (0..4u32)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in (t * 1024)..((t + 1) * 1024) {
+                    unknown(&format!("127.1.{}.{}", i / 256, i % 256));
+                }
+            })
+        })
+        .collect();
+    for t in decoys {
+        t.join().unwrap();
+    }
+    for _ in 0..3000 {
+        unknown("127.0.0.2");
+    }
+    // Every summary line that counts the flooder names it first, and
+    // together they count all it sent (an interval may end during the
+    // flood).
+    let named = || -> u64 {
+        let log = d.log();
+        log.lines()
+            .filter_map(|l| l.split_once("; top sources: "))
+            .filter_map(|(_, top)| {
+                let first = top.split(", ").next()?;
+                let n = first.strip_prefix("127.0.0.2 (")?.strip_suffix(')')?;
+                n.parse::<u64>().ok()
+            })
+            .sum()
+    };
+    assert!(wait_until(|| named() == 3000), "{}", d.log());
+}

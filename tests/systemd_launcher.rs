@@ -10,11 +10,13 @@ use std::time::Duration;
 use tcpmuxd::config::{self, Config, Host};
 use tcpmuxd::launch::systemd::{Connector, Oneshot, SystemdLauncher};
 use tcpmuxd::launch::{Connection, Launcher};
-use tcpmuxd::sessions::SessionTable;
+use tcpmuxd::sessions::{Full, SessionLimits, SessionTable};
 use zbus::object_server::SignalEmitter;
 use zbus::{OwnedObjectPath, OwnedVariant};
 
 const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
+
+const LOOPBACK: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 /// What the mock saw of one StartTransientUnit call.
 struct Started {
@@ -432,7 +434,14 @@ fn launch_in_background(
 ) -> tokio::task::JoinHandle<Result<(), tcpmuxd::launch::Failed>> {
     let launcher = h.launcher.clone();
     let service = Arc::clone(h.config.service("my-echo").unwrap());
-    let slot = h.sessions.try_acquire("my-echo", 10, 10).unwrap();
+    let slot = h
+        .sessions
+        .try_acquire(
+            "my-echo",
+            conn.peer.ip(),
+            &SessionLimits::without_shares(10, 10),
+        )
+        .unwrap();
     tokio::spawn(async move { launcher.launch(service, conn, slot, no_fds()).await })
 }
 
@@ -443,8 +452,11 @@ async fn launch_one(
     name: &str,
 ) -> (Result<(), tcpmuxd::launch::Failed>, std::net::TcpStream) {
     let service = Arc::clone(h.config.service(name).unwrap());
-    let slot = h.sessions.try_acquire(name, 1, 10).unwrap();
     let (conn, client) = tcp_pair().await;
+    let slot = h
+        .sessions
+        .try_acquire(name, conn.peer.ip(), &SessionLimits::without_shares(1, 10))
+        .unwrap();
     (
         h.launcher.launch(service, conn, slot, no_fds()).await,
         client,
@@ -519,6 +531,57 @@ async fn a_client_that_hangs_up_while_waiting_for_its_turn_starts_no_unit() {
         gone.error
     );
     assert_eq!(h.mock.names.lock().unwrap().len(), 1, "no unit for it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_waiting_for_its_turn_holds_its_sources_place() {
+    let h = one_turn_harness().await;
+    let share = SessionLimits {
+        max_instances: 10,
+        max_instances_per_source: 2,
+        max_sessions: 10,
+        max_sessions_per_source: 10,
+    };
+    let launch = |conn: Connection| {
+        let slot = h
+            .sessions
+            .try_acquire("my-echo", conn.peer.ip(), &share)
+            .unwrap();
+        let launcher = h.launcher.clone();
+        let service = Arc::clone(h.config.service("my-echo").unwrap());
+        tokio::spawn(async move { launcher.launch(service, conn, slot, no_fds()).await })
+    };
+    let (first, _first_client) = tcp_pair().await;
+    let first = launch(first);
+    until("the first unit's start", || {
+        h.mock.names.lock().unwrap().len() == 1
+    })
+    .await;
+    let (second, second_client) = tcp_pair().await;
+    let second = launch(second);
+    until("the second client in the queue", || {
+        h.launcher.starts() == (1, 1)
+    })
+    .await;
+    // One start under way and one place in the queue: the source's share
+    // is taken, another source's is not.
+    assert_eq!(h.sessions.of_source(LOOPBACK), 2);
+    assert_eq!(
+        h.sessions
+            .try_acquire("my-echo", LOOPBACK, &share)
+            .unwrap_err(),
+        Full::SourceService
+    );
+    let other: std::net::IpAddr = "192.0.2.9".parse().unwrap();
+    drop(h.sessions.try_acquire("my-echo", other, &share).unwrap());
+    // The waiting client hangs up: its place goes when its turn comes.
+    drop(second_client);
+    let unit = h.mock.names.lock().unwrap()[0].clone();
+    finish_job(&h, &unit).await;
+    first.await.unwrap().unwrap();
+    assert!(second.await.unwrap().is_err());
+    assert_eq!(h.sessions.of_source(LOOPBACK), 1, "the running session's");
+    assert!(h.sessions.try_acquire("my-echo", LOOPBACK, &share).is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -893,7 +956,10 @@ async fn a_reload_replaces_the_warm_units_of_changed_services_and_stops_removed_
     assert_eq!(h.launcher.warm_ready_total(), 1);
     // A connection judged by the old configuration starts cold.
     let old = Arc::clone(h.config.service("a").unwrap());
-    let slot = h.sessions.try_acquire("a", 1, 10).unwrap();
+    let slot = h
+        .sessions
+        .try_acquire("a", LOOPBACK, &SessionLimits::without_shares(1, 10))
+        .unwrap();
     let (conn, _client) = tcp_pair().await;
     h.launcher
         .launch(old, conn, slot, no_fds())

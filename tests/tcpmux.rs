@@ -258,6 +258,7 @@ fn max_instances_refuses_the_next_client_until_one_ends() {
 name = "echo"
 command = ["/bin/cat"]
 max_instances = 2
+max_instances_per_source = 2
 "#;
     let d = Daemon::start(config);
     let open = |d: &Daemon| {
@@ -291,6 +292,7 @@ max_handshakes_per_source = 256
 name = "echo"
 command = ["/bin/cat"]
 max_instances = 250
+max_instances_per_source = 250
 max_starts_per_second = 1000
 "#;
     let d = Daemon::start(config);

@@ -80,6 +80,19 @@ fn when_hit_no_turn() -> String {
         when_hit_server_busy()
     )
 }
+fn when_hit_source_sessions() -> String {
+    "`-Too many sessions from your address, try again later`".into()
+}
+fn default_share(of: &str) -> String {
+    format!(
+        "a {} of {of} (at least 1)",
+        match limits::SOURCE_SHARE_DIVISOR {
+            2 => "half".to_string(),
+            4 => "quarter".to_string(),
+            n => format!("1/{n}"),
+        }
+    )
+}
 fn when_hit_max_instances() -> String {
     "`-Service busy, try again later`".into()
 }
@@ -178,6 +191,18 @@ pub fn keys() -> Vec<Key> {
             AT_LEAST_ONE.into(),
             Some(when_hit_server_busy()),
             "Sessions running at once, all services together.",
+        ),
+        key(
+            "tcpmux",
+            "max_sessions_per_source",
+            "integer",
+            default_share("max_sessions"),
+            "a whole number, at least 1, at most max_sessions".into(),
+            Some(when_hit_source_sessions()),
+            "Of those, sessions held by one IPv4 address or one IPv6 prefix \
+             (ipv6_source_prefix), counted from the moment a session is granted (before the \
+             client hears +, and while it waits for a turn to start its unit) until it ends. The default share always leaves room for \
+             other sources; xinetd's per_source is the same limit for one service.",
         ),
         key(
             "tcpmux",
@@ -473,6 +498,17 @@ pub fn keys() -> Vec<Key> {
         ),
         key(
             "service",
+            "max_instances_per_source",
+            "integer",
+            default_share("max_instances"),
+            "a whole number, at least 1, at most max_instances".into(),
+            Some(when_hit_source_sessions()),
+            "Of those, sessions held by one IPv4 address or one IPv6 prefix \
+             (ipv6_source_prefix), counted as for max_sessions_per_source; as xinetd's \
+             per_source, but a share by default, so that one source never takes all.",
+        ),
+        key(
+            "service",
             "max_starts_per_second",
             "integer",
             limits::DEFAULT_MAX_STARTS_PER_SECOND.to_string(),
@@ -598,6 +634,15 @@ pub fn limits_table() -> Vec<Limit> {
             when_hit_server_busy(),
         ),
         row(
+            "`[tcpmux] max_sessions_per_source`",
+            format!(
+                "{} per IPv4 address or IPv6 prefix: {} with the defaults",
+                default_share("max_sessions"),
+                limits::default_source_share(limits::DEFAULT_MAX_SESSIONS)
+            ),
+            when_hit_source_sessions(),
+        ),
+        row(
             "`[tcpmux] max_starting_units`",
             "twice the CPUs (at least 2) session units being started at once, systemd launcher"
                 .into(),
@@ -613,6 +658,15 @@ pub fn limits_table() -> Vec<Limit> {
             "`[[service]] max_instances`",
             format!("{} sessions of the service", limits::DEFAULT_MAX_INSTANCES),
             when_hit_max_instances(),
+        ),
+        row(
+            "`[[service]] max_instances_per_source`",
+            format!(
+                "{} per IPv4 address or IPv6 prefix: {} with the defaults",
+                default_share("max_instances"),
+                limits::default_source_share(limits::DEFAULT_MAX_INSTANCES)
+            ),
+            when_hit_source_sessions(),
         ),
         row(
             "`[[service]] max_starts_per_second`",

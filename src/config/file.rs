@@ -108,6 +108,7 @@ pub(super) struct RawTcpmux {
     pub(super) max_handshakes_per_source: Option<usize>,
     pub(super) ipv6_source_prefix: Option<u8>,
     pub(super) max_sessions: Option<usize>,
+    pub(super) max_sessions_per_source: Option<usize>,
     pub(super) max_warm: Option<usize>,
     pub(super) max_starting_units: Option<usize>,
     #[serde(default, deserialize_with = "nets")]
@@ -157,6 +158,7 @@ pub(super) struct RawService {
     pub(super) launcher: LauncherKind,
     #[serde(default = "default_max_instances")]
     pub(super) max_instances: usize,
+    pub(super) max_instances_per_source: Option<usize>,
     #[serde(default = "default_max_starts_per_second")]
     pub(super) max_starts_per_second: u32,
     #[serde(default = "default_warm")]

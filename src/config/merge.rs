@@ -70,6 +70,8 @@ pub fn build(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, ConfigError> {
                 .or(merged.max_handshakes_per_source);
             merged.ipv6_source_prefix = t.ipv6_source_prefix.or(merged.ipv6_source_prefix);
             merged.max_sessions = t.max_sessions.or(merged.max_sessions);
+            merged.max_sessions_per_source =
+                t.max_sessions_per_source.or(merged.max_sessions_per_source);
             merged.max_warm = t.max_warm.or(merged.max_warm);
             merged.max_starting_units = t.max_starting_units.or(merged.max_starting_units);
             merged.allow = t.allow.or(merged.allow);

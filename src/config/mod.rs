@@ -204,6 +204,8 @@ pub struct TcpmuxSettings {
     pub ipv6_source_prefix: u8,
     /// Sessions running at once, all services together.
     pub max_sessions: usize,
+    /// Of those, held by one source (an IPv4 address, or an IPv6 prefix).
+    pub max_sessions_per_source: usize,
     /// Warm units (systemd launcher) kept ready, all services together.
     pub max_warm: usize,
     /// Session units the systemd launcher has starting at once.
@@ -228,6 +230,8 @@ pub struct Service {
     pub plus: bool,
     pub launcher: LauncherKind,
     pub max_instances: usize,
+    /// Of those, held by one source (an IPv4 address, or an IPv6 prefix).
+    pub max_instances_per_source: usize,
     /// Sessions started per second at most (a token bucket with as many
     /// in reserve).
     pub max_starts_per_second: u32,

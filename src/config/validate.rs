@@ -51,6 +51,17 @@ pub(super) fn validate_tcpmux(
         raw.max_sessions,
         limits::DEFAULT_MAX_SESSIONS,
     )?;
+    let max_sessions_per_source = at_least_one(
+        "max_sessions_per_source",
+        raw.max_sessions_per_source,
+        limits::default_source_share(max_sessions),
+    )?;
+    if max_sessions_per_source > max_sessions {
+        return Err(err(
+            "max_sessions_per_source",
+            format!("{max_sessions_per_source} is more than max_sessions ({max_sessions})"),
+        ));
+    }
     let max_warm = raw.max_warm.unwrap_or(limits::DEFAULT_MAX_WARM);
     if max_warm > limits::MAX_WARM {
         return Err(err(
@@ -105,6 +116,7 @@ pub(super) fn validate_tcpmux(
         max_handshakes_per_source,
         ipv6_source_prefix,
         max_sessions,
+        max_sessions_per_source,
         max_warm,
         max_starting_units,
         acl: Acl::new(raw.allow.unwrap_or_default(), raw.deny.unwrap_or_default()),
@@ -323,6 +335,21 @@ pub(super) fn validate_service(
     if raw.max_instances == 0 {
         return Err(err("max_instances", "must be at least 1".into()));
     }
+    let max_instances_per_source = raw
+        .max_instances_per_source
+        .unwrap_or_else(|| limits::default_source_share(raw.max_instances));
+    if max_instances_per_source == 0 {
+        return Err(err("max_instances_per_source", "must be at least 1".into()));
+    }
+    if max_instances_per_source > raw.max_instances {
+        return Err(err(
+            "max_instances_per_source",
+            format!(
+                "{max_instances_per_source} is more than max_instances ({})",
+                raw.max_instances
+            ),
+        ));
+    }
     if raw.max_starts_per_second == 0 {
         return Err(err("max_starts_per_second", "must be at least 1".into()));
     }
@@ -362,6 +389,7 @@ pub(super) fn validate_service(
         plus: raw.plus,
         launcher: raw.launcher,
         max_instances: raw.max_instances,
+        max_instances_per_source,
         max_starts_per_second: raw.max_starts_per_second,
         warm: raw.warm,
         acl: Acl::new(raw.allow.unwrap_or_default(), raw.deny.unwrap_or_default()),

@@ -9,7 +9,7 @@ use crate::launch::systemd::SystemdLauncher;
 use crate::launch::{Connection, Failed, LaunchError, Launcher};
 use crate::limits;
 use crate::log::escaped;
-use crate::sessions::Full;
+use crate::sessions::{Full, SessionLimits};
 use crate::tcpmux::{self, HandshakeError, Request, RequestError, reply};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -133,6 +133,10 @@ pub enum Outcome {
     NoDescriptors,
     /// No turn to start the session's unit came in time.
     NoTurn,
+    /// The source holds its share of the service's sessions.
+    SourceBusy,
+    /// The source holds its share of all sessions.
+    SourceSessionsFull,
 }
 
 impl Outcome {
@@ -147,6 +151,8 @@ impl Outcome {
             Outcome::SessionsFull => Some(Limit::MaxSessions),
             Outcome::StartRate => Some(Limit::MaxStartsPerSecond),
             Outcome::NoTurn => Some(Limit::MaxStartingUnits),
+            Outcome::SourceBusy => Some(Limit::MaxInstancesPerSource),
+            Outcome::SourceSessionsFull => Some(Limit::MaxSessionsPerSource),
             _ => None,
         }
     }
@@ -181,6 +187,8 @@ impl Outcome {
             Outcome::Shed => "shed",
             Outcome::NoDescriptors => "no-descriptors",
             Outcome::NoTurn => "no-turn",
+            Outcome::SourceBusy => "source-busy",
+            Outcome::SourceSessionsFull => "source-sessions-full",
         }
     }
 }
@@ -304,18 +312,32 @@ async fn handshake(
         // HELP hides this service from this client; so does the answer.
         return refuse(stream, reply::UNKNOWN, limit, Outcome::Denied).await;
     }
-    let slot = match state.sessions.try_acquire(
-        &service.name,
-        service.max_instances,
-        config.tcpmux.max_sessions,
-    ) {
+    // The slot is held, by the source's key too, from here until the
+    // session ends: while a unit waits for its turn to start as well.
+    let source = source_key(ip, config.tcpmux.ipv6_source_prefix);
+    let session_limits = SessionLimits {
+        max_instances: service.max_instances,
+        max_instances_per_source: service.max_instances_per_source,
+        max_sessions: config.tcpmux.max_sessions,
+        max_sessions_per_source: config.tcpmux.max_sessions_per_source,
+    };
+    let slot = match state
+        .sessions
+        .try_acquire(&service.name, source, &session_limits)
+    {
         Ok(slot) => slot,
         Err(Full::Service) => return refuse(stream, reply::BUSY, limit, Outcome::Busy).await,
         Err(Full::All) => {
             return refuse(stream, reply::SESSIONS_FULL, limit, Outcome::SessionsFull).await;
         }
+        Err(Full::SourceService) => {
+            return refuse(stream, reply::SOURCE_SESSIONS, limit, Outcome::SourceBusy).await;
+        }
+        Err(Full::SourceAll) => {
+            let outcome = Outcome::SourceSessionsFull;
+            return refuse(stream, reply::SOURCE_SESSIONS, limit, outcome).await;
+        }
     };
-    let source = source_key(ip, config.tcpmux.ipv6_source_prefix);
     if !state.starts.allow(
         &service.name,
         service.max_starts_per_second,

@@ -74,11 +74,13 @@ impl State {
         if let Some(w) = startup::fd_warning(&config, fd_limit) {
             tracing::warn!("{w}");
         }
+        let summary = Summary::default();
+        summary.set_ipv6_source_prefix(config.tcpmux.ipv6_source_prefix);
         State {
             fds: FdBudget::new(startup::fd_budget(&config, fd_limit)),
             fd_limit,
             waiting: Arc::default(),
-            summary: Summary::default(),
+            summary,
             msp: Default::default(),
             host,
             systemd: std::sync::OnceLock::new(),
@@ -146,6 +148,8 @@ impl State {
                 self.config_path.display()
             );
             self.starts.retain(|name| new.service(name).is_some());
+            self.summary
+                .set_ipv6_source_prefix(new.tcpmux.ipv6_source_prefix);
             self.config.store(Arc::new(new));
         });
         if let Err(e) = &result {

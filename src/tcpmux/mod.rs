@@ -19,6 +19,7 @@ pub mod reply {
     pub const TIMEOUT: &[u8] = b"-Timed out waiting for the service name\r\n";
     pub const OVERLOADED: &[u8] = b"-Too many connections, try again later\r\n";
     pub const SOURCE_LIMIT: &[u8] = b"-Too many connections from your address, try again later\r\n";
+    pub const SOURCE_SESSIONS: &[u8] = b"-Too many sessions from your address, try again later\r\n";
     pub const SESSIONS_FULL: &[u8] = b"-Server busy, try again later\r\n";
     pub const START_RATE: &[u8] = b"-Service started too often, try again later\r\n";
 }
@@ -50,6 +51,7 @@ mod tests {
             reply::TIMEOUT,
             reply::OVERLOADED,
             reply::SOURCE_LIMIT,
+            reply::SOURCE_SESSIONS,
             reply::SESSIONS_FULL,
             reply::START_RATE,
         ] {
