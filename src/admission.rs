@@ -248,10 +248,12 @@ impl StartRate {
     }
 }
 
-/// Handshakes waiting for their request line, oldest first. At
-/// `max_handshakes` the oldest is shed to make room for a new connection:
+/// Connections waiting for their request, oldest first: TCPMUX
+/// handshakes waiting for their name, MSP connections with no whole
+/// message in hand (one queue each). At the cap (`max_handshakes`, `[msp]
+/// max_connections`) the oldest is shed to make room for a new connection:
 /// a flood of silent connections then costs its own connections their
-/// place, while a client that sends its name promptly is served.
+/// place, while a client that sends its request promptly is served.
 #[derive(Debug, Default)]
 pub struct Waiting {
     next: AtomicU64,
@@ -432,10 +434,12 @@ pub enum Limit {
     MspRecipientRate,
     /// `[msp] total_rate_per_minute`.
     MspTotalRate,
+    /// `[msp] max_messages_per_connection`.
+    MspMessagesPerConnection,
 }
 
 /// How many kinds of limit there are.
-const LIMITS: usize = 14;
+const LIMITS: usize = 15;
 
 impl Limit {
     pub const ALL: [Limit; LIMITS] = [
@@ -453,6 +457,7 @@ impl Limit {
         Limit::MspConnectionsPerSource,
         Limit::MspRecipientRate,
         Limit::MspTotalRate,
+        Limit::MspMessagesPerConnection,
     ];
 
     /// The config key that sets it.
@@ -472,6 +477,7 @@ impl Limit {
             Limit::MspConnectionsPerSource => "msp max_connections_per_source",
             Limit::MspRecipientRate => "msp recipient_rate_per_minute",
             Limit::MspTotalRate => "msp total_rate_per_minute",
+            Limit::MspMessagesPerConnection => "msp max_messages_per_connection",
         }
     }
 }

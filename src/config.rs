@@ -106,6 +106,8 @@ pub struct MspSettings {
     pub max_connections: usize,
     /// Of those, from one source (IPv6: per `[tcpmux] ipv6_source_prefix`).
     pub max_connections_per_source: usize,
+    /// Messages one TCP connection may carry.
+    pub max_messages_per_connection: usize,
     /// How long a delivered version B message is remembered, so that a
     /// retransmission is acknowledged but not shown again.
     pub dedup_window: Duration,
@@ -394,6 +396,7 @@ struct RawMsp {
     connection_timeout: Option<Duration>,
     max_connections: Option<usize>,
     max_connections_per_source: Option<usize>,
+    max_messages_per_connection: Option<usize>,
     #[serde(default, deserialize_with = "duration")]
     dedup_window: Option<Duration>,
     utmp: Option<PathBuf>,
@@ -537,6 +540,9 @@ pub fn build(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, ConfigError> {
             msp.max_connections_per_source = m
                 .max_connections_per_source
                 .or(msp.max_connections_per_source);
+            msp.max_messages_per_connection = m
+                .max_messages_per_connection
+                .or(msp.max_messages_per_connection);
             msp.dedup_window = m.dedup_window.or(msp.dedup_window);
             msp.utmp = m.utmp.or(msp.utmp);
             msp.allow = m.allow.or(msp.allow);
@@ -739,6 +745,15 @@ fn validate_msp(path: &Path, origins: &Origins, raw: RawMsp) -> Result<MspSettin
             "must be at least 1".into(),
         ));
     }
+    let max_messages_per_connection = raw
+        .max_messages_per_connection
+        .unwrap_or(limits::DEFAULT_MSP_MAX_MESSAGES_PER_CONNECTION);
+    if max_messages_per_connection == 0 {
+        return Err(err(
+            "max_messages_per_connection",
+            "must be at least 1".into(),
+        ));
+    }
     Ok(MspSettings {
         listen: raw.listen.unwrap_or_default(),
         deliver,
@@ -767,6 +782,7 @@ fn validate_msp(path: &Path, origins: &Origins, raw: RawMsp) -> Result<MspSettin
         )?,
         max_connections,
         max_connections_per_source,
+        max_messages_per_connection,
         dedup_window: bounded(
             "dedup_window",
             raw.dedup_window,
@@ -1237,6 +1253,10 @@ mod tests {
             (
                 "[msp]\nmax_connections_per_source = 0\n",
                 "[msp] max_connections_per_source: must be at least 1",
+            ),
+            (
+                "[msp]\nmax_messages_per_connection = 0\n",
+                "[msp] max_messages_per_connection: must be at least 1",
             ),
             ("[msp]\nallow = [\"10.0.0.0/33\"]\n", "10.0.0.0/33"),
             (
