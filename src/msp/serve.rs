@@ -40,7 +40,9 @@ const UNANSWERED_COPY_REASON: &str = "an earlier copy of this message was not ac
 
 /// What MSP keeps between messages. Every table has a bound:
 /// `dedup` and `answers` [`limits::MSP_DEDUP_CAPACITY`] entries each (a
-/// digest, a flag and a time: under 2 MiB together when full), the rate
+/// digest, a flag and a time: about 5 MiB together when both are full,
+/// hash table slack included; with the default rates they hold at most
+/// `total_rate_per_minute` times `dedup_window`, 1500, each), the rate
 /// tables [`limits::MSP_MAX_TRACKED_SOURCES`] keys each, `tcp_per_source`
 /// and `tcp_waiting` one entry per open connection.
 #[derive(Debug)]
@@ -534,6 +536,7 @@ async fn handle_tcp(mut stream: TcpStream, peer: SocketAddr, state: &State, wait
         };
         match read {
             Read::Shed => {
+                state.stats.hits.hit(Limit::MspConnections);
                 sum_up(state, Summed::Shed, peer);
                 return;
             }
