@@ -248,10 +248,12 @@ impl StartRate {
     }
 }
 
-/// Handshakes waiting for their request line, oldest first. At
-/// `max_handshakes` the oldest is shed to make room for a new connection:
+/// Connections waiting for their request, oldest first: TCPMUX
+/// handshakes waiting for their name, MSP connections with no whole
+/// message in hand (one queue each). At the cap (`max_handshakes`, `[msp]
+/// max_connections`) the oldest is shed to make room for a new connection:
 /// a flood of silent connections then costs its own connections their
-/// place, while a client that sends its name promptly is served.
+/// place, while a client that sends its request promptly is served.
 #[derive(Debug, Default)]
 pub struct Waiting {
     next: AtomicU64,
@@ -436,10 +438,12 @@ pub enum Limit {
     MaxInstancesPerSource,
     /// `[tcpmux] max_sessions_per_source`.
     MaxSessionsPerSource,
+    /// `[msp] max_messages_per_connection`.
+    MspMessagesPerConnection,
 }
 
 /// How many kinds of limit there are.
-const LIMITS: usize = 16;
+const LIMITS: usize = 17;
 
 impl Limit {
     pub const ALL: [Limit; LIMITS] = [
@@ -459,6 +463,7 @@ impl Limit {
         Limit::MspTotalRate,
         Limit::MaxInstancesPerSource,
         Limit::MaxSessionsPerSource,
+        Limit::MspMessagesPerConnection,
     ];
 
     /// The config key that sets it.
@@ -480,6 +485,7 @@ impl Limit {
             Limit::MspTotalRate => "msp total_rate_per_minute",
             Limit::MaxInstancesPerSource => "max_instances_per_source",
             Limit::MaxSessionsPerSource => "max_sessions_per_source",
+            Limit::MspMessagesPerConnection => "msp max_messages_per_connection",
         }
     }
 }

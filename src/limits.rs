@@ -176,6 +176,13 @@ pub const MSP_MAX_TRACKED_SOURCES: usize = 16 * 1024;
 /// once from one source address (IPv6: one `[tcpmux] ipv6_source_prefix`).
 pub const DEFAULT_MSP_MAX_CONNECTIONS_PER_SOURCE: usize = 16;
 
+/// Default for `[msp] max_messages_per_connection`: messages one MSP TCP
+/// connection may carry; the next is refused and the connection closed.
+/// Three times the default `rate_per_minute`: a client within its rate
+/// never meets it in a minute's sending, while a flood of refused
+/// messages costs its sender a new connection every hundred.
+pub const DEFAULT_MSP_MAX_MESSAGES_PER_CONNECTION: usize = 100;
+
 /// Default for `[msp] max_connections`: MSP TCP connections at once.
 pub const DEFAULT_MSP_MAX_CONNECTIONS: usize = 256;
 

@@ -31,6 +31,11 @@ struct Msp {
 /// `[msp]` settings `extra`; unless overridden, delivery runs a command
 /// that records each message in a log file.
 fn start(extra: &str) -> Msp {
+    start_logging(extra, "debug")
+}
+
+/// As [`start`], logging from `log_level` up.
+fn start_logging(extra: &str, log_level: &str) -> Msp {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("delivered.log");
     let recorder = script(
@@ -76,7 +81,14 @@ fn start(extra: &str) -> Msp {
         Passed::Stream(loopback_listener(), "tcpmux"),
         Passed::Datagram(udp_socket, "msp"),
     ];
-    let d = Daemon::start_with(&config, &[], passed);
+    let d = Daemon::start_opts(
+        &config,
+        Options {
+            passed,
+            log_level,
+            ..Options::default()
+        },
+    );
     Msp {
         _daemon: d,
         tcp,
@@ -1027,26 +1039,280 @@ fn copies_arriving_together_are_delivered_once_and_all_answered() {
 }
 
 #[test]
-fn version_a_datagrams_are_echoed_whether_or_not_delivered() {
-    // Two messages reach the rate limit below: the delivered one and the
-    // one the command refuses (a control code is refused before).
-    let m = start("rate_per_minute = 2");
+fn version_a_datagrams_are_echoed_only_when_delivered() {
+    // Every datagram is charged to the rate, refused or not: three reach
+    // the limit below.
+    let m = start("rate_per_minute = 3");
     let u = m.udp();
     let delivered = b"Achris\0\0delivered\0".to_vec();
     u.send(&delivered).unwrap();
     assert_eq!(datagram(&u), Some(delivered));
-    // Refused by the delivery command: echoed all the same.
-    let refused = b"Anobody\0\0refused\0".to_vec();
-    u.send(&refused).unwrap();
-    assert_eq!(datagram(&u), Some(refused));
-    // Refused for a control code: echoed.
-    let risky = b"Achris\0\0\x1b[2J\0".to_vec();
-    u.send(&risky).unwrap();
-    assert_eq!(datagram(&u), Some(risky));
-    // Over the rate limit: silence, so a flood is not reflected.
+    // Refused by the delivery command, or for a control code: silence, as
+    // for every other failure over UDP (an echo would make tcpmuxd a
+    // reflector).
+    u.send(b"Anobody\0\0refused\0").unwrap();
+    assert_eq!(datagram(&u), None);
+    u.send(b"Achris\0\0\x1b[2J\0").unwrap();
+    assert_eq!(datagram(&u), None);
+    // Over the rate limit: silence.
     u.send(b"Achris\0\0over the rate\0").unwrap();
     assert_eq!(datagram(&u), None);
     assert_eq!(m.texts(), ["delivered"]);
+}
+
+/// Answers to `u` until none comes within its read timeout.
+fn count_answers(u: &UdpSocket) -> usize {
+    std::iter::from_fn(|| datagram(u)).count()
+}
+
+#[test]
+fn a_flood_of_version_a_datagrams_gets_at_most_the_rate_in_answers() {
+    // The reflection attack: 200 datagrams from a forged source, each with
+    // a control code, used to be echoed one by one.
+    let m = start("rate_per_minute = 5");
+    let risky = udp_from("127.0.0.1", m.udp);
+    for i in 0..200 {
+        risky
+            .send(format!("Achris\0\0\x1b[2J{i}\0").as_bytes())
+            .unwrap();
+    }
+    assert_eq!(count_answers(&risky), 0, "refusals are never echoed");
+    // Deliverable ones get at most the source's rate in answers.
+    let valid = udp_from("127.0.0.3", m.udp);
+    for i in 0..200 {
+        valid
+            .send(format!("Achris\0\0hello {i}\0").as_bytes())
+            .unwrap();
+    }
+    let answers = count_answers(&valid);
+    assert!((1..=5).contains(&answers), "{answers} answers");
+    assert!(m.delivered().len() <= 5, "{:?}", m.delivered());
+}
+
+#[test]
+fn refused_messages_are_charged_to_the_source_rate() {
+    let m = start("rate_per_minute = 3");
+    let mut s = m.tcp();
+    for i in 0..3 {
+        s.write_all(&b([
+            "chris",
+            "",
+            "\x1b[2J",
+            "sandy",
+            "",
+            &format!("c{i}"),
+            "",
+        ]))
+        .unwrap();
+        assert_eq!(reply(&mut s), "-message contains control code 0x1b");
+    }
+    s.write_all(&b(["chris", "", "fine", "sandy", "", "c3", ""]))
+        .unwrap();
+    assert_eq!(
+        reply(&mut s),
+        "-too many messages from your address; slow down"
+    );
+    assert!(m.delivered().is_empty());
+}
+
+/// Sends a UDP datagram with a forged source address and port, through a
+/// raw socket (root only).
+fn send_forged(from: SocketAddr, to: SocketAddr, payload: &[u8]) {
+    let (SocketAddr::V4(from), SocketAddr::V4(to)) = (from, to) else {
+        panic!("IPv4 only")
+    };
+    let udp_len = 8 + payload.len();
+    let mut packet = Vec::with_capacity(20 + udp_len);
+    // IPv4 header: the kernel fills in the total length and the checksum.
+    packet.extend_from_slice(&[0x45, 0, 0, 0, 0, 0, 0, 0, 64, libc::IPPROTO_UDP as u8, 0, 0]);
+    packet.extend_from_slice(&from.ip().octets());
+    packet.extend_from_slice(&to.ip().octets());
+    // UDP header, checksum 0: none.
+    packet.extend_from_slice(&from.port().to_be_bytes());
+    packet.extend_from_slice(&to.port().to_be_bytes());
+    packet.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    packet.extend_from_slice(&[0, 0]);
+    packet.extend_from_slice(payload);
+    // SAFETY: plain socket calls on a descriptor we own and close.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_addr.s_addr = u32::from(*to.ip()).to_be();
+        let sent = libc::sendto(
+            fd,
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            &sa as *const _ as *const libc::sockaddr,
+            std::mem::size_of_val(&sa) as u32,
+        );
+        let error = std::io::Error::last_os_error();
+        libc::close(fd);
+        assert_eq!(sent, packet.len() as isize, "sendto: {error}");
+    }
+}
+
+#[test]
+fn a_datagram_from_the_servers_own_address_and_port_is_not_answered() {
+    if !is_root() {
+        eprintln!("skipped: forging a source address needs a raw socket, and root");
+        return;
+    }
+    // The self-loop: one datagram that seems to come from the server's own
+    // address and port used to make it answer itself endlessly.
+    let m = start("");
+    send_forged(m.udp, m.udp, b"Achris\0\0myself\0");
+    assert!(
+        m._daemon.wait_log("outcome=msp-service-port"),
+        "{}",
+        m._daemon.log()
+    );
+    // Served as before, and the forged one never delivered nor answered.
+    let u = m.udp();
+    u.send(b"Achris\0\0after\0").unwrap();
+    assert!(datagram(&u).is_some());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(m.texts(), ["after"]);
+}
+
+#[test]
+fn two_servers_answer_each_other_at_most_once() {
+    if !is_root() {
+        eprintln!("skipped: forging a source address needs a raw socket, and root");
+        return;
+    }
+    // The two-server loop: one datagram forged to come from B's port, sent
+    // to A. A answers B, B answers A, and there it stops.
+    let a = start("");
+    let b = start("");
+    send_forged(b.udp, a.udp, b"Achris\0\0ping-pong\0");
+    assert!(
+        a._daemon.wait_log("outcome=msp-loop"),
+        "{}",
+        a._daemon.log()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(a.texts(), ["ping-pong"], "A answered once");
+    assert_eq!(b.texts(), ["ping-pong"], "B answered once");
+    // A second server's answer is not an answer to the next message.
+    let u = a.udp();
+    u.send(b"Achris\0\0ping-pong\0").unwrap();
+    assert!(datagram(&u).is_some());
+}
+
+#[test]
+fn a_flood_of_refusals_is_summed_up_and_a_session_after_it_is_logged() {
+    let m = start_logging("", "info");
+    // Over TCP: five connections of 101 messages with a control code each.
+    // Each is cut after max_messages_per_connection (100) answers.
+    let flood = b(["chris", "", "\x1b[2J", "sandy", "", "f", ""]).repeat(101);
+    for _ in 0..5 {
+        let mut s = m.tcp();
+        s.write_all(&flood).unwrap();
+        let replies = read_to_end(&mut s);
+        let replies: Vec<&[u8]> = replies
+            .strip_suffix(b"\0")
+            .unwrap_or(&replies)
+            .split(|&c| c == 0)
+            .collect();
+        assert_eq!(replies.len(), 101, "one connection carries at most 100");
+        assert_eq!(
+            replies[100],
+            b"-too many messages on one connection; connect again"
+        );
+    }
+    // Over UDP: 2000 refused datagrams, and malformed ones.
+    let u = m.udp();
+    for i in 0..2000 {
+        u.send(&b(["chris", "", "\x07", "sandy", "", &format!("u{i}"), ""]))
+            .unwrap();
+        if i % 10 == 0 {
+            u.send(b"Bjunk").unwrap();
+        }
+    }
+    // A TCPMUX session right after it has its entry.
+    let mut s = m._daemon.connect();
+    s.write_all(b"echo\r\nafter the flood").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let out = read_to_end(&mut s);
+    assert!(out.starts_with(b"+"), "{out:?}");
+    assert!(
+        m._daemon.wait_log("echo from 127.0.0.1"),
+        "{}",
+        m._daemon.log()
+    );
+    // The flood is one summary line, with counts.
+    assert!(m._daemon.wait_log("msp-refused"), "{}", m._daemon.log());
+    let log = m._daemon.log();
+    assert!(m.delivered().is_empty());
+    // The startup lines, a summary and the limits hit in each interval,
+    // the session: nothing per message.
+    assert!(
+        log.lines().count() <= 30,
+        "{} lines:\n{log}",
+        log.lines().count()
+    );
+}
+
+#[test]
+fn silent_connections_give_way_to_a_sender_from_a_new_address() {
+    // 16 addresses x 16 silent connections fill the 256 places (each
+    // address at its share of 16).
+    let m = start("");
+    let mut silent = Vec::new();
+    for a in 1..=16 {
+        for _ in 0..16 {
+            silent.push(connect_from(&format!("127.0.1.{a}"), m.tcp));
+        }
+    }
+    // A sender from a new address is served while they stay.
+    let mut s = connect_from("127.0.2.1", m.tcp);
+    s.write_all(&b(["chris", "", "still served", "sandy", "", "1", ""]))
+        .unwrap();
+    assert_eq!(reply(&mut s), "+");
+    // It took the place of the oldest silent one.
+    assert!(
+        m._daemon.wait_log("outcome=msp-shed"),
+        "{}",
+        m._daemon.log()
+    );
+    assert!(closed_by_daemon(&mut silent[0]), "the oldest gave way");
+    assert!(
+        !closed_by_daemon(&mut silent[255]),
+        "the newest kept its place"
+    );
+    // A source at its share still makes no one give way.
+    let mut over = connect_from("127.0.1.16", m.tcp);
+    assert!(read_to_end(&mut over).is_empty());
+    assert!(!closed_by_daemon(&mut silent[1]));
+    assert_eq!(m.texts(), ["still served"]);
+}
+
+#[test]
+fn remembered_messages_are_forgotten_after_the_window_without_new_traffic() {
+    let m = start("dedup_window = \"3s\"");
+    for i in 0..20 {
+        let u = m.udp();
+        u.send(&b(["chris", "", "hi", "sandy", "", &format!("w{i}"), ""]))
+            .unwrap();
+        assert_eq!(datagram(&u).as_deref(), PLUS);
+    }
+    // 20 messages and 20 answers (one per source port) remembered, then
+    // forgotten on the timer, with no datagram to trigger it.
+    assert!(
+        m._daemon
+            .wait_notify("MSP: 20 delivered, 0 refused, 40 remembered"),
+        "{}",
+        m._daemon.log()
+    );
+    assert!(
+        m._daemon
+            .wait_notify("MSP: 20 delivered, 0 refused, 0 remembered"),
+        "{}",
+        m._daemon.log()
+    );
 }
 
 /// Whether the daemon has closed `s` (reading shows the end, or a reset).
@@ -1192,27 +1458,30 @@ fn all_messages_together_are_held_to_the_total_rate() {
 
 #[test]
 fn a_flood_from_more_sources_than_are_tracked_is_served_and_still_limited() {
-    // More sources than the per-source table holds (16384), one version A
-    // datagram each, answered one by one: the table cleans up as it goes
-    // instead of scanning itself for every new source.
+    // More sources than the per-source table holds (16384), one message
+    // each, answered one by one: the table cleans up as it goes instead of
+    // scanning itself for every new source.
     // Journal delivery: no process per message (and, without journald,
-    // refused at once; version A is echoed either way).
+    // refused at once; over TCP every message is answered either way).
     let m = start("deliver = \"journal\"\nrate_per_minute = 2");
     let sources = 17_000u32;
-    let message = b"Achris\0\0flood\0".to_vec();
+    let message = b(["chris", "", "flood", "sandy", "", "f", ""]);
     for i in 0..sources {
         let ip = format!("127.{}.{}.{}", 1 + i / 62_500, (i / 250) % 250, 1 + i % 250);
-        let u = udp_from(&ip, m.udp);
-        u.set_read_timeout(Some(WAIT)).unwrap();
-        u.send(&message).unwrap();
-        assert_eq!(datagram(&u).as_deref(), Some(&message[..]), "{ip}");
+        let mut s = connect_from(&ip, m.tcp);
+        s.write_all(&message).unwrap();
+        let answer = reply(&mut s);
+        assert!(!answer.contains("too many"), "{ip}: {answer}");
     }
     // The limit still holds for a source that sends too much.
-    let u = udp_from("127.0.0.1", m.udp);
+    let mut s = connect_from("127.0.0.1", m.tcp);
     for _ in 0..2 {
-        u.send(&message).unwrap();
-        assert_eq!(datagram(&u).as_deref(), Some(&message[..]));
+        s.write_all(&message).unwrap();
+        assert!(!reply(&mut s).contains("too many"));
     }
-    u.send(&message).unwrap();
-    assert_eq!(datagram(&u), None);
+    s.write_all(&message).unwrap();
+    assert_eq!(
+        reply(&mut s),
+        "-too many messages from your address; slow down"
+    );
 }

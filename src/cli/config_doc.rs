@@ -111,6 +111,14 @@ fn when_hit_msp_total_rate() -> String {
 fn when_hit_msp_connections() -> String {
     "the connection is closed at once".into()
 }
+fn when_hit_msp_max_connections() -> String {
+    "the oldest connection with no whole message in hand is closed, and the new one is served; \
+     only when every one is being answered, the new one is closed at once"
+        .into()
+}
+fn when_hit_msp_messages_per_connection() -> String {
+    "`-too many messages on one connection; connect again` NUL, then close".into()
+}
 fn when_hit_msp_timeouts() -> String {
     "the connection is closed".into()
 }
@@ -386,7 +394,7 @@ pub fn keys() -> Vec<Key> {
             "integer",
             limits::DEFAULT_MSP_MAX_CONNECTIONS.to_string(),
             AT_LEAST_ONE.into(),
-            Some(when_hit_msp_connections()),
+            Some(when_hit_msp_max_connections()),
             "TCP connections at once.",
         ),
         key(
@@ -397,6 +405,15 @@ pub fn keys() -> Vec<Key> {
             AT_LEAST_ONE.into(),
             Some(when_hit_msp_connections()),
             "Of those, from one source address (IPv6: per ipv6_source_prefix).",
+        ),
+        key(
+            "msp",
+            "max_messages_per_connection",
+            "integer",
+            limits::DEFAULT_MSP_MAX_MESSAGES_PER_CONNECTION.to_string(),
+            AT_LEAST_ONE.into(),
+            Some(when_hit_msp_messages_per_connection()),
+            "Messages one TCP connection may carry.",
         ),
         key(
             "msp",
@@ -411,7 +428,9 @@ pub fn keys() -> Vec<Key> {
             Some(when_hit_dedup()),
             "How long UDP messages are remembered: a datagram with the same source, sender, \
              sender's terminal, cookie and text is a retransmission, answered as its first copy \
-             was and not shown again. Messages over TCP are never taken for retransmissions.",
+             was and not shown again. Messages over TCP are never taken for retransmissions. \
+             The UDP answers sent are remembered as long: a datagram equal to the answer sent \
+             to its source is that answer come back, and gets neither delivery nor answer.",
         ),
         key(
             "msp",
@@ -742,7 +761,7 @@ pub fn limits_table() -> Vec<Limit> {
         row(
             "`[msp] max_connections`",
             format!("{} TCP connections", limits::DEFAULT_MSP_MAX_CONNECTIONS),
-            when_hit_msp_connections(),
+            when_hit_msp_max_connections(),
         ),
         row(
             "`[msp] max_connections_per_source`",
@@ -751,6 +770,14 @@ pub fn limits_table() -> Vec<Limit> {
                 limits::DEFAULT_MSP_MAX_CONNECTIONS_PER_SOURCE
             ),
             when_hit_msp_connections(),
+        ),
+        row(
+            "`[msp] max_messages_per_connection`",
+            format!(
+                "{} messages on one TCP connection",
+                limits::DEFAULT_MSP_MAX_MESSAGES_PER_CONNECTION
+            ),
+            when_hit_msp_messages_per_connection(),
         ),
         row(
             "`[msp] idle_timeout`, `connection_timeout`",
@@ -775,12 +802,26 @@ pub fn limits_table() -> Vec<Limit> {
         row(
             "`[msp] dedup_window`",
             format!(
-                "{} (at most {}), at most {} UDP messages remembered",
+                "{} (at most {}), at most {} UDP messages and {} answers remembered",
                 duration(limits::DEFAULT_MSP_DEDUP_WINDOW),
                 duration(limits::MAX_MSP_DEDUP_WINDOW),
+                limits::MSP_DEDUP_CAPACITY,
                 limits::MSP_DEDUP_CAPACITY
             ),
             when_hit_dedup(),
+        ),
+        row(
+            "MSP datagram source port",
+            format!(
+                "below {}, a known service port ({}), or one of tcpmuxd's MSP ports",
+                crate::msp::guard::LOWEST_ANSWERED_PORT,
+                crate::msp::guard::UNANSWERED_SOURCE_PORTS
+                    .iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "nothing delivered, no answer (a forged source cannot start a loop)".into(),
         ),
         row(
             "MSP datagrams being delivered",

@@ -138,6 +138,7 @@ pub(super) struct RawMsp {
     pub(super) connection_timeout: Option<Duration>,
     pub(super) max_connections: Option<usize>,
     pub(super) max_connections_per_source: Option<usize>,
+    pub(super) max_messages_per_connection: Option<usize>,
     #[serde(default, deserialize_with = "duration")]
     pub(super) dedup_window: Option<Duration>,
     pub(super) utmp: Option<PathBuf>,

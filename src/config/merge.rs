@@ -98,6 +98,9 @@ pub fn build(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, ConfigError> {
             msp.max_connections_per_source = m
                 .max_connections_per_source
                 .or(msp.max_connections_per_source);
+            msp.max_messages_per_connection = m
+                .max_messages_per_connection
+                .or(msp.max_messages_per_connection);
             msp.dedup_window = m.dedup_window.or(msp.dedup_window);
             msp.utmp = m.utmp.or(msp.utmp);
             msp.allow = m.allow.or(msp.allow);

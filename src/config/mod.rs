@@ -165,6 +165,8 @@ pub struct MspSettings {
     pub max_connections: usize,
     /// Of those, from one source (IPv6: per `[tcpmux] ipv6_source_prefix`).
     pub max_connections_per_source: usize,
+    /// Messages one TCP connection may carry.
+    pub max_messages_per_connection: usize,
     /// How long a delivered version B message is remembered, so that a
     /// retransmission is acknowledged but not shown again.
     pub dedup_window: Duration,

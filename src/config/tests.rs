@@ -160,6 +160,10 @@ fn invalid_values_are_named() {
             "[msp]\nmax_connections_per_source = 0\n",
             "[msp] max_connections_per_source: must be at least 1",
         ),
+        (
+            "[msp]\nmax_messages_per_connection = 0\n",
+            "[msp] max_messages_per_connection: must be at least 1",
+        ),
         ("[msp]\nallow = [\"10.0.0.0/33\"]\n", "10.0.0.0/33"),
         (
             "[[service]]\nname = \"x\"\ncommand = [\"/bin/cat\"]\nwarm = 100000\n",

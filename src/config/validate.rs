@@ -194,6 +194,15 @@ pub(super) fn validate_msp(
             "must be at least 1".into(),
         ));
     }
+    let max_messages_per_connection = raw
+        .max_messages_per_connection
+        .unwrap_or(limits::DEFAULT_MSP_MAX_MESSAGES_PER_CONNECTION);
+    if max_messages_per_connection == 0 {
+        return Err(err(
+            "max_messages_per_connection",
+            "must be at least 1".into(),
+        ));
+    }
     let credentials = resolve_credentials(raw.user.as_deref(), raw.group.as_deref())
         .map_err(|(key, m)| err(key, m))?;
     Ok(MspSettings {
@@ -225,6 +234,7 @@ pub(super) fn validate_msp(
         )?,
         max_connections,
         max_connections_per_source,
+        max_messages_per_connection,
         dedup_window: bounded(
             "dedup_window",
             raw.dedup_window,

@@ -9,14 +9,31 @@ use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
 use std::collections::{HashMap, VecDeque};
-use std::hash::Hash;
-use std::net::IpAddr;
+use std::hash::{BuildHasher, DefaultHasher, Hash, Hasher, RandomState};
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 pub use crate::admission::source_key;
+
+/// A message or an answer as the tables below remember it: 128 bits of
+/// SipHash under keys drawn at random when the daemon starts, so that a
+/// peer can neither predict nor provoke a collision. An entry costs this
+/// and its outcome, never the message itself.
+pub type Digest = u128;
+
+fn digest_of(parts: impl Fn(&mut DefaultHasher)) -> Digest {
+    static KEYS: OnceLock<(RandomState, RandomState)> = OnceLock::new();
+    let (a, b) = KEYS.get_or_init(|| (RandomState::new(), RandomState::new()));
+    let half = |keys: &RandomState| {
+        let mut h = keys.build_hasher();
+        parts(&mut h);
+        h.finish()
+    };
+    (u128::from(half(a)) << 64) | u128::from(half(b))
+}
 
 /// What makes a datagram a retransmission of an earlier one: the same
 /// source address and the same message, cookie included (RFC 1312 names
@@ -24,38 +41,81 @@ pub use crate::admission::source_key;
 /// added because real clients send a constant cookie, or one that changes
 /// once a second). Names, terminals and the cookie are compared without
 /// regard to case, as RFC 1312 asks; the text exactly.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RetransmissionKey {
-    source: IpAddr,
-    recipient: Vec<u8>,
-    recipient_terminal: Vec<u8>,
-    sender: Vec<u8>,
-    sender_terminal: Vec<u8>,
-    cookie: Vec<u8>,
-    text: Vec<u8>,
+pub fn retransmission_key(source: IpAddr, m: &Message) -> Digest {
+    digest_of(|h| {
+        source.to_canonical().hash(h);
+        for part in [
+            &m.recipient,
+            &m.recipient_terminal,
+            &m.sender,
+            &m.sender_terminal,
+            &m.cookie,
+        ] {
+            part.to_ascii_lowercase().hash(h);
+        }
+        m.text.hash(h);
+    })
 }
 
-impl RetransmissionKey {
-    pub fn new(source: IpAddr, m: &Message) -> Self {
-        RetransmissionKey {
-            source: source.to_canonical(),
-            recipient: m.recipient.to_ascii_lowercase(),
-            recipient_terminal: m.recipient_terminal.to_ascii_lowercase(),
-            sender: m.sender.to_ascii_lowercase(),
-            sender_terminal: m.sender_terminal.to_ascii_lowercase(),
-            cookie: m.cookie.to_ascii_lowercase(),
-            text: m.text.clone(),
-        }
-    }
+/// An answer sent to `peer`, or a datagram received from it.
+pub fn exchange_key(peer: SocketAddr, data: &[u8]) -> Digest {
+    digest_of(|h| {
+        peer.ip().to_canonical().hash(h);
+        peer.port().hash(h);
+        data.hash(h);
+    })
+}
+
+/// Source ports at or above [`LOWEST_ANSWERED_PORT`] whose datagrams are
+/// never answered: services that answer whatever reaches them, or answer
+/// with more than they got (as inetd's built-in services refuse to answer
+/// them). A datagram forged to come from one of them would make tcpmuxd and
+/// that service answer each other, or make tcpmuxd the first hop of an
+/// amplification. Every port below 1024 is refused anyway (echo 7,
+/// discard 9, daytime 13, chargen 19, MSP 18, DNS 53, NTP 123, SNMP 161,
+/// portmap 111, NetBIOS 137...), and so are tcpmuxd's own MSP ports.
+pub const UNANSWERED_SOURCE_PORTS: &[u16] = &[
+    1434,  // Microsoft SQL Server browser
+    1900,  // SSDP (UPnP discovery)
+    3283,  // Apple Remote Desktop
+    3389,  // RDP over UDP
+    3478,  // STUN
+    3702,  // WS-Discovery
+    5060,  // SIP
+    5351,  // NAT-PMP
+    5353,  // mDNS
+    5355,  // LLMNR
+    5683,  // CoAP
+    10001, // Ubiquiti discovery
+    11211, // memcached
+    27015, // Source engine game servers
+    33848, // Jenkins discovery
+    37810, // DVR discovery
+];
+
+/// Datagrams from source ports below this are never answered: those are
+/// the ports of system services, never a client's.
+pub const LOWEST_ANSWERED_PORT: u16 = 1024;
+
+/// Whether a datagram from `source` may be answered at all, given the
+/// ports tcpmuxd itself receives MSP datagrams on: not from a system
+/// service's port, a known service port, nor from a port of our own (from
+/// this host, a datagram whose answer would come back to us; from
+/// another, most likely a second MSP server on the same port).
+pub fn answerable_source(source: SocketAddr, own_ports: &[u16]) -> bool {
+    let port = source.port();
+    port >= LOWEST_ANSWERED_PORT
+        && !UNANSWERED_SOURCE_PORTS.contains(&port)
+        && !own_ports.contains(&port)
 }
 
 /// What [`Dedup::claim`] found for a message.
 #[derive(Debug)]
 pub enum Claim<V> {
     /// Not seen within the window: the caller handles the message and
-    /// reports its outcome here. Dropping it without a value forgets the
-    /// message, so that its next copy is handled afresh.
-    First(watch::Sender<Option<V>>),
+    /// reports its outcome with [`Dedup::settle`]. Dropping it instead
+    /// forgets the message, so that its next copy is handled afresh.
+    First(First<V>),
     /// Seen, and its first copy is still being handled: wait for its
     /// outcome (None if it is dropped).
     Pending(watch::Receiver<Option<V>>),
@@ -63,11 +123,83 @@ pub enum Claim<V> {
     Done(V),
 }
 
+/// The first copy of a message, being handled.
 #[derive(Debug)]
-struct Entry<V> {
-    outcome: watch::Receiver<Option<V>>,
-    at: Instant,
+pub struct First<V> {
+    key: Digest,
     id: u64,
+    tx: watch::Sender<Option<V>>,
+}
+
+#[derive(Debug)]
+enum Outcome<V> {
+    /// Copies arriving meanwhile wait on it.
+    Pending(watch::Receiver<Option<V>>),
+    Done(V),
+}
+
+/// Digests remembered for a window given with each call (so a reload
+/// applies at once), at most `capacity` of them, oldest forgotten first.
+#[derive(Debug)]
+struct Window<V> {
+    capacity: usize,
+    seen: HashMap<Digest, (V, Instant, u64)>,
+    order: VecDeque<(Digest, u64)>,
+    next_id: u64,
+}
+
+impl<V> Window<V> {
+    fn new(capacity: usize) -> Self {
+        Window {
+            capacity: capacity.max(1),
+            seen: HashMap::new(),
+            order: VecDeque::new(),
+            next_id: 0,
+        }
+    }
+
+    /// Records `key` at `now`, in place of any earlier entry.
+    fn insert(&mut self, key: Digest, value: V, now: Instant) -> u64 {
+        while self.seen.len() >= self.capacity && !self.seen.contains_key(&key) {
+            let Some((old, id)) = self.order.pop_front() else {
+                break;
+            };
+            self.remove(old, id);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.seen.insert(key, (value, now, id));
+        self.order.push_back((key, id));
+        id
+    }
+
+    /// Removes `key` if it is still the entry `id` (not a newer one).
+    fn remove(&mut self, key: Digest, id: u64) {
+        if self.seen.get(&key).is_some_and(|e| e.2 == id) {
+            self.seen.remove(&key);
+        }
+    }
+
+    /// Forgets what is older than `window`, and gives memory back once
+    /// most of it is unused.
+    fn prune(&mut self, window: Duration, now: Instant) {
+        while let Some(&(key, id)) = self.order.front() {
+            let expired = match self.seen.get(&key) {
+                Some(e) if e.2 == id => now.saturating_duration_since(e.1) >= window,
+                // Replaced or gone already.
+                _ => true,
+            };
+            if !expired {
+                break;
+            }
+            self.remove(key, id);
+            self.order.pop_front();
+        }
+        if self.seen.capacity() > 4 * self.seen.len().max(16) {
+            self.seen.shrink_to_fit();
+            self.order.shrink_to_fit();
+        }
+    }
 }
 
 /// Messages seen recently with their outcomes, remembered for a window
@@ -77,85 +209,108 @@ struct Entry<V> {
 /// taken for the first.
 #[derive(Debug)]
 pub struct Dedup<V> {
-    capacity: usize,
-    seen: HashMap<RetransmissionKey, Entry<V>>,
-    order: VecDeque<(RetransmissionKey, u64)>,
-    next_id: u64,
+    table: Window<Outcome<V>>,
 }
 
 impl<V: Clone> Dedup<V> {
     pub fn new(capacity: usize) -> Self {
         Dedup {
-            capacity: capacity.max(1),
-            seen: HashMap::new(),
-            order: VecDeque::new(),
-            next_id: 0,
+            table: Window::new(capacity),
         }
     }
 
     /// Looks `key` up and, unless it was seen within `window`, records it
     /// as seen at `now`.
-    pub fn claim(&mut self, key: RetransmissionKey, window: Duration, now: Instant) -> Claim<V> {
-        self.expire(window, now);
-        if let Some(entry) = self.seen.get(&key) {
-            if let Some(outcome) = entry.outcome.borrow().clone() {
-                return Claim::Done(outcome);
+    pub fn claim(&mut self, key: Digest, window: Duration, now: Instant) -> Claim<V> {
+        self.table.prune(window, now);
+        if let Some((outcome, _, _)) = self.table.seen.get(&key) {
+            match outcome {
+                Outcome::Done(v) => return Claim::Done(v.clone()),
+                Outcome::Pending(rx) => {
+                    if let Some(v) = rx.borrow().clone() {
+                        return Claim::Done(v);
+                    }
+                    if rx.has_changed().is_ok() {
+                        return Claim::Pending(rx.clone());
+                    }
+                    // Its first copy was given up without an outcome.
+                }
             }
-            if entry.outcome.has_changed().is_ok() {
-                return Claim::Pending(entry.outcome.clone());
-            }
-            // Its first copy was given up without an outcome.
-        }
-        while self.seen.len() >= self.capacity {
-            let Some((old, id)) = self.order.pop_front() else {
-                break;
-            };
-            self.remove(&old, id);
         }
         let (tx, rx) = watch::channel(None);
-        let id = self.next_id;
-        self.next_id += 1;
-        self.seen.insert(
-            key.clone(),
-            Entry {
-                outcome: rx,
-                at: now,
-                id,
-            },
-        );
-        self.order.push_back((key, id));
-        Claim::First(tx)
+        let id = self.table.insert(key, Outcome::Pending(rx), now);
+        Claim::First(First { key, id, tx })
+    }
+
+    /// Records the outcome of a first copy, and tells the copies waiting
+    /// for it. The entry keeps the outcome alone.
+    pub fn settle(&mut self, first: First<V>, outcome: V) {
+        if let Some(entry) = self.table.seen.get_mut(&first.key)
+            && entry.2 == first.id
+        {
+            entry.0 = Outcome::Done(outcome.clone());
+        }
+        first.tx.send_replace(Some(outcome));
+    }
+
+    /// Forgets what is older than `window`, whether or not messages come.
+    pub fn prune(&mut self, window: Duration, now: Instant) {
+        self.table.prune(window, now);
     }
 
     pub fn len(&self) -> usize {
-        self.seen.len()
+        self.table.seen.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
+        self.table.seen.is_empty()
     }
+}
 
-    /// Removes `key` if it is still the entry `id` (not a newer one).
-    fn remove(&mut self, key: &RetransmissionKey, id: u64) {
-        if self.seen.get(key).is_some_and(|e| e.id == id) {
-            self.seen.remove(key);
+/// The answers sent recently, by addressee and content: a datagram that
+/// equals the answer sent to its source is that answer come back (an
+/// echo service, or a second MSP server, answering it), and answering it
+/// again would start a loop. At most `capacity` remembered, for a window
+/// given with each call.
+#[derive(Debug)]
+pub struct Answers {
+    table: Window<()>,
+}
+
+impl Answers {
+    pub fn new(capacity: usize) -> Self {
+        Answers {
+            table: Window::new(capacity),
         }
     }
 
-    fn expire(&mut self, window: Duration, now: Instant) {
-        while let Some((key, id)) = self.order.front() {
-            let expired = match self.seen.get(key) {
-                Some(e) if e.id == *id => now.saturating_duration_since(e.at) >= window,
-                // Replaced or gone already.
-                _ => true,
-            };
-            if !expired {
-                break;
-            }
-            let (key, id) = (key.clone(), *id);
-            self.remove(&key, id);
-            self.order.pop_front();
-        }
+    /// Remembers an answer of `data` sent to `peer` at `now`.
+    pub fn sent(&mut self, peer: SocketAddr, data: &[u8], now: Instant) {
+        self.table.insert(exchange_key(peer, data), (), now);
+    }
+
+    /// Whether `data` from `peer` is an answer sent to it within `window`.
+    pub fn is_answer_back(
+        &mut self,
+        peer: SocketAddr,
+        data: &[u8],
+        window: Duration,
+        now: Instant,
+    ) -> bool {
+        self.table.prune(window, now);
+        self.table.seen.contains_key(&exchange_key(peer, data))
+    }
+
+    pub fn prune(&mut self, window: Duration, now: Instant) {
+        self.table.prune(window, now);
+    }
+
+    pub fn len(&self) -> usize {
+        self.table.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table.seen.is_empty()
     }
 }
 
@@ -233,6 +388,15 @@ impl<K: Hash + Eq + Clone, C: Clock + Clone> KeyedRate<K, C> {
         current.1.check_key(key).is_ok()
     }
 
+    /// Forgets the keys whose allowance is full again, and gives their
+    /// memory back: run on a timer, so that memory follows the traffic
+    /// of the last moments even when no message comes.
+    pub fn prune(&self) {
+        let current = self.current.load();
+        current.1.retain_recent();
+        current.1.shrink_to_fit();
+    }
+
     /// Keys tracked now.
     pub fn tracked(&self) -> usize {
         self.current.load().1.len()
@@ -258,8 +422,8 @@ mod tests {
         }
     }
 
-    fn key(ip: &str, m: &Message) -> RetransmissionKey {
-        RetransmissionKey::new(ip.parse().unwrap(), m)
+    fn key(ip: &str, m: &Message) -> Digest {
+        retransmission_key(ip.parse().unwrap(), m)
     }
 
     #[test]
@@ -267,10 +431,10 @@ mod tests {
         let t0 = Instant::now();
         let mut d: Dedup<&str> = Dedup::new(10);
         let first = msg("Sandy", "console", "-", "hello");
-        let Claim::First(tx) = d.claim(key("192.0.2.1", &first), MINUTE, t0) else {
+        let Claim::First(f) = d.claim(key("192.0.2.1", &first), MINUTE, t0) else {
             panic!("first copy")
         };
-        tx.send_replace(Some("delivered"));
+        d.settle(f, "delivered");
         // Case does not matter in names and cookie.
         let again = msg("sandy", "CONSOLE", "-", "hello");
         assert!(matches!(
@@ -300,14 +464,18 @@ mod tests {
         let t0 = Instant::now();
         let mut d: Dedup<u8> = Dedup::new(10);
         let m = msg("s", "", "1", "x");
-        let Claim::First(tx) = d.claim(key("192.0.2.1", &m), MINUTE, t0) else {
+        let Claim::First(f) = d.claim(key("192.0.2.1", &m), MINUTE, t0) else {
             panic!()
         };
         let Claim::Pending(rx) = d.claim(key("192.0.2.1", &m), MINUTE, t0) else {
             panic!("in progress")
         };
-        tx.send_replace(Some(7));
+        d.settle(f, 7);
         assert_eq!(*rx.borrow(), Some(7));
+        assert!(matches!(
+            d.claim(key("192.0.2.1", &m), MINUTE, t0),
+            Claim::Done(7)
+        ));
         // Given up without an outcome: the next copy is handled afresh.
         let n = msg("s", "", "2", "x");
         let Claim::First(tx) = d.claim(key("192.0.2.1", &n), MINUTE, t0) else {
@@ -326,8 +494,8 @@ mod tests {
         let mut d: Dedup<()> = Dedup::new(100);
         for i in 0..1000 {
             let m = msg("s", "t", &i.to_string(), "x");
-            if let Claim::First(tx) = d.claim(key("192.0.2.1", &m), MINUTE, t0) {
-                tx.send_replace(Some(()));
+            if let Claim::First(f) = d.claim(key("192.0.2.1", &m), MINUTE, t0) {
+                d.settle(f, ());
             }
         }
         assert_eq!(d.len(), 100);
@@ -341,6 +509,77 @@ mod tests {
             d.claim(key("192.0.2.1", &oldest), MINUTE, t0),
             Claim::First(_)
         ));
+    }
+
+    #[test]
+    fn expired_entries_are_pruned_without_new_messages() {
+        let t0 = Instant::now();
+        let mut d: Dedup<bool> = Dedup::new(100);
+        let mut a = Answers::new(100);
+        let peer: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        for i in 0..50 {
+            let m = msg("s", "t", &i.to_string(), "x");
+            if let Claim::First(f) = d.claim(key("192.0.2.1", &m), MINUTE, t0) {
+                d.settle(f, true);
+            }
+            a.sent(peer, i.to_string().as_bytes(), t0);
+        }
+        let later = t0 + MINUTE / 2;
+        let m = msg("s", "t", "late", "x");
+        if let Claim::First(f) = d.claim(key("192.0.2.1", &m), MINUTE, later) {
+            d.settle(f, true);
+        }
+        a.sent(peer, b"late", later);
+        // Within the window: all kept.
+        d.prune(MINUTE, t0 + MINUTE / 2);
+        a.prune(MINUTE, t0 + MINUTE / 2);
+        assert_eq!((d.len(), a.len()), (51, 51));
+        // Past it, the prune alone forgets them, the later one kept.
+        d.prune(MINUTE, t0 + MINUTE);
+        a.prune(MINUTE, t0 + MINUTE);
+        assert_eq!((d.len(), a.len()), (1, 1));
+        d.prune(MINUTE, later + MINUTE);
+        a.prune(MINUTE, later + MINUTE);
+        assert!(d.is_empty() && a.is_empty());
+        assert!(d.table.seen.capacity() <= 64, "memory given back");
+    }
+
+    #[test]
+    fn an_entry_costs_a_digest_an_outcome_and_a_time() {
+        // In the hash table, and its place in the order of arrival: with
+        // the table's slack (at most 2 buckets an entry, 1 control byte
+        // each), 16384 entries of each table stay within about 5 MiB.
+        use std::mem::size_of;
+        assert!(size_of::<(Digest, (Outcome<bool>, Instant, u64))>() <= 64);
+        assert!(size_of::<(Digest, ((), Instant, u64))>() <= 48);
+        assert!(size_of::<(Digest, u64)>() <= 32);
+        let full = crate::limits::MSP_DEDUP_CAPACITY * (2 * (64 + 1 + 48 + 1) + 2 * 32);
+        assert!(full <= 5 << 20, "{full}");
+    }
+
+    #[test]
+    fn an_answer_that_comes_back_is_recognised() {
+        let t0 = Instant::now();
+        let mut a = Answers::new(10);
+        let peer: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        a.sent(peer, b"Achris\0\0hi\0", t0);
+        assert!(a.is_answer_back(peer, b"Achris\0\0hi\0", MINUTE, t0));
+        let other_port: SocketAddr = "192.0.2.1:4001".parse().unwrap();
+        assert!(!a.is_answer_back(other_port, b"Achris\0\0hi\0", MINUTE, t0));
+        assert!(!a.is_answer_back(peer, b"Achris\0\0ho\0", MINUTE, t0));
+        assert!(!a.is_answer_back(peer, b"Achris\0\0hi\0", MINUTE, t0 + MINUTE));
+    }
+
+    #[test]
+    fn system_service_and_own_ports_are_never_answered() {
+        let own = [40018];
+        let from = |port: u16| SocketAddr::from(([192, 0, 2, 1], port));
+        for port in [0, 7, 9, 13, 18, 19, 53, 123, 1023, 1900, 5353, 11211, 40018] {
+            assert!(!answerable_source(from(port), &own), "{port}");
+        }
+        for port in [1024, 40000, 65535] {
+            assert!(answerable_source(from(port), &own), "{port}");
+        }
     }
 
     #[test]

@@ -2,21 +2,28 @@
 //! datagrams. Replies follow the RFCs: version B over TCP gets `+` or
 //! `-reason`, NUL-terminated, for every message; over UDP only a delivered
 //! message to a named recipient gets `+`, and everything else silence;
-//! version A gets nothing over TCP, and over UDP its datagram echoed
-//! whether or not it was delivered (RFC 1159), unless a rate limit
-//! refused it.
+//! version A gets nothing over TCP, and over UDP its datagram echoed when
+//! it was delivered (RFC 1159 echoes it whatever became of it; a refusal
+//! echoed would make tcpmuxd a reflector).
+//!
+//! Every message is charged to its source's rate and to the total rate
+//! before anything else is decided, so that nothing is answered beyond
+//! them. Only a delivery, or a failure to deliver, is logged on its own:
+//! everything else a flood can produce joins the periodic summary.
 
 use super::deliver::{self, Envelope, Transport};
-use super::guard::{Claim, Dedup, KeyedRate, RetransmissionKey, source_key};
+use super::guard::{
+    Answers, Claim, Dedup, KeyedRate, answerable_source, retransmission_key, source_key,
+};
 use super::message::{self, Message, Version, decode};
-use crate::admission::{Gauge, Limit, PerSource};
+use crate::admission::{Gauge, Limit, PerSource, Waiting, WaitingPlace};
 use crate::limits;
 use crate::log::escaped;
 use crate::server::State;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
@@ -27,19 +34,34 @@ use tokio_util::task::TaskTracker;
 const RATE_REASON: &str = "too many messages from your address; slow down";
 const RECIPIENT_RATE_REASON: &str = "too many messages for this recipient; try again later";
 const TOTAL_RATE_REASON: &str = "too many messages; try again later";
-/// For a copy that arrived while its first copy was being handled, when
-/// that one then got no answer.
+const CONNECTION_MESSAGES_REASON: &str = "too many messages on one connection; connect again";
+/// For a retransmission whose first copy was not delivered.
 const UNANSWERED_COPY_REASON: &str = "an earlier copy of this message was not accepted";
 
-/// What MSP keeps between messages.
+/// What MSP keeps between messages. Every table has a bound:
+/// `dedup` and `answers` [`limits::MSP_DEDUP_CAPACITY`] entries each (a
+/// digest, a flag and a time: about 5 MiB together when both are full,
+/// hash table slack included; with the default rates they hold at most
+/// `total_rate_per_minute` times `dedup_window`, 1500, each), the rate
+/// tables [`limits::MSP_MAX_TRACKED_SOURCES`] keys each, `tcp_per_source`
+/// and `tcp_waiting` one entry per open connection.
 #[derive(Debug)]
 pub struct MspState {
-    dedup: Mutex<Dedup<Verdict>>,
+    /// UDP version B messages seen within `dedup_window`, and whether
+    /// each was delivered.
+    dedup: Mutex<Dedup<bool>>,
+    /// UDP answers sent within `dedup_window`.
+    answers: Mutex<Answers>,
     per_source: KeyedRate<IpAddr>,
     per_recipient: KeyedRate<String>,
     total: KeyedRate<()>,
     tcp_connections: Arc<Gauge>,
     tcp_per_source: Arc<PerSource>,
+    /// TCP connections with no whole message in hand, oldest first: at
+    /// `max_connections` the oldest gives way to a new connection.
+    tcp_waiting: Arc<Waiting>,
+    /// The ports MSP datagrams are received on, never answered.
+    own_udp_ports: Mutex<Vec<u16>>,
     udp_in_flight: Arc<Semaphore>,
     pub delivered: AtomicU64,
     pub refused: AtomicU64,
@@ -49,15 +71,35 @@ impl Default for MspState {
     fn default() -> Self {
         MspState {
             dedup: Mutex::new(Dedup::new(limits::MSP_DEDUP_CAPACITY)),
+            answers: Mutex::new(Answers::new(limits::MSP_DEDUP_CAPACITY)),
             per_source: KeyedRate::new(limits::MSP_MAX_TRACKED_SOURCES),
             per_recipient: KeyedRate::new(limits::MSP_MAX_TRACKED_SOURCES),
             total: KeyedRate::new(1),
             tcp_connections: Arc::default(),
             tcp_per_source: Arc::new(PerSource::default()),
+            tcp_waiting: Arc::default(),
+            own_udp_ports: Mutex::default(),
             udp_in_flight: Arc::new(Semaphore::new(limits::MSP_MAX_UDP_IN_FLIGHT)),
             delivered: AtomicU64::new(0),
             refused: AtomicU64::new(0),
         }
+    }
+}
+
+impl MspState {
+    /// Forgets what is past its window in every table, whether or not
+    /// messages come: run on a timer.
+    pub fn prune(&self, dedup_window: Duration) {
+        let now = Instant::now();
+        lock(&self.dedup).prune(dedup_window, now);
+        lock(&self.answers).prune(dedup_window, now);
+        self.per_source.prune();
+        self.per_recipient.prune();
+    }
+
+    /// Entries in the retransmission and answer tables now.
+    pub fn remembered(&self) -> usize {
+        lock(&self.dedup).len() + lock(&self.answers).len()
     }
 }
 
@@ -69,15 +111,124 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Delivered,
+    /// Refused before delivery was tried (content, no recipient,
+    /// malformed).
     Refused(String),
-    /// Refused by a rate limit: over UDP always silence (a flood is not
-    /// echoed), and not remembered as a retransmission's answer.
+    /// Delivery was tried, and failed: the recipient's doing, or the
+    /// system's.
+    Failed(String),
+    /// Refused by a limit: over UDP always silence, and not remembered as
+    /// a retransmission's answer.
     Limited(Limit, &'static str),
+    /// A UDP retransmission: answered as its first copy was, never
+    /// delivered again.
+    Duplicate {
+        delivered: bool,
+    },
 }
 
-/// Checks, de-duplicates, rate-limits and delivers one message, and logs
+/// What MSP traffic that gets no log entry of its own counts as in the
+/// periodic summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Summed {
+    Refused,
+    Malformed,
+    Duplicate,
+    /// A rate limit, or `max_messages_per_connection`.
+    Limited,
+    /// `[msp] allow`/`deny`.
+    Denied,
+    /// `max_connections` with none to give way, or datagrams in delivery.
+    Overloaded,
+    SourceLimit,
+    /// A silent connection that gave way to a new one.
+    Shed,
+    /// A datagram from a port that is never answered.
+    ServicePort,
+    /// A datagram equal to the answer sent to its source: that answer
+    /// come back.
+    Loop,
+}
+
+impl Summed {
+    fn as_str(self) -> &'static str {
+        match self {
+            Summed::Refused => "msp-refused",
+            Summed::Malformed => "msp-malformed",
+            Summed::Duplicate => "msp-duplicate",
+            Summed::Limited => "msp-limited",
+            Summed::Denied => "msp-denied",
+            Summed::Overloaded => "msp-overloaded",
+            Summed::SourceLimit => "msp-source-limit",
+            Summed::Shed => "msp-shed",
+            Summed::ServicePort => "msp-service-port",
+            Summed::Loop => "msp-loop",
+        }
+    }
+}
+
+/// Counts `what` from `peer` for the summary.
+fn sum_up(state: &State, what: Summed, peer: SocketAddr) {
+    let remote_addr = peer.ip().to_canonical();
+    state.summary.record(what.as_str(), remote_addr);
+    tracing::debug!(
+        %remote_addr,
+        remote_port = peer.port(),
+        outcome = %what.as_str(),
+        "MSP from {remote_addr}:{}: {}",
+        peer.port(),
+        what.as_str()
+    );
+}
+
+/// Charges one message from `ip` to its source's rate and to the total
+/// rate, whatever becomes of it: the verdict when one refuses it.
+fn charge(state: &State, ip: IpAddr) -> Option<Verdict> {
+    let msp = &state.msp;
+    let config = state.config.load();
+    let settings = &config.msp;
+    let source = source_key(ip, config.tcpmux.ipv6_source_prefix);
+    let (limit, reason) = if !msp.per_source.allow(&source, settings.rate_per_minute) {
+        (Limit::MspRate, RATE_REASON)
+    } else if !msp.total.allow(&(), settings.total_rate_per_minute) {
+        (Limit::MspTotalRate, TOTAL_RATE_REASON)
+    } else {
+        return None;
+    };
+    state.stats.hits.hit(limit);
+    Some(Verdict::Limited(limit, reason))
+}
+
+/// One message as received, `raw`: charged, parsed, judged, logged. The
+/// parsed message comes back with the verdict, when it parsed.
+async fn handle_message(
+    state: &State,
+    raw: &[u8],
+    peer: SocketAddr,
+    transport: Transport,
+) -> (Verdict, Option<Message>) {
+    if let Some(limited) = charge(state, peer.ip()) {
+        sum_up(state, Summed::Limited, peer);
+        return (limited, None);
+    }
+    match message::parse(raw) {
+        Ok(msg) => {
+            let verdict = accept_message(state, &msg, peer, transport).await;
+            (verdict, Some(msg))
+        }
+        Err(e) => {
+            state.msp.refused.fetch_add(1, Ordering::Relaxed);
+            sum_up(state, Summed::Malformed, peer);
+            tracing::debug!(remote_addr = %peer.ip().to_canonical(), "MSP: malformed message: {e}");
+            (Verdict::Refused(format!("malformed message: {e}")), None)
+        }
+    }
+}
+
+/// Checks, de-duplicates, rate-limits (per recipient: the source and
+/// total rates are charged before) and delivers one message, and logs
 /// the outcome. A UDP retransmission of a version B message gets the
-/// verdict of its first copy, and is not delivered again.
+/// answer of its first copy, and is not delivered again.
 pub async fn accept_message(
     state: &State,
     msg: &Message,
@@ -87,7 +238,6 @@ pub async fn accept_message(
     let config = state.config.load_full();
     let settings = &config.msp;
     let msp = &state.msp;
-    let mut retransmission = false;
     let verdict = 'verdict: {
         if let Err(reason) = message::check_content(msg) {
             break 'verdict Verdict::Refused(reason);
@@ -101,138 +251,141 @@ pub async fn accept_message(
         let first =
             if transport == Transport::Udp && msg.version() == Version::B && !msg.cookie.is_empty()
             {
-                let key = RetransmissionKey::new(peer.ip(), msg);
+                let key = retransmission_key(peer.ip(), msg);
                 let claim = lock(&msp.dedup).claim(key, settings.dedup_window, Instant::now());
                 match claim {
                     Claim::First(first) => Some(first),
-                    Claim::Done(verdict) => {
-                        retransmission = true;
-                        break 'verdict verdict;
-                    }
+                    Claim::Done(delivered) => break 'verdict Verdict::Duplicate { delivered },
                     Claim::Pending(mut pending) => {
-                        retransmission = true;
                         let outcome = pending.wait_for(Option::is_some).await;
-                        break 'verdict match outcome.ok().and_then(|v| v.clone()) {
-                            Some(verdict) => verdict,
-                            // Its first copy was limited or given up: no answer.
-                            None => Verdict::Limited(Limit::MspRate, UNANSWERED_COPY_REASON),
-                        };
+                        // Its first copy was limited or given up: no answer.
+                        let delivered = outcome.ok().and_then(|v| *v).unwrap_or(false);
+                        break 'verdict Verdict::Duplicate { delivered };
                     }
                 }
             } else {
                 None
             };
-        let verdict = check_rates(state, settings, msg, peer.ip()).unwrap_or(Verdict::Delivered);
-        let verdict = if verdict == Verdict::Delivered {
-            let envelope = Envelope {
-                message: msg,
-                peer,
-                transport,
-            };
-            let runner = if state.host.under_systemd {
-                deliver::Runner::Systemd(state.systemd.get())
-            } else {
-                deliver::Runner::Exec
-            };
-            match deliver::deliver(settings, &envelope, runner).await {
-                Ok(()) => Verdict::Delivered,
-                Err(reason) => Verdict::Refused(reason),
+        let verdict = match check_recipient_rate(state, settings, msg) {
+            Some(limited) => limited,
+            None => {
+                let envelope = Envelope {
+                    message: msg,
+                    peer,
+                    transport,
+                };
+                let runner = if state.host.under_systemd {
+                    deliver::Runner::Systemd(state.systemd.get())
+                } else {
+                    deliver::Runner::Exec
+                };
+                match deliver::deliver(settings, &envelope, runner).await {
+                    Ok(()) => Verdict::Delivered,
+                    Err(reason) => Verdict::Failed(reason),
+                }
             }
-        } else {
-            verdict
         };
         // A limited message is not remembered: its next copy is checked
         // again (dropping `first` tells any copy waiting meanwhile).
         if let Some(first) = first
             && !matches!(verdict, Verdict::Limited(..))
         {
-            first.send_replace(Some(verdict.clone()));
+            lock(&msp.dedup).settle(first, verdict == Verdict::Delivered);
         }
         verdict
     };
-    log_outcome(state, msg, peer, transport, &verdict, retransmission);
+    log_outcome(state, msg, peer, transport, &verdict);
     verdict
 }
 
-/// The rate limits, per source, per recipient and in total: the verdict
-/// when one refuses.
-fn check_rates(
+/// The rate limit per recipient: the verdict when it refuses.
+fn check_recipient_rate(
     state: &State,
     settings: &crate::config::MspSettings,
     msg: &Message,
-    ip: IpAddr,
 ) -> Option<Verdict> {
-    let msp = &state.msp;
-    let config = state.config.load();
-    let source = source_key(ip, config.tcpmux.ipv6_source_prefix);
-    let (limit, reason) = if !msp.per_source.allow(&source, settings.rate_per_minute) {
-        (Limit::MspRate, RATE_REASON)
-    } else if !msp.per_recipient.allow(
-        &decode(&msg.recipient).to_lowercase(),
-        settings.recipient_rate_per_minute,
-    ) {
-        (Limit::MspRecipientRate, RECIPIENT_RATE_REASON)
-    } else if !msp.total.allow(&(), settings.total_rate_per_minute) {
-        (Limit::MspTotalRate, TOTAL_RATE_REASON)
-    } else {
+    let recipient = decode(&msg.recipient).to_lowercase();
+    if state
+        .msp
+        .per_recipient
+        .allow(&recipient, settings.recipient_rate_per_minute)
+    {
         return None;
-    };
-    state.stats.hits.hit(limit);
-    Some(Verdict::Limited(limit, reason))
+    }
+    state.stats.hits.hit(Limit::MspRecipientRate);
+    Some(Verdict::Limited(
+        Limit::MspRecipientRate,
+        RECIPIENT_RATE_REASON,
+    ))
 }
 
+/// Logs a delivery or a failure to deliver, each on its own line; sums
+/// up the rest.
 fn log_outcome(
     state: &State,
     msg: &Message,
     peer: SocketAddr,
     transport: Transport,
     verdict: &Verdict,
-    retransmission: bool,
 ) {
     let msp = &state.msp;
-    let (outcome, reason) = match verdict {
-        // A flood of refusals is summed up with the other limits instead.
-        Verdict::Limited(_, reason) => {
-            tracing::debug!(remote_addr = %peer.ip().to_canonical(), "MSP: {reason}");
-            return;
-        }
-        _ if retransmission => ("duplicate", ""),
+    let (outcome, reason, summed) = match verdict {
         Verdict::Delivered => {
             msp.delivered.fetch_add(1, Ordering::Relaxed);
-            ("delivered", "")
+            ("delivered", "", None)
+        }
+        Verdict::Failed(reason) => {
+            msp.refused.fetch_add(1, Ordering::Relaxed);
+            ("refused", reason.as_str(), None)
         }
         Verdict::Refused(reason) => {
             msp.refused.fetch_add(1, Ordering::Relaxed);
-            ("refused", reason.as_str())
+            ("refused", reason.as_str(), Some(Summed::Refused))
         }
+        Verdict::Limited(_, reason) => ("limited", *reason, Some(Summed::Limited)),
+        Verdict::Duplicate { .. } => ("duplicate", "", Some(Summed::Duplicate)),
     };
     // Every part is the sender's choice: decoded as delivered, escaped.
     let part = |p: &[u8]| escaped(decode(p).as_ref()).to_string();
     let (sender, recipient) = (part(&msg.sender), part(&msg.recipient));
-    tracing::info!(
-        msp_version = %msg.version().as_char(),
-        msp_recipient = %recipient,
-        msp_recipient_terminal = %part(&msg.recipient_terminal),
-        msp_sender = %sender,
-        msp_sender_terminal = %part(&msg.sender_terminal),
-        msp_cookie = %part(&msg.cookie),
-        remote_addr = %peer.ip().to_canonical(),
-        remote_port = peer.port(),
-        transport = transport.as_str(),
-        outcome,
-        "message from {sender}@{} to {recipient}: {outcome}{}{}",
-        peer.ip().to_canonical(),
-        if reason.is_empty() { "" } else { ": " },
-        escaped(reason),
-    );
+    let remote_addr = peer.ip().to_canonical();
+    macro_rules! entry {
+        ($level:ident) => {
+            tracing::$level!(
+                msp_version = %msg.version().as_char(),
+                msp_recipient = %recipient,
+                msp_recipient_terminal = %part(&msg.recipient_terminal),
+                msp_sender = %sender,
+                msp_sender_terminal = %part(&msg.sender_terminal),
+                msp_cookie = %part(&msg.cookie),
+                %remote_addr,
+                remote_port = peer.port(),
+                transport = transport.as_str(),
+                outcome,
+                "message from {sender}@{remote_addr} to {recipient}: {outcome}{}{}",
+                if reason.is_empty() { "" } else { ": " },
+                escaped(reason),
+            )
+        };
+    }
+    match summed {
+        None => entry!(info),
+        Some(what) => {
+            state.summary.record(what.as_str(), remote_addr);
+            entry!(debug);
+        }
+    }
 }
 
 /// The TCP reply to a version B message: `+` or `-reason`, ended by NUL.
 pub fn tcp_reply(verdict: &Verdict) -> Vec<u8> {
     let mut out = match verdict {
-        Verdict::Delivered => b"+".to_vec(),
+        Verdict::Delivered | Verdict::Duplicate { delivered: true } => b"+".to_vec(),
+        Verdict::Duplicate { delivered: false } => {
+            format!("-{UNANSWERED_COPY_REASON}").into_bytes()
+        }
         Verdict::Limited(_, reason) => format!("-{reason}").into_bytes(),
-        Verdict::Refused(reason) => {
+        Verdict::Refused(reason) | Verdict::Failed(reason) => {
             let clean: String = reason
                 .chars()
                 .filter(|c| !c.is_control() && *c != '\0')
@@ -244,6 +397,22 @@ pub fn tcp_reply(verdict: &Verdict) -> Vec<u8> {
     out
 }
 
+/// The UDP answer to `msg` (None: silence). Only a delivered message is
+/// answered, and never with more than it held: version A with itself
+/// (`datagram`), version B to a named recipient with `+`.
+fn udp_reply(verdict: &Verdict, msg: Option<&Message>, datagram: &[u8]) -> Option<Vec<u8>> {
+    let msg = msg?;
+    let delivered = matches!(
+        verdict,
+        Verdict::Delivered | Verdict::Duplicate { delivered: true }
+    );
+    match msg.version() {
+        Version::A if *verdict == Verdict::Delivered => Some(datagram.to_vec()),
+        Version::B if delivered && !msg.recipient.is_empty() => Some(b"+\0".to_vec()),
+        _ => None,
+    }
+}
+
 /// Accepts MSP TCP connections until `shutdown`.
 pub async fn serve_tcp(
     listener: TcpListener,
@@ -252,9 +421,11 @@ pub async fn serve_tcp(
     shutdown: CancellationToken,
 ) {
     while let Some((stream, peer)) = crate::listen::accept(&listener, &shutdown).await {
+        // Each refusal is decided before anything is taken or shed: a
+        // connection that is refused must not make others give way.
         if !state.config.load().msp.acl.permits(peer.ip()) {
             // Closed before a byte is read: nothing to answer to.
-            tracing::debug!(remote_addr = %peer.ip().to_canonical(), "MSP: [msp] allow/deny refuses");
+            sum_up(&state, Summed::Denied, peer);
             continue;
         }
         let config = state.config.load();
@@ -265,29 +436,43 @@ pub async fn serve_tcp(
             .try_enter(source, config.msp.max_connections_per_source)
         else {
             state.stats.hits.hit(Limit::MspConnectionsPerSource);
-            tracing::debug!(remote_addr = %peer.ip().to_canonical(), "MSP: too many connections from this source");
+            sum_up(&state, Summed::SourceLimit, peer);
             continue;
         };
         let max = config.msp.max_connections;
         drop(config);
-        let Some(connection) = state.msp.tcp_connections.try_enter(max) else {
+        // At the cap, the oldest connection with no whole message in hand
+        // gives way; only when every one is being answered is the new
+        // connection closed.
+        let (connection, before) = state.msp.tcp_connections.enter();
+        if before >= max && !state.msp.tcp_waiting.shed_oldest() {
+            drop((connection, place));
             state.stats.hits.hit(Limit::MspConnections);
-            tracing::debug!(remote_addr = %peer.ip().to_canonical(), "MSP: too many connections");
+            sum_up(&state, Summed::Overloaded, peer);
             continue;
-        };
+        }
+        let waiting = state.msp.tcp_waiting.enter();
         let state = Arc::clone(&state);
         tracker.spawn(async move {
             let _places = (place, connection);
-            handle_tcp(stream, peer, &state).await;
+            handle_tcp(stream, peer, &state, waiting).await;
         });
     }
 }
 
+/// What ended a wait for more of a message.
+enum Read {
+    Data(Result<std::io::Result<usize>, tokio::time::error::Elapsed>),
+    Shed,
+}
+
 /// Serves one connection: each message must arrive whole within
 /// `idle_timeout` of the previous reply (or of the connection's start),
-/// however it is cut into reads, and the connection ends after
-/// `connection_timeout`.
-async fn handle_tcp(mut stream: TcpStream, peer: SocketAddr, state: &State) {
+/// however it is cut into reads; the connection ends after
+/// `connection_timeout` or `max_messages_per_connection` messages. While
+/// it has no whole message in hand it holds a place among the waiting
+/// (`waiting` to begin with), and gives way when shed.
+async fn handle_tcp(mut stream: TcpStream, peer: SocketAddr, state: &State, waiting: WaitingPlace) {
     use tokio::time::timeout_at;
     let config = state.config.load_full();
     let settings = &config.msp;
@@ -295,6 +480,8 @@ async fn handle_tcp(mut stream: TcpStream, peer: SocketAddr, state: &State) {
     let mut message_deadline = limits::deadline_in(settings.idle_timeout).min(deadline);
     let mut buf: Vec<u8> = Vec::with_capacity(2 * message::MAX_MESSAGE_LEN);
     let mut chunk = [0u8; 1024];
+    let mut waiting = Some(waiting);
+    let mut messages = 0usize;
     loop {
         // A known client ends each message with one extra NUL.
         if buf.first() == Some(&0) {
@@ -302,10 +489,17 @@ async fn handle_tcp(mut stream: TcpStream, peer: SocketAddr, state: &State) {
         }
         match message::frame(&buf) {
             Ok(Some(len)) => {
+                // Being answered: never shed.
+                waiting = None;
                 let raw: Vec<u8> = buf.drain(..len).collect();
-                let verdict = match message::parse(&raw) {
-                    Ok(msg) => accept_message(state, &msg, peer, Transport::Tcp).await,
-                    Err(e) => Verdict::Refused(format!("malformed message: {e}")),
+                messages += 1;
+                let over = messages > settings.max_messages_per_connection;
+                let verdict = if over {
+                    state.stats.hits.hit(Limit::MspMessagesPerConnection);
+                    sum_up(state, Summed::Limited, peer);
+                    Verdict::Limited(Limit::MspMessagesPerConnection, CONNECTION_MESSAGES_REASON)
+                } else {
+                    handle_message(state, &raw, peer, Transport::Tcp).await.0
                 };
                 if raw[0] == b'B' {
                     let reply = tcp_reply(&verdict);
@@ -314,18 +508,20 @@ async fn handle_tcp(mut stream: TcpStream, peer: SocketAddr, state: &State) {
                         return;
                     }
                 }
+                if over {
+                    return;
+                }
                 message_deadline = limits::deadline_in(settings.idle_timeout).min(deadline);
                 continue;
             }
             Ok(None) => {}
             Err(e) => {
-                tracing::info!(
-                    remote_addr = %peer.ip().to_canonical(),
-                    transport = "tcp",
-                    outcome = "malformed",
-                    "MSP connection from {}: {e}",
-                    peer.ip().to_canonical()
-                );
+                // Charged as any message; its end cannot be found, so the
+                // connection ends with it.
+                let _ = charge(state, peer.ip());
+                state.msp.refused.fetch_add(1, Ordering::Relaxed);
+                sum_up(state, Summed::Malformed, peer);
+                tracing::debug!(remote_addr = %peer.ip().to_canonical(), "MSP connection: {e}");
                 if buf.first() == Some(&b'B') {
                     let reply = tcp_reply(&Verdict::Refused(format!("malformed message: {e}")));
                     let _ = timeout_at(deadline, stream.write_all(&reply)).await;
@@ -333,16 +529,26 @@ async fn handle_tcp(mut stream: TcpStream, peer: SocketAddr, state: &State) {
                 return;
             }
         }
-        match timeout_at(message_deadline, stream.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return,
-            Err(_) => {
+        let place = waiting.get_or_insert_with(|| state.msp.tcp_waiting.enter());
+        let read = tokio::select! {
+            r = timeout_at(message_deadline, stream.read(&mut chunk)) => Read::Data(r),
+            () = place.shed() => Read::Shed,
+        };
+        match read {
+            Read::Shed => {
+                state.stats.hits.hit(Limit::MspConnections);
+                sum_up(state, Summed::Shed, peer);
+                return;
+            }
+            Read::Data(Ok(Ok(0)) | Ok(Err(_))) => return,
+            Read::Data(Err(_)) => {
                 tracing::debug!(
                     remote_addr = %peer.ip().to_canonical(),
                     "MSP: connection closed, no whole message within idle_timeout or connection_timeout"
                 );
                 return;
             }
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Read::Data(Ok(Ok(n))) => buf.extend_from_slice(&chunk[..n]),
         }
     }
 }
@@ -354,6 +560,9 @@ pub async fn serve_udp(
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
+    if let Ok(addr) = socket.local_addr() {
+        lock(&state.msp.own_udp_ports).push(addr.port());
+    }
     let socket = Arc::new(socket);
     // One octet more than a message may have (its tolerated extra NUL), and
     // one more to notice anything longer.
@@ -370,44 +579,37 @@ pub async fn serve_udp(
                 continue;
             }
         };
-        if !state.config.load().msp.acl.permits(peer.ip()) {
-            tracing::debug!(remote_addr = %peer.ip().to_canonical(), "MSP: [msp] allow/deny refuses");
+        let config = state.config.load();
+        if !config.msp.acl.permits(peer.ip()) {
+            sum_up(&state, Summed::Denied, peer);
+            continue;
+        }
+        // Never answered, so never the start of a loop between tcpmuxd and
+        // itself, another MSP server, or an echo service.
+        if !answerable_source(peer, &lock(&state.msp.own_udp_ports)) {
+            sum_up(&state, Summed::ServicePort, peer);
+            continue;
+        }
+        let window = config.msp.dedup_window;
+        drop(config);
+        if lock(&state.msp.answers).is_answer_back(peer, &buf[..n], window, Instant::now()) {
+            sum_up(&state, Summed::Loop, peer);
             continue;
         }
         let Ok(permit) = Arc::clone(&state.msp.udp_in_flight).try_acquire_owned() else {
             state.stats.hits.hit(Limit::MspDatagramsInFlight);
+            sum_up(&state, Summed::Overloaded, peer);
             continue;
         };
         let datagram = buf[..n].to_vec();
         let (state, socket) = (Arc::clone(&state), Arc::clone(&socket));
         tracker.spawn(async move {
             let _permit = permit;
-            let msg = match message::parse(&datagram) {
-                Ok(msg) => msg,
-                Err(e) => {
-                    state.msp.refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(
-                        remote_addr = %peer.ip().to_canonical(),
-                        transport = "udp",
-                        outcome = "malformed",
-                        "MSP datagram from {}: {e}",
-                        peer.ip().to_canonical()
-                    );
-                    return;
-                }
-            };
-            let verdict = accept_message(&state, &msg, peer, Transport::Udp).await;
-            let reply: Option<Vec<u8>> = match (msg.version(), &verdict) {
-                (_, Verdict::Limited(..)) => None,
-                // RFC 1159: the data received, delivered or not; never
-                // larger than the request.
-                (Version::A, _) => Some(datagram),
-                (Version::B, Verdict::Delivered) if !msg.recipient.is_empty() => {
-                    Some(b"+\0".to_vec())
-                }
-                (Version::B, _) => None,
-            };
-            if let Some(reply) = reply {
+            let (verdict, msg) = handle_message(&state, &datagram, peer, Transport::Udp).await;
+            if let Some(reply) = udp_reply(&verdict, msg.as_ref(), &datagram) {
+                // Remembered before it leaves, so that it is known when it
+                // comes back.
+                lock(&state.msp.answers).sent(peer, &reply, Instant::now());
                 let _ = socket.send_to(&reply, peer).await;
             }
         });

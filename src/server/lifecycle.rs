@@ -130,6 +130,7 @@ async fn report_status(state: Arc<State>) {
                     tracing::info!("connections in the last {interval}: {text}");
                 }
                 state.starts.forget_idle_sources();
+                state.msp.prune(state.config.load().msp.dedup_window);
             }
             _ = status_tick.tick() => {
                 let line = state.status_line();

@@ -110,7 +110,7 @@ impl State {
             None => String::new(),
         };
         format!(
-            "{} in handshake, {} sessions running; {} handed off, {} refused, {} limits hit; MSP: {} delivered, {} refused{units}",
+            "{} in handshake, {} sessions running; {} handed off, {} refused, {} limits hit; MSP: {} delivered, {} refused, {} remembered{units}",
             self.stats.handshakes.get(),
             self.sessions.total(),
             self.stats.served.load(Ordering::Relaxed),
@@ -118,6 +118,7 @@ impl State {
             self.stats.hits.total(),
             self.msp.delivered.load(Ordering::Relaxed),
             self.msp.refused.load(Ordering::Relaxed),
+            self.msp.remembered(),
         )
     }
 
