@@ -215,6 +215,11 @@ pub const MSP_DEDUP_CAPACITY: usize = 16 * 1024;
 /// RFC 1312 answers failures over UDP).
 pub const MSP_MAX_UDP_IN_FLIGHT: usize = 64;
 
+/// Of those, from one source (an IPv4 address or an IPv6 prefix): a
+/// quarter, so that slow deliveries from one source leave places for
+/// three more at least.
+pub const MSP_MAX_UDP_IN_FLIGHT_PER_SOURCE: usize = MSP_MAX_UDP_IN_FLIGHT / 4;
+
 /// Longest first line of the delivery command's stderr kept as the reason.
 pub const MSP_MAX_REASON_LEN: usize = 200;
 

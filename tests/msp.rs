@@ -1485,3 +1485,38 @@ fn a_flood_from_more_sources_than_are_tracked_is_served_and_still_limited() {
         "-too many messages from your address; slow down"
     );
 }
+
+/// Datagrams being delivered take one of a few places (64): one source
+/// holding them all with slow deliveries would silence every other sender.
+/// A source has a share of them.
+#[test]
+fn one_source_cannot_hold_every_delivery_place() {
+    let m = start("");
+    m.slow(true);
+    let flooder = udp_from("127.0.0.2", m.udp);
+    for i in 0..100 {
+        flooder
+            .send(&b([
+                "chris",
+                "",
+                &format!("flood {i}"),
+                "sandy",
+                "",
+                &i.to_string(),
+                "",
+            ]))
+            .unwrap();
+    }
+    let other = udp_from("127.0.0.3", m.udp);
+    other
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    other
+        .send(&b(["chris", "", "from another source", "pat", "", "1", ""]))
+        .unwrap();
+    assert_eq!(
+        datagram(&other).as_deref(),
+        PLUS,
+        "the other source's message was dropped while one source's deliveries held every place"
+    );
+}

@@ -63,6 +63,9 @@ pub struct MspState {
     /// The ports MSP datagrams are received on, never answered.
     own_udp_ports: Mutex<Vec<u16>>,
     udp_in_flight: Arc<Semaphore>,
+    /// Of those, per source: one source's slow deliveries cannot take
+    /// them all.
+    udp_in_flight_per_source: Arc<PerSource>,
     pub delivered: AtomicU64,
     pub refused: AtomicU64,
 }
@@ -80,6 +83,7 @@ impl Default for MspState {
             tcp_waiting: Arc::default(),
             own_udp_ports: Mutex::default(),
             udp_in_flight: Arc::new(Semaphore::new(limits::MSP_MAX_UDP_IN_FLIGHT)),
+            udp_in_flight_per_source: Arc::new(PerSource::default()),
             delivered: AtomicU64::new(0),
             refused: AtomicU64::new(0),
         }
@@ -591,11 +595,22 @@ pub async fn serve_udp(
             continue;
         }
         let window = config.msp.dedup_window;
+        let source = source_key(peer.ip(), config.tcpmux.ipv6_source_prefix);
         drop(config);
         if lock(&state.msp.answers).is_answer_back(peer, &buf[..n], window, Instant::now()) {
             sum_up(&state, Summed::Loop, peer);
             continue;
         }
+        // The source's share first: a source at it takes no other place.
+        let Some(share) = state
+            .msp
+            .udp_in_flight_per_source
+            .try_enter(source, limits::MSP_MAX_UDP_IN_FLIGHT_PER_SOURCE)
+        else {
+            state.stats.hits.hit(Limit::MspDatagramsInFlight);
+            sum_up(&state, Summed::SourceLimit, peer);
+            continue;
+        };
         let Ok(permit) = Arc::clone(&state.msp.udp_in_flight).try_acquire_owned() else {
             state.stats.hits.hit(Limit::MspDatagramsInFlight);
             sum_up(&state, Summed::Overloaded, peer);
@@ -604,7 +619,7 @@ pub async fn serve_udp(
         let datagram = buf[..n].to_vec();
         let (state, socket) = (Arc::clone(&state), Arc::clone(&socket));
         tracker.spawn(async move {
-            let _permit = permit;
+            let _places = (permit, share);
             let (verdict, msg) = handle_message(&state, &datagram, peer, Transport::Udp).await;
             if let Some(reply) = udp_reply(&verdict, msg.as_ref(), &datagram) {
                 // Remembered before it leaves, so that it is known when it
