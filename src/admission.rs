@@ -635,6 +635,26 @@ mod tests {
     }
 
     #[test]
+    fn the_table_of_sources_is_bounded_and_those_beyond_it_are_over_their_share() {
+        let r = StartRate::default();
+        let now = Instant::now();
+        // Enough for one start each, and as many in reserve.
+        let rate = 2 * START_MAX_SOURCES as u32;
+        // Within one moment: none is idle, so none is forgotten.
+        for i in 0..START_MAX_SOURCES as u32 {
+            assert!(r.allow("echo", rate, IpAddr::from(i.to_be_bytes()), now));
+        }
+        // One more source finds no room in the table: it counts as over
+        // its share, served only while more than half the rate is left,
+        // which the others have taken.
+        let beyond = IpAddr::from([203, 0, 113, 1]);
+        assert!(!r.allow("echo", rate, beyond, now));
+        let services = lock(&r.services);
+        assert_eq!(services["echo"].sources.len(), START_MAX_SOURCES);
+        assert!(!services["echo"].sources.contains_key(&beyond));
+    }
+
+    #[test]
     fn many_sources_within_their_shares_leave_a_share_for_another() {
         let r = StartRate::default();
         let t0 = Instant::now();
