@@ -239,7 +239,9 @@ pub fn keys() -> Vec<Key> {
             "\"tty\", \"journal\" or \"command\"".into(),
             None,
             "How a message is delivered: to the recipient's terminals, as a journal entry, or to \
-             the standard input of command.",
+             the standard input of command. On a terminal, a header line comes first, then each \
+             line of the text after \"| \" (a CR within a line shown as ^M), then EOF: no text \
+             can pass for a header or for the end.",
         ),
         key(
             "msp",
