@@ -523,11 +523,12 @@ fn set_mode(path: &Path, mode: u32) {
 }
 
 impl Pty {
-    /// What the terminal shows for the next message, through its "EOF".
+    /// What the terminal shows for the next message, through its "EOF"
+    /// (at the start of a row).
     fn next_message(&mut self) -> String {
         let mut shown = vec![0u8; 4096];
         let mut text = Vec::new();
-        while !String::from_utf8_lossy(&text).contains("EOF\r\n") {
+        while !String::from_utf8_lossy(&text).contains("\r\nEOF\r\n") {
             let n = self.master.read(&mut shown).unwrap();
             text.extend_from_slice(&shown[..n]);
         }
@@ -567,7 +568,7 @@ fn the_tty_method_writes_to_the_users_terminal_and_honours_mesg() {
         text.contains("Message from sandy@127.0.0.1 on console"),
         "{text:?}"
     );
-    assert!(text.contains("Hi\r\nlunch?\r\nEOF\r\n"), "{text:?}");
+    assert!(text.contains("\r\n| Hi\r\n| lunch?\r\nEOF\r\n"), "{text:?}");
 
     // Named terminal, and "*".
     s.write_all(&b([&user, &pty.line, "named", "sandy", "", "2", ""]))
@@ -611,6 +612,83 @@ fn the_tty_method_writes_to_the_users_terminal_and_honours_mesg() {
         .unwrap();
     assert_eq!(reply(&mut s), format!("-{user} has messages disabled"));
     assert!(pty.is_quiet());
+}
+
+/// Gives the terminal a window `columns` wide, as a terminal emulator does.
+fn set_columns(pty: &Pty, columns: u16) {
+    use std::os::fd::AsRawFd;
+    let size = libc::winsize {
+        ws_row: 24,
+        ws_col: columns,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
+    let done = unsafe { libc::ioctl(pty.master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+    assert_eq!(done, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn a_message_cannot_forge_a_header_or_the_end_on_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let utmp = dir.path().join("utmp");
+    let user = me();
+    let mut pty = open_pty(&utmp, &user);
+    mesg(&pty, true);
+    const COLUMNS: u16 = 60;
+    set_columns(&pty, COLUMNS);
+    let config = format!("[msp]\ndeliver = \"tty\"\nutmp = \"{}\"\n", utmp.display());
+    let (_d, mut s) = msp_tcp_daemon(&config);
+
+    // An end marker and a second header at column 0 (all but the bell,
+    // which the checks refuse), a bare CR that would let a line overwrite
+    // itself, and a line padded so that the terminal's own wrapping would
+    // put "EOF" at column 0.
+    let forged = format!(
+        "hi\r\nEOF\r\nMessage from root@localhost on pts/0 at 2026-12-06T05:00:00Z ...\r\n\
+         pay bob 10\rpay eve 99\r\n{}EOF",
+        "x".repeat(usize::from(COLUMNS) - 2)
+    );
+    s.write_all(&b([&user, "", &forged, "sandy", "", "1", ""]))
+        .unwrap();
+    assert_eq!(reply(&mut s), "+");
+    let shown = pty.next_message();
+    assert!(pty.is_quiet(), "{shown:?}");
+    let rows: Vec<&str> = shown
+        .strip_prefix("\r\n\x07")
+        .and_then(|t| t.strip_suffix("\r\n"))
+        .unwrap_or_else(|| panic!("{shown:?}"))
+        .split("\r\n")
+        .collect();
+    // The real header and end marker, and every row between them marked.
+    assert!(
+        rows[0].starts_with("Message from sandy@127.0.0.1 at "),
+        "{rows:?}"
+    );
+    assert_eq!(rows.last(), Some(&"EOF"), "{rows:?}");
+    let text: Vec<&str> = rows
+        .iter()
+        .skip_while(|r| !r.starts_with("| "))
+        .take_while(|r| r.starts_with("| "))
+        .copied()
+        .collect();
+    assert_eq!(text.len(), rows.len() - 2, "{rows:?}");
+    assert_eq!(text[..2], ["| hi", "| EOF"], "{rows:?}");
+    assert!(
+        text[2].starts_with("| Message from root@localhost"),
+        "{rows:?}"
+    );
+    // The CR is shown, not obeyed.
+    assert!(text.contains(&"| pay bob 10^Mpay eve 99"), "{rows:?}");
+    // No row reaches the terminal's last column: it never wraps one itself.
+    for row in &rows {
+        assert!(row.chars().count() < usize::from(COLUMNS), "{row:?}");
+    }
+    assert_eq!(
+        rows.iter().filter(|r| r.contains("EOF")).count(),
+        3,
+        "{rows:?}"
+    );
 }
 
 /// A file in /dev/shm (the one place under /dev a test may write), removed

@@ -450,6 +450,28 @@ fn notifies_systemd_of_status_and_stopping() {
 }
 
 #[test]
+fn the_summary_of_the_last_interval_is_logged_when_tcpmuxd_stops() {
+    for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
+        let d = Daemon::start(BASE);
+        for _ in 0..3 {
+            assert_eq!(d.exchange(b"nosuch\r\n"), b"-Unknown service\r\n");
+        }
+        // Stopped well within the first summary interval.
+        d.signal(sig);
+        assert!(d.wait_log("stopped;"), "{name}: {}", d.log());
+        let log = d.log();
+        let summary = log
+            .find("connections in the last ")
+            .unwrap_or_else(|| panic!("{name}: no summary: {log}"));
+        assert!(
+            log[summary..].contains(": 3 unknown; top sources: 127.0.0.1 (3)"),
+            "{name}: {log}"
+        );
+        assert!(summary < log.find("stopped;").unwrap(), "{name}: {log}");
+    }
+}
+
+#[test]
 fn at_max_handshakes_the_oldest_waiting_handshake_makes_room() {
     let d = Daemon::start(&BASE.replace("[tcpmux]", "[tcpmux]\nmax_handshakes = 2"));
     // Two silent clients hold both handshake places.

@@ -11,6 +11,7 @@ mod ops;
 mod record;
 mod report;
 mod slowloris;
+mod soak;
 
 use args::Args;
 use std::net::SocketAddr;
@@ -38,6 +39,16 @@ usage:
   tcpmux-bench slowloris ADDR [--count N] [--sources N] [--samples N] [--label NAME]
       N silent connections from --sources addresses (127.1.0.x) held open
       while HELP is asked from 127.2.0.1, one at a time: its latency
+  tcpmux-bench soak ADDR MSP_ADDR --pid PID --file FILE [--minutes M] [--rate R]
+                    [--sources N] [--service NAME]
+      a steady mix (HELP, echo sessions, long sessions, unknown names,
+      silent clients, MSP over UDP and TCP) of R operations a second
+      (default 250) from 127.77.0.1 to 127.77.0.N (default 16) for M minutes
+      (default 30), a SIGHUP to PID every 10 s; samples PID's RSS,
+      descriptors and children every 10 s and prints a verdict (exit 1 on
+      FAIL): no error, every MSP message in FILE once, RSS of the last
+      minute within 5 % or 1 MiB of minute 8's (of the middle one in runs
+      under 16 minutes), descriptors and children back to idle within 3 s
   tcpmux-bench free ADDR...        fail unless every TCP and UDP ADDR can be bound
   tcpmux-bench wait ADDR [--udp] [--seconds S]
       wait until something listens on ADDR
@@ -55,6 +66,7 @@ fn main() -> ExitCode {
         "help" | "dispatch" | "first-byte" | "msp" => measure(&args),
         "memory" => memory_cmd(&args),
         "slowloris" => slowloris_cmd(&args),
+        "soak" => soak_cmd(&args),
         "free" => free_cmd(&args),
         "wait" => wait_cmd(&args),
         "report" => report_cmd(&args),
@@ -193,6 +205,29 @@ fn slowloris_cmd(args: &Args) -> Result<(), String> {
         r.print();
     }
     Ok(())
+}
+
+fn soak_cmd(args: &Args) -> Result<(), String> {
+    let settings = soak::Settings {
+        tcpmux: addr(args, 0)?,
+        msp: addr(args, 1)?,
+        pid: match args.number("pid", 0u32)? {
+            0 => return Err("--pid is required".into()),
+            pid => pid,
+        },
+        minutes: args.number("minutes", 30)?,
+        rate: args.number("rate", 250.0)?,
+        sources: args.number("sources", 16)?,
+        file: args.required("file")?.to_string(),
+        service: args.value("service").unwrap_or("echo").to_string(),
+    };
+    // Long sessions and silent clients are held open by the hundred.
+    memory::raise_nofile(65536);
+    if soak::run(&settings)? {
+        Ok(())
+    } else {
+        Err("verdict: FAIL".into())
+    }
 }
 
 fn free_cmd(args: &Args) -> Result<(), String> {

@@ -52,7 +52,7 @@ fn proc_kib(path: &str, key: &str) -> Option<u64> {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
+pub fn rss_kib(pid: u32) -> Option<u64> {
     proc_kib(&format!("/proc/{pid}/status"), "VmRSS:")
 }
 
@@ -62,7 +62,7 @@ fn pss_kib(pid: u32) -> u64 {
 
 /// Every process descended from `root`, from each process's parent in
 /// /proc/PID/stat.
-fn descendants(root: u32) -> Vec<u32> {
+pub fn descendants(root: u32) -> Vec<u32> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();

@@ -2,7 +2,7 @@
 //! check that no acknowledged MSP message went missing.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
@@ -49,20 +49,31 @@ pub struct Done {
 /// Runs one operation. `worker` and `seq` make its payload unique.
 pub async fn perform(op: &Op, target: SocketAddr, worker: usize, seq: u64) -> Result<Done, String> {
     match op {
-        Op::Help => help(target).await,
-        Op::Dispatch { service } => dispatch(target, service, worker, seq).await,
+        Op::Help => help(target, None).await,
+        Op::Dispatch { service } => dispatch(target, None, service, worker, seq).await,
         Op::FirstByte { service } => first_byte(target, service).await,
-        Op::Msp { run } => msp(target, run, worker, seq).await,
+        Op::Msp { run } => msp(target, None, run, worker, seq).await,
     }
 }
 
 async fn connect(target: SocketAddr) -> Result<TcpStream, String> {
+    connect_from(target, None).await
+}
+
+/// Connects to `target`, from the loopback address `source` when given
+/// (the soak spreads its clients over several).
+pub async fn connect_from(target: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, String> {
     let socket = if target.is_ipv4() {
         TcpSocket::new_v4()
     } else {
         TcpSocket::new_v6()
     }
     .map_err(|e| format!("socket: {e}"))?;
+    if let Some(ip) = source {
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .map_err(|e| format!("bind {ip}: {e}"))?;
+    }
     // Closing then resets the connection instead of leaving it in
     // TIME_WAIT, which would use up the ephemeral ports within seconds.
     socket
@@ -74,7 +85,7 @@ async fn connect(target: SocketAddr) -> Result<TcpStream, String> {
         .map_err(|e| format!("connect: {e}"))
 }
 
-async fn send(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), String> {
+pub async fn send(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), String> {
     stream
         .write_all(bytes)
         .await
@@ -82,7 +93,7 @@ async fn send(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), String> {
 }
 
 /// Reads more into `buf`; an error at EOF.
-async fn read_more(
+pub async fn read_more(
     stream: &mut (impl AsyncRead + Unpin),
     buf: &mut Vec<u8>,
     what: &str,
@@ -102,14 +113,14 @@ async fn read_more(
     Ok(())
 }
 
-fn printable(bytes: &[u8]) -> String {
+pub fn printable(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes)
         .trim_matches(|c: char| c.is_whitespace() || c == '\0')
         .to_string()
 }
 
-async fn help(target: SocketAddr) -> Result<Done, String> {
-    let mut stream = connect(target).await?;
+pub async fn help(target: SocketAddr, source: Option<IpAddr>) -> Result<Done, String> {
+    let mut stream = connect_from(target, source).await?;
     send(&mut stream, b"HELP\r\n").await?;
     let mut reply = Vec::with_capacity(256);
     stream
@@ -125,13 +136,14 @@ async fn help(target: SocketAddr) -> Result<Done, String> {
     }
 }
 
-async fn dispatch(
+pub async fn dispatch(
     target: SocketAddr,
+    source: Option<IpAddr>,
     service: &str,
     worker: usize,
     seq: u64,
 ) -> Result<Done, String> {
-    let mut stream = connect(target).await?;
+    let mut stream = connect_from(target, source).await?;
     send(&mut stream, format!("{service}\r\n").as_bytes()).await?;
     let mut buf = Vec::with_capacity(128);
     let line_end = loop {
@@ -228,7 +240,7 @@ fn msp_text(run: &str, worker: usize, seq: u64) -> String {
 /// An RFC 1312 version B message: recipient, recipient's terminal, text,
 /// sender, sender's terminal, cookie, signature, each NUL-terminated. The
 /// cookie is unique, so a retransmission is recognised as one.
-fn msp_message(run: &str, worker: usize, seq: u64) -> Vec<u8> {
+pub fn msp_message(run: &str, worker: usize, seq: u64) -> Vec<u8> {
     let text = msp_text(run, worker, seq);
     let cookie = format!("{run}-{worker}-{seq}");
     let mut message = vec![b'B'];
@@ -239,14 +251,18 @@ fn msp_message(run: &str, worker: usize, seq: u64) -> Vec<u8> {
     message
 }
 
-async fn msp(target: SocketAddr, run: &str, worker: usize, seq: u64) -> Result<Done, String> {
-    let local: SocketAddr = if target.is_ipv4() {
-        "127.0.0.1:0"
-    } else {
-        "[::1]:0"
-    }
-    .parse()
-    .map_err(|e| format!("{e}"))?;
+pub async fn msp(
+    target: SocketAddr,
+    source: Option<IpAddr>,
+    run: &str,
+    worker: usize,
+    seq: u64,
+) -> Result<Done, String> {
+    let local = match source {
+        Some(ip) => SocketAddr::new(ip, 0),
+        None if target.is_ipv4() => SocketAddr::from(([127, 0, 0, 1], 0)),
+        None => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0)),
+    };
     // A socket per message: an acknowledgement that arrives late, for a
     // message sent twice, cannot be taken for the next message's.
     let socket = UdpSocket::bind(local)

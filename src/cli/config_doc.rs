@@ -287,7 +287,9 @@ pub fn keys() -> Vec<Key> {
             "\"tty\", \"journal\" or \"command\"".into(),
             None,
             "How a message is delivered: to the recipient's terminals, as a journal entry, or to \
-             the standard input of command.",
+             the standard input of command. On a terminal, a header line comes first, then each \
+             line of the text after \"| \" (a CR within a line shown as ^M), then EOF: no text \
+             can pass for a header or for the end.",
         ),
         key(
             "msp",
@@ -825,7 +827,11 @@ pub fn limits_table() -> Vec<Limit> {
         ),
         row(
             "MSP datagrams being delivered",
-            format!("{} at once", limits::MSP_MAX_UDP_IN_FLIGHT),
+            format!(
+                "{} at once, {} of them from one source (IPv4 address or IPv6 prefix)",
+                limits::MSP_MAX_UDP_IN_FLIGHT,
+                limits::MSP_MAX_UDP_IN_FLIGHT_PER_SOURCE
+            ),
             "further datagrams dropped (silence, as for any failure)".into(),
         ),
         row(

@@ -280,12 +280,11 @@ fn to_tty(logins: &[tty::Login], m: &Message, peer: SocketAddr) -> Result<(), St
         tty::choose_terminals(logins, &recipient, &terminal)?
     };
     let when = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let bytes = tty::render(
-        &decode(&m.sender),
-        &peer.ip().to_canonical().to_string(),
-        &decode(&m.sender_terminal),
-        &when,
-        &m.text,
-    );
-    tty::write_terminals(&terminals, &bytes).map(|_| ())
+    let sender = decode(&m.sender);
+    let host = peer.ip().to_canonical().to_string();
+    let sender_terminal = decode(&m.sender_terminal);
+    tty::write_terminals(&terminals, |columns| {
+        tty::render(&sender, &host, &sender_terminal, &when, &m.text, columns)
+    })
+    .map(|_| ())
 }

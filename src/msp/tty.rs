@@ -197,21 +197,136 @@ pub fn choose_terminals(
     Ok(open.into_iter().map(|(t, _)| t).collect())
 }
 
-/// What appears on the terminal: a header like write(1)'s, the text with
-/// CRLF line ends, and an end marker, in UTF-8 (the text decoded as
-/// [`decode`] does it).
-pub fn render(sender: &str, host: &str, sender_terminal: &str, when: &str, text: &[u8]) -> Vec<u8> {
+/// What starts each row of the text on the terminal. Every row the
+/// terminal shows then begins with characters tcpmuxd chose: the header's
+/// "Message from", this mark, the indent of a folded header, or the end
+/// marker "EOF"; no text can stand at column 0 and pass for a header or
+/// for the end. A visible mark rather than an indent, because a reader
+/// sees it at a glance, on an empty line too, and a text line that itself
+/// begins with spaces cannot make it out of place; "|" is a quoting mark
+/// without other meaning on a terminal (unlike "> ", a shell's prompt).
+pub const TEXT_MARK: &str = "| ";
+
+/// What starts each further row of a header too long for one row (a long
+/// sender name or terminal): it stays apart from the text's mark.
+const HEADER_INDENT: &str = "  ";
+
+/// Terminal width assumed when the terminal does not say (a window size
+/// of 0 columns).
+pub const DEFAULT_COLUMNS: u16 = 80;
+
+/// Narrowest width folded for: below it every row is folded as if the
+/// terminal had this many columns (a header cannot fit anyway).
+const MIN_COLUMNS: u16 = 16;
+
+/// Columns between tab stops, as terminals set them.
+const TAB_STOP: usize = 8;
+
+/// Columns a character may take, never fewer than it does: ASCII one, and
+/// anything else two, as wide East Asian characters take (folding a little
+/// early is harmless; folding late would let the terminal wrap a row
+/// itself and put text at column 0).
+fn columns(c: char) -> usize {
+    if c.is_ascii() { 1 } else { 2 }
+}
+
+/// How a character is shown: itself, or, for one that would move the
+/// cursor or change what the terminal does, a visible stand-in. A bare
+/// CR (which would let a line overwrite itself) shows as "^M", as `cat
+/// -v` shows it; other C0 controls and DEL in the same caret notation;
+/// C1 controls and bidirectional overrides as "<U+XXXX>". The checks of
+/// [`super::message::check_content`] refuse all but CR before delivery;
+/// this keeps the terminal safe whatever reaches it.
+fn shown(c: char, out: &mut String) {
+    match c {
+        '\t' => out.push('\t'),
+        '\u{0}'..='\u{1f}' => {
+            out.push('^');
+            out.push(char::from(b'@' + c as u8));
+        }
+        '\u{7f}' => out.push_str("^?"),
+        '\u{80}'..='\u{9f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => {
+            out.push_str(&format!("<U+{:04X}>", u32::from(c)));
+        }
+        c => out.push(c),
+    }
+}
+
+/// Cuts one line into rows of at most `width - 1` columns (the last column
+/// stays free, so no terminal wraps or scrolls on its own), the first row
+/// after `first`, the others after `rest`, each ended by CRLF. Tabs are
+/// expanded to spaces, so the width of a row is known.
+fn fold(line: &str, first: &str, rest: &str, width: usize, out: &mut String) {
+    let limit = width.saturating_sub(1);
+    let mut row = String::from(first);
+    let mut used = first.len();
+    // Whether the row holds more than its mark: a character wider than a
+    // whole row goes on a row of its own rather than on none.
+    let mut filled = false;
+    let mut shown_char = String::new();
+    for c in line.chars() {
+        shown_char.clear();
+        if c == '\t' {
+            let to_stop = TAB_STOP - used % TAB_STOP;
+            shown_char.extend(std::iter::repeat_n(' ', to_stop));
+        } else {
+            shown(c, &mut shown_char);
+        }
+        let wide: usize = shown_char.chars().map(columns).sum();
+        if used + wide > limit && filled {
+            out.push_str(&row);
+            out.push_str("\r\n");
+            row.clear();
+            row.push_str(rest);
+            used = rest.len();
+            filled = false;
+            if c == '\t' {
+                // A tab at a row's end starts the next row: nothing to show.
+                continue;
+            }
+        }
+        row.push_str(&shown_char);
+        used += wide;
+        filled = true;
+    }
+    out.push_str(&row);
+    out.push_str("\r\n");
+}
+
+/// What appears on a terminal `columns` wide (0: not known): a header like
+/// write(1)'s, each line of the text after [`TEXT_MARK`], and the end
+/// marker `EOF`, each row ended by CRLF and no longer than the terminal
+/// is wide, in UTF-8 (the text decoded as [`decode`] does it). A line ends
+/// at LF, with or without a CR before it; a CR anywhere else shows as
+/// "^M". A text of no lines shows as one empty line.
+pub fn render(
+    sender: &str,
+    host: &str,
+    sender_terminal: &str,
+    when: &str,
+    text: &[u8],
+    columns: u16,
+) -> Vec<u8> {
+    let width = usize::from(match columns {
+        0 => DEFAULT_COLUMNS,
+        n => n.max(MIN_COLUMNS),
+    });
     let sender = if sender.is_empty() { "someone" } else { sender };
     let on = if sender_terminal.is_empty() {
         String::new()
     } else {
         format!(" on {sender_terminal}")
     };
-    let mut out = format!("\r\n\x07Message from {sender}@{host}{on} at {when} ...\r\n");
+    // The bell goes before the header's first row, taking no column.
+    let mut out = String::from("\r\n\x07");
+    let header = format!("Message from {sender}@{host}{on} at {when} ...");
+    fold(&header, "", HEADER_INDENT, width, &mut out);
     let text = decode(text);
+    // A line end at the very end ends the last line; it opens no new one.
+    let text = text.strip_suffix('\n').unwrap_or(&text);
     for line in text.split('\n') {
-        out.push_str(line.trim_end_matches('\r'));
-        out.push_str("\r\n");
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        fold(line, TEXT_MARK, TEXT_MARK, width, &mut out);
     }
     out.push_str("EOF\r\n");
     out.into_bytes()
@@ -242,13 +357,18 @@ fn open_terminal(terminal: &Terminal) -> Result<std::fs::File, String> {
     Ok(file)
 }
 
-/// Writes `bytes` to each terminal; succeeds when at least one took it.
-pub fn write_terminals(terminals: &[Terminal], bytes: &[u8]) -> Result<usize, String> {
+/// Writes to each terminal what `render` makes for its width in columns
+/// (0 when the terminal does not say); succeeds when at least one took it.
+pub fn write_terminals(
+    terminals: &[Terminal],
+    render: impl Fn(u16) -> Vec<u8>,
+) -> Result<usize, String> {
     let mut written = 0;
     let mut last_error = String::from("no terminal");
     for terminal in terminals {
         match open_terminal(terminal).and_then(|mut f| {
-            f.write_all(bytes)
+            let columns = rustix::termios::tcgetwinsize(&f).map_or(0, |size| size.ws_col);
+            f.write_all(&render(columns))
                 .map_err(|e| format!("{}: {e}", terminal.path.display()))
         }) {
             Ok(()) => written += 1,
@@ -393,15 +513,24 @@ mod tests {
                 path: file.clone(),
                 owner,
             }],
-            b"x",
+            |_| b"x".to_vec(),
         )
         .unwrap_err();
         assert!(e.ends_with("not-a-tty: not a terminal"), "{e}");
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&file, &link).unwrap();
-        let e = write_terminals(&[Terminal { path: link, owner }], b"x").unwrap_err();
+        let e = write_terminals(&[Terminal { path: link, owner }], |_| b"x".to_vec()).unwrap_err();
         assert!(e.contains("link: "), "{e}");
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
+    }
+
+    /// The rows a terminal shows for `bytes` (split at CRLF).
+    fn rows(bytes: &[u8]) -> Vec<String> {
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        let body = text.strip_prefix("\r\n\x07").expect("header first");
+        let mut rows: Vec<String> = body.split("\r\n").map(str::to_string).collect();
+        assert_eq!(rows.pop().as_deref(), Some(""), "{text:?}");
+        rows
     }
 
     #[test]
@@ -412,16 +541,126 @@ mod tests {
             "console",
             "12:00",
             b"Hi\r\nHow about lunch?\ncaf\xe9",
+            0,
         );
-        let text = String::from_utf8(out).unwrap();
-        assert!(text.contains("Message from sandy@192.0.2.1 on console at 12:00"));
-        assert!(
-            text.ends_with("Hi\r\nHow about lunch?\r\ncafé\r\nEOF\r\n"),
-            "{text:?}"
+        assert_eq!(
+            rows(&out),
+            [
+                "Message from sandy@192.0.2.1 on console at 12:00 ...",
+                "| Hi",
+                "| How about lunch?",
+                "| caf\u{e9}",
+                "EOF",
+            ]
         );
         // UTF-8 stays UTF-8: not taken for ISO 8859-1 and encoded twice.
-        let out = render("s", "h", "", "t", "caf\u{e9} \u{20ac}".as_bytes());
-        let text = String::from_utf8(out).unwrap();
-        assert!(text.ends_with("caf\u{e9} \u{20ac}\r\nEOF\r\n"), "{text:?}");
+        let out = render("s", "h", "", "t", "caf\u{e9} \u{20ac}".as_bytes(), 0);
+        assert_eq!(rows(&out)[1], "| caf\u{e9} \u{20ac}");
+        // An empty text is one empty line, marked too.
+        assert_eq!(rows(&render("s", "h", "", "t", b"", 0))[1..], ["| ", "EOF"]);
+    }
+
+    #[test]
+    fn no_text_passes_for_a_header_or_the_end() {
+        let forged =
+            b"hi\r\nEOF\r\n\r\n\x07Message from root@localhost on pts/0 at 12:00 ...\r\nEOF\nEOF";
+        let shown = rows(&render("mallory", "192.0.2.9", "", "12:00", forged, 0));
+        assert_eq!(
+            shown,
+            [
+                "Message from mallory@192.0.2.9 at 12:00 ...",
+                "| hi",
+                "| EOF",
+                "| ",
+                "| ^GMessage from root@localhost on pts/0 at 12:00 ...",
+                "| EOF",
+                "| EOF",
+                "EOF",
+            ]
+        );
+        // One header at column 0, one end marker: the real ones.
+        assert_eq!(
+            shown.iter().filter(|r| r.contains("Message from")).count(),
+            2
+        );
+        assert_eq!(
+            shown.iter().filter(|r| !r.starts_with(TEXT_MARK)).count(),
+            2
+        );
+    }
+
+    #[test]
+    fn a_bare_cr_is_shown_not_obeyed() {
+        let shown = rows(&render(
+            "s",
+            "h",
+            "",
+            "t",
+            b"pay bob\rpay eve\r\nend\r\r\n",
+            0,
+        ));
+        assert_eq!(shown[1..], ["| pay bob^Mpay eve", "| end^M", "EOF"]);
+        // Other controls, should any reach here, are shown too.
+        let shown = rows(&render(
+            "s",
+            "h",
+            "",
+            "t",
+            "\x1b[2J\x7f\u{9b}\u{202e}".as_bytes(),
+            0,
+        ));
+        assert_eq!(shown[1], "| ^[[2J^?<U+009B><U+202E>");
+    }
+
+    #[test]
+    fn long_lines_are_folded_before_the_terminal_wraps_them() {
+        // Padded so that a terminal 40 columns wide would wrap "EOF" and a
+        // header to its column 0.
+        let text = format!(
+            "{}EOF{}Message from root@localhost",
+            "x".repeat(38),
+            " ".repeat(37)
+        );
+        for columns in [40u16, 41, 80] {
+            let shown = rows(&render("s", "h", "", "t", text.as_bytes(), columns));
+            for row in &shown {
+                let wide: usize = row.chars().map(super::columns).sum();
+                assert!(wide < usize::from(columns), "{row:?} in {columns}");
+            }
+            let body = &shown[1..shown.len() - 1];
+            assert!(body.iter().all(|r| r.starts_with(TEXT_MARK)), "{shown:?}");
+            assert_eq!(shown.last().map(String::as_str), Some("EOF"));
+            let joined: String = body.iter().map(|r| &r[TEXT_MARK.len()..]).collect();
+            assert_eq!(joined, text);
+        }
+        // Wide characters are counted as two columns, tabs to their stop.
+        let shown = rows(&render(
+            "s",
+            "h",
+            "",
+            "t",
+            "\u{4e2d}".repeat(20).as_bytes(),
+            20,
+        ));
+        // (The header takes two rows at this width.)
+        assert_eq!(
+            shown[2..4],
+            [
+                "| \u{4e2d}\u{4e2d}\u{4e2d}\u{4e2d}\u{4e2d}\u{4e2d}\u{4e2d}\u{4e2d}",
+                "| \u{4e2d}\u{4e2d}\u{4e2d}\u{4e2d}\u{4e2d}\u{4e2d}\u{4e2d}\u{4e2d}"
+            ]
+        );
+        let shown = rows(&render("s", "h", "", "t", b"a\tb", 0));
+        assert_eq!(shown[1], "| a     b");
+        // A long sender folds the header, its further rows indented.
+        let sender = format!("{}EOF", "y".repeat(40));
+        let shown = rows(&render(&sender, "h", "", "t", b"hi", 30));
+        assert!(shown[0].starts_with("Message from y"), "{shown:?}");
+        assert!(shown[1].starts_with(HEADER_INDENT) && shown[2].starts_with(HEADER_INDENT));
+        assert_eq!(shown[3..], ["| hi", "EOF"]);
+        // Absurdly narrow terminals are folded for as if MIN_COLUMNS wide.
+        let shown = rows(&render("s", "h", "", "t", "z".repeat(40).as_bytes(), 1));
+        let first = shown.iter().find(|r| r.starts_with(TEXT_MARK)).unwrap();
+        assert_eq!(first.len(), usize::from(MIN_COLUMNS) - 1);
     }
 }

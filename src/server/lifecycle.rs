@@ -66,7 +66,8 @@ pub async fn serve(sockets: crate::listen::Sockets, state: Arc<State>) -> io::Re
         Arc::clone(&state),
         shutdown.clone(),
     ));
-    let background = tokio::spawn(report_status(Arc::clone(&state)));
+    let stopped = CancellationToken::new();
+    let background = tokio::spawn(report_status(Arc::clone(&state), stopped.clone()));
 
     let config = state.config.load();
     tracing::info!(
@@ -95,7 +96,9 @@ pub async fn serve(sockets: crate::listen::Sockets, state: Arc<State>) -> io::Re
     msp_tracker.close();
     let msp_grace = state.config.load().msp.command_timeout + limits::SHUTDOWN_GRACE;
     let _ = timeout(msp_grace, msp_tracker.wait()).await;
-    background.abort();
+    // The interval in progress is logged too, handshakes finished.
+    stopped.cancel();
+    let _ = background.await;
     tracing::info!(
         sessions = state.sessions.total(),
         "stopped; {} sessions keep running",
@@ -104,8 +107,43 @@ pub async fn serve(sockets: crate::listen::Sockets, state: Arc<State>) -> io::Re
     Ok(())
 }
 
-/// Keeps `STATUS=` current and feeds the watchdog.
-async fn report_status(state: Arc<State>) {
+/// The counts of one interval of `LIMIT_LOG_INTERVAL`, or of the part of
+/// one that ran until the stop.
+struct Interval {
+    started: tokio::time::Instant,
+    hits: [u64; crate::admission::Limit::ALL.len()],
+}
+
+impl Interval {
+    fn start(state: &State) -> Interval {
+        Interval {
+            started: tokio::time::Instant::now(),
+            hits: state.stats.hits.snapshot(),
+        }
+    }
+
+    /// Logs the limits hit and the summary of connections since the
+    /// interval started, if any, and starts the next one.
+    fn log(&mut self, state: &State, length: std::time::Duration) {
+        let interval = humantime::format_duration(length);
+        let now = state.stats.hits.snapshot();
+        if let Some(text) = describe_hits(&self.hits, &now) {
+            tracing::warn!("limits hit in the last {interval}: {text}");
+        }
+        if let Some(text) = state.summary.take() {
+            tracing::info!("connections in the last {interval}: {text}");
+        }
+        *self = Interval {
+            started: tokio::time::Instant::now(),
+            hits: now,
+        };
+    }
+}
+
+/// Keeps `STATUS=` current and feeds the watchdog; logs the summary every
+/// `LIMIT_LOG_INTERVAL`, and once more when `stopped` is cancelled, then
+/// returns.
+async fn report_status(state: Arc<State>, stopped: CancellationToken) {
     let mut last = String::new();
     let mut status_tick = tokio::time::interval(limits::STATUS_INTERVAL);
     let watchdog = state.notifier.watchdog_interval();
@@ -116,19 +154,11 @@ async fn report_status(state: Arc<State>) {
         tokio::time::Instant::now() + limits::LIMIT_LOG_INTERVAL,
         limits::LIMIT_LOG_INTERVAL,
     );
-    let mut hits_before = state.stats.hits.snapshot();
+    let mut interval = Interval::start(&state);
     loop {
         tokio::select! {
             _ = limits_tick.tick() => {
-                let interval = humantime::format_duration(limits::LIMIT_LOG_INTERVAL);
-                let now = state.stats.hits.snapshot();
-                if let Some(text) = describe_hits(&hits_before, &now) {
-                    tracing::warn!("limits hit in the last {interval}: {text}");
-                }
-                hits_before = now;
-                if let Some(text) = state.summary.take() {
-                    tracing::info!("connections in the last {interval}: {text}");
-                }
+                interval.log(&state, limits::LIMIT_LOG_INTERVAL);
                 state.starts.forget_idle_sources();
                 state.msp.prune(state.config.load().msp.dedup_window);
             }
@@ -140,6 +170,12 @@ async fn report_status(state: Arc<State>) {
                 }
             }
             _ = watchdog_tick.tick(), if watchdog.is_some() => state.notifier.watchdog(),
+            _ = stopped.cancelled() => {
+                // Whole seconds, as the periodic line has them.
+                let ran = std::time::Duration::from_secs(interval.started.elapsed().as_secs());
+                interval.log(&state, ran);
+                return;
+            }
         }
     }
 }
