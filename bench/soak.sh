@@ -101,7 +101,7 @@ chmod 644 "$WORK/tcpmuxd.toml"
 
 # Long sessions and silent clients hold descriptors by the hundred.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-"$TCPMUXD" --config "$WORK/tcpmuxd.toml" --check >/dev/null ||
+"${RUN_AS[@]}" "$TCPMUXD" --config "$WORK/tcpmuxd.toml" --check >/dev/null ||
     die "tcpmuxd rejects the soak's configuration"
 "${RUN_AS[@]}" "$TCPMUXD" --config "$WORK/tcpmuxd.toml" --log-target stderr \
     2>"$WORK/tcpmuxd.log" &
