@@ -894,3 +894,43 @@ fn the_summary_names_the_heaviest_source_whatever_decoys_come_first() {
     };
     assert!(wait_until(|| named() == 3000), "{}", d.log());
 }
+
+/// A user tcpmuxd cannot switch to (it runs without CAP_SETUID) is never
+/// ignored: the service is refused, and the log says why, rather than the
+/// program running as tcpmuxd's own user.
+#[test]
+fn a_user_tcpmuxd_cannot_switch_to_refuses_the_service() {
+    if !rustix_is_root() {
+        eprintln!("skipped: running tcpmuxd as another user needs root");
+        return;
+    }
+    let config = one_service("as-root", r#"["/usr/bin/id", "-u"]"#, "user = \"root\"");
+    let d = Daemon::start_opts(
+        &config,
+        Options {
+            customize: Box::new(|cmd: &mut Command| {
+                // tcpmuxd as nobody: its configuration and the notify
+                // socket must be open to it.
+                let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+                let config = args
+                    .iter()
+                    .position(|a| a == "--config")
+                    .and_then(|i| args.get(i + 1))
+                    .expect("--config");
+                let dir = std::path::Path::new(config).parent().unwrap();
+                use std::os::unix::fs::PermissionsExt;
+                for (path, mode) in [(dir.to_path_buf(), 0o755), (dir.join("notify.sock"), 0o666)] {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+                }
+                cmd.uid(65534).gid(65534);
+            }),
+            ..Options::default()
+        },
+    );
+    assert_eq!(d.exchange(b"as-root\r\n"), b"-Service unavailable\r\n");
+    assert!(
+        d.wait_log("cannot switch to the configured user"),
+        "{}",
+        d.log()
+    );
+}

@@ -665,3 +665,29 @@ fn check_reports_an_unreadable_file() {
         "{err}"
     );
 }
+
+/// A client that sends more after a name that is refused (or after HELP)
+/// still gets its answer: tcpmuxd reads and drops what follows for a
+/// moment before it closes, so that the kernel does not reset the
+/// connection and throw the answer away.
+#[test]
+fn a_refused_client_that_sends_more_still_gets_its_answer() {
+    let d = Daemon::start(BASE);
+    for request in [&b"no-such-service\r\n"[..], b"HELP\r\n"] {
+        let mut s = d.connect();
+        let mut data = request.to_vec();
+        data.extend(std::iter::repeat_n(b'x', 32 * 1024));
+        s.write_all(&data).unwrap();
+        let answer = read_to_end(&mut s);
+        let expected: &[u8] = if request.starts_with(b"HELP") {
+            b"echo\r\n"
+        } else {
+            b"-Unknown service\r\n"
+        };
+        assert!(
+            answer.starts_with(expected),
+            "{:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+}
