@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     let connected_to_journal = libsystemd::logging::connected_to_journal()
         || (std::env::var_os("INVOCATION_ID").is_some()
             && std::path::Path::new("/run/systemd/journal/socket").exists());
-    let notify_enabled = std::env::var_os("NOTIFY_SOCKET").is_some();
+    let notify_socket = std::env::var_os("NOTIFY_SOCKET").map(std::path::PathBuf::from);
     // Run as a systemd service (not merely on a systemd host): the default
     // launcher then starts each session as a unit.
     // INVOCATION_ID alone is inherited by anything a service starts; being
@@ -57,7 +57,7 @@ fn main() -> ExitCode {
     if let Some(problem) = fd_problem {
         tracing::warn!("{problem}");
     }
-    let notifier = Notifier::new(notify_enabled, watchdog);
+    let notifier = Notifier::new(notify_socket, watchdog);
 
     let host = config::Host::current(under_systemd);
     let config = match config::load(&args.config, &host) {

@@ -691,3 +691,23 @@ fn a_refused_client_that_sends_more_still_gets_its_answer() {
         );
     }
 }
+
+/// The notification socket's queue holds ten datagrams: when the service
+/// manager does not read it (here: the test does not), STATUS= updates
+/// fill it. tcpmuxd must go on serving, not wait for room.
+#[test]
+fn a_service_manager_that_does_not_read_notifications_does_not_stop_tcpmuxd() {
+    let d = Daemon::start(BASE);
+    let until = Instant::now() + Duration::from_secs(15);
+    let mut asked = 0;
+    while Instant::now() < until {
+        // Each answer changes the counters, and so the next STATUS= line.
+        assert_eq!(
+            d.exchange(b"no-such-service\r\n"),
+            b"-Unknown service\r\n",
+            "after {asked} requests"
+        );
+        asked += 1;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
