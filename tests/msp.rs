@@ -1598,3 +1598,43 @@ fn one_source_cannot_hold_every_delivery_place() {
         "the other source's message was dropped while one source's deliveries held every place"
     );
 }
+
+/// The total rate is what tcpmuxd will deliver for everyone together: junk
+/// (malformed or refused messages, from any number of made-up UDP
+/// sources) must not use it up, and UDP, whose sources can be forged,
+/// takes at most half of it, so that TCP senders (whose addresses are
+/// real) keep the rest.
+#[test]
+fn junk_and_forgeable_udp_cannot_use_up_the_total_rate() {
+    let m = start("total_rate_per_minute = 20");
+    // Junk from 100 sources: each within its own rate.
+    for i in 0..100u32 {
+        let u = udp_from(&format!("127.9.{}.{}", i / 50, 1 + i % 50), m.udp);
+        u.send(b"x").unwrap();
+    }
+    // Well-formed messages over UDP from 30 more sources.
+    let senders: Vec<UdpSocket> = (0..30u32)
+        .map(|i| {
+            let u = udp_from(&format!("127.10.0.{}", 1 + i), m.udp);
+            let text = format!("udp {i}");
+            u.send(&b(["chris", "", &text, "sandy", "", &i.to_string(), ""]))
+                .unwrap();
+            u
+        })
+        .collect();
+    let acknowledged = senders
+        .iter()
+        .filter(|u| datagram(u).as_deref() == PLUS)
+        .count();
+    // Half the total, and what a few seconds add to it (one every 6 s).
+    assert!(
+        acknowledged <= 11,
+        "UDP took {acknowledged} of a total of 20"
+    );
+    // A TCP sender from a new address is still served.
+    let mut s = connect_from("127.11.0.1", m.tcp);
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(&b(["chris", "", "over tcp", "sandy", "", "t", ""]))
+        .unwrap();
+    assert_eq!(reply(&mut s), "+");
+}

@@ -368,8 +368,10 @@ pub fn keys() -> Vec<Key> {
             limits::DEFAULT_MSP_TOTAL_RATE_PER_MINUTE.to_string(),
             AT_LEAST_ONE.into(),
             Some(when_hit_msp_total_rate()),
-            "Messages accepted a minute, all sources and recipients together, in bursts of as \
-             many.",
+            "Messages delivered a minute, all sources and recipients together, in bursts of as \
+             many; messages over UDP, whose source can be forged, take at most half of it. Only \
+             a message about to be delivered is charged: malformed and refused ones count \
+             against their source's rate_per_minute alone.",
         ),
         key(
             "msp",
@@ -755,7 +757,7 @@ pub fn limits_table() -> Vec<Limit> {
         row(
             "`[msp] total_rate_per_minute`",
             format!(
-                "{}, all messages together",
+                "{}, all deliveries together (UDP at most half)",
                 limits::DEFAULT_MSP_TOTAL_RATE_PER_MINUTE
             ),
             when_hit_msp_total_rate(),

@@ -55,6 +55,8 @@ pub struct MspState {
     per_source: KeyedRate<IpAddr>,
     per_recipient: KeyedRate<String>,
     total: KeyedRate<()>,
+    /// Of the total, what UDP messages took.
+    total_udp: KeyedRate<()>,
     tcp_connections: Arc<Gauge>,
     tcp_per_source: Arc<PerSource>,
     /// TCP connections with no whole message in hand, oldest first: at
@@ -78,6 +80,7 @@ impl Default for MspState {
             per_source: KeyedRate::new(limits::MSP_MAX_TRACKED_SOURCES),
             per_recipient: KeyedRate::new(limits::MSP_MAX_TRACKED_SOURCES),
             total: KeyedRate::new(1),
+            total_udp: KeyedRate::new(1),
             tcp_connections: Arc::default(),
             tcp_per_source: Arc::new(PerSource::default()),
             tcp_waiting: Arc::default(),
@@ -185,22 +188,22 @@ fn sum_up(state: &State, what: Summed, peer: SocketAddr) {
     );
 }
 
-/// Charges one message from `ip` to its source's rate and to the total
-/// rate, whatever becomes of it: the verdict when one refuses it.
+/// Charges one message from `ip` to its source's rate, whatever becomes
+/// of it: the verdict when the rate refuses it. (The total rate is charged
+/// only for messages about to be delivered: junk from any number of
+/// sources must not use up what everyone's deliveries share.)
 fn charge(state: &State, ip: IpAddr) -> Option<Verdict> {
-    let msp = &state.msp;
     let config = state.config.load();
-    let settings = &config.msp;
     let source = source_key(ip, config.tcpmux.ipv6_source_prefix);
-    let (limit, reason) = if !msp.per_source.allow(&source, settings.rate_per_minute) {
-        (Limit::MspRate, RATE_REASON)
-    } else if !msp.total.allow(&(), settings.total_rate_per_minute) {
-        (Limit::MspTotalRate, TOTAL_RATE_REASON)
-    } else {
+    if state
+        .msp
+        .per_source
+        .allow(&source, config.msp.rate_per_minute)
+    {
         return None;
-    };
-    state.stats.hits.hit(limit);
-    Some(Verdict::Limited(limit, reason))
+    }
+    state.stats.hits.hit(Limit::MspRate);
+    Some(Verdict::Limited(Limit::MspRate, RATE_REASON))
 }
 
 /// One message as received, `raw`: charged, parsed, judged, logged. The
@@ -229,8 +232,8 @@ async fn handle_message(
     }
 }
 
-/// Checks, de-duplicates, rate-limits (per recipient: the source and
-/// total rates are charged before) and delivers one message, and logs
+/// Checks, de-duplicates, rate-limits (the total and per recipient: the
+/// source's rate is charged before) and delivers one message, and logs
 /// the outcome. A UDP retransmission of a version B message gets the
 /// answer of its first copy, and is not delivered again.
 pub async fn accept_message(
@@ -270,7 +273,7 @@ pub async fn accept_message(
             } else {
                 None
             };
-        let verdict = match check_recipient_rate(state, settings, msg) {
+        let verdict = match check_delivery_rates(state, settings, msg, transport) {
             Some(limited) => limited,
             None => {
                 let envelope = Envelope {
@@ -303,25 +306,36 @@ pub async fn accept_message(
 }
 
 /// The rate limit per recipient: the verdict when it refuses.
-fn check_recipient_rate(
+fn check_delivery_rates(
     state: &State,
     settings: &crate::config::MspSettings,
     msg: &Message,
+    transport: Transport,
 ) -> Option<Verdict> {
+    let msp = &state.msp;
+    // UDP's sources can be forged: it gets half the total, and TCP's
+    // senders, whose addresses are real, keep the rest.
+    let udp_share = (settings.total_rate_per_minute / UDP_SHARE_OF_TOTAL_DIVISOR).max(1);
     let recipient = decode(&msg.recipient).to_lowercase();
-    if state
-        .msp
+    let (limit, reason) = if transport == Transport::Udp && !msp.total_udp.allow(&(), udp_share)
+        || !msp.total.allow(&(), settings.total_rate_per_minute)
+    {
+        (Limit::MspTotalRate, TOTAL_RATE_REASON)
+    } else if !msp
         .per_recipient
         .allow(&recipient, settings.recipient_rate_per_minute)
     {
+        (Limit::MspRecipientRate, RECIPIENT_RATE_REASON)
+    } else {
         return None;
-    }
-    state.stats.hits.hit(Limit::MspRecipientRate);
-    Some(Verdict::Limited(
-        Limit::MspRecipientRate,
-        RECIPIENT_RATE_REASON,
-    ))
+    };
+    state.stats.hits.hit(limit);
+    Some(Verdict::Limited(limit, reason))
 }
+
+/// UDP messages may take at most this part of `[msp]
+/// total_rate_per_minute` (a half).
+const UDP_SHARE_OF_TOTAL_DIVISOR: u32 = 2;
 
 /// Logs a delivery or a failure to deliver, each on its own line; sums
 /// up the rest.
