@@ -689,6 +689,50 @@ fn a_message_cannot_forge_a_header_or_the_end_on_the_terminal() {
         3,
         "{rows:?}"
     );
+
+    // A sender that reads like a whole header of its own, padded so that
+    // folding would push the real address to a second row; a sender
+    // terminal with spaces that would go on imitating one.
+    let forged_sender = format!(
+        "root@10.9.9.9 on console at 2026-12-06T05:42:56Z ...{}",
+        " ".repeat(40)
+    );
+    s.write_all(&b([
+        &user,
+        "",
+        "forged addr?",
+        &forged_sender,
+        "console at 2026-12-06T05:42:56Z ...",
+        "2",
+        "",
+    ]))
+    .unwrap();
+    assert_eq!(reply(&mut s), "+");
+    let shown = pty.next_message();
+    assert!(pty.is_quiet(), "{shown:?}");
+    let rows: Vec<&str> = shown
+        .strip_prefix("\r\n\x07")
+        .and_then(|t| t.strip_suffix("\r\n"))
+        .unwrap_or_else(|| panic!("{shown:?}"))
+        .split("\r\n")
+        .collect();
+    // The real address stands on the first row, right after the sender,
+    // and nothing the peer chose has a space in it to imitate a header.
+    assert!(
+        rows[0].starts_with("Message from root@10.9.9.9_on_"),
+        "{rows:?}"
+    );
+    assert!(rows[0].contains("@127.0.0.1"), "{rows:?}");
+    assert!(!rows[0].contains(" on console at 2026"), "{rows:?}");
+    assert!(!shown.contains("at 2026-12-06T05:42:56Z ..."), "{rows:?}");
+    assert_eq!(
+        rows[rows.len() - 2..],
+        ["| forged addr?", "EOF"],
+        "{rows:?}"
+    );
+    for row in &rows {
+        assert!(row.chars().count() < usize::from(COLUMNS), "{row:?}");
+    }
 }
 
 /// A file in /dev/shm (the one place under /dev a test may write), removed

@@ -211,6 +211,28 @@ pub const TEXT_MARK: &str = "| ";
 /// sender name or terminal): it stays apart from the text's mark.
 const HEADER_INDENT: &str = "  ";
 
+/// Most columns a field of the header that the peer chose (the sender's
+/// name, the sender's terminal) takes on the terminal; a longer one is cut
+/// and ends in [`CUT_MARK`]. Room for any real login name or terminal
+/// name, while a header with a short sender still fits one row of 80
+/// columns: `Message from NAME@ADDRESS on TERMINAL at TIME ...`.
+pub const HEADER_FIELD_COLUMNS: usize = 32;
+
+/// What ends a header field that was cut: one character that no field
+/// can hold as it is shown (it is not ASCII, and not a letter or digit,
+/// so [`header_field`] would replace it).
+pub const CUT_MARK: char = '\u{2026}';
+
+/// What stands in a header field for a character that is not visible on
+/// its own: whitespace of any kind, controls, format characters (zero
+/// width, bidirectional marks), anything beyond ASCII that is not a letter
+/// or a digit.
+const HIDDEN_MARK: char = '_';
+
+/// The words of the header before the sender: what every header begins
+/// with at column 0.
+const HEADER_START: &str = "Message from ";
+
 /// Terminal width assumed when the terminal does not say (a window size
 /// of 0 columns).
 pub const DEFAULT_COLUMNS: u16 = 80;
@@ -293,12 +315,113 @@ fn fold(line: &str, first: &str, rest: &str, width: usize, out: &mut String) {
     out.push_str("\r\n");
 }
 
+/// A field of the header as the peer chose it, shown so that it cannot
+/// imitate the header's own structure: every character that is not
+/// visible on its own becomes [`HIDDEN_MARK`] (so no space from the peer
+/// can separate words that read like "on console at ..."), and a field
+/// wider than `most` columns is cut to end in [`CUT_MARK`] (never fewer
+/// columns than the mark itself takes).
+fn header_field(field: &str, most: usize) -> String {
+    let most = most.max(columns(CUT_MARK));
+    let visible = |c: char| {
+        if c.is_ascii_graphic() || (!c.is_ascii() && c.is_alphanumeric()) {
+            c
+        } else {
+            HIDDEN_MARK
+        }
+    };
+    let whole: usize = field.chars().map(visible).map(columns).sum();
+    if whole <= most {
+        return field.chars().map(visible).collect();
+    }
+    let room = most - columns(CUT_MARK);
+    let mut out = String::new();
+    let mut used = 0;
+    for c in field.chars().map(visible) {
+        if used + columns(c) > room {
+            break;
+        }
+        used += columns(c);
+        out.push(c);
+    }
+    out.push(CUT_MARK);
+    out
+}
+
+/// The rows of the header, `Message from SENDER@ADDRESS on TERMINAL at
+/// TIME ...`, for a terminal `width` columns wide.
+///
+/// The sender's name and terminal are the peer's to choose, the address
+/// (`host`) and the time tcpmuxd's. So that the first row always shows
+/// the real address where a reader looks for the sender's host, the first
+/// row is `Message from SENDER@ADDRESS` and the sender is cut to the room
+/// the address leaves on it (at most [`HEADER_FIELD_COLUMNS`]); the rest
+/// follows on that row when it fits, else on further rows after
+/// [`HEADER_INDENT`], folded between its parts ("on TERMINAL", "at TIME
+/// ..."). Both fields show no whitespace nor anything else invisible (see
+/// [`header_field`]), so neither can hold words that read as a header of
+/// its own, nor padding that pushes the address to a row of its own.
+/// Only a terminal too narrow for `Message from …@` and the address
+/// (fewer than 56 columns for the longest IPv6 address) folds the address
+/// itself; its first row then still ends in `@` and the address's start.
+fn header(
+    sender: &str,
+    host: &str,
+    sender_terminal: &str,
+    when: &str,
+    width: usize,
+) -> Vec<String> {
+    let limit = width.saturating_sub(1);
+    let wide = |s: &str| -> usize { s.chars().map(columns).sum() };
+    let room = limit
+        .saturating_sub(wide(HEADER_START) + 1 + wide(host))
+        .min(HEADER_FIELD_COLUMNS);
+    let sender = match sender {
+        "" => "someone".to_string(),
+        s => header_field(s, room),
+    };
+    let mut rows = Vec::new();
+    let mut first = String::new();
+    fold(
+        &format!("{HEADER_START}{sender}@{host}"),
+        "",
+        HEADER_INDENT,
+        width,
+        &mut first,
+    );
+    rows.extend(first.split_terminator("\r\n").map(str::to_string));
+    let mut parts = Vec::new();
+    if !sender_terminal.is_empty() {
+        parts.push(format!(
+            "on {}",
+            header_field(sender_terminal, HEADER_FIELD_COLUMNS)
+        ));
+    }
+    parts.push(format!("at {when} ..."));
+    for part in parts {
+        match rows.last_mut() {
+            Some(row) if wide(row) + 1 + wide(&part) <= limit => {
+                row.push(' ');
+                row.push_str(&part);
+            }
+            _ => {
+                let mut more = String::new();
+                fold(&part, HEADER_INDENT, HEADER_INDENT, width, &mut more);
+                rows.extend(more.split_terminator("\r\n").map(str::to_string));
+            }
+        }
+    }
+    rows
+}
+
 /// What appears on a terminal `columns` wide (0: not known): a header like
 /// write(1)'s, each line of the text after [`TEXT_MARK`], and the end
 /// marker `EOF`, each row ended by CRLF and no longer than the terminal
 /// is wide, in UTF-8 (the text decoded as [`decode`] does it). A line ends
 /// at LF, with or without a CR before it; a CR anywhere else shows as
-/// "^M". A text of no lines shows as one empty line.
+/// "^M". A text of no lines shows as one empty line. `host` is the
+/// address tcpmuxd saw the message come from; `sender` and
+/// `sender_terminal` are the peer's and are shown as [`header`] says.
 pub fn render(
     sender: &str,
     host: &str,
@@ -311,16 +434,12 @@ pub fn render(
         0 => DEFAULT_COLUMNS,
         n => n.max(MIN_COLUMNS),
     });
-    let sender = if sender.is_empty() { "someone" } else { sender };
-    let on = if sender_terminal.is_empty() {
-        String::new()
-    } else {
-        format!(" on {sender_terminal}")
-    };
     // The bell goes before the header's first row, taking no column.
     let mut out = String::from("\r\n\x07");
-    let header = format!("Message from {sender}@{host}{on} at {when} ...");
-    fold(&header, "", HEADER_INDENT, width, &mut out);
+    for row in header(sender, host, sender_terminal, when, width) {
+        out.push_str(&row);
+        out.push_str("\r\n");
+    }
     let text = decode(text);
     // A line end at the very end ends the last line; it opens no new one.
     let text = text.strip_suffix('\n').unwrap_or(&text);
@@ -652,15 +771,148 @@ mod tests {
         );
         let shown = rows(&render("s", "h", "", "t", b"a\tb", 0));
         assert_eq!(shown[1], "| a     b");
-        // A long sender folds the header, its further rows indented.
+        // A long sender is cut to leave the address on the first row; the
+        // rest of the header goes on, indented.
         let sender = format!("{}EOF", "y".repeat(40));
         let shown = rows(&render(&sender, "h", "", "t", b"hi", 30));
         assert!(shown[0].starts_with("Message from y"), "{shown:?}");
-        assert!(shown[1].starts_with(HEADER_INDENT) && shown[2].starts_with(HEADER_INDENT));
-        assert_eq!(shown[3..], ["| hi", "EOF"]);
+        assert!(shown[0].ends_with(&format!("{CUT_MARK}@h")), "{shown:?}");
+        assert_eq!(shown[1..], ["  at t ...", "| hi", "EOF"]);
         // Absurdly narrow terminals are folded for as if MIN_COLUMNS wide.
         let shown = rows(&render("s", "h", "", "t", "z".repeat(40).as_bytes(), 1));
         let first = shown.iter().find(|r| r.starts_with(TEXT_MARK)).unwrap();
         assert_eq!(first.len(), usize::from(MIN_COLUMNS) - 1);
+    }
+
+    /// The sender of the reproduction: a whole header of its own, padded
+    /// so that folding would push the real address to a second row.
+    fn forged_sender() -> String {
+        format!(
+            "root@10.9.9.9 on console at 2026-12-06T05:42:56Z ...{}",
+            " ".repeat(40)
+        )
+    }
+
+    #[test]
+    fn a_sender_cannot_push_the_real_address_off_the_first_row() {
+        for columns in [0u16, 60, 80, 132] {
+            let shown = rows(&render(
+                &forged_sender(),
+                "127.0.0.1",
+                "",
+                "2026-12-06T05:43:17Z",
+                b"forged addr?",
+                columns,
+            ));
+            let first = &shown[0];
+            assert!(
+                first.starts_with("Message from root@10.9.9.9_on_"),
+                "{shown:?}"
+            );
+            assert!(first.contains("@127.0.0.1"), "{shown:?}");
+            // No space from the peer: nothing reads like a header's words.
+            assert!(!first.contains(" on console"), "{shown:?}");
+            assert!(shown.iter().all(|r| !r.contains("Z ...@")), "{shown:?}");
+            assert_eq!(shown[shown.len() - 2..], ["| forged addr?", "EOF"]);
+        }
+        // The sender cut visibly, the header folded between its parts.
+        let shown = rows(&render(
+            &forged_sender(),
+            "127.0.0.1",
+            "",
+            "2026-12-06T05:43:17Z",
+            b"x",
+            80,
+        ));
+        assert_eq!(
+            shown,
+            [
+                format!("Message from root@10.9.9.9_on_console_at_20{CUT_MARK}@127.0.0.1"),
+                format!("{HEADER_INDENT}at 2026-12-06T05:43:17Z ..."),
+                "| x".to_string(),
+                "EOF".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_very_long_sender_is_cut_at_a_named_length() {
+        let sender = "y".repeat(500);
+        let shown = rows(&render(&sender, "2001:db8::1", "", "t", b"hi", 0));
+        let cut = format!("{}{CUT_MARK}", "y".repeat(HEADER_FIELD_COLUMNS - 2));
+        assert_eq!(shown[0], format!("Message from {cut}@2001:db8::1 at t ..."));
+        assert_eq!(shown[1..], ["| hi", "EOF"]);
+        // The longest address and a terminal too narrow for all of it:
+        // the sender gives way, the address begins on the first row.
+        let host = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff";
+        for columns in [24u16, 40, 55, 56, 60] {
+            let shown = rows(&render(&sender, host, "", "t", b"hi", columns));
+            let first = &shown[0];
+            assert!(first.starts_with("Message from "), "{shown:?}");
+            assert!(first.contains("@ffff"), "{columns}: {shown:?}");
+            if usize::from(columns) > "Message from ".len() + 3 + host.len() {
+                assert!(first.contains(&format!("@{host}")), "{columns}: {shown:?}");
+            }
+            for row in &shown {
+                let wide: usize = row.chars().map(super::columns).sum();
+                assert!(wide < usize::from(columns), "{row:?} in {columns}");
+                assert!(
+                    row.starts_with("Message from ")
+                        || row.starts_with(HEADER_INDENT)
+                        || row.starts_with(TEXT_MARK)
+                        || row == "EOF",
+                    "{row:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_sender_terminal_shows_no_spaces_and_is_cut() {
+        let shown = rows(&render(
+            "sandy",
+            "192.0.2.1",
+            "pts/0 at 12:00 ...\u{a0}\u{200b}\u{202e}x",
+            "12:01",
+            b"hi",
+            0,
+        ));
+        assert_eq!(
+            shown[0],
+            "Message from sandy@192.0.2.1 on pts/0_at_12:00_...___x at 12:01 ..."
+        );
+        let shown = rows(&render(
+            "sandy",
+            "192.0.2.1",
+            &"t ".repeat(100),
+            "12:01",
+            b"",
+            0,
+        ));
+        let cut = format!("{}{CUT_MARK}", "t_".repeat(15));
+        assert_eq!(
+            shown[0],
+            format!("Message from sandy@192.0.2.1 on {cut} at 12:01 ...")
+        );
+        // A header too long for one row folds between its parts, never
+        // inside one that fits a row.
+        let shown = rows(&render(
+            "sandy",
+            "192.0.2.1",
+            &"t".repeat(100),
+            "12:01",
+            b"",
+            60,
+        ));
+        assert_eq!(
+            shown[..2],
+            [
+                "Message from sandy@192.0.2.1".to_string(),
+                format!(
+                    "{HEADER_INDENT}on {}{CUT_MARK} at 12:01 ...",
+                    "t".repeat(30)
+                ),
+            ]
+        );
     }
 }
