@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// The source a per-source limit applies to: an IPv4 address, or an IPv6
 /// address cut to its first `v6_prefix` bits.
@@ -251,13 +251,32 @@ impl StartRate {
 /// Connections waiting for their request, oldest first: TCPMUX
 /// handshakes waiting for their name, MSP connections with no whole
 /// message in hand (one queue each). At the cap (`max_handshakes`, `[msp]
-/// max_connections`) the oldest is shed to make room for a new connection:
-/// a flood of silent connections then costs its own connections their
-/// place, while a client that sends its request promptly is served.
+/// max_connections`) the oldest is shed to make room for a new connection,
+/// and when descriptors run out, as many as a session's start lacks
+/// ([`FdGuard::grow_for_start`]): a flood of silent connections then costs
+/// its own connections their place, while a client that sends its request
+/// promptly is served.
 #[derive(Debug, Default)]
 pub struct Waiting {
     next: AtomicU64,
-    queue: Mutex<BTreeMap<u64, CancellationToken>>,
+    queue: Mutex<BTreeMap<u64, Signals>>,
+}
+
+/// How a waiting connection is told that it is shed, and how it tells
+/// whoever shed it that its connection is closed.
+#[derive(Debug, Clone, Default)]
+struct Signals {
+    shed: CancellationToken,
+    closed: CancellationToken,
+}
+
+impl Signals {
+    /// Sheds it; only ever under the queue's lock, so that a connection
+    /// leaving the queue knows for sure whether it was shed.
+    fn shed(self) -> CancellationToken {
+        self.shed.cancel();
+        self.closed
+    }
 }
 
 /// A handshake's place among the waiting ones, left when dropped.
@@ -265,25 +284,48 @@ pub struct Waiting {
 pub struct WaitingPlace {
     waiting: Arc<Waiting>,
     id: u64,
-    shed: CancellationToken,
+    signals: Signals,
+}
+
+/// A shed connection, still open. Dropped once the connection is closed
+/// and its descriptor given back, it tells whoever shed it that the
+/// descriptor is free.
+#[derive(Debug)]
+pub struct Shed {
+    _closed: DropGuard,
 }
 
 impl Waiting {
     pub fn enter(self: &Arc<Self>) -> WaitingPlace {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let shed = CancellationToken::new();
-        lock(&self.queue).insert(id, shed.clone());
+        let signals = Signals::default();
+        lock(&self.queue).insert(id, signals.clone());
         WaitingPlace {
             waiting: Arc::clone(self),
             id,
-            shed,
+            signals,
         }
     }
 
     /// Sheds the oldest waiting handshake; false when none waits.
     pub fn shed_oldest(&self) -> bool {
-        let oldest = lock(&self.queue).pop_first();
-        oldest.map(|(_, shed)| shed.cancel()).is_some()
+        let mut queue = lock(&self.queue);
+        queue.pop_first().map(|(_, s)| s.shed()).is_some()
+    }
+
+    /// Sheds the `n` oldest waiting handshakes, unless fewer wait (then
+    /// none). Each token is cancelled once that handshake's connection is
+    /// closed and its descriptor given back.
+    fn shed_oldest_n(&self, n: usize) -> Option<Vec<CancellationToken>> {
+        let mut queue = lock(&self.queue);
+        if queue.len() < n {
+            return None;
+        }
+        let shed = (0..n)
+            .filter_map(|_| queue.pop_first())
+            .map(|(_, s)| s.shed())
+            .collect();
+        Some(shed)
     }
 
     /// Handshakes waiting now.
@@ -299,13 +341,34 @@ impl Waiting {
 impl WaitingPlace {
     /// Completes when this handshake is shed.
     pub async fn shed(&self) {
-        self.shed.cancelled().await
+        self.signals.shed.cancelled().await
+    }
+
+    /// Leaves the queue. Some when the connection was shed, even if its
+    /// request came at the same moment: whoever shed it counts on its
+    /// descriptor, to be given back by dropping the [`Shed`] once the
+    /// connection is closed.
+    pub fn leave(mut self) -> Option<Shed> {
+        let mut queue = lock(&self.waiting.queue);
+        queue.remove(&self.id);
+        let shed = self.signals.shed.is_cancelled().then(|| Shed {
+            _closed: self.signals.closed.clone().drop_guard(),
+        });
+        drop(queue);
+        // Told by the Shed alone, not by this place's drop.
+        self.signals.closed = CancellationToken::new();
+        shed
     }
 }
 
 impl Drop for WaitingPlace {
     fn drop(&mut self) {
         lock(&self.waiting.queue).remove(&self.id);
+        // A place dropped while shed (its task ended otherwise) holds no
+        // connection any more.
+        if self.signals.shed.is_cancelled() {
+            self.signals.closed.cancel();
+        }
     }
 }
 
@@ -368,6 +431,18 @@ impl FdBudget {
         }
     }
 
+    /// Takes as many as it can of `n` descriptors; returns how many.
+    fn grab_up_to(&self, n: usize) -> usize {
+        let capacity = self.capacity();
+        let before = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_add(n).min(capacity.max(used)))
+            })
+            .unwrap_or_else(|used| used);
+        before.saturating_add(n).min(capacity.max(before)) - before
+    }
+
     fn grab(&self, n: usize) -> bool {
         let capacity = self.capacity();
         self.used
@@ -379,16 +454,35 @@ impl FdBudget {
 }
 
 impl FdGuard {
-    /// Holds `total` descriptors from now on, taking more if needed; false
-    /// (and nothing changed) when the budget has too few left.
-    pub fn try_grow_to(&mut self, total: usize) -> bool {
-        if total <= self.held {
+    /// Holds `total` descriptors from now on, for a session's start,
+    /// taking more if needed: what the budget has left, and when that is
+    /// too few, the descriptors of as many of the oldest handshakes still
+    /// waiting for their names as the start lacks. Those are shed (told
+    /// `-Too many connections`, as at `max_handshakes`); their descriptors
+    /// are counted as this guard's at once, so that no other connection
+    /// takes them, and this waits until each shed connection is closed, so
+    /// that they are free when the start opens its own.
+    ///
+    /// False (nothing taken, nobody shed) when fewer handshakes wait than
+    /// the start lacks.
+    pub async fn grow_for_start(&mut self, total: usize, waiting: &Waiting) -> bool {
+        let wanted = total.saturating_sub(self.held);
+        let taken = self.budget.grab_up_to(wanted);
+        self.held += taken;
+        let lacking = wanted - taken;
+        if lacking == 0 {
             return true;
         }
-        if !self.budget.grab(total - self.held) {
+        let Some(closed) = waiting.shed_oldest_n(lacking) else {
+            self.shrink_to(self.held - taken);
             return false;
+        };
+        // Each shed handshake gives back the one descriptor it holds.
+        self.budget.used.fetch_add(lacking, Ordering::AcqRel);
+        self.held += lacking;
+        for c in closed {
+            c.cancelled().await;
         }
-        self.held = total;
         true
     }
 
@@ -574,20 +668,89 @@ mod tests {
         assert_eq!(before, 1);
     }
 
+    /// Runs a future to its end, on a runtime of its own.
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime")
+            .block_on(f)
+    }
+
     #[test]
     fn descriptors_are_budgeted_and_given_back() {
         let b = FdBudget::new(10);
+        let none_waits = Arc::new(Waiting::default());
         let mut a = b.try_take(1).unwrap();
-        assert!(a.try_grow_to(8));
+        assert!(run(a.grow_for_start(8, &none_waits)));
         assert!(b.try_take(3).is_none());
         let c = b.try_take(2).unwrap();
-        assert!(!a.try_grow_to(9), "the budget is spent");
+        assert!(
+            !run(a.grow_for_start(9, &none_waits)),
+            "the budget is spent and no handshake waits"
+        );
+        assert_eq!(b.used(), 10, "a start refused takes nothing");
         a.shrink_to(2);
         assert_eq!(b.used(), 4);
         drop((a, c));
         assert_eq!(b.used(), 0);
         b.set_capacity(1);
         assert!(b.try_take(2).is_none());
+    }
+
+    /// A handshake waiting with a descriptor of `budget`, as the accept
+    /// loop admits one.
+    fn waiting_handshake(budget: &Arc<FdBudget>, w: &Arc<Waiting>) -> (FdGuard, WaitingPlace) {
+        (budget.try_take(1).unwrap(), w.enter())
+    }
+
+    #[test]
+    fn a_start_short_of_descriptors_sheds_as_many_waiting_handshakes_as_it_lacks() {
+        let b = FdBudget::new(6);
+        let w = Arc::new(Waiting::default());
+        let handshakes: Vec<_> = (0..5).map(|_| waiting_handshake(&b, &w)).collect();
+        let mut start = b.try_take(1).unwrap();
+        assert_eq!(b.used(), 6);
+        let (grown, still_waiting) = run(async {
+            tokio::join!(start.grow_for_start(4, &w), async {
+                // The shed ones close their connections in their own time.
+                tokio::task::yield_now().await;
+                let mut still_waiting = Vec::new();
+                for (fds, place) in handshakes {
+                    match place.leave() {
+                        Some(shed) => drop((fds, shed)),
+                        None => still_waiting.push(fds),
+                    }
+                }
+                still_waiting
+            })
+        });
+        assert!(grown);
+        // The three oldest gave way; the start holds their descriptors,
+        // the two others still theirs.
+        assert_eq!(still_waiting.len(), 2);
+        assert_eq!(b.used(), 6);
+        drop(still_waiting);
+        assert_eq!(b.used(), 4);
+    }
+
+    #[test]
+    fn a_start_sheds_nobody_when_fewer_handshakes_wait_than_it_lacks() {
+        let b = FdBudget::new(3);
+        let w = Arc::new(Waiting::default());
+        let (fds, place) = waiting_handshake(&b, &w);
+        let mut start = b.try_take(2).unwrap();
+        assert!(!run(start.grow_for_start(4, &w)));
+        assert_eq!(b.used(), 3);
+        assert_eq!(w.len(), 1);
+        assert!(place.leave().is_none(), "it still waits, never shed");
+        // Room left is taken before anybody is shed.
+        drop(fds);
+        let (_fds, place) = waiting_handshake(&b, &w);
+        drop(start);
+        let mut start = b.try_take(1).unwrap();
+        assert!(run(start.grow_for_start(2, &w)));
+        assert!(place.leave().is_none());
+        assert_eq!(b.used(), 3);
     }
 
     #[test]
@@ -682,11 +845,11 @@ mod tests {
         let first = w.enter();
         let second = w.enter();
         assert!(w.shed_oldest());
-        assert!(first.shed.is_cancelled() && !second.shed.is_cancelled());
+        assert!(first.signals.shed.is_cancelled() && !second.signals.shed.is_cancelled());
         drop(second);
         assert!(w.is_empty());
         assert!(!w.shed_oldest());
-        drop(first);
+        assert!(first.leave().is_some(), "shed, it knows so as it leaves");
     }
 
     #[test]

@@ -431,6 +431,78 @@ fn when_descriptors_run_out_the_oldest_waiting_handshake_makes_room() {
     }
 }
 
+/// The descriptor budget of TCPMUX connections and sessions, from the
+/// startup warning: the limit less MSP's share, what was open at startup
+/// and the reserve.
+fn fd_budget_from_warning(d: &Daemon, limit: usize) -> usize {
+    assert!(
+        d.wait_log("reserved); clients past the limit"),
+        "{}",
+        d.log()
+    );
+    let log = d.log();
+    let number_before = |label: &str| -> usize {
+        let end = log.find(label).unwrap_or_else(|| panic!("{label}: {log}"));
+        let digits: String = log[..end]
+            .chars()
+            .rev()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.chars().rev().collect::<String>().parse().unwrap()
+    };
+    limit
+        - number_before(" for MSP")
+        - number_before(" open at startup")
+        - number_before(" reserved)")
+}
+
+#[test]
+fn a_start_short_of_descriptors_makes_the_oldest_waiting_handshakes_give_way() {
+    let config =
+        "[msp]\nmax_connections = 1\n\n[[service]]\nname = \"echo\"\ncommand = [\"/bin/cat\"]\n";
+    let d = Daemon::start_opts(
+        config,
+        Options {
+            customize: Box::new(|cmd: &mut Command| limit_open_files(cmd, 400)),
+            ..Options::default()
+        },
+    );
+    // Silent connections from eight addresses, each far below its share of
+    // handshakes, hold every descriptor of the budget; none is shed yet.
+    let budget = fd_budget_from_warning(&d, 400);
+    let mut silent: Vec<_> = (0..budget)
+        .map(|i| connect_from(&format!("127.0.2.{}", 1 + i % 8), d.addr))
+        .collect();
+    assert!(
+        d.wait_notify(&format!("{budget} in handshake")),
+        "{}",
+        d.log()
+    );
+    // A client that names its service at once is served: its connection
+    // takes the oldest silent one's descriptor, and its start the next
+    // ones', as many as it lacks.
+    let mut s = connect_from("127.0.0.3", d.addr);
+    s.write_all(b"echo\r\n").unwrap();
+    assert_eq!(read_line(&mut s), b"+\r\n", "{}", d.log());
+    s.write_all(b"ping\n").unwrap();
+    assert_eq!(read_n(&mut s, 5), b"ping\n");
+    // The oldest silent connections were told and closed, as at
+    // max_handshakes: more than the one the new connection alone took
+    // (the exec launcher's start needs 8, the connection held 1).
+    for (i, w) in silent.iter_mut().take(8).enumerate() {
+        assert_eq!(
+            read_to_end(w),
+            b"-Too many connections, try again later\r\n",
+            "silent connection {i}: {}",
+            d.log()
+        );
+    }
+    // The rest still wait.
+    for w in &silent[8..] {
+        assert_still_waiting(w);
+    }
+}
+
 /// Asserts that the daemon holds `s` without having answered or closed it.
 fn assert_still_waiting(s: &std::net::TcpStream) {
     s.set_nonblocking(true).unwrap();

@@ -239,12 +239,6 @@ fn log_failure(
     );
 }
 
-/// What ended the wait for the request line.
-enum Read {
-    Line(Result<Result<Vec<u8>, HandshakeError>, tokio::time::error::Elapsed>),
-    Shed,
-}
-
 /// Runs one handshake to its end. `name` is set to the service the client
 /// asked for, once known.
 async fn handshake(
@@ -259,23 +253,32 @@ async fn handshake(
     let limit = config.tcpmux.name_timeout;
     let ip = peer.ip().to_canonical();
     let read = tokio::select! {
-        line = timeout(limit, tcpmux::read_request_line(&mut stream)) => Read::Line(line),
-        () = waiting.shed() => Read::Shed,
+        line = timeout(limit, tcpmux::read_request_line(&mut stream)) => Some(line),
+        () = waiting.shed() => None,
     };
-    drop(waiting);
+    // Shed even when its name came at the same moment: whoever shed it
+    // (a new connection, a start short of descriptors) counts on its
+    // descriptor.
+    if let Some(shed) = waiting.leave() {
+        let _ = stream.try_write(reply::OVERLOADED);
+        // Closed and given back before whoever shed it is told.
+        drop((stream, fds));
+        drop(shed);
+        return Outcome::Shed;
+    }
+    // None only when shed, answered above.
+    let Some(read) = read else {
+        return Outcome::Shed;
+    };
     let line = match read {
-        Read::Shed => {
-            let _ = stream.try_write(reply::OVERLOADED);
-            return Outcome::Shed;
-        }
-        Read::Line(Err(_)) => return refuse(stream, reply::TIMEOUT, limit, Outcome::Timeout).await,
-        Read::Line(Ok(Err(HandshakeError::TooLong))) => {
+        Err(_) => return refuse(stream, reply::TIMEOUT, limit, Outcome::Timeout).await,
+        Ok(Err(HandshakeError::TooLong)) => {
             return refuse(stream, reply::TOO_LONG, limit, Outcome::TooLong).await;
         }
-        Read::Line(Ok(Err(HandshakeError::Closed | HandshakeError::Io(_)))) => {
+        Ok(Err(HandshakeError::Closed | HandshakeError::Io(_))) => {
             return Outcome::Closed;
         }
-        Read::Line(Ok(Ok(line))) => line,
+        Ok(Ok(line)) => line,
     };
     // The request is judged by the configuration in force now that it is
     // here: a reload may have come while the client was sending it.
@@ -351,7 +354,12 @@ async fn handshake(
         log_failure(service, peer, Outcome::Unavailable, &e);
         return refuse(stream, reply::UNAVAILABLE, limit, Outcome::Unavailable).await;
     }
-    if !fds.try_grow_to(launcher.start_fds()) {
+    // Short of descriptors, the oldest handshakes still waiting for their
+    // names give way; only when too few wait is the client refused.
+    if !fds
+        .grow_for_start(launcher.start_fds(), &state.waiting)
+        .await
+    {
         return refuse(stream, reply::SESSIONS_FULL, limit, Outcome::NoDescriptors).await;
     }
     let Ok(local) = stream.local_addr() else {
