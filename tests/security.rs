@@ -1006,3 +1006,54 @@ fn a_user_tcpmuxd_cannot_switch_to_refuses_the_service() {
         d.log()
     );
 }
+
+/// Every session served is worth a log entry, but one source starting
+/// sessions as fast as it may must not fill the log: entries about single
+/// connections are written at most 10 a second from one source (200 in
+/// all), the rest counted in the summary. Another source's session still
+/// has its entry.
+#[test]
+fn one_source_serving_itself_sessions_cannot_flood_the_log() {
+    let config = one_service(
+        "echo",
+        r#"["/bin/cat"]"#,
+        "max_starts_per_second = 100000\nmax_instances = 1000\nmax_instances_per_source = 1000",
+    );
+    let d = Daemon::start_opts(
+        &format!("[tcpmux]\nmax_sessions_per_source = 1024\n\n{config}"),
+        Options {
+            log_level: "info",
+            ..Options::default()
+        },
+    );
+    let started = std::time::Instant::now();
+    let mut sessions = 0;
+    while started.elapsed() < Duration::from_secs(2) || sessions < 100 {
+        let mut s = connect_from("127.0.0.2", d.addr);
+        s.write_all(b"echo\r\n").unwrap();
+        assert_eq!(read_line(&mut s), b"+\r\n");
+        sessions += 1;
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    let mut other = connect_from("127.0.0.3", d.addr);
+    other.write_all(b"echo\r\n").unwrap();
+    assert_eq!(read_line(&mut other), b"+\r\n");
+    drop(other);
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_log("stopped;"), "{}", d.log());
+    let log = d.log();
+    let flooder = log
+        .lines()
+        .filter(|l| l.contains("remote_addr=127.0.0.2"))
+        .count() as u64;
+    // Served and ended: two entries a session, ten a second in all.
+    assert!(
+        flooder <= 10 * seconds,
+        "{flooder} entries about 127.0.0.2 in {seconds} s of {sessions} sessions"
+    );
+    assert!(
+        log.contains("log entries about single connections left out"),
+        "{log}"
+    );
+    assert!(log.contains("echo from 127.0.0.3:"), "{log}");
+}

@@ -133,6 +133,15 @@ impl Interval {
         if let Some(text) = state.summary.take() {
             tracing::info!("connections in the last {interval}: {text}");
         }
+        let held_back = crate::log::budget::BUDGET.take_held_back();
+        if held_back > 0 {
+            tracing::warn!(
+                "{held_back} log entries about single connections left out in the last \
+                 {interval}: at most {} a second are written from one source, {} in all",
+                crate::log::budget::LOG_LINES_PER_SOURCE_PER_SECOND,
+                crate::log::budget::LOG_LINES_PER_SECOND
+            );
+        }
         *self = Interval {
             started: tokio::time::Instant::now(),
             hits: now,

@@ -82,12 +82,15 @@ impl SystemdLauncher {
         let started = self.start_job(&bus, &unit, props, Some(slot), limits::UNIT_START_TIMEOUT);
         let (failure, conn) = match in_turn(turn, started).await {
             JobEnd::Result(result) if result == "done" => {
+                let remote_addr = peer.ip().to_canonical();
                 tracing::info!(
                     tcpmux_service = %service.name,
                     %unit,
+                    %remote_addr,
+                    remote_port = peer.port(),
                     "{} from {}: session started as {unit}",
                     service.name,
-                    std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port())
+                    std::net::SocketAddr::new(remote_addr, peer.port())
                 );
                 return Ok(());
             }

@@ -70,6 +70,8 @@ impl SystemdLauncher {
                 tracing::info!(
                     tcpmux_service = %service.name,
                     %unit,
+                    remote_addr = %peer.ip(),
+                    remote_port = peer.port(),
                     "{} from {peer}: session started as {unit} (warm unit)",
                     service.name,
                 );

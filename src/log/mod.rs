@@ -1,6 +1,9 @@
 //! Logging: structured entries to journald when the journal is where our
 //! output goes, readable lines on stderr otherwise.
 
+pub mod budget;
+
+use budget::BudgetLayer;
 use clap::ValueEnum;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
@@ -42,6 +45,7 @@ pub fn init(
                     });
                 tracing_subscriber::registry()
                     .with(filter)
+                    .with(BudgetLayer)
                     .with(layer)
                     .init();
                 return Ok(LogTarget::Journal);
@@ -62,10 +66,15 @@ pub fn init(
     if connected_to_journal {
         tracing_subscriber::registry()
             .with(filter)
+            .with(BudgetLayer)
             .with(fmt.without_time())
             .init();
     } else {
-        tracing_subscriber::registry().with(filter).with(fmt).init();
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(BudgetLayer)
+            .with(fmt)
+            .init();
     }
     Ok(LogTarget::Stderr)
 }
