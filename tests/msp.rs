@@ -1071,7 +1071,7 @@ fn control_codes_are_refused_in_every_part_and_escaped_in_the_log() {
     // Nothing reached the command's environment.
     assert!(m.delivered().is_empty(), "{:?}", m.delivered());
     assert!(
-        m._daemon.wait_log("evil\\x1b[31m@127.0.0.1"),
+        m._daemon.wait_log("\"evil\\x1b[31m\"@127.0.0.1"),
         "{}",
         m._daemon.log()
     );

@@ -1057,3 +1057,25 @@ fn one_source_serving_itself_sessions_cannot_flood_the_log() {
     );
     assert!(log.contains("echo from 127.0.0.3:"), "{log}");
 }
+
+/// tcpmuxd, as root, may execute any program; the user a service runs as
+/// may not. A program that user cannot execute is refused before `+`, not
+/// told `+` and then closed.
+#[test]
+fn a_program_the_services_user_cannot_execute_is_refused_before_plus() {
+    if !rustix_is_root() {
+        eprintln!("skipped: switching users needs root");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let private = script(dir.path(), "private", "echo should not run");
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let d = Daemon::start(&one_service(
+        "private",
+        &format!("[\"{private}\"]"),
+        "user = \"nobody\"",
+    ));
+    assert_eq!(d.exchange(b"private\r\n"), b"-Service unavailable\r\n");
+    assert!(d.wait_log("not executable by user nobody"), "{}", d.log());
+}

@@ -62,6 +62,17 @@ impl Launcher for ExecLauncher {
             .credentials
             .as_ref()
             .is_some_and(child::needs_switch);
+        if let Some(cred) = service.credentials.as_ref().filter(|_| switch)
+            && !may_execute(path, cred)
+        {
+            return Err(LaunchError::Program {
+                path: path.to_string(),
+                cause: format!(
+                    "not executable by user {} (uid {}, gid {})",
+                    cred.user, cred.uid, cred.gid
+                ),
+            });
+        }
         if switch && !can_switch_credentials() {
             return Err(LaunchError::Program {
                 path: path.to_string(),
@@ -189,6 +200,28 @@ impl Launcher for ExecLauncher {
         });
         Ok(())
     }
+}
+
+/// Whether `cred` (a user with one group and no other) may execute the
+/// file at `path`, by its mode bits: tcpmuxd's own check (as root) says
+/// nothing of the user the program runs as.
+fn may_execute(path: &str, cred: &crate::config::Credentials) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    let mode = meta.mode();
+    if cred.uid == 0 {
+        return mode & 0o111 != 0;
+    }
+    let bit = if meta.uid() == cred.uid {
+        0o100
+    } else if meta.gid() == cred.gid {
+        0o010
+    } else {
+        0o001
+    };
+    mode & bit != 0
 }
 
 /// Whether this process may change the user and group of its children.

@@ -145,7 +145,11 @@ fn to_journal(envelope: &Envelope<'_>) -> Result<(), String> {
         &text,
         fields.into_iter(),
     )
-    .map_err(|e| format!("the journal is not available: {e}"))
+    .map_err(|e| {
+        // The cause is for the log, not for the sender.
+        tracing::error!("[msp] the journal is not available: {e}");
+        "delivery failed".to_string()
+    })
 }
 
 async fn to_command(settings: &MspSettings, envelope: &Envelope<'_>) -> Result<(), String> {

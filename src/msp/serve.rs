@@ -380,7 +380,9 @@ fn log_outcome(
                 remote_port = peer.port(),
                 transport = transport.as_str(),
                 outcome,
-                "message from {sender}@{remote_addr} to {recipient}: {outcome}{}{}",
+                "message from {}@{remote_addr} to {}: {outcome}{}{}",
+                quoted(&sender),
+                quoted(&recipient),
                 if reason.is_empty() { "" } else { ": " },
                 escaped(reason),
             )
@@ -393,6 +395,13 @@ fn log_outcome(
             entry!(debug);
         }
     }
+}
+
+/// A part the sender chose, in double quotes (its own quotes escaped) in
+/// the text of a log entry: spaces in it cannot pass for the entry's own
+/// words or fields (`to victim: delivered remote_addr=...`).
+fn quoted(part: &str) -> String {
+    format!("\"{}\"", part.replace('"', "\\\""))
 }
 
 /// The TCP reply to a version B message: `+` or `-reason`, ended by NUL.
