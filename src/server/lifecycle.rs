@@ -149,6 +149,17 @@ impl Interval {
     }
 }
 
+/// Returns the allocator's free memory to the system: after a burst of
+/// connections, memory follows the load instead of staying at its peak.
+fn give_back_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it
+    // has no preconditions and is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Keeps `STATUS=` current and feeds the watchdog; logs the summary every
 /// `LIMIT_LOG_INTERVAL`, and once more when `stopped` is cancelled, then
 /// returns.
@@ -170,6 +181,7 @@ async fn report_status(state: Arc<State>, stopped: CancellationToken) {
                 interval.log(&state, limits::LIMIT_LOG_INTERVAL);
                 state.starts.forget_idle_sources();
                 state.msp.prune(state.config.load().msp.dedup_window);
+                give_back_free_memory();
             }
             _ = status_tick.tick() => {
                 let line = state.status_line();
