@@ -628,6 +628,17 @@ fn set_columns(pty: &Pty, columns: u16) {
     assert_eq!(done, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
 }
 
+/// The rows of one message as a terminal shows it: after the bell, up to
+/// the last CRLF.
+fn rows_of(shown: &str) -> Vec<&str> {
+    shown
+        .strip_prefix("\r\n\x07")
+        .and_then(|t| t.strip_suffix("\r\n"))
+        .unwrap_or_else(|| panic!("{shown:?}"))
+        .split("\r\n")
+        .collect()
+}
+
 #[test]
 fn a_message_cannot_forge_a_header_or_the_end_on_the_terminal() {
     let dir = tempfile::tempdir().unwrap();
@@ -654,12 +665,7 @@ fn a_message_cannot_forge_a_header_or_the_end_on_the_terminal() {
     assert_eq!(reply(&mut s), "+");
     let shown = pty.next_message();
     assert!(pty.is_quiet(), "{shown:?}");
-    let rows: Vec<&str> = shown
-        .strip_prefix("\r\n\x07")
-        .and_then(|t| t.strip_suffix("\r\n"))
-        .unwrap_or_else(|| panic!("{shown:?}"))
-        .split("\r\n")
-        .collect();
+    let rows = rows_of(&shown);
     // The real header and end marker, and every row between them marked.
     assert!(
         rows[0].starts_with("Message from sandy@127.0.0.1 at "),
@@ -710,12 +716,7 @@ fn a_message_cannot_forge_a_header_or_the_end_on_the_terminal() {
     assert_eq!(reply(&mut s), "+");
     let shown = pty.next_message();
     assert!(pty.is_quiet(), "{shown:?}");
-    let rows: Vec<&str> = shown
-        .strip_prefix("\r\n\x07")
-        .and_then(|t| t.strip_suffix("\r\n"))
-        .unwrap_or_else(|| panic!("{shown:?}"))
-        .split("\r\n")
-        .collect();
+    let rows = rows_of(&shown);
     // The real address stands on the first row, right after the sender,
     // and nothing the peer chose has a space in it to imitate a header.
     assert!(

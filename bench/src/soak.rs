@@ -51,6 +51,10 @@ const FLAT_KIB: u64 = 1024;
 /// a million connections a second.
 const MAX_RATE: f64 = 1000.0;
 
+/// Errors printed when they happen (all are counted, and listed by kind
+/// at the end).
+const ERRORS_SHOWN_AS_THEY_HAPPEN: u64 = 20;
+
 /// Distinct error messages kept; the rest are counted as "other errors".
 const MAX_ERROR_KINDS: usize = 16;
 
@@ -196,6 +200,11 @@ impl Tally {
     fn error(&mut self, kind: Kind, e: String) {
         self.errors += 1;
         let e = format!("{}: {e}", kind.name());
+        // The first ones as they happen, to match them with the server's
+        // log and the machine's moments.
+        if self.errors <= ERRORS_SHOWN_AS_THEY_HAPPEN {
+            eprintln!("error: {e}");
+        }
         let key = if self.error_kinds.len() < MAX_ERROR_KINDS || self.error_kinds.contains_key(&e) {
             e
         } else {

@@ -135,7 +135,8 @@ impl Interval {
         }
         let held_back = crate::log::budget::BUDGET.take_held_back();
         if held_back > 0 {
-            tracing::warn!(
+            // A count of ordinary events, like the summary: not a warning.
+            tracing::info!(
                 "{held_back} log entries about single connections left out in the last \
                  {interval}: at most {} a second are written from one source, {} in all",
                 crate::log::budget::LOG_LINES_PER_SOURCE_PER_SECOND,
