@@ -146,6 +146,9 @@ enum Outcome<V> {
 struct Window<V> {
     capacity: usize,
     seen: HashMap<Digest, (V, Instant, u64)>,
+    /// What `seen` could hold when last grown or shrunk (its capacity
+    /// then: later, removed entries' marks hide part of it).
+    reserved: usize,
     order: VecDeque<(Digest, u64)>,
     next_id: u64,
 }
@@ -155,6 +158,7 @@ impl<V> Window<V> {
         Window {
             capacity: capacity.max(1),
             seen: HashMap::new(),
+            reserved: 0,
             order: VecDeque::new(),
             next_id: 0,
         }
@@ -167,6 +171,14 @@ impl<V> Window<V> {
                 break;
             };
             self.remove(old, id);
+        }
+        // Room for twice the entries held: the table then clears the marks
+        // removed entries leave by rehashing in place, and grows only while
+        // what it holds grows, never later under steady churn (a table
+        // over half full doubles when those marks use up its room).
+        if self.seen.len() + 1 > self.reserved / 2 {
+            self.seen.reserve(self.seen.len() + 2);
+            self.reserved = self.seen.capacity();
         }
         let id = self.next_id;
         self.next_id += 1;
@@ -199,6 +211,7 @@ impl<V> Window<V> {
         }
         if self.seen.capacity() > 4 * self.seen.len().max(16) {
             self.seen.shrink_to_fit();
+            self.reserved = self.seen.capacity();
             self.order.shrink_to_fit();
         }
     }
@@ -511,6 +524,30 @@ mod tests {
             d.claim(key("192.0.2.1", &oldest), MINUTE, t0),
             Claim::First(_)
         ));
+    }
+
+    #[test]
+    fn a_table_at_a_steady_size_does_not_grow_under_churn() {
+        // Entries come and go at a steady rate: once the window is full,
+        // the table keeps its size.
+        let mut w: Window<()> = Window::new(16 * 1024);
+        let t0 = Instant::now();
+        let window = Duration::from_secs(300);
+        let mut capacity_when_full = 0;
+        for i in 0..200_000u64 {
+            // 37.5 a second, as in the soak.
+            let now = t0 + Duration::from_millis(i * 1000 * 2 / 75);
+            w.insert(i as Digest, (), now);
+            if i % 375 == 0 {
+                w.prune(window, now);
+            }
+            if i == 20_000 {
+                capacity_when_full = w.reserved;
+            }
+        }
+        assert!(w.seen.len() > 11_000, "{}", w.seen.len());
+        assert_eq!(w.reserved, capacity_when_full, "the table grew under churn");
+        assert!(w.seen.capacity() <= w.reserved);
     }
 
     #[test]
