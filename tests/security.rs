@@ -735,7 +735,7 @@ fn a_request_is_judged_by_the_configuration_in_force_when_its_name_arrives() {
 /// users, and a program of its can never be root.)
 #[test]
 fn as_root_a_program_without_a_user_is_a_configuration_error() {
-    if !rustix_is_root() {
+    if !is_root() {
         eprintln!("skipped: tcpmuxd does not run as root here");
         return;
     }
@@ -794,7 +794,7 @@ fn as_root_a_program_without_a_user_is_a_configuration_error() {
 
 #[test]
 fn as_root_programs_without_a_user_of_their_own_run_as_the_default_user() {
-    if !rustix_is_root() {
+    if !is_root() {
         eprintln!("skipped: tcpmuxd does not run as root here");
         return;
     }
@@ -972,7 +972,7 @@ fn the_summary_names_the_heaviest_source_whatever_decoys_come_first() {
 /// program running as tcpmuxd's own user.
 #[test]
 fn a_user_tcpmuxd_cannot_switch_to_refuses_the_service() {
-    if !rustix_is_root() {
+    if !is_root() {
         eprintln!("skipped: running tcpmuxd as another user needs root");
         return;
     }
@@ -1063,7 +1063,7 @@ fn one_source_serving_itself_sessions_cannot_flood_the_log() {
 /// told `+` and then closed.
 #[test]
 fn a_program_the_services_user_cannot_execute_is_refused_before_plus() {
-    if !rustix_is_root() {
+    if !is_root() {
         eprintln!("skipped: switching users needs root");
         return;
     }

@@ -68,7 +68,7 @@ impl Default for Options<'_> {
 pub const ROOT_DROPIN: (&str, &str) = ("00-root.toml", "[tcpmux]\ndefault_user = \"root\"\n");
 
 pub fn root_dropin() -> Option<(&'static str, &'static str)> {
-    rustix_is_root().then_some(ROOT_DROPIN)
+    is_root().then_some(ROOT_DROPIN)
 }
 
 /// Writes [`ROOT_DROPIN`] beside configuration file `config`, as root.
@@ -78,11 +78,6 @@ pub fn write_root_dropin(config: &Path) {
         std::fs::create_dir_all(&dir).expect("conf.d");
         std::fs::write(dir.join(name), text).expect("write drop-in");
     }
-}
-
-pub fn rustix_is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 pub struct Daemon {
