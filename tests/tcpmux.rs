@@ -55,6 +55,28 @@ fn bare_lf_ends_the_name() {
     assert_eq!(read_line(&mut s), b"+\r\n");
 }
 
+/// inetutils telnet sends a CR typed as part of the input as CR NUL (RFC
+/// 854's bare carriage return) and then the line end as CR LF:
+/// `echo\r\0\r\n`. inetutils-inetd accepts that line; so does tcpmuxd.
+#[test]
+fn a_telnet_line_end_with_cr_nul_names_the_service() {
+    let d = Daemon::start(BASE);
+    for line in [&b"echo\r\0\r\n"[..], b"echo\r\0\n", b"HELP\r\0\r\n"] {
+        let mut s = d.connect();
+        s.write_all(line).unwrap();
+        let reply = read_line(&mut s);
+        assert!(
+            reply == b"+\r\n" || reply == b"echo\r\n",
+            "{line:?} got {:?}",
+            String::from_utf8_lossy(&reply)
+        );
+    }
+    // A NUL anywhere else is still no part of a name.
+    let mut s = d.connect();
+    s.write_all(b"ec\0ho\r\n").unwrap();
+    assert_eq!(read_line(&mut s), b"-Invalid service name\r\n");
+}
+
 #[test]
 fn name_split_over_many_writes() {
     let d = Daemon::start(BASE);

@@ -28,10 +28,16 @@ pub fn find_line_end(buf: &[u8]) -> Option<usize> {
     buf.iter().position(|&b| b == b'\n')
 }
 
+/// Telnet's bare carriage return (RFC 854): what inetutils telnet sends for
+/// a CR in its input, just before the line end.
+const TELNET_BARE_CR: &[u8] = b"\r\0";
+
 /// Parses a request line without its LF. A trailing CR is dropped (CRLF and
-/// bare LF are both accepted), as are spaces and tabs around the name.
+/// bare LF are both accepted), then telnet's CR NUL before the line end (as
+/// inetutils-inetd does), then spaces and tabs around the name.
 pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let line = line.strip_suffix(TELNET_BARE_CR).unwrap_or(line);
     let name = line.trim_ascii();
     if name.is_empty() {
         return Err(RequestError::Empty);
@@ -68,6 +74,15 @@ mod tests {
         );
         assert_eq!(parse_request(b"HELP\r"), Ok(Request::Help));
         assert_eq!(parse_request(b"hElP"), Ok(Request::Help));
+        // Telnet: `echo\r\0\r\n` and `echo\r\0\n`.
+        assert_eq!(
+            parse_request(b"echo\r\0\r"),
+            Ok(Request::Service("echo".into()))
+        );
+        assert_eq!(
+            parse_request(b"echo\r\0"),
+            Ok(Request::Service("echo".into()))
+        );
     }
 
     #[test]
@@ -75,6 +90,9 @@ mod tests {
         assert_eq!(parse_request(b"\r"), Err(RequestError::Empty));
         assert_eq!(parse_request(b""), Err(RequestError::Empty));
         assert_eq!(parse_request(b"a\0b"), Err(RequestError::BadByte(0)));
+        // Only one CR NUL, and only right before the line end.
+        assert_eq!(parse_request(b"a\0\r"), Err(RequestError::BadByte(0)));
+        assert!(parse_request(b"a\r\0\r\0").is_err());
         assert_eq!(parse_request(b"a b"), Err(RequestError::BadByte(b' ')));
         assert_eq!(
             parse_request(b"caf\xc3\xa9"),
