@@ -457,3 +457,48 @@ fn the_documented_replies_are_the_servers() {
         }
     }
 }
+
+/// `tcpmuxd --log-level <TAB>` offers the levels, in every shell, rather
+/// than file names; any tracing filter is still accepted (unit tests in
+/// src/cli/tcpmuxd.rs).
+#[test]
+fn log_level_completes_the_levels() {
+    let out = tempfile::tempdir().expect("create a temporary directory");
+    docs::write_all(out.path()).expect("generate the docs");
+    let read = |rel: &str| {
+        fs::read_to_string(out.path().join(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
+    };
+    let bash = read("completions/bash/tcpmuxd");
+    let case = bash
+        .split("--log-level)")
+        .nth(1)
+        .and_then(|rest| rest.split(";;").next())
+        .expect("bash completes --log-level");
+    let zsh = read("completions/zsh/_tcpmuxd");
+    let zsh_line = zsh
+        .lines()
+        .find(|l| l.contains("--log-level="))
+        .expect("zsh completes --log-level");
+    let fish = read("completions/fish/tcpmuxd.fish");
+    let fish_line = fish
+        .lines()
+        .find(|l| l.contains("-l log-level"))
+        .expect("fish completes --log-level");
+    assert!(
+        !case.contains("compgen -f"),
+        "bash offers file names: {case}"
+    );
+    assert!(
+        !zsh_line.contains("_default"),
+        "zsh offers file names: {zsh_line}"
+    );
+    for level in tcpmuxd::cli::tcpmuxd::LOG_LEVELS {
+        for (shell, text) in [("bash", case), ("zsh", zsh_line), ("fish", fish_line)] {
+            assert!(
+                text.split(|c: char| !c.is_ascii_alphanumeric())
+                    .any(|w| w == *level),
+                "{shell} does not offer --log-level {level}: {text}"
+            );
+        }
+    }
+}
