@@ -44,6 +44,25 @@ fn lists_services() {
 }
 
 #[test]
+fn an_empty_list_is_said_on_stderr() {
+    // No service at all, and one hidden from this client: stdout stays
+    // the (empty) list, stderr says why nothing is shown.
+    for config in [
+        "",
+        "[[service]]\nname = \"private\"\ncommand = [\"/bin/cat\"]\nallow = [\"192.0.2.0/24\"]\n",
+    ] {
+        let d = Daemon::start(config);
+        let (code, out, err) = client(&d, &["--list"], b"");
+        assert_eq!(code, 0, "{err}");
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(
+            err.trim(),
+            format!("tcpmux: {}: no service is offered to this client", d.addr)
+        );
+    }
+}
+
+#[test]
 fn bridges_stdin_and_stdout_after_plus() {
     let d = Daemon::start(CONFIG);
     let (code, out, err) = client(&d, &["ECHO"], b"one\ntwo\n");

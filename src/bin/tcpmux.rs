@@ -74,6 +74,15 @@ fn run(args: &Args) -> Result<ExitCode, Failure> {
             eprintln!("{}", shown.trim_end_matches(['\r', '\n']));
             return Ok(ExitCode::from(exit::REFUSED));
         }
+        if list.is_empty() {
+            // stdout stays the list, for scripts; people are told why it
+            // is empty.
+            eprintln!(
+                "tcpmux: {}: no service is offered to this client",
+                args.server
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
         io::stdout()
             .write_all(&list)
             .map_err(|e| io_error(e.to_string()))?;

@@ -93,6 +93,12 @@ fn default_share(of: &str) -> String {
         }
     )
 }
+fn when_hit_master_acl() -> String {
+    "`-Access denied`, to every request, HELP too".into()
+}
+fn when_hit_service_acl() -> String {
+    "`-Unknown service`, as for a name that does not exist (HELP does not list it)".into()
+}
 fn when_hit_max_instances() -> String {
     "`-Service busy, try again later`".into()
 }
@@ -241,7 +247,7 @@ pub fn keys() -> Vec<Key> {
             "array of strings",
             "[] (everyone)".into(),
             NETS.into(),
-            Some("`-Access denied`".into()),
+            Some(when_hit_master_acl()),
             "Master access list, checked before each service's own: when not empty, only these \
              clients may use any service.",
         ),
@@ -251,7 +257,7 @@ pub fn keys() -> Vec<Key> {
             "array of strings",
             "[]".into(),
             NETS.into(),
-            Some("`-Access denied`".into()),
+            Some(when_hit_master_acl()),
             "Clients refused every service; deny wins over allow.",
         ),
         key(
@@ -557,8 +563,10 @@ pub fn keys() -> Vec<Key> {
             "array of strings",
             "[] (everyone the master list allows)".into(),
             NETS.into(),
-            Some("`-Access denied`".into()),
-            "The service's own access list, checked after the master list.",
+            Some(when_hit_service_acl()),
+            "The service's own access list, checked after the master list. A client it \
+             refuses is told the service does not exist, and HELP does not list it for that \
+             client: nobody learns of a service they may not use.",
         ),
         key(
             "service",
@@ -566,8 +574,9 @@ pub fn keys() -> Vec<Key> {
             "array of strings",
             "[]".into(),
             NETS.into(),
-            Some("`-Access denied`".into()),
-            "Clients refused this service; deny wins over allow.",
+            Some(when_hit_service_acl()),
+            "Clients refused this service (hidden from them, as by allow); deny wins over \
+             allow.",
         ),
         key(
             "service",

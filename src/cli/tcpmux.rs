@@ -9,8 +9,10 @@ Examples:
   echo hello | tcpmux [::1] echo
 
 The server's reply line (\"+...\" or \"-...\") goes to stderr; what the service
-sends goes to stdout. Sending stops at the end of stdin; the program ends when
-the service closes the connection.
+sends goes to stdout. --list prints the names on stdout, one a line; when the
+server offers this client no service, stdout stays empty and stderr says so.
+Sending stops at the end of stdin; the program ends when the service closes
+the connection.
 
 Exit status:
   0 the service accepted (or the list was printed); 1 the server or the

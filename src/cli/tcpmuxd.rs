@@ -49,9 +49,19 @@ pub struct Args {
 
     /// Least severe level logged: error, warn, info, debug or trace (or a
     /// tracing filter such as "tcpmuxd=debug").
-    #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = log_filter)]
+    #[arg(
+        long,
+        value_name = "LEVEL",
+        default_value = "info",
+        value_parser = LogFilter,
+        hide_possible_values = true
+    )]
     pub log_level: String,
 }
+
+/// The levels `--log-level` offers (shell completion); any tracing filter
+/// is accepted as well.
+pub const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
 
 /// A `--log-level` that tracing accepts.
 fn log_filter(text: &str) -> Result<String, String> {
@@ -60,8 +70,62 @@ fn log_filter(text: &str) -> Result<String, String> {
         .map_err(|e| format!("not a level or filter: {e}"))
 }
 
+/// [`log_filter`] as a value parser whose possible values are the
+/// levels, for completion only: unlike clap's `PossibleValuesParser`, a
+/// filter such as "tcpmuxd=debug" is accepted too.
+#[derive(Clone)]
+struct LogFilter;
+
+impl clap::builder::TypedValueParser for LogFilter {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        log_filter.parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            LOG_LEVELS
+                .iter()
+                .map(|l| clap::builder::PossibleValue::new(*l)),
+        ))
+    }
+}
+
 /// The command line as clap sees it: for the binary, the man page and the
 /// shell completions alike.
 pub fn command() -> clap::Command {
     <Args as clap::CommandFactory>::command()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_level(value: &str) -> Result<String, String> {
+        Args::try_parse_from(["tcpmuxd", "--log-level", value])
+            .map(|a| a.log_level)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn log_level_takes_a_level_or_any_filter() {
+        for level in LOG_LEVELS {
+            assert_eq!(log_level(level).as_deref(), Ok(*level));
+        }
+        assert_eq!(
+            log_level("tcpmuxd=debug,warn").as_deref(),
+            Ok("tcpmuxd=debug,warn")
+        );
+        let err = log_level("tcpmuxd=loud").unwrap_err();
+        assert!(err.contains("tcpmuxd=loud"), "{err}");
+        assert!(err.contains("not a level or filter"), "{err}");
+    }
 }

@@ -22,6 +22,23 @@ pub mod reply {
     pub const SOURCE_SESSIONS: &[u8] = b"-Too many sessions from your address, try again later\r\n";
     pub const SESSIONS_FULL: &[u8] = b"-Server busy, try again later\r\n";
     pub const START_RATE: &[u8] = b"-Service started too often, try again later\r\n";
+
+    /// Every refusal above: the documentation's table of replies names
+    /// each (tests/docs.rs).
+    pub const REFUSALS: &[&[u8]] = &[
+        UNKNOWN,
+        DENIED,
+        BUSY,
+        UNAVAILABLE,
+        TOO_LONG,
+        BAD_NAME,
+        TIMEOUT,
+        OVERLOADED,
+        SOURCE_LIMIT,
+        SOURCE_SESSIONS,
+        SESSIONS_FULL,
+        START_RATE,
+    ];
 }
 
 /// The HELP answer: each name on its own CRLF-ended line.
@@ -40,26 +57,25 @@ mod tests {
 
     #[test]
     fn replies_are_single_crlf_lines_without_nul() {
-        for r in [
-            reply::PLUS,
-            reply::UNKNOWN,
-            reply::DENIED,
-            reply::BUSY,
-            reply::UNAVAILABLE,
-            reply::TOO_LONG,
-            reply::BAD_NAME,
-            reply::TIMEOUT,
-            reply::OVERLOADED,
-            reply::SOURCE_LIMIT,
-            reply::SOURCE_SESSIONS,
-            reply::SESSIONS_FULL,
-            reply::START_RATE,
-        ] {
+        for &r in [reply::PLUS].iter().chain(reply::REFUSALS) {
             assert!(r.ends_with(b"\r\n"));
             assert_eq!(r.iter().filter(|&&b| b == b'\n').count(), 1);
             assert!(!r.contains(&0));
             assert!(r[0] == b'+' || r[0] == b'-');
         }
+    }
+
+    #[test]
+    fn every_refusal_is_listed() {
+        let defined = include_str!("mod.rs")
+            .lines()
+            .filter(|l| l.trim_start().starts_with("pub const") && l.contains("= b\"-"))
+            .count();
+        assert_eq!(
+            defined,
+            reply::REFUSALS.len(),
+            "a refusal is missing from REFUSALS"
+        );
     }
 
     #[test]
