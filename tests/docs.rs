@@ -11,7 +11,7 @@ use std::fs;
 use std::io::Write;
 
 mod common;
-use tcpmuxd::cli::config_doc;
+use tcpmuxd::cli::{config_doc, daemon_doc};
 
 #[test]
 fn man_pages_and_completions_cover_every_option_and_key() {
@@ -86,7 +86,7 @@ fn man_pages_and_completions_cover_every_option_and_key() {
 fn readme_replies() -> Vec<(String, String)> {
     let readme = include_str!("../README.md");
     let start = readme
-        .find(REPLY_TABLE_HEADER)
+        .find(daemon_doc::REPLIES_TABLE_HEADER)
         .expect("README.md has the table of replies");
     readme[start..]
         .lines()
@@ -99,8 +99,6 @@ fn readme_replies() -> Vec<(String, String)> {
         })
         .collect()
 }
-
-const REPLY_TABLE_HEADER: &str = "| reply | meaning |";
 
 /// The reply a row documents: the text in backquotes, then CRLF. None for
 /// a row that describes a reply rather than spelling it.
@@ -500,5 +498,45 @@ fn log_level_completes_the_levels() {
                 "{shell} does not offer --log-level {level}: {text}"
             );
         }
+    }
+}
+
+/// tcpmuxd(8) as installed has the sections administrators look for, and
+/// names every `OUTCOME` value and every reply; the README names every
+/// `OUTCOME` value too.
+#[test]
+fn the_daemon_manual_names_every_outcome_and_reply() {
+    let out = tempfile::tempdir().expect("create a temporary directory");
+    docs::write_all(out.path()).expect("generate the docs");
+    // roff writes "-" as "\-".
+    let man = fs::read_to_string(out.path().join("man/tcpmuxd.8"))
+        .expect("read tcpmuxd.8")
+        .replace("\\-", "-");
+    for title in daemon_doc::titles() {
+        let heading = if title.contains(' ') {
+            format!(".SH \"{title}\"")
+        } else {
+            format!(".SH {title}")
+        };
+        assert!(man.contains(&heading), "tcpmuxd(8) has no section {title}");
+    }
+    let readme = include_str!("../README.md");
+    for (value, _) in daemon_doc::outcomes() {
+        assert!(
+            man.contains(&format!("\\fB{value}\\fR")),
+            "tcpmuxd(8) does not name OUTCOME={value}"
+        );
+        assert!(
+            readme.contains(&format!("`{value}`")),
+            "README.md does not name OUTCOME={value}"
+        );
+    }
+    for &refusal in tcpmuxd::tcpmux::reply::REFUSALS {
+        let text = String::from_utf8_lossy(refusal);
+        assert!(
+            man.contains(&format!("\\fB{}\\fR", text.trim_end())),
+            "tcpmuxd(8) does not name the reply {}",
+            text.trim_end()
+        );
     }
 }
