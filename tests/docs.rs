@@ -11,7 +11,7 @@ use std::fs;
 use std::io::Write;
 
 mod common;
-use tcpmuxd::cli::config_doc;
+use tcpmuxd::cli::{config_doc, daemon_doc};
 
 #[test]
 fn man_pages_and_completions_cover_every_option_and_key() {
@@ -86,7 +86,7 @@ fn man_pages_and_completions_cover_every_option_and_key() {
 fn readme_replies() -> Vec<(String, String)> {
     let readme = include_str!("../README.md");
     let start = readme
-        .find(REPLY_TABLE_HEADER)
+        .find(daemon_doc::REPLIES_TABLE_HEADER)
         .expect("README.md has the table of replies");
     readme[start..]
         .lines()
@@ -99,8 +99,6 @@ fn readme_replies() -> Vec<(String, String)> {
         })
         .collect()
 }
-
-const REPLY_TABLE_HEADER: &str = "| reply | meaning |";
 
 /// The reply a row documents: the text in backquotes, then CRLF. None for
 /// a row that describes a reply rather than spelling it.
@@ -498,6 +496,112 @@ fn log_level_completes_the_levels() {
                 text.split(|c: char| !c.is_ascii_alphanumeric())
                     .any(|w| w == *level),
                 "{shell} does not offer --log-level {level}: {text}"
+            );
+        }
+    }
+}
+
+/// tcpmuxd(8) as installed has the sections administrators look for, and
+/// names every `OUTCOME` value and every reply; the README names every
+/// `OUTCOME` value too.
+#[test]
+fn the_daemon_manual_names_every_outcome_and_reply() {
+    let out = tempfile::tempdir().expect("create a temporary directory");
+    docs::write_all(out.path()).expect("generate the docs");
+    // roff writes "-" as "\-".
+    let man = fs::read_to_string(out.path().join("man/tcpmuxd.8"))
+        .expect("read tcpmuxd.8")
+        .replace("\\-", "-");
+    for title in daemon_doc::titles() {
+        let heading = if title.contains(' ') {
+            format!(".SH \"{title}\"")
+        } else {
+            format!(".SH {title}")
+        };
+        assert!(man.contains(&heading), "tcpmuxd(8) has no section {title}");
+    }
+    let readme = include_str!("../README.md");
+    for (value, _) in daemon_doc::outcomes() {
+        assert!(
+            man.contains(&format!("\\fB{value}\\fR")),
+            "tcpmuxd(8) does not name OUTCOME={value}"
+        );
+        assert!(
+            readme.contains(&format!("`{value}`")),
+            "README.md does not name OUTCOME={value}"
+        );
+    }
+    for &refusal in tcpmuxd::tcpmux::reply::REFUSALS {
+        let text = String::from_utf8_lossy(refusal);
+        assert!(
+            man.contains(&format!("\\fB{}\\fR", text.trim_end())),
+            "tcpmuxd(8) does not name the reply {}",
+            text.trim_end()
+        );
+    }
+}
+
+/// The documentation the packages install names no document they do not
+/// install: every `*.md` named in the README, packaging/README.md and the
+/// man pages is installed by both packages, and both install the same.
+#[test]
+fn the_installed_documentation_names_only_installed_documents() {
+    const DOC_DIR: &str = "usr/share/doc/tcpmuxd/";
+    let manifest: toml::Table =
+        toml::from_str(include_str!("../Cargo.toml")).expect("Cargo.toml parses");
+    let assets = manifest["package"]["metadata"]["deb"]["assets"]
+        .as_array()
+        .expect("[package.metadata.deb] assets");
+    let base = |path: &str| path.rsplit('/').next().unwrap_or(path).to_string();
+    let mut deb: Vec<String> = assets
+        .iter()
+        .filter_map(|a| {
+            let (from, to) = (a.get(0)?.as_str()?, a.get(1)?.as_str()?);
+            let rest = to.strip_prefix(DOC_DIR)?;
+            Some(if rest.is_empty() {
+                base(from)
+            } else {
+                rest.split('/').next().unwrap_or(rest).to_string()
+            })
+        })
+        .collect();
+    deb.sort();
+    deb.dedup();
+    let spec = include_str!("../packaging/rpm/tcpmuxd.spec");
+    let mut rpm: Vec<String> = spec
+        .lines()
+        .filter_map(|l| l.strip_prefix("%doc "))
+        .flat_map(|l| l.split_whitespace().map(base))
+        .collect();
+    rpm.sort();
+    assert_eq!(deb, rpm, "documents of the .deb (left) and the RPM (right)");
+
+    let out = tempfile::tempdir().expect("create a temporary directory");
+    docs::write_all(out.path()).expect("generate the docs");
+    let mut texts = vec![
+        ("README.md", include_str!("../README.md").to_string()),
+        (
+            "packaging/README.md",
+            include_str!("../packaging/README.md").to_string(),
+        ),
+    ];
+    for page in ["tcpmuxd.8", "tcpmuxd.toml.5", "tcpmux.1", "msend.1"] {
+        let text = fs::read_to_string(out.path().join("man").join(page)).expect("a man page");
+        texts.push((page, text));
+    }
+    for (doc, text) in &texts {
+        for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || "._/-".contains(c))) {
+            let Some(name) = word.strip_suffix(".md").map(|_| word) else {
+                continue;
+            };
+            let installed = if name == "packaging/README.md" {
+                "README.packaging.md".to_string()
+            } else {
+                name.to_string()
+            };
+            assert!(
+                deb.contains(&installed),
+                "{doc} names {name}, which the packages do not install"
             );
         }
     }

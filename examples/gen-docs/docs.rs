@@ -6,6 +6,7 @@ use roff::{Inline, Roff, bold, italic, roman};
 use std::fs;
 use std::path::{Path, PathBuf};
 use tcpmuxd::cli::config_doc::{self, CONFIG_PATH};
+use tcpmuxd::cli::daemon_doc::{self, Block};
 
 /// A binary, its man section and what its page refers to.
 pub struct Page {
@@ -24,9 +25,16 @@ pub const PAGES: &[Page] = &[
             "tcpmuxd.toml(5)",
             "tcpmux(1)",
             "msend(1)",
-            "systemd.socket(5)",
-            "systemd.exec(5)",
+            "systemctl(1)",
             "journalctl(1)",
+            "systemd-escape(1)",
+            "systemd.socket(5)",
+            "systemd.service(5)",
+            "systemd.exec(5)",
+            "systemd.resource-control(5)",
+            "sd_notify(3)",
+            "sysexits(3)",
+            "write(1)",
         ],
     },
     Page {
@@ -121,6 +129,38 @@ fn after_help(roff: &mut Roff, text: &str) {
     }
 }
 
+/// The blocks of a section of src/cli/daemon_doc.rs.
+fn blocks(roff: &mut Roff, blocks: &[Block]) {
+    for (i, block) in blocks.iter().enumerate() {
+        match block {
+            Block::Para(text) => {
+                if i > 0 {
+                    roff.control("PP", []);
+                }
+                roff.text(spans(text));
+            }
+            Block::Terms(items) => {
+                for (term, text) in items {
+                    roff.control("TP", []);
+                    roff.text(spans(term));
+                    roff.text(spans(text));
+                }
+                roff.control("PP", []);
+            }
+            Block::Lines(lines) => {
+                roff.control("PP", []).control("nf", []).control("RS", []);
+                for line in lines {
+                    roff.text([roman(line.as_str())]);
+                }
+                roff.control("RE", []).control("fi", []);
+            }
+            Block::Sub(title) => {
+                roff.control("SS", [*title]);
+            }
+        }
+    }
+}
+
 fn see_also(roff: &mut Roff, pages: &[&str]) {
     roff.control("SH", ["SEE ALSO"]);
     let mut inlines = Vec::new();
@@ -151,39 +191,32 @@ fn command_page(page: &Page) -> Result<String, String> {
     let mut buf = Vec::new();
     let failed = |e: std::io::Error| format!("{}: cannot render the man page: {e}", page.name);
     man.render_title(&mut buf).map_err(failed)?;
-    man.render_name_section(&mut buf).map_err(failed)?;
-    man.render_synopsis_section(&mut buf).map_err(failed)?;
-    man.render_description_section(&mut buf).map_err(failed)?;
+    if page.name == "tcpmuxd" {
+        let mut head = Roff::new();
+        head.control("SH", ["NAME"]);
+        head.text([roman(format!("tcpmuxd - {}", daemon_doc::SUMMARY))]);
+        buf.extend_from_slice(head.to_roff().as_bytes());
+        man.render_synopsis_section(&mut buf).map_err(failed)?;
+        let mut description = Roff::new();
+        description.control("SH", ["DESCRIPTION"]);
+        blocks(&mut description, &daemon_doc::description());
+        buf.extend_from_slice(description.to_roff().as_bytes());
+    } else {
+        man.render_name_section(&mut buf).map_err(failed)?;
+        man.render_synopsis_section(&mut buf).map_err(failed)?;
+        man.render_description_section(&mut buf).map_err(failed)?;
+    }
     man.render_options_section(&mut buf).map_err(failed)?;
     let mut rest = Roff::new();
-    if let Some(text) = after {
-        after_help(&mut rest, &text);
-    }
     if page.name == "tcpmuxd" {
-        rest.control("SH", ["FILES"]);
-        for (file, what) in [
-            (CONFIG_PATH, "the configuration, see tcpmuxd.toml(5)"),
-            (
-                "/etc/tcpmuxd/conf.d/*.toml",
-                "drop-ins, read in lexical order",
-            ),
-            (
-                "/usr/lib/systemd/system/tcpmuxd.service, tcpmuxd.socket, tcpmuxd-msp.socket",
-                "the units",
-            ),
-            (
-                "/usr/lib/systemd/system/tcpmux-.service.d/10-defaults.conf",
-                "sandbox and limits of every session unit",
-            ),
-            (
-                "/usr/share/doc/tcpmuxd/README.packaging.md",
-                "running the daemon under systemd, as root or as its own user",
-            ),
-        ] {
-            rest.control("TP", [])
-                .text([italic(file)])
-                .text([roman(what)]);
+        // The manual's own sections (src/cli/daemon_doc.rs) say all the
+        // after-help says, and more.
+        for section in daemon_doc::sections() {
+            rest.control("SH", [section.title]);
+            blocks(&mut rest, &section.blocks);
         }
+    } else if let Some(text) = after {
+        after_help(&mut rest, &text);
     }
     see_also(&mut rest, page.see_also);
     man.render_version_section(&mut buf).map_err(failed)?;

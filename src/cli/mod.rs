@@ -3,6 +3,7 @@
 //! the same definitions (`cargo run --example gen-docs`).
 
 pub mod config_doc;
+pub mod daemon_doc;
 pub mod exit;
 pub mod msend;
 pub mod tcpmux;
