@@ -18,14 +18,15 @@ Configuration:
   keys are errors. Check a configuration with --check before reloading.
 
 Signals:
-  SIGHUP reloads the configuration (an invalid one is rejected and the old one
-  kept); SIGTERM and SIGINT stop accepting, finish handshakes in progress and
+  SIGHUP reloads the configuration (an invalid one is rejected, logged, and
+  the old one kept; check it first with --check, as the units' ExecReload=
+  does); SIGTERM and SIGINT stop accepting, finish handshakes in progress and
   exit. Running sessions are left running.
 
 Exit status:
   0 success; 64 bad arguments; 69 the journal was asked for and is not
   there; 71 sockets or the runtime cannot be had; 78 invalid configuration
-  (as sysexits(3) names them).";
+  with no socket-activated sockets to hold (as sysexits(3) names them).";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -43,6 +44,11 @@ pub struct Args {
     #[arg(long)]
     pub check: bool,
 
+    /// Serve only this protocol: "tcpmux" (port 1) or "msp" (port 18).
+    /// Default: both.
+    #[arg(long, value_enum, value_name = "PROTOCOL")]
+    pub only: Option<Protocol>,
+
     /// Where log entries go.
     #[arg(long, value_enum, value_name = "TARGET", default_value = "auto")]
     pub log_target: LogTarget,
@@ -51,6 +57,16 @@ pub struct Args {
     /// tracing filter such as "tcpmuxd=debug").
     #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = log_filter)]
     pub log_level: String,
+}
+
+/// A protocol tcpmuxd serves, for `--only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// TCPMUX (RFC 1078), the "tcpmux" socket or [tcpmux] listen.
+    Tcpmux,
+    /// The Message Send Protocol (RFC 1159, RFC 1312), the "msp" sockets
+    /// or [msp] listen.
+    Msp,
 }
 
 /// A `--log-level` that tracing accepts.
