@@ -1014,9 +1014,70 @@ fn the_shipped_units_leave_msp_off_until_its_socket_is_enabled() {
             "tcpmuxd.service turns MSP on: {line}"
         );
     }
+    // MSP has a daemon of its own, the only one with the group tty; the
+    // TCPMUX daemon serves TCPMUX alone.
+    assert!(
+        service
+            .lines()
+            .any(|l| l.starts_with("ExecStart=") && l.contains("--only tcpmux")),
+        "{service}"
+    );
+    assert!(
+        !service
+            .lines()
+            .any(|l| l.starts_with("SupplementaryGroups="))
+    );
     let socket = std::fs::read_to_string(units.join("tcpmuxd-msp.socket")).unwrap();
-    assert!(socket.contains("Service=tcpmuxd.service"));
+    assert!(
+        socket.contains("\nService=tcpmuxd-msp.service\n"),
+        "{socket}"
+    );
     assert!(socket.contains("WantedBy=sockets.target"));
+    let msp = std::fs::read_to_string(units.join("tcpmuxd-msp.service")).unwrap();
+    assert!(
+        msp.lines()
+            .any(|l| l.starts_with("ExecStart=") && l.contains("--only msp")),
+        "{msp}"
+    );
+    assert!(msp.contains("\nRequires=tcpmuxd-msp.socket\n"));
+    assert!(msp.contains("\nSupplementaryGroups=tty\n"));
+    // Whatever the distribution's default preset, MSP stays off.
+    let preset =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/systemd-preset/80-tcpmuxd.preset");
+    let preset = std::fs::read_to_string(preset).unwrap();
+    assert!(preset.lines().any(|l| l == "disable tcpmuxd-msp.socket"));
+}
+
+/// Every unit names the manuals, and a reload checks the configuration
+/// before it signals the daemon.
+#[test]
+fn the_shipped_units_name_the_manuals_and_check_before_reloading() {
+    let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("units");
+    for unit in [
+        "tcpmuxd.service",
+        "tcpmuxd.socket",
+        "tcpmuxd-msp.service",
+        "tcpmuxd-msp.socket",
+    ] {
+        let text = std::fs::read_to_string(units.join(unit)).unwrap();
+        let docs = text
+            .lines()
+            .find(|l| l.starts_with("Documentation="))
+            .unwrap_or_default();
+        assert!(
+            docs.contains("man:tcpmuxd(8)") && docs.contains("man:tcpmuxd.toml(5)"),
+            "{unit}: {docs}"
+        );
+        if unit.ends_with(".service") {
+            let reloads: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with("ExecReload="))
+                .collect();
+            assert_eq!(reloads.len(), 2, "{unit}: {reloads:?}");
+            assert!(reloads[0].contains("--check"), "{unit}: {reloads:?}");
+            assert!(reloads[1].contains("kill -HUP"), "{unit}: {reloads:?}");
+        }
+    }
 }
 
 #[test]
