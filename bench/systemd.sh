@@ -81,14 +81,14 @@ chmod -R a+rX "$work/stage"
 
 # Progress on stderr: stdout is the table.
 start_container "$machine" -D / --volatile=yes --bind-ro="$work/stage:$OPT" >&2
-ct systemctl is-system-running --wait >/dev/null || true
+wait_for_systemd >&2
 
 # ---- installing the servers -----------------------------------------------------
 
 etc=$root/etc
 mkdir -p "$etc/systemd/system/tcpmux-.service.d" "$etc/systemd/system/tcpmuxd.service.d" \
     "$etc/systemd/system/bench-accept@.service.d" "$etc/tcpmuxd"
-cp "$REPO/units/tcpmuxd.socket" "$REPO/units/tcpmuxd-msp.socket" "$REPO/units/tcpmuxd.service" \
+cp "$REPO/units/tcpmuxd.socket" "$REPO/units/tcpmuxd.service" \
     "$etc/systemd/system/"
 cp "$REPO/units/tcpmux-.service.d/10-defaults.conf" "$etc/systemd/system/tcpmux-.service.d/"
 # Accept=yes gets the very same sandbox.

@@ -9,7 +9,7 @@ use tcpmuxd::config;
 use tcpmuxd::listen::{self, Sockets};
 use tcpmuxd::log;
 use tcpmuxd::notify::Notifier;
-use tcpmuxd::server::{self, State};
+use tcpmuxd::server::{self, Serves, State};
 use tcpmuxd::startup;
 
 fn main() -> ExitCode {
@@ -59,39 +59,70 @@ fn main() -> ExitCode {
     }
     let notifier = Notifier::new(notify_socket, watchdog);
 
+    let serves = Serves::only(args.only);
     let host = config::Host::current(under_systemd);
-    let config = match config::load(&args.config, &host) {
-        Ok(config) => config,
-        Err(e) => {
-            tracing::error!("invalid configuration: {e}");
-            return ExitCode::from(exit::CONFIG);
+    let loaded = config::load(&args.config, &host).map(|c| serves.apply(c));
+    if let Ok(config) = &loaded {
+        for w in &config.warnings {
+            tracing::warn!("{w}");
         }
-    };
-    for w in &config.warnings {
-        tracing::warn!("{w}");
     }
 
     let (sockets, is_activated) = match activated {
-        Ok(Some(sockets)) => (sockets, true),
-        Ok(None) => match bind_all(&config) {
-            Ok(sockets) => (sockets, false),
+        Ok(Some(sockets)) => match activated_for(sockets, serves) {
+            Ok(sockets) => (sockets, true),
             Err(e) => {
                 tracing::error!("{e}");
                 return ExitCode::from(exit::OSERR);
             }
         },
+        Ok(None) => {
+            // Nothing to hold: an invalid configuration ends tcpmuxd here.
+            let config = match &loaded {
+                Ok(config) => config,
+                Err(e) => {
+                    tracing::error!("invalid configuration: {e}");
+                    return ExitCode::from(exit::CONFIG);
+                }
+            };
+            match bind_all(config, serves) {
+                Ok(sockets) => (sockets, false),
+                Err(Unbound::Config(e)) => {
+                    tracing::error!("{e}");
+                    return ExitCode::from(exit::CONFIG);
+                }
+                Err(Unbound::Listen(e)) => {
+                    tracing::error!("{e}");
+                    return ExitCode::from(exit::OSERR);
+                }
+            }
+        }
         Err(e) => {
             tracing::error!("{e}");
             return ExitCode::from(exit::OSERR);
         }
     };
-    if sockets.tcpmux.is_empty() {
-        tracing::error!(
-            "socket activation passed no socket named \"{}\": nothing to serve",
-            listen::FDNAME_TCPMUX
-        );
-        return ExitCode::from(exit::OSERR);
-    }
+    // Socket-activated with an invalid configuration: hold the sockets and
+    // refuse every request rather than exit, so that systemd neither
+    // restarts tcpmuxd in a loop nor fails the socket (closing the port)
+    // for a configuration error. A reload with a valid one serves again.
+    let (config, unavailable) = match loaded {
+        Ok(config) => (config, None),
+        Err(e) => match config::serving_nothing(&args.config) {
+            Ok(nothing) => {
+                tracing::error!(
+                    "invalid configuration: {e}; not serving: every request is refused until \
+                     the configuration is fixed and reloaded (systemctl reload {})",
+                    serves.unit()
+                );
+                (serves.apply(nothing), Some(e.to_string()))
+            }
+            Err(_) => {
+                tracing::error!("invalid configuration: {e}");
+                return ExitCode::from(exit::CONFIG);
+            }
+        },
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -106,8 +137,12 @@ fn main() -> ExitCode {
     // inherited) is not there for connections.
     fd_limit.open = startup::open_fds();
     let mut state = State::new(config, args.config, is_activated, notifier, host, fd_limit);
-    state.warm_helper = startup::warm_helper();
-    if host.under_systemd && state.warm_helper.is_none() {
+    state.serves = serves;
+    if let Some(reason) = unavailable {
+        state.set_unavailable(reason);
+    }
+    state.warm_helper = serves.tcpmux.then(startup::warm_helper).flatten();
+    if serves.tcpmux && host.under_systemd && state.warm_helper.is_none() {
         tracing::warn!(
             "{} is installed neither beside tcpmuxd nor as {}: the systemd launcher starts every session's unit when its client comes",
             startup::WARM_HELPER,
@@ -124,13 +159,89 @@ fn main() -> ExitCode {
     }
 }
 
-/// Binds the configured TCPMUX addresses, and MSP's for TCP and UDP.
-fn bind_all(config: &config::Config) -> Result<Sockets, listen::ListenError> {
+/// Why tcpmuxd could not bind its own sockets.
+enum Unbound {
+    /// The configuration gives nothing to serve.
+    Config(String),
+    Listen(listen::ListenError),
+}
+
+/// Binds what this process serves: the configured TCPMUX addresses, and
+/// MSP's for TCP and UDP.
+fn bind_all(config: &config::Config, serves: Serves) -> Result<Sockets, Unbound> {
+    let main = config
+        .files
+        .first()
+        .map_or_else(|| "the configuration".into(), |f| f.display().to_string());
+    if serves.tcpmux && config.tcpmux.listen.is_empty() {
+        return Err(Unbound::Config(format!(
+            "[tcpmux] listen in {main} is empty: nothing to serve (set it, or run \
+             socket-activated by tcpmuxd.socket)"
+        )));
+    }
+    if !serves.tcpmux && config.msp.listen.is_empty() {
+        return Err(Unbound::Config(format!(
+            "--only msp: [msp] listen in {main} is empty: nothing to serve (set it, or run \
+             socket-activated by tcpmuxd-msp.socket)"
+        )));
+    }
+    let tcp = |addrs, wanted| {
+        if wanted {
+            listen::bind_tcp(addrs).map_err(Unbound::Listen)
+        } else {
+            Ok(Vec::new())
+        }
+    };
     Ok(Sockets {
-        tcpmux: listen::bind_tcp(&config.tcpmux.listen)?,
-        msp_stream: listen::bind_tcp(&config.msp.listen)?,
-        msp_datagram: listen::bind_udp(&config.msp.listen)?,
+        tcpmux: tcp(&config.tcpmux.listen, serves.tcpmux)?,
+        msp_stream: tcp(&config.msp.listen, serves.msp)?,
+        msp_datagram: if serves.msp {
+            listen::bind_udp(&config.msp.listen).map_err(Unbound::Listen)?
+        } else {
+            Vec::new()
+        },
     })
+}
+
+/// The passed sockets this process serves: the one it needs must be
+/// there; the other protocol's are closed here (systemd keeps its own
+/// copy, listening), with a warning naming the fix.
+fn activated_for(mut sockets: Sockets, serves: Serves) -> Result<Sockets, String> {
+    if serves.tcpmux && sockets.tcpmux.is_empty() {
+        return Err(format!(
+            "socket activation passed no socket named \"{}\": nothing to serve \
+             (FileDescriptorName={} in tcpmuxd.socket)",
+            listen::FDNAME_TCPMUX,
+            listen::FDNAME_TCPMUX
+        ));
+    }
+    if !serves.tcpmux && sockets.msp_stream.is_empty() && sockets.msp_datagram.is_empty() {
+        return Err(format!(
+            "--only msp: socket activation passed no socket named \"{}\": nothing to serve \
+             (FileDescriptorName={} in tcpmuxd-msp.socket)",
+            listen::FDNAME_MSP,
+            listen::FDNAME_MSP
+        ));
+    }
+    if !serves.tcpmux && !sockets.tcpmux.is_empty() {
+        tracing::warn!(
+            "--only msp: the sockets named \"{}\" passed are not served (they belong to \
+             tcpmuxd.service)",
+            listen::FDNAME_TCPMUX
+        );
+        sockets.tcpmux.clear();
+    }
+    let has_msp = !sockets.msp_stream.is_empty() || !sockets.msp_datagram.is_empty();
+    if !serves.msp && has_msp {
+        tracing::warn!(
+            "--only tcpmux: the sockets named \"{}\" passed are not served: MSP is served by \
+             tcpmuxd-msp.service (Service=tcpmuxd-msp.service in tcpmuxd-msp.socket)",
+            listen::FDNAME_MSP
+        );
+        sockets.msp_stream.clear();
+        sockets.msp_datagram.clear();
+    }
+    Ok(sockets)
 }
 
 /// `--check`: validate and report, on stdout and stderr only.

@@ -66,6 +66,16 @@ impl Notifier {
         self.send(&[NotifyState::Ready], Urgency::StateChange);
     }
 
+    /// `READY=1` and `STATUS=` in one message: `systemctl status` shows the
+    /// state the service became ready in (serving, or why it serves
+    /// nothing) from the first moment.
+    pub fn ready_with_status(&self, text: &str) {
+        self.send(
+            &[NotifyState::Ready, NotifyState::Status(text)],
+            Urgency::StateChange,
+        );
+    }
+
     pub fn reloading(&self) {
         match NotifyState::monotonic_usec_now() {
             Ok(now) => self.send(&[NotifyState::Reloading, now], Urgency::StateChange),

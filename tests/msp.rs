@@ -36,6 +36,21 @@ fn start(extra: &str) -> Msp {
 
 /// As [`start`], logging from `log_level` up.
 fn start_logging(extra: &str, log_level: &str) -> Msp {
+    start_as(extra, log_level, Only::Both)
+}
+
+/// What the daemon is started to serve, and how.
+#[derive(Clone, Copy, PartialEq)]
+enum Only {
+    /// No `--only`, a TCPMUX socket passed too.
+    Both,
+    /// `--only msp`, MSP's sockets alone passed (tcpmuxd-msp.service).
+    Msp,
+    /// `--only msp`, with a configuration error appended.
+    MspBroken,
+}
+
+fn start_as(extra: &str, log_level: &str, only: Only) -> Msp {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("delivered.log");
     let recorder = script(
@@ -66,26 +81,36 @@ fn start_logging(extra: &str, log_level: &str) -> Msp {
     } else {
         format!("deliver = \"command\"\ncommand = [\"{recorder}\"]\n")
     };
-    let config = format!(
+    let mut config = format!(
         "[msp]\n{deliver}{rate}\n{extra}\n\
          [[service]]\nname = \"echo\"\ncommand = [\"/bin/cat\"]\n"
     );
+    if only == Only::MspBroken {
+        config.push_str("no_such_key = 1\n");
+    }
     let tcp_listener = loopback_listener();
     let udp_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     let (tcp, udp) = (
         tcp_listener.local_addr().unwrap(),
         udp_socket.local_addr().unwrap(),
     );
-    let passed = vec![
+    let mut passed = vec![
         Passed::Stream(tcp_listener, "msp"),
-        Passed::Stream(loopback_listener(), "tcpmux"),
         Passed::Datagram(udp_socket, "msp"),
     ];
+    if only == Only::Both {
+        passed.push(Passed::Stream(loopback_listener(), "tcpmux"));
+    }
     let d = Daemon::start_opts(
         &config,
         Options {
             passed,
             log_level,
+            customize: Box::new(move |c| {
+                if only != Only::Both {
+                    c.args(["--only", "msp"]);
+                }
+            }),
             ..Options::default()
         },
     );
@@ -989,9 +1014,70 @@ fn the_shipped_units_leave_msp_off_until_its_socket_is_enabled() {
             "tcpmuxd.service turns MSP on: {line}"
         );
     }
+    // MSP has a daemon of its own, the only one with the group tty; the
+    // TCPMUX daemon serves TCPMUX alone.
+    assert!(
+        service
+            .lines()
+            .any(|l| l.starts_with("ExecStart=") && l.contains("--only tcpmux")),
+        "{service}"
+    );
+    assert!(
+        !service
+            .lines()
+            .any(|l| l.starts_with("SupplementaryGroups="))
+    );
     let socket = std::fs::read_to_string(units.join("tcpmuxd-msp.socket")).unwrap();
-    assert!(socket.contains("Service=tcpmuxd.service"));
+    assert!(
+        socket.contains("\nService=tcpmuxd-msp.service\n"),
+        "{socket}"
+    );
     assert!(socket.contains("WantedBy=sockets.target"));
+    let msp = std::fs::read_to_string(units.join("tcpmuxd-msp.service")).unwrap();
+    assert!(
+        msp.lines()
+            .any(|l| l.starts_with("ExecStart=") && l.contains("--only msp")),
+        "{msp}"
+    );
+    assert!(msp.contains("\nRequires=tcpmuxd-msp.socket\n"));
+    assert!(msp.contains("\nSupplementaryGroups=tty\n"));
+    // Whatever the distribution's default preset, MSP stays off.
+    let preset =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/systemd-preset/80-tcpmuxd.preset");
+    let preset = std::fs::read_to_string(preset).unwrap();
+    assert!(preset.lines().any(|l| l == "disable tcpmuxd-msp.socket"));
+}
+
+/// Every unit names the manuals, and a reload checks the configuration
+/// before it signals the daemon.
+#[test]
+fn the_shipped_units_name_the_manuals_and_check_before_reloading() {
+    let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("units");
+    for unit in [
+        "tcpmuxd.service",
+        "tcpmuxd.socket",
+        "tcpmuxd-msp.service",
+        "tcpmuxd-msp.socket",
+    ] {
+        let text = std::fs::read_to_string(units.join(unit)).unwrap();
+        let docs = text
+            .lines()
+            .find(|l| l.starts_with("Documentation="))
+            .unwrap_or_default();
+        assert!(
+            docs.contains("man:tcpmuxd(8)") && docs.contains("man:tcpmuxd.toml(5)"),
+            "{unit}: {docs}"
+        );
+        if unit.ends_with(".service") {
+            let reloads: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with("ExecReload="))
+                .collect();
+            assert_eq!(reloads.len(), 2, "{unit}: {reloads:?}");
+            assert!(reloads[0].contains("--check"), "{unit}: {reloads:?}");
+            assert!(reloads[1].contains("kill -HUP"), "{unit}: {reloads:?}");
+        }
+    }
 }
 
 #[test]
@@ -1682,4 +1768,94 @@ fn junk_and_forgeable_udp_cannot_use_up_the_total_rate() {
     s.write_all(&b(["chris", "", "over tcp", "sandy", "", "t", ""]))
         .unwrap();
     assert_eq!(reply(&mut s), "+");
+}
+
+/// `--only msp` (tcpmuxd-msp.service): MSP's sockets alone are enough,
+/// no TCPMUX is served, and messages are delivered over TCP and UDP.
+#[test]
+fn only_msp_serves_msp_without_a_tcpmux_socket() {
+    let m = start_as("", "debug", Only::Msp);
+    let mut s = m.tcp();
+    s.write_all(&b(["chris", "", "over tcp", "sandy", "", "o1", ""]))
+        .unwrap();
+    assert_eq!(reply(&mut s), "+");
+    let u = m.udp();
+    u.send(&b(["chris", "", "over udp", "sandy", "", "o2", ""]))
+        .unwrap();
+    assert_eq!(datagram(&u).as_deref(), Some(&b"+\0"[..]));
+    assert_eq!(m.texts(), ["over tcp", "over udp"]);
+    let log = m._daemon.log();
+    assert!(
+        log.contains("serving the Message Send Protocol only"),
+        "{log}"
+    );
+    assert!(!log.contains("listening for TCPMUX"), "{log}");
+}
+
+/// Without socket activation, `--only msp` binds `[msp] listen` and
+/// nothing else; with `[msp] listen` empty it has nothing to serve, and
+/// says so (exit 78).
+#[test]
+fn only_msp_binds_only_msp_listen() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "[msp]\ndeliver = \"journal\"\n").unwrap();
+    let out = daemon_command(&config, &[])
+        .args(["--only", "msp", "--log-target", "stderr"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("[msp] listen") && err.contains("empty"),
+        "{err}"
+    );
+
+    let d = Daemon::start_opts(
+        "[msp]\nlisten = [\"127.0.0.1:0\"]\ndeliver = \"journal\"\n",
+        Options {
+            passed: vec![],
+            customize: Box::new(|c| {
+                c.args(["--only", "msp"]);
+            }),
+            ..Options::default()
+        },
+    );
+    assert!(d.wait_log("listening for MSP on 127.0.0.1:"), "{}", d.log());
+    assert!(!d.log().contains("listening for TCPMUX"), "{}", d.log());
+}
+
+/// An invalid configuration under `--only msp`, socket-activated: the
+/// sockets are held, TCP messages are refused, datagrams get silence and
+/// are not remembered; after a valid reload the same message is
+/// delivered.
+#[test]
+fn only_msp_with_an_invalid_config_refuses_until_a_valid_reload() {
+    let m = start_as("", "debug", Only::MspBroken);
+    let notified = m._daemon.notified();
+    assert!(
+        notified.contains("STATUS=not serving")
+            && notified.contains("no_such_key")
+            && notified.contains("systemctl reload tcpmuxd-msp"),
+        "{notified}"
+    );
+    let mut s = m.tcp();
+    s.write_all(&b(["chris", "", "too early", "sandy", "", "e1", ""]))
+        .unwrap();
+    assert_eq!(reply(&mut s), "-service unavailable");
+    let u = m.udp();
+    let early = b(["chris", "", "retried", "sandy", "", "e2", ""]);
+    u.send(&early).unwrap();
+    assert_eq!(datagram(&u), None);
+    assert!(m.delivered().is_empty());
+
+    let path = m._daemon.config_path();
+    let fixed = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("no_such_key = 1\n", "");
+    m._daemon.rewrite_config(&fixed);
+    m._daemon.reload();
+    u.send(&early).unwrap();
+    assert_eq!(datagram(&u).as_deref(), Some(&b"+\0"[..]));
+    assert_eq!(m.texts(), ["retried"]);
 }

@@ -117,16 +117,34 @@ if ! printf '%s\n' "$out" | grep -qF tcpmuxd-msp.socket; then
 else
     fail "tcpmuxd.service neither Wants= nor Requires= tcpmuxd-msp.socket" "$out"
 fi
-if out=$(ct systemctl enable --now tcpmuxd.socket tcpmuxd-msp.socket 2>&1); then
-    pass "systemctl enable --now tcpmuxd.socket tcpmuxd-msp.socket"
+# The preset shipped with the packages keeps MSP off even where the default
+# preset enables every unit (Debian's, as here: no preset names the units).
+out=$(ct systemctl preset tcpmuxd-msp.socket 2>&1; ct systemctl is-enabled tcpmuxd-msp.socket 2>&1)
+mkdir -p "$etc/systemd/system-preset"
+cp "$stage/packaging/systemd-preset/80-tcpmuxd.preset" "$etc/systemd/system-preset/"
+ct systemctl preset tcpmuxd-msp.socket tcpmuxd-msp.service >/dev/null 2>&1
+after=$(ct systemctl is-enabled tcpmuxd-msp.socket 2>&1)
+if printf '%s\n' "$out" | grep -qx enabled && [ "$after" = disabled ]; then
+    pass "80-tcpmuxd.preset: systemctl preset leaves tcpmuxd-msp.socket disabled (enabled without it)"
 else
-    fail "systemctl enable --now tcpmuxd.socket tcpmuxd-msp.socket" "$out"
+    fail "systemctl preset disables tcpmuxd-msp.socket with 80-tcpmuxd.preset" \
+        "without the preset: $out" "with it: $after"
+fi
+if out=$(ct systemctl enable tcpmuxd 2>&1) && [ "$(ct systemctl is-enabled tcpmuxd.socket)" = enabled ]; then
+    pass "systemctl enable tcpmuxd enables tcpmuxd.socket (Also=)"
+else
+    fail "systemctl enable tcpmuxd enables tcpmuxd.socket" "$out"
+fi
+if out=$(ct systemctl enable --now tcpmuxd.socket 2>&1); then
+    pass "systemctl enable --now tcpmuxd.socket"
+else
+    fail "systemctl enable --now tcpmuxd.socket" "$out"
 fi
 out=$(ct systemctl is-active tcpmuxd.socket tcpmuxd-msp.socket tcpmuxd.service)
-if [ "$(printf '%s' "$out" | tr '\n' ' ')" = "active active inactive" ]; then
-    pass "sockets listening, tcpmuxd.service not started before a client comes"
+if [ "$(printf '%s' "$out" | tr '\n' ' ')" = "active inactive inactive" ]; then
+    pass "port 1 listening, MSP off, tcpmuxd.service not started before a client comes"
 else
-    fail "sockets active and tcpmuxd.service inactive before the first client" "$out"
+    fail "tcpmuxd.socket active, tcpmuxd-msp.socket and tcpmuxd.service inactive before the first client" "$out"
 fi
 
 if out=$(ct "$CLIENT" localhost --list 2>&1) && printf '%s\n' "$out" | tr -d '\r' | grep -qx echo; then
@@ -148,11 +166,11 @@ else
         "$out" "$(ct journalctl -u tcpmuxd.service --no-pager -n 30)"
 fi
 
-out="$(show tcpmuxd.socket SubState) $(show tcpmuxd-msp.socket SubState)"
-if [ "$out" = "running running" ]; then
-    pass "both socket units handed their sockets to tcpmuxd.service"
+out="$(show tcpmuxd.socket SubState)"
+if [ "$out" = "running" ]; then
+    pass "tcpmuxd.socket handed its socket to tcpmuxd.service"
 else
-    fail "tcpmuxd.socket and tcpmuxd-msp.socket are running (taken by the service)" "$out"
+    fail "tcpmuxd.socket is running (taken by the service)" "$out"
 fi
 
 main_pid=$(show tcpmuxd.service MainPID)
@@ -163,6 +181,13 @@ if [ "$caps" = 0000000000000000 ] && [ "$uid" = 0 ]; then
     pass "tcpmuxd runs as root without any capability"
 else
     fail "tcpmuxd runs as uid 0 with empty capability sets" "$proc_status"
+fi
+tty_gid=$(ct getent group tty | cut -d: -f3)
+groups=$(printf '%s\n' "$proc_status" | awk '/^Groups:/ { $1 = ""; print }')
+if [ -n "$tty_gid" ] && ! printf ' %s \n' "$groups" | grep -q " $tty_gid "; then
+    pass "tcpmuxd.service (TCPMUX) runs without the group tty (groups:$groups)"
+else
+    fail "tcpmuxd.service runs without the group tty ($tty_gid)" "groups:$groups"
 fi
 
 # ---- sessions and the journal -------------------------------------------------
@@ -241,26 +266,120 @@ journal_names_broken() {
     text=$(ct journalctl -u tcpmuxd.service -o cat --no-pager 2>/dev/null) || return 1
     printf '%s\n' "$text" | grep -q '60-broken.toml'
 }
-if ct systemctl reload tcpmuxd.service && wait_until "$WAIT_TIMEOUT" journal_names_broken &&
-    wait_until "$WAIT_TIMEOUT" active_running && lists added-by-reload && ! lists broken; then
-    pass "reload with an invalid drop-in keeps the old configuration and stays active"
+# ExecReload= checks the configuration first: the reload fails, and says
+# where.
+before=$(show tcpmuxd.service MainPID)
+if out=$(ct systemctl reload tcpmuxd.service 2>&1); then
+    fail "systemctl reload tcpmuxd exits non-zero with an invalid drop-in" "$out"
+else
+    pass "systemctl reload tcpmuxd with an invalid drop-in fails: $(printf '%s' "$out" | head -n 1)"
+fi
+status=$(ct systemctl status --no-pager -n 10 tcpmuxd.service 2>&1)
+if wait_until "$WAIT_TIMEOUT" journal_names_broken && printf '%s\n' "$status" | grep -q '60-broken.toml: .*line 3' &&
+    printf '%s\n' "$status" | grep -q no_such_key; then
+    pass "systemctl status tcpmuxd names the file, line and key"
+else
+    fail "systemctl status tcpmuxd shows the error (60-broken.toml, line 3, no_such_key)" "$status"
+fi
+if wait_until "$WAIT_TIMEOUT" active_running && [ "$(show tcpmuxd.service MainPID)" = "$before" ] &&
+    lists added-by-reload && ! lists broken; then
+    pass "after the failed reload the old configuration serves, same process, active"
 else
     fail "an invalid configuration is rejected on reload and the old one kept" \
-        "$(ct systemctl show -p ActiveState,SubState tcpmuxd.service)" \
+        "$(ct systemctl show -p ActiveState,SubState,MainPID tcpmuxd.service)" \
         "$(ct journalctl -u tcpmuxd.service --no-pager -n 10)"
 fi
 rm -f "$etc/tcpmuxd/conf.d/60-broken.toml"
 
+# ---- a configuration error at start -----------------------------------------------
+
+section "a configuration error at start: port 1 stays open"
+# What used to close port 1: a broken file, a restart, a few clients. The
+# socket kept starting a service that exited 78 until it failed with
+# service-start-limit-hit, and only reset-failed brought it back.
+printf '[[service]]\nname = "broken"\nno_such_key = 1\n' >"$etc/tcpmuxd/conf.d/60-broken.toml"
+if out=$(ct systemctl restart tcpmuxd.service 2>&1) && wait_until "$WAIT_TIMEOUT" active_running; then
+    pass "systemctl restart tcpmuxd with an invalid configuration: active, holding the socket"
+else
+    fail "tcpmuxd.service is active after a restart with an invalid configuration" "$out" \
+        "$(ct journalctl -u tcpmuxd.service --no-pager -n 10)"
+fi
+answers=""
+for _ in 1 2 3 4 5 6; do
+    answers+="$(ct "$CLIENT" localhost echo </dev/null 2>&1 | tr -d '\r')"$'\n'
+done
+help=$(ct "$CLIENT" localhost --list 2>&1 | tr -d '\r')
+if [ "$(printf '%s' "$answers" | grep -c -- '-Service unavailable')" = 6 ] &&
+    printf '%s\n' "$help" | grep -q -- '-Service unavailable'; then
+    pass "six clients and HELP: each answered -Service unavailable"
+else
+    fail "every request is answered -Service unavailable" "echo: $answers" "HELP: $help"
+fi
+out=$(ct systemctl show -p ActiveState,SubState,NRestarts tcpmuxd.socket tcpmuxd.service)
+status_text=$(show tcpmuxd.service StatusText)
+if [ "$(show tcpmuxd.socket ActiveState)" = active ] && active_running &&
+    [ "$(show tcpmuxd.service NRestarts)" = 0 ] &&
+    printf '%s\n' "$status_text" | grep -q '60-broken.toml: .*line 3.*no_such_key' &&
+    printf '%s\n' "$status_text" | grep -qF 'fix it, then systemctl reload tcpmuxd'; then
+    pass "tcpmuxd.socket active, the service never restarted, STATUS= says what and how to fix"
+    note "StatusText=$status_text"
+else
+    fail "the socket stays active, and STATUS= names the error and the fix" "$out" "StatusText=$status_text"
+fi
+errors=$(ct journalctl -u tcpmuxd.service -p err -o cat --no-pager 2>&1)
+if printf '%s\n' "$errors" | grep -q 'invalid configuration: .*60-broken.toml: .*line 3' &&
+    printf '%s\n' "$errors" | grep -q 'no_such_key.*not serving'; then
+    pass "journal (priority err): invalid configuration, file, line and key"
+else
+    fail "journalctl -u tcpmuxd -p err has the configuration error" "$errors"
+fi
+# Still broken: the reload fails and changes nothing.
+out=$(ct systemctl reload tcpmuxd.service 2>&1)
+code=$?
+help=$(ct "$CLIENT" localhost --list 2>&1)
+if [ "$code" != 0 ] && active_running && printf '%s\n' "$help" | grep -q -- '-Service unavailable'; then
+    pass "systemctl reload while still broken: fails, still answering -Service unavailable"
+else
+    fail "a reload with the configuration still broken fails and changes nothing" "exit $code: $out" "$help"
+fi
+rm -f "$etc/tcpmuxd/conf.d/60-broken.toml"
+if out=$(ct systemctl reload tcpmuxd.service 2>&1) && wait_until "$WAIT_TIMEOUT" lists echo &&
+    [ "$(show tcpmuxd.socket ActiveState)" = active ]; then
+    pass "fixed, then systemctl reload tcpmuxd: served again (no reset-failed)"
+else
+    fail "after the fix, systemctl reload tcpmuxd serves" "$out" "$(ct journalctl -u tcpmuxd.service --no-pager -n 10)"
+fi
+if out=$(printf 'served again\n' | ct "$CLIENT" localhost echo 2>/dev/null) && [ "$out" = "served again" ]; then
+    pass "a session after the fix echoes"
+else
+    fail "tcpmux localhost echo works after the fix" "$out"
+fi
+
+# Before the first connection the service is not running: reload would
+# fail; try-reload-or-restart does the right thing in every state.
+ct systemctl stop tcpmuxd.service
+if out=$(ct systemctl try-reload-or-restart tcpmuxd 2>&1) &&
+    [ "$(ct systemctl is-active tcpmuxd.service)" = inactive ] &&
+    [ "$(show tcpmuxd.socket ActiveState)" = active ] && wait_until "$WAIT_TIMEOUT" lists echo; then
+    pass "systemctl try-reload-or-restart tcpmuxd on a stopped service: exit 0, nothing started, the next client starts it"
+else
+    fail "systemctl try-reload-or-restart tcpmuxd before the first connection" "$out" \
+        "$(ct systemctl show -p ActiveState tcpmuxd.service tcpmuxd.socket)"
+fi
+wait_until "$WAIT_TIMEOUT" active_running
+
 # ---- the sandbox ------------------------------------------------------------
 
 section "sandbox"
-level=$(exposure tcpmuxd.service)
-if [ -n "$level" ] && awk -v l="$level" -v max="$E2E_MAX_EXPOSURE" 'BEGIN { exit !(l <= max) }'; then
-    pass "systemd-analyze security tcpmuxd.service: exposure $level (at most $E2E_MAX_EXPOSURE)"
-else
-    fail "systemd-analyze security tcpmuxd.service: exposure at most $E2E_MAX_EXPOSURE" \
-        "$(ct systemd-analyze security --no-pager tcpmuxd.service 2>&1 | grep -v '✓')"
-fi
+for unit in tcpmuxd.service tcpmuxd-msp.service; do
+    level=$(exposure "$unit")
+    if [ -n "$level" ] && awk -v l="$level" -v max="$E2E_MAX_EXPOSURE" 'BEGIN { exit !(l <= max) }'; then
+        pass "systemd-analyze security $unit: exposure $level (at most $E2E_MAX_EXPOSURE)"
+    else
+        fail "systemd-analyze security $unit: exposure at most $E2E_MAX_EXPOSURE" \
+            "$(ct systemd-analyze security --no-pager "$unit" 2>&1 | grep -v '✓')"
+    fi
+done
 
 # Any transient unit named tcpmux-*.service gets the session defaults, with
 # or without tcpmuxd: check the drop-in on a unit started by hand.
@@ -558,12 +677,14 @@ fi
 
 # ---- the Message Send Protocol -----------------------------------------------
 
-section "Message Send Protocol (tcpmuxd-msp.socket, journal delivery)"
+section "Message Send Protocol: turned on and off while TCPMUX serves"
 cat >"$etc/tcpmuxd/conf.d/80-msp.toml" <<'EOF'
 [msp]
 deliver = "journal"
 EOF
 ct systemctl reload tcpmuxd.service
+wait_until "$WAIT_TIMEOUT" active_running
+tcpmux_pid=$(show tcpmuxd.service MainPID)
 readonly MSP_MESSAGE_ID=3c4f0b9e2d7a4c61a8e5f1b27d9c6e04
 msp_in_journal() {
     local entries
@@ -571,22 +692,67 @@ msp_in_journal() {
     printf '%s\n' "$entries" | grep -F '"MSP_RECIPIENT":"alice"' | grep -F "\"MSP_TRANSPORT\":\"$1\"" |
         grep -F '"REMOTE_ADDR":"' | grep -qF "$2"
 }
-if wait_until "$WAIT_TIMEOUT" active_running &&
-    out=$(ct "$OPT/bin/msend" alice@localhost "hello over tcp" 2>&1) &&
-    wait_until "$WAIT_TIMEOUT" msp_in_journal tcp "hello over tcp"; then
-    pass "msend over TCP port 18: acknowledged, one journal entry with the MSP_* fields"
+# TCPMUX clients in a loop, inside the container, until /run/e2e-msp-done
+# appears (at most 120 s): every one must be served while MSP is turned on
+# and off.
+rm -f "$root/run/e2e-msp-done"
+# shellcheck disable=SC2016 # expanded by the shell inside
+timeout 130 nsenter -t "$pid1" -a env -i PATH=/usr/bin:/bin CLIENT="$CLIENT" bash -c '
+    ok=0 failed=0 end=$((SECONDS + 120))
+    while [ ! -e /run/e2e-msp-done ] && [ "$SECONDS" -lt "$end" ]; do
+        if out=$("$CLIENT" --timeout 10 localhost --list 2>&1) && printf "%s\n" "$out" | grep -q "^echo"; then
+            ok=$((ok + 1))
+        else
+            failed=$((failed + 1))
+            printf "failed: %s\n" "$out"
+        fi
+    done
+    echo "connections: $ok served, $failed failed"' >"$work/msp-loop.log" 2>&1 &
+msp_loop_pid=$!
+session_pids+=("$msp_loop_pid")
+
+if out=$(ct systemctl enable --now tcpmuxd-msp.socket 2>&1); then
+    pass "MSP on: systemctl enable --now tcpmuxd-msp.socket"
 else
-    fail "msend alice@localhost over TCP is delivered to the journal" "$out" \
-        "$(ct journalctl -u tcpmuxd.service --no-pager -n 10)"
+    fail "systemctl enable --now tcpmuxd-msp.socket while tcpmuxd.service runs" "$out"
+fi
+if out=$(ct "$OPT/bin/msend" alice@localhost "hello over tcp" 2>&1) &&
+    wait_until "$WAIT_TIMEOUT" msp_in_journal tcp "hello over tcp"; then
+    pass "msend right after: over TCP port 18 acknowledged, one journal entry with the MSP_* fields"
+else
+    fail "msend alice@localhost over TCP is delivered to the journal right after MSP is on" "$out" \
+        "$(ct journalctl -u tcpmuxd-msp.service --no-pager -n 10)"
 fi
 if out=$(ct "$OPT/bin/msend" --udp alice@localhost "hello over udp" 2>&1) &&
     wait_until "$WAIT_TIMEOUT" msp_in_journal udp "hello over udp"; then
     pass "msend --udp to port 18: acknowledged and delivered"
 else
     fail "msend --udp alice@localhost is delivered to the journal" "$out" \
-        "$(ct journalctl -u tcpmuxd.service --no-pager -n 10)"
+        "$(ct journalctl -u tcpmuxd-msp.service --no-pager -n 10)"
 fi
-rm -f "$etc/tcpmuxd/conf.d/80-msp.toml"
+msp_pid=$(show tcpmuxd-msp.service MainPID)
+tty_gid=$(ct getent group tty | cut -d: -f3)
+groups=$(ct cat "/proc/$msp_pid/status" 2>/dev/null | awk '/^Groups:/ { $1 = ""; print }')
+if [ "$(show tcpmuxd-msp.service SubState)" = running ] && [ "$msp_pid" != "$tcpmux_pid" ] &&
+    [ "$(show tcpmuxd.service MainPID)" = "$tcpmux_pid" ] && printf ' %s \n' "$groups" | grep -q " $tty_gid "; then
+    pass "MSP is served by tcpmuxd-msp.service (pid $msp_pid, group tty); tcpmuxd.service untouched (pid $tcpmux_pid)"
+else
+    fail "tcpmuxd-msp.service serves MSP with the group tty, and tcpmuxd.service keeps its process" \
+        "$(ct systemctl show -p SubState,MainPID tcpmuxd-msp.service tcpmuxd.service)" "groups:$groups"
+fi
+
+# Its reload checks the configuration first too.
+printf '[msp]\nno_such_key = 1\n' >"$etc/tcpmuxd/conf.d/85-broken.toml"
+if ! out=$(ct systemctl reload tcpmuxd-msp.service 2>&1) &&
+    [ "$(show tcpmuxd-msp.service MainPID)" = "$msp_pid" ] &&
+    ct "$OPT/bin/msend" alice@localhost "after a failed reload" >/dev/null 2>&1 &&
+    wait_until "$WAIT_TIMEOUT" msp_in_journal tcp "after a failed reload"; then
+    pass "systemctl reload tcpmuxd-msp with an invalid drop-in fails; the old configuration serves"
+else
+    fail "systemctl reload tcpmuxd-msp fails with an invalid drop-in and MSP keeps serving" "$out" \
+        "$(ct journalctl -u tcpmuxd-msp.service --no-pager -n 10)"
+fi
+rm -f "$etc/tcpmuxd/conf.d/85-broken.toml" "$etc/tcpmuxd/conf.d/80-msp.toml"
 
 section "Message Send Protocol (command delivery as tcpmux-msp@ units)"
 cat >"$etc/tcpmuxd/conf.d/80-msp.toml" <<'EOF'
@@ -594,19 +760,18 @@ cat >"$etc/tcpmuxd/conf.d/80-msp.toml" <<'EOF'
 deliver = "command"
 command = ["/bin/sh", "-c", "if [ \"$MSP_RECIPIENT\" = bob ]; then echo 'bob is away' >&2; exit 1; fi; cat >/dev/null"]
 EOF
-ct systemctl reload tcpmuxd.service
+ct systemctl reload tcpmuxd-msp.service
 msp_units_logged() {
     local text
     text=$(ct journalctl -u 'tcpmux-msp@*' -o cat --no-pager 2>/dev/null) || return 1
     [ -n "$text" ]
 }
-if wait_until "$WAIT_TIMEOUT" active_running &&
-    out=$(ct "$OPT/bin/msend" alice@localhost "by command" 2>&1) &&
+if out=$(ct "$OPT/bin/msend" alice@localhost "by command" 2>&1) &&
     wait_until "$WAIT_TIMEOUT" msp_units_logged; then
     pass "msend: delivered by the command, run as a transient tcpmux-msp@ unit"
 else
     fail "[msp] deliver = \"command\" runs as tcpmux-msp@*.service" "$out" \
-        "$(ct journalctl -u tcpmuxd.service --no-pager -n 10)"
+        "$(ct journalctl -u tcpmuxd-msp.service --no-pager -n 10)"
 fi
 out=$(ct "$OPT/bin/msend" bob@localhost "anyone?" 2>&1)
 if [ $? = 1 ] && printf '%s\n' "$out" | grep -q 'refused: bob is away'; then
@@ -615,6 +780,40 @@ else
     fail "msend bob@localhost is refused with the command's reason" "$out"
 fi
 rm -f "$etc/tcpmuxd/conf.d/80-msp.toml"
+
+section "Message Send Protocol: off"
+if out=$(ct systemctl disable --now tcpmuxd-msp.socket 2>&1); then
+    pass "MSP off: systemctl disable --now tcpmuxd-msp.socket"
+    [ -z "$out" ] || note "$out"
+else
+    fail "systemctl disable --now tcpmuxd-msp.socket" "$out"
+fi
+msp_off() {
+    [ "$(ct systemctl is-active tcpmuxd-msp.socket tcpmuxd-msp.service | tr '\n' ' ')" = "inactive inactive " ]
+}
+if wait_until "$WAIT_TIMEOUT" msp_off && [ "$(ct systemctl is-enabled tcpmuxd-msp.socket)" = disabled ]; then
+    pass "tcpmuxd-msp.socket and tcpmuxd-msp.service both stopped, the socket disabled"
+else
+    fail "the MSP socket and service are stopped and disabled" \
+        "$(ct systemctl show -p ActiveState,UnitFileState tcpmuxd-msp.socket tcpmuxd-msp.service)"
+fi
+out=$(ct "$OPT/bin/msend" alice@localhost "nobody listens" 2>&1)
+code=$?
+if [ "$code" != 0 ]; then
+    pass "msend once MSP is off: not answered (exit $code: $out)"
+else
+    fail "msend fails once MSP is off" "$out"
+fi
+touch "$root/run/e2e-msp-done"
+wait "$msp_loop_pid"
+out=$(cat "$work/msp-loop.log")
+if printf '%s\n' "$out" | grep -q '^connections: [1-9][0-9]* served, 0 failed$' &&
+    [ "$(show tcpmuxd.service MainPID)" = "$tcpmux_pid" ]; then
+    pass "TCPMUX clients meanwhile: $(printf '%s\n' "$out" | tail -n 1), tcpmuxd.service never restarted"
+else
+    fail "every TCPMUX client is served while MSP is turned on and off, by the same process" "$out" \
+        "MainPID $tcpmux_pid, now $(show tcpmuxd.service MainPID)"
+fi
 
 # ---- the end ------------------------------------------------------------------
 
@@ -691,6 +890,19 @@ package_checks() {
     else
         fail "the package installs msend and conf.d/ and starts nothing" \
             "$(ct dpkg -L tcpmuxd 2>&1 | grep -e bin/ -e conf.d)"
+    fi
+    out=$(ct dpkg -S /etc/tcpmuxd/conf.d 2>&1)
+    if [ "$out" = "tcpmuxd: /etc/tcpmuxd/conf.d" ] && ct test -f /usr/lib/systemd/system/tcpmuxd-msp.service; then
+        pass "/etc/tcpmuxd/conf.d belongs to the package; tcpmuxd-msp.service installed"
+    else
+        fail "dpkg -S /etc/tcpmuxd/conf.d names tcpmuxd" "$out"
+    fi
+    ct systemctl preset tcpmuxd-msp.socket tcpmuxd-msp.service >/dev/null 2>&1
+    out=$(ct systemctl is-enabled tcpmuxd-msp.socket 2>&1)
+    if [ "$out" = disabled ]; then
+        pass "the package's preset keeps tcpmuxd-msp.socket disabled (systemctl preset)"
+    else
+        fail "systemctl preset tcpmuxd-msp.socket leaves it disabled" "$out"
     fi
     page=$(ct man -P cat tcpmuxd 2>&1)
     if printf '%s\n' "$page" | grep -q -- '--check' && ct man -w tcpmuxd.toml >/dev/null 2>&1 &&
@@ -784,6 +996,15 @@ package_checks() {
     fi
     exec 7>&-
     note "installed after the upgrade: tcpmuxd $(ct dpkg-query -W -f '${Version}' tcpmuxd)"
+
+    # The drop-ins this test wrote are the administrator's: once they are
+    # gone, purging removes conf.d/ and /etc/tcpmuxd/ with the package.
+    rm -f "$root"/etc/tcpmuxd/conf.d/*.toml
+    if out=$(ct dpkg --purge tcpmuxd 2>&1) && ct test ! -e /etc/tcpmuxd; then
+        pass "dpkg --purge tcpmuxd removes /etc/tcpmuxd/ and its conf.d/"
+    else
+        fail "dpkg --purge tcpmuxd removes /etc/tcpmuxd" "$out" "$(ct ls -la /etc/tcpmuxd 2>&1)"
+    fi
 }
 
 if [ -n "${E2E_DEB:-}" ]; then

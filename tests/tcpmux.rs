@@ -733,3 +733,105 @@ fn a_service_manager_that_does_not_read_notifications_does_not_stop_tcpmuxd() {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+/// A configuration error never closes the port: socket-activated with an
+/// invalid configuration, tcpmuxd holds its socket, tells systemd it is
+/// ready with the error and the fix in `STATUS=`, and answers every
+/// request, HELP too, `-Service unavailable`. A reload with a still
+/// invalid configuration logs again and changes nothing; a reload with a
+/// valid one serves.
+#[test]
+fn socket_activated_with_an_invalid_config_it_refuses_everything_until_a_valid_reload() {
+    let broken = BASE.replace("name_timeout", "name_timout");
+    let d = Daemon::start(&broken);
+    let notified = d.notified();
+    assert!(
+        notified.contains("READY=1")
+            && notified.contains("STATUS=not serving")
+            && notified.contains("tcpmuxd.toml: ")
+            && notified.contains("line 3")
+            && notified.contains("name_timout")
+            && notified.contains("fix it, then systemctl reload tcpmuxd\n"),
+        "{notified}"
+    );
+    assert!(
+        d.wait_log("invalid configuration: ") && d.log().contains("name_timout"),
+        "{}",
+        d.log()
+    );
+    for request in [&b"HELP\r\n"[..], b"echo\r\n", b"no-such-service\r\n"] {
+        assert_eq!(
+            d.exchange(request),
+            b"-Service unavailable\r\n",
+            "{:?}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    // The usual handshake limits still hold.
+    let mut silent = d.connect();
+    assert_eq!(
+        read_to_end(&mut silent),
+        b"-Timed out waiting for the service name\r\n"
+    );
+
+    // Still broken: logged again, still refusing.
+    d.rewrite_config(&BASE.replace("[tcpmux]", "[tcpmux]\nmax_handshakes = \"many\""));
+    d.reload();
+    assert!(d.wait_log("max_handshakes"), "{}", d.log());
+    assert_eq!(d.exchange(b"HELP\r\n"), b"-Service unavailable\r\n");
+
+    // Fixed: served.
+    d.rewrite_config(BASE);
+    d.reload();
+    assert_eq!(d.exchange(b"HELP\r\n"), b"echo\r\nDedicated\r\nenv\r\n");
+    let mut s = d.connect();
+    s.write_all(b"echo\r\nping\n").unwrap();
+    assert_eq!(read_line(&mut s), b"+\r\n");
+    assert_eq!(read_line(&mut s), b"ping\n");
+    assert!(d.wait_log("serving again"), "{}", d.log());
+}
+
+/// Without sockets to hold, an invalid configuration still ends tcpmuxd
+/// with exit status 78 (systemd does not restart it for that).
+#[test]
+fn without_socket_activation_an_invalid_config_exits_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "[tcpmux]\nname_timout = \"2s\"\n").unwrap();
+    let out = daemon_command(&config, &[])
+        .args(["--log-target", "stderr"])
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDS")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("name_timout"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `--only tcpmux` (tcpmuxd.service) serves TCPMUX and leaves MSP sockets
+/// passed to it alone, with a warning naming the unit that serves them.
+#[test]
+fn only_tcpmux_serves_tcpmux_and_leaves_msp_sockets_unserved() {
+    let passed = vec![
+        Passed::Stream(loopback_listener(), "tcpmux"),
+        Passed::Stream(loopback_listener(), "msp"),
+        Passed::Datagram(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), "msp"),
+    ];
+    let d = Daemon::start_opts(
+        BASE,
+        Options {
+            passed,
+            customize: Box::new(|c| {
+                c.args(["--only", "tcpmux"]);
+            }),
+            ..Options::default()
+        },
+    );
+    assert_eq!(d.help(), ["echo", "Dedicated", "env"]);
+    assert!(d.wait_log("tcpmuxd-msp.service"), "{}", d.log());
+    assert!(!d.log().contains("listening for MSP"), "{}", d.log());
+}

@@ -283,7 +283,8 @@ pub fn keys() -> Vec<Key> {
             ADDRESSES.into(),
             None,
             "Addresses bound for both TCP and UDP when tcpmuxd is not socket activated. Under \
-             systemd, tcpmuxd-msp.socket binds port 18.",
+             systemd, tcpmuxd-msp.socket binds port 18 and tcpmuxd-msp.service (tcpmuxd --only \
+             msp) serves it.",
         ),
         key(
             "msp",

@@ -185,6 +185,11 @@ pub fn outcomes() -> Vec<(&'static str, &'static str)> {
             "starting the program or the unit failed; the entry gives the cause",
         ),
         (
+            "invalid-config",
+            "the configuration at start was invalid, so nothing is served until a reload with \
+             a valid one (`-Service unavailable`); see RECOVERY",
+        ),
+        (
             "overloaded",
             "`max_handshakes` reached with no handshake waiting that could give way",
         ),

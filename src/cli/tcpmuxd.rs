@@ -18,14 +18,15 @@ Configuration:
   keys are errors. Check a configuration with --check before reloading.
 
 Signals:
-  SIGHUP reloads the configuration (an invalid one is rejected and the old one
-  kept); SIGTERM and SIGINT stop accepting, finish handshakes in progress and
+  SIGHUP reloads the configuration (an invalid one is rejected, logged, and
+  the old one kept; check it first with --check, as the units' ExecReload=
+  does); SIGTERM and SIGINT stop accepting, finish handshakes in progress and
   exit. Running sessions are left running.
 
 Exit status:
   0 success; 64 bad arguments; 69 the journal was asked for and is not
   there; 71 sockets or the runtime cannot be had; 78 invalid configuration
-  (as sysexits(3) names them).";
+  with no socket-activated sockets to hold (as sysexits(3) names them).";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,6 +43,11 @@ pub struct Args {
     /// Validate the configuration and its drop-ins, print the result and exit.
     #[arg(long)]
     pub check: bool,
+
+    /// Serve only this protocol: "tcpmux" (port 1) or "msp" (port 18).
+    /// Default: both.
+    #[arg(long, value_enum, value_name = "PROTOCOL")]
+    pub only: Option<Protocol>,
 
     /// Where log entries go.
     #[arg(long, value_enum, value_name = "TARGET", default_value = "auto")]
@@ -62,6 +68,16 @@ pub struct Args {
 /// The levels `--log-level` offers (shell completion); any tracing filter
 /// is accepted as well.
 pub const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
+
+/// A protocol tcpmuxd serves, for `--only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// TCPMUX (RFC 1078), the "tcpmux" socket or [tcpmux] listen.
+    Tcpmux,
+    /// The Message Send Protocol (RFC 1159, RFC 1312), the "msp" sockets
+    /// or [msp] listen.
+    Msp,
+}
 
 /// A `--log-level` that tracing accepts.
 fn log_filter(text: &str) -> Result<String, String> {

@@ -381,6 +381,14 @@ pub fn load(path: &Path, host: &Host) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
+/// A configuration with every default and no service, for main file
+/// `path`: what tcpmuxd serves (nothing, every request refused) while its
+/// configuration is invalid and it holds sockets systemd passed it.
+pub fn serving_nothing(path: &Path) -> Result<Config, ConfigError> {
+    let empty = parse_file(path, "")?;
+    build(vec![(path.to_path_buf(), empty)])
+}
+
 /// Warnings for access-list entries that do not do what they seem to:
 /// `deny = ["::/0"]` lets every IPv4 client in, `allow = ["::/0"]` keeps
 /// every one out.

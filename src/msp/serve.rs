@@ -35,6 +35,8 @@ const RATE_REASON: &str = "too many messages from your address; slow down";
 const RECIPIENT_RATE_REASON: &str = "too many messages for this recipient; try again later";
 const TOTAL_RATE_REASON: &str = "too many messages; try again later";
 const CONNECTION_MESSAGES_REASON: &str = "too many messages on one connection; connect again";
+/// While the configuration is invalid and nothing is served.
+const UNAVAILABLE_REASON: &str = "service unavailable";
 /// For a retransmission whose first copy was not delivered.
 const UNANSWERED_COPY_REASON: &str = "an earlier copy of this message was not accepted";
 
@@ -246,6 +248,12 @@ pub async fn accept_message(
     let settings = &config.msp;
     let msp = &state.msp;
     let verdict = 'verdict: {
+        // Nothing is delivered while the configuration is invalid; the
+        // refusal is not remembered, so a retransmission after the fix is
+        // delivered.
+        if state.unavailable_reason().is_some() {
+            break 'verdict Verdict::Refused(UNAVAILABLE_REASON.into());
+        }
         if let Err(reason) = message::check_content(msg) {
             break 'verdict Verdict::Refused(reason);
         }

@@ -137,6 +137,9 @@ pub enum Outcome {
     SourceBusy,
     /// The source holds its share of all sessions.
     SourceSessionsFull,
+    /// Nothing is served: the configuration was invalid at startup and
+    /// no valid one has been loaded since.
+    InvalidConfig,
 }
 
 impl Outcome {
@@ -189,6 +192,7 @@ impl Outcome {
             Outcome::NoTurn => "no-turn",
             Outcome::SourceBusy => "source-busy",
             Outcome::SourceSessionsFull => "source-sessions-full",
+            Outcome::InvalidConfig => "invalid-config",
         }
     }
 }
@@ -280,6 +284,11 @@ async fn handshake(
         }
         Ok(Ok(line)) => line,
     };
+    // The configuration was invalid at startup: whatever was asked, HELP
+    // too, nothing is served until a valid one is loaded.
+    if state.unavailable_reason().is_some() {
+        return refuse(stream, reply::UNAVAILABLE, limit, Outcome::InvalidConfig).await;
+    }
     // The request is judged by the configuration in force now that it is
     // here: a reload may have come while the client was sending it.
     let config = state.config.load_full();

@@ -70,14 +70,20 @@ pub async fn serve(sockets: crate::listen::Sockets, state: Arc<State>) -> io::Re
     let background = tokio::spawn(report_status(Arc::clone(&state), stopped.clone()));
 
     let config = state.config.load();
-    tracing::info!(
-        services = config.services.len(),
-        "tcpmuxd {} ready, {} services",
-        env!("CARGO_PKG_VERSION"),
-        config.services.len()
-    );
+    let version = env!("CARGO_PKG_VERSION");
+    if state.unavailable_reason().is_some() {
+        tracing::warn!("tcpmuxd {version} ready, serving nothing: every request is refused");
+    } else if !state.serves.tcpmux {
+        tracing::info!("tcpmuxd {version} ready, serving the Message Send Protocol only");
+    } else {
+        tracing::info!(
+            services = config.services.len(),
+            "tcpmuxd {version} ready, {} services",
+            config.services.len()
+        );
+    }
     drop(config);
-    state.notifier.ready();
+    state.notifier.ready_with_status(&state.status_line());
 
     loop {
         tokio::select! {

@@ -8,4 +8,4 @@ pub mod state;
 
 pub use connection::Outcome;
 pub use lifecycle::serve;
-pub use state::{State, Stats};
+pub use state::{Serves, State, Stats};

@@ -9,15 +9,92 @@ use crate::notify::Notifier;
 use crate::sessions::SessionTable;
 use crate::startup::{self, FdLimit};
 use crate::summary::Summary;
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The protocols one tcpmuxd process serves (`--only`): under systemd,
+/// `tcpmuxd.service` serves TCPMUX and `tcpmuxd-msp.service` MSP, so that
+/// either can be turned on, off or restarted without the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Serves {
+    pub tcpmux: bool,
+    pub msp: bool,
+}
+
+impl Serves {
+    pub const BOTH: Serves = Serves {
+        tcpmux: true,
+        msp: true,
+    };
+
+    /// What `--only` asks for; without it, both.
+    pub fn only(protocol: Option<crate::cli::tcpmuxd::Protocol>) -> Serves {
+        use crate::cli::tcpmuxd::Protocol;
+        match protocol {
+            None => Serves::BOTH,
+            Some(Protocol::Tcpmux) => Serves {
+                tcpmux: true,
+                msp: false,
+            },
+            Some(Protocol::Msp) => Serves {
+                tcpmux: false,
+                msp: true,
+            },
+        }
+    }
+
+    /// The systemd unit that runs such a process, as the shipped units name
+    /// it: for what an administrator is told to do.
+    pub fn unit(self) -> &'static str {
+        if self.tcpmux {
+            "tcpmuxd"
+        } else {
+            "tcpmuxd-msp"
+        }
+    }
+
+    /// `config` as this process serves it: without TCPMUX, no services,
+    /// so that nothing of TCPMUX (warm units, the launcher's bus
+    /// connection, HELP) is set up for them.
+    pub fn apply(self, mut config: Config) -> Config {
+        if !self.tcpmux {
+            config.services.clear();
+        }
+        config
+    }
+}
+
+/// A configuration error on one line, for `STATUS=` (a line of its own in
+/// the notification): the lines of a TOML parser's excerpt (`18 | [x]`,
+/// `   |  ^^^`) are left out, the rest joined with "; ".
+fn one_line(error: &str) -> String {
+    let excerpt = |line: &str| {
+        line.split_once('|')
+            .is_some_and(|(before, _)| before.trim().chars().all(|c| c.is_ascii_digit()))
+    };
+    error
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !excerpt(line))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
 
 /// What the daemon shares between its tasks.
 pub struct State {
     pub config: ArcSwap<Config>,
     pub config_path: PathBuf,
+    /// The protocols this process serves.
+    pub serves: Serves,
+    /// Why nothing is served: the configuration was invalid when tcpmuxd
+    /// started socket-activated, and no valid one has been loaded since.
+    /// `config` then serves nothing, and every request is answered
+    /// `-Service unavailable` (MSP: refused over TCP, silence over UDP),
+    /// so that a typo never closes the port (systemd would otherwise
+    /// restart tcpmuxd until its socket fails).
+    pub unavailable: ArcSwapOption<String>,
     /// Whether the listening sockets came from systemd.
     pub activated: bool,
     pub sessions: Arc<SessionTable>,
@@ -89,6 +166,8 @@ impl State {
             starts: StartRate::default(),
             config: ArcSwap::from_pointee(config),
             config_path,
+            serves: Serves::BOTH,
+            unavailable: ArcSwapOption::empty(),
             activated,
             sessions: Arc::default(),
             stats: Stats::default(),
@@ -98,8 +177,32 @@ impl State {
         }
     }
 
+    /// Serves nothing from now on, for `reason` (the configuration error),
+    /// until a reload loads a valid configuration.
+    pub fn set_unavailable(&self, reason: String) {
+        self.unavailable.store(Some(Arc::new(reason)));
+    }
+
+    /// The reason nothing is served, if nothing is.
+    pub fn unavailable_reason(&self) -> Option<Arc<String>> {
+        self.unavailable.load_full()
+    }
+
+    /// Reads the configuration as this process serves it.
+    fn load_config(&self) -> Result<Config, config::ConfigError> {
+        config::load(&self.config_path, &self.host).map(|c| self.serves.apply(c))
+    }
+
     /// One line for `STATUS=`.
     pub fn status_line(&self) -> String {
+        if let Some(reason) = self.unavailable_reason() {
+            return format!(
+                "not serving, every request refused: invalid configuration: {}; \
+                 fix it, then systemctl reload {}",
+                one_line(&reason),
+                self.serves.unit()
+            );
+        }
         let units = match self.systemd.get() {
             Some(launcher) => {
                 let (starting, waiting) = launcher.starts();
@@ -128,7 +231,7 @@ impl State {
     /// configuration leaves the old one in place.
     pub async fn reload(&self) -> Result<(), config::ConfigError> {
         self.notifier.reloading();
-        let result = config::load(&self.config_path, &self.host).map(|new| {
+        let result = self.load_config().map(|new| {
             for w in &new.warnings {
                 tracing::warn!("{w}");
             }
@@ -154,12 +257,23 @@ impl State {
                 .set_ipv6_source_prefix(new.tcpmux.ipv6_source_prefix);
             crate::log::budget::BUDGET.set_ipv6_source_prefix(new.tcpmux.ipv6_source_prefix);
             self.config.store(Arc::new(new));
+            if self.unavailable.swap(None).is_some() {
+                tracing::info!("the configuration is valid: serving again");
+            }
         });
         if let Err(e) = &result {
-            tracing::error!("reload failed, still serving the previous configuration: {e}");
+            if self.unavailable_reason().is_some() {
+                tracing::error!(
+                    "reload failed, still serving nothing (every request refused): invalid \
+                     configuration: {e}"
+                );
+                self.set_unavailable(e.to_string());
+            } else {
+                tracing::error!("reload failed, still serving the previous configuration: {e}");
+            }
         }
         self.start_systemd_if_needed().await;
-        self.notifier.ready();
+        self.notifier.ready_with_status(&self.status_line());
         result
     }
 
@@ -167,7 +281,7 @@ impl State {
     /// launcher.
     fn wants_systemd(&self) -> bool {
         let config = self.config.load();
-        let msp_command = config.msp.deliver == config::Delivery::Command;
+        let msp_command = self.serves.msp && config.msp.deliver == config::Delivery::Command;
         (self.host.under_systemd && msp_command)
             || config
                 .services
@@ -197,5 +311,24 @@ impl State {
             let launcher = launcher.clone();
             tokio::spawn(async move { launcher.check_templates().await });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn a_parse_error_fits_on_one_status_line() {
+        let error = "/etc/tcpmuxd/tcpmuxd.toml: TOML parse error at line 18, column 2\n   |\n\
+                     18 | [tcpmux]\n   |  ^^^^^^\nduplicate key\n";
+        assert_eq!(
+            one_line(error),
+            "/etc/tcpmuxd/tcpmuxd.toml: TOML parse error at line 18, column 2; duplicate key"
+        );
+        assert_eq!(
+            one_line("a.toml: line 3: unknown key"),
+            "a.toml: line 3: unknown key"
+        );
     }
 }

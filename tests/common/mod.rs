@@ -85,6 +85,8 @@ pub struct Daemon {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     notify: UnixDatagram,
+    /// Every notification read so far, one a line.
+    notified: Mutex<String>,
     log: Arc<Mutex<String>>,
     _passed: Vec<Passed>,
 }
@@ -205,19 +207,20 @@ impl Daemon {
             addr,
             dir,
             notify,
+            notified: Mutex::default(),
             log,
             _passed: passed,
         };
         if !daemon.wait_notify("READY=1") {
             panic!("tcpmuxd did not become ready; log:\n{}", daemon.log());
         }
-        if daemon.addr.port() == 0 {
-            assert!(
-                daemon.wait_log("listening for TCPMUX on "),
-                "{}",
-                daemon.log()
-            );
-            daemon.addr = daemon.bound_addr();
+        // Not socket-activated: the address it bound, found in its log
+        // (TCPMUX's comes before MSP's; `--only msp` binds none).
+        if daemon.addr.port() == 0 && daemon._passed.is_empty() {
+            assert!(daemon.wait_log("listening for "), "{}", daemon.log());
+            if daemon.log().contains("listening for TCPMUX on ") {
+                daemon.addr = daemon.bound_addr();
+            }
         }
         daemon
     }
@@ -259,16 +262,24 @@ impl Daemon {
         let deadline = Instant::now() + WAIT;
         let mut buf = [0u8; 4096];
         while Instant::now() < deadline {
-            if let Ok(n) = self.notify.recv(&mut buf)
-                && String::from_utf8_lossy(&buf[..n]).contains(needle)
-            {
-                return true;
+            if let Ok(n) = self.notify.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                self.notified.lock().unwrap().push_str(&format!("{text}\n"));
+                if text.contains(needle) {
+                    return true;
+                }
             }
             if let Ok(Some(_)) = self.child_status() {
                 return false;
             }
         }
         false
+    }
+
+    /// Every notification read so far (by [`Daemon::wait_notify`] and
+    /// [`Daemon::start_opts`]'s wait for `READY=1`).
+    pub fn notified(&self) -> String {
+        self.notified.lock().unwrap().clone()
     }
 
     fn child_status(&self) -> std::io::Result<Option<std::process::ExitStatus>> {
