@@ -872,7 +872,11 @@ fn one_address_holding_idle_sessions_is_stopped_at_its_share_of_the_service() {
         d.log()
     );
     // Summed up as its own outcome and limit.
-    assert!(d.wait_log(": source-busy (max_instances_per_source)"), "{}", d.log());
+    assert!(
+        d.wait_log(": source-busy (max_instances_per_source)"),
+        "{}",
+        d.log()
+    );
     assert!(d.wait_log("max_instances_per_source"), "{}", d.log());
     drop(others);
 }
@@ -891,7 +895,11 @@ fn one_address_across_services_is_stopped_at_its_share_of_all_sessions() {
     assert_eq!(held.len(), 4, "a quarter of max_sessions");
     let (_other, line) = session_from(&d, "127.0.0.3", "c");
     assert_eq!(line, b"+\r\n", "{}", d.log());
-    assert!(d.wait_log(": source-sessions-full (max_sessions_per_source)"), "{}", d.log());
+    assert!(
+        d.wait_log(": source-sessions-full (max_sessions_per_source)"),
+        "{}",
+        d.log()
+    );
 }
 
 #[test]

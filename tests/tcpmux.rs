@@ -528,10 +528,7 @@ fn a_program_that_cannot_be_executed_in_plus_mode_is_logged_with_the_cause() {
     // failure comes after it, and is logged with its cause.
     assert_eq!(d.exchange(b"bogus\r\n"), b"+\r\n");
     assert!(
-        d.wait_log(&format!(
-            "]: cannot execute {}: error 8",
-            bogus.display()
-        )),
+        d.wait_log(&format!("]: cannot execute {}: error 8", bogus.display())),
         "{}",
         d.log()
     );

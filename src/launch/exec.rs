@@ -4,7 +4,6 @@
 use super::{
     Connection, Exit, Failed, LaunchError, Launcher, check_program, child, session_environment,
 };
-use crate::server::Outcome;
 use crate::admission::FdGuard;
 use crate::config::Service;
 use crate::limits::{
@@ -12,6 +11,7 @@ use crate::limits::{
     MAX_STDERR_LINES_PER_SECOND_TOTAL, STDERR_DRAIN_TIMEOUT, STDERR_READ_CHUNK, STDERR_WINDOW,
 };
 use crate::log::escaped;
+use crate::server::Outcome;
 use crate::sessions::SessionSlot;
 use crate::tcpmux::reply;
 use std::os::fd::OwnedFd;

@@ -232,7 +232,9 @@ impl Pools {
             let Some(pool) = self.pools.get_mut(key) else {
                 continue;
             };
-            if pool.unstartable || pool.retry_at.is_some_and(|at| now < at) || self.cold_starting > 0
+            if pool.unstartable
+                || pool.retry_at.is_some_and(|at| now < at)
+                || self.cold_starting > 0
             {
                 continue;
             }

@@ -83,11 +83,8 @@ pub static BUDGET: LineBudget = LineBudget::new(
 );
 
 /// Which refusals get an entry of their own.
-pub static REFUSALS: LineBudget = LineBudget::new(
-    REFUSAL_WINDOW,
-    REFUSALS_LOGGED_PER_SOURCE,
-    REFUSALS_LOGGED,
-);
+pub static REFUSALS: LineBudget =
+    LineBudget::new(REFUSAL_WINDOW, REFUSALS_LOGGED_PER_SOURCE, REFUSALS_LOGGED);
 
 impl LineBudget {
     /// At most `per_source` entries from one source and `total` in all in
@@ -243,7 +240,12 @@ mod tests {
         assert!(budget.admit(one, t0 + REFUSAL_WINDOW), "a new window");
         // Many sources: the total holds.
         let admitted = (0..10_000u32)
-            .filter(|i| budget.admit(IpAddr::from((0x0a00_0000 + i).to_be_bytes()), t0 + REFUSAL_WINDOW))
+            .filter(|i| {
+                budget.admit(
+                    IpAddr::from((0x0a00_0000 + i).to_be_bytes()),
+                    t0 + REFUSAL_WINDOW,
+                )
+            })
             .count();
         assert_eq!(admitted, REFUSALS_LOGGED as usize - 1);
     }

@@ -247,11 +247,7 @@ fn note_change(inner: &Inner, message: &zbus::Message) {
     let Some(session) = running.get_mut(&unit) else {
         return;
     };
-    type Changed = (
-        String,
-        HashMap<String, zbus::OwnedVariant>,
-        Vec<String>,
-    );
+    type Changed = (String, HashMap<String, zbus::OwnedVariant>, Vec<String>);
     if let Ok((_, changed, _)) = message.body().deserialize::<Changed>() {
         session.update(&changed);
     }

@@ -49,20 +49,13 @@ impl Session {
     /// Takes what a `PropertiesChanged` of the unit's
     /// `org.freedesktop.systemd1.Service` interface says of its end.
     pub(super) fn update(&mut self, changed: &HashMap<String, zbus::OwnedVariant>) {
-        let int = |name: &str| {
-            changed
-                .get(name)
-                .and_then(|v| i32::try_from(v).ok())
-        };
+        let int = |name: &str| changed.get(name).and_then(|v| i32::try_from(v).ok());
         if let (Some(code), Some(status)) = (int("ExecMainCode"), int("ExecMainStatus"))
             && let Some(exit) = Exit::of_systemd(code, status)
         {
             self.exit = Some(exit);
         }
-        if let Some(result) = changed
-            .get("Result")
-            .and_then(|v| <&str>::try_from(v).ok())
-        {
+        if let Some(result) = changed.get("Result").and_then(|v| <&str>::try_from(v).ok()) {
             self.result = Some(result.to_string());
         }
     }
@@ -186,18 +179,15 @@ mod tests {
 
     #[test]
     fn endings_read_as_systemd_says_them() {
-        let e = |exit, result| {
-            Ending {
-                exit,
-                result,
-            }
-            .to_string()
-        };
+        let e = |exit, result| Ending { exit, result }.to_string();
         assert_eq!(
             e(Some(Exit::Exited(3)), Some("exit-code")),
             "exited with status 3 (result exit-code)"
         );
-        assert_eq!(e(Some(Exit::Exited(0)), Some("success")), "exited with status 0");
+        assert_eq!(
+            e(Some(Exit::Exited(0)), Some("success")),
+            "exited with status 0"
+        );
         assert_eq!(e(None, None), "unloaded");
     }
 }

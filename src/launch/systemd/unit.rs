@@ -64,7 +64,10 @@ pub(super) fn warm_properties(
         ("StandardInputFileDescriptor".into(), value(Fd::from(fd))?),
         ("StandardError".into(), value("journal")?),
         // The program's lines are the service's, not the helper's.
-        ("SyslogIdentifier".into(), value(syslog_identifier(service))?),
+        (
+            "SyslogIdentifier".into(),
+            value(syslog_identifier(service))?,
+        ),
         ("Environment".into(), value(environment)?),
         ("ExecStart".into(), exec_start(&helper, &argv)?),
     ];
@@ -105,7 +108,10 @@ pub(super) fn properties(
         ("StandardInputFileDescriptor".into(), value(fd()?)?),
         ("StandardOutputFileDescriptor".into(), value(fd()?)?),
         ("StandardError".into(), value("journal")?),
-        ("SyslogIdentifier".into(), value(syslog_identifier(service))?),
+        (
+            "SyslogIdentifier".into(),
+            value(syslog_identifier(service))?,
+        ),
         ("Environment".into(), value(environment)?),
     ];
     if let Some(command) = &service.command {
