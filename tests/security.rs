@@ -703,11 +703,7 @@ fn many_sessions_flooding_stderr_cannot_flood_the_log() {
         read_to_end(&mut s);
     }
     assert!(d.wait_log("lines of stderr not logged"), "{}", d.log());
-    let lines = d
-        .log()
-        .lines()
-        .filter(|l| l.contains("]: spam"))
-        .count();
+    let lines = d.log().lines().filter(|l| l.contains("]: spam")).count();
     // 20 sessions at 50 lines a second each would log some 2000 lines in
     // two seconds; all sessions together get 200 a second.
     assert!(lines <= 1000, "{lines} lines of stderr logged");
