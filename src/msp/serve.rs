@@ -134,8 +134,9 @@ pub enum Verdict {
     },
 }
 
-/// What MSP traffic that gets no log entry of its own counts as in the
-/// periodic summary.
+/// What MSP traffic counts as in the periodic summary. A refusal among
+/// them (all but a duplicate) also gets an entry of its own while its
+/// source has refusal entries left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Summed {
     Refused,
