@@ -319,7 +319,7 @@ fn crashing_hanging_and_flooding_services_do_not_hurt_the_daemon() {
         let reply = d.exchange(b"crash\r\n");
         assert!(reply.starts_with(b"+\r\n"));
     }
-    assert!(d.wait_log("exit_status=signal 11"), "{}", d.log());
+    assert!(d.wait_log("signal SEGV"), "{}", d.log());
     let mut hung: Vec<TcpStream> = Vec::new();
     for _ in 0..2 {
         let mut s = d.connect();
@@ -333,7 +333,7 @@ fn crashing_hanging_and_flooding_services_do_not_hurt_the_daemon() {
     );
     assert_eq!(d.exchange(b"flood\r\n"), b"+\r\n");
     assert!(d.wait_log("lines of stderr not logged"), "{}", d.log());
-    let logged = d.log().matches("stderr: flood line").count();
+    let logged = d.log().matches("]: flood line").count();
     assert!(logged <= 200, "{logged} flood lines logged");
     // Everything else still works.
     let mut s = d.connect();

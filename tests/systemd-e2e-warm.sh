@@ -272,6 +272,167 @@ else
         "$(ct systemctl show -p StatusText --value tcpmuxd.service)"
 fi
 
+# ---- the journal: what happened to a client ------------------------------------
+
+section "the journal: a session's entries under its unit, a client's by REMOTE_ADDR"
+# Services of this section, added to the configuration in force.
+cat >>"$root$CONFIG" <<'EOF2'
+
+# Complains on stderr and fails: through a warm unit, and cold.
+[[service]]
+name = "oopswarm"
+command = ["/bin/sh", "-c", "echo oops >&2; exit 3"]
+launcher = "systemd"
+warm = 1
+
+[[service]]
+name = "oopscold"
+command = ["/bin/sh", "-c", "echo oops >&2; exit 3"]
+launcher = "systemd"
+warm = 0
+
+# What a program is given: its variables and its descriptors.
+[[service]]
+name = "envwarm"
+command = ["/bin/sh", "-c", "env | sort; echo FDS; ls /proc/self/fd"]
+launcher = "systemd"
+warm = 1
+
+[[service]]
+name = "envcold"
+command = ["/bin/sh", "-c", "env | sort; echo FDS; ls /proc/self/fd"]
+launcher = "systemd"
+warm = 0
+
+# The exec launcher's session: its lines go to the journal through tcpmuxd.
+[[service]]
+name = "oopsexec"
+command = ["/bin/sh", "-c", "echo oops >&2; exit 3"]
+launcher = "exec"
+user = "root"
+
+# Hidden from every client here: refused as denied.
+[[service]]
+name = "hidden"
+command = ["/bin/cat"]
+launcher = "systemd"
+warm = 0
+allow = ["192.0.2.0/24"]
+EOF2
+ct systemctl reload tcpmuxd.service
+wait_until "$WAIT_TIMEOUT" count_waiting oopswarm 1 || note "no warm unit of oopswarm waiting"
+wait_until "$WAIT_TIMEOUT" count_waiting envwarm 1 || note "no warm unit of envwarm waiting"
+# The unit of the last session of service $1, from tcpmuxd's start entry.
+unit_of_session() {
+    ct journalctl -u tcpmuxd.service TCPMUX_SERVICE="$1" OUTCOME=served -o cat --no-pager |
+        sed -n 's/.*session started as \(tcpmux-[^ ]*\.service\).*/\1/p' | tail -n 1
+}
+for service in oopswarm oopscold; do
+    heard=$(ct "$CLIENT" localhost "$service" </dev/null 2>/dev/null | tr -d '\r')
+    # A cold unit gets the connection as StandardOutputFileDescriptor, and
+    # systemd gives stderr a copy of stdout when StandardOutput= and
+    # StandardError= say the same; tcpmuxd sets StandardOutput=null so that
+    # they never do. Both must send stderr to the journal, never the client.
+    known() { fail "$@"; }
+    if [ -z "$heard" ]; then
+        pass "$service: the client hears nothing of the program's stderr"
+    else
+        known "$service: the program's stderr does not reach the client" "$heard"
+    fi
+    unit=$(unit_of_session "$service")
+    if [ -z "$unit" ]; then
+        fail "$service: tcpmuxd's start entry names the session's unit (OUTCOME=served)" \
+            "$(ct journalctl -u tcpmuxd.service -o cat --no-pager | tail -n 20)"
+        continue
+    fi
+    note "$service: $unit"
+    # Entries about the unit, once systemd has unloaded it.
+    ended() {
+        ct journalctl -u "$unit" SYSLOG_IDENTIFIER=tcpmuxd EXIT_CODE=exited EXIT_STATUS=3 \
+            -o cat --no-pager 2>/dev/null | grep -qF "session $unit ended, exited with status 3"
+    }
+    if wait_until "$WAIT_TIMEOUT" ended; then
+        pass "$service: journalctl -u $unit shows tcpmuxd's end entry, EXIT_CODE=exited EXIT_STATUS=3"
+    else
+        fail "$service: tcpmuxd's end entry under journalctl -u $unit with EXIT_STATUS=3" \
+            "$(ct journalctl -u "$unit" -o verbose --no-pager | tail -n 60)"
+    fi
+    own=$(ct journalctl -u "$unit" -o verbose --no-pager 2>/dev/null)
+    if printf '%s\n' "$own" | grep -q "MESSAGE=$service from 127.0.0.1:[0-9]*: session started as $unit"; then
+        pass "$service: and its start entry"
+    else
+        fail "$service: tcpmuxd's start entry under journalctl -u $unit" "$own"
+    fi
+    for field in "TCPMUX_SERVICE=$service" "REMOTE_ADDR=127.0.0.1" "UNIT=$unit"; do
+        if printf '%s\n' "$own" | grep -qx "    $field"; then
+            pass "$service: the entries carry $field"
+        else
+            fail "$service: $field in tcpmuxd's entries about the session" "$own"
+        fi
+    done
+    stderr=$(ct journalctl -u "$unit" SYSLOG_IDENTIFIER="tcpmux-$service" -o cat --no-pager 2>/dev/null)
+    if [ "$stderr" = oops ]; then
+        pass "$service: the program's stderr line is there, tagged tcpmux-$service"
+    else
+        known "$service: the line oops under SYSLOG_IDENTIFIER=tcpmux-$service" \
+            "$(ct journalctl -u "$unit" -o short --no-pager)"
+    fi
+done
+ct "$CLIENT" localhost oopsexec </dev/null >/dev/null 2>&1
+exec_ended() {
+    ct journalctl -u tcpmuxd.service TCPMUX_SERVICE=oopsexec EXIT_CODE=exited EXIT_STATUS=3 \
+        -o cat --no-pager 2>/dev/null | grep -q 'session ended, pid [0-9]* exited with status 3'
+}
+if wait_until "$WAIT_TIMEOUT" exec_ended; then
+    pass "exec launcher: the end entry has EXIT_CODE=exited EXIT_STATUS=3"
+else
+    fail "exec launcher: the end entry with EXIT_STATUS=3" \
+        "$(ct journalctl -u tcpmuxd.service -o cat --no-pager | tail -n 20)"
+fi
+stderr=$(ct journalctl -u tcpmuxd.service SYSLOG_IDENTIFIER=tcpmux-oopsexec -o cat --no-pager 2>/dev/null)
+if [ "$stderr" = oops ]; then
+    pass "exec launcher: the program's stderr line is tagged tcpmux-oopsexec"
+else
+    fail "exec launcher: the line oops under SYSLOG_IDENTIFIER=tcpmux-oopsexec" \
+        "$(ct journalctl -u tcpmuxd.service -o short --no-pager | tail -n 20)"
+fi
+ct "$CLIENT" localhost hidden </dev/null >/dev/null 2>&1
+ct "$CLIENT" localhost nosuch </dev/null >/dev/null 2>&1
+# README's own examples.
+for outcome in denied unknown; do
+    if wait_until "$WAIT_TIMEOUT" eval \
+        "ct journalctl -u tcpmuxd OUTCOME=$outcome -o cat --no-pager 2>/dev/null | grep -q ': $outcome'"; then
+        pass "journalctl -u tcpmuxd OUTCOME=$outcome finds the refusal"
+    else
+        fail "journalctl -u tcpmuxd OUTCOME=$outcome finds the refusal" \
+            "$(ct journalctl -u tcpmuxd -o cat --no-pager | tail -n 20)"
+    fi
+done
+client=$(ct journalctl -u tcpmuxd REMOTE_ADDR=127.0.0.1 -o cat --no-pager 2>/dev/null)
+if printf '%s\n' "$client" | grep -q 'session started as' &&
+    printf '%s\n' "$client" | grep -q 'ended, exited with status 3' &&
+    printf '%s\n' "$client" | grep -q 'hidden from 127.0.0.1:[0-9]*: denied'; then
+    pass "journalctl -u tcpmuxd REMOTE_ADDR=127.0.0.1 finds the client's sessions and refusals"
+else
+    fail "journalctl -u tcpmuxd REMOTE_ADDR=127.0.0.1: starts, ends and a refusal" "$client"
+fi
+# Warm and cold units give the program the same descriptors and the same
+# variables (by name; a few values are the unit's own), JOURNAL_STREAM
+# included: stderr is the journal in both.
+given() {
+    ct "$CLIENT" localhost "$1" </dev/null 2>/dev/null | tr -d '\r' |
+        sed -e 's/=.*//' -e '/^+$/d' | grep -v -e '^TCPMUX_SERVICE$'
+}
+warm_given=$(given envwarm)
+cold_given=$(given envcold)
+if [ -n "$warm_given" ] && [ "$warm_given" = "$cold_given" ]; then
+    pass "a warm and a cold unit give the program the same variables and descriptors"
+else
+    fail "the same variables and descriptors, warm and cold" \
+        "$(diff <(printf '%s\n' "$cold_given") <(printf '%s\n' "$warm_given"))"
+fi
+note "given: $(printf '%s\n' "$warm_given" | tr '\n' ' ')"
+
 # ---- nothing left behind -------------------------------------------------------
 
 section "no leaked units"

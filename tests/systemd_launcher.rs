@@ -347,6 +347,7 @@ async fn starts_a_transient_unit_with_the_connection_as_stdio() {
     assert_eq!(string(p, "Type"), "exec");
     assert_eq!(string(p, "CollectMode"), "inactive-or-failed");
     assert_eq!(string(p, "StandardError"), "journal");
+    assert_eq!(string(p, "SyslogIdentifier"), "tcpmux-my-echo");
     assert!(string(p, "Description").contains(&peer.to_string()));
     assert_eq!(p["ExecStart"].value_signature().to_string(), "a(sasb)");
     assert_eq!(p["Environment"].value_signature().to_string(), "as");
@@ -867,8 +868,10 @@ async fn a_plus_client_hears_nothing_after_plus_when_exec_fails() {
     assert_eq!(read_until(&mut client, "never"), "+\r\n");
 }
 
+/// A program the helper finds it cannot run is said once: no unit of the
+/// service is started again, and clients are refused, until a reload.
 #[tokio::test]
-async fn failing_warm_starts_back_off_and_refuse_clients_until_one_succeeds() {
+async fn a_program_the_helper_cannot_run_is_tried_once_until_the_next_reload() {
     let dir = tempfile::tempdir().unwrap();
     let program = not_a_program(dir.path(), false);
     let h = warm_harness(&warm_service("f", &format!("[\"{program}\"]"), "")).await;
@@ -879,17 +882,20 @@ async fn failing_warm_starts_back_off_and_refuse_clients_until_one_succeeds() {
             .is_err_and(|e| e.to_string().contains("not an executable format"))
     })
     .await;
-    // Failures in a row wait 1 s, then 2 s, ...: in 2.5 s at most three
-    // attempts, however fast each fails.
+    // No refill loop: one attempt, however long.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let attempts = h.mock.names.lock().unwrap().len();
-    assert!((2..=3).contains(&attempts), "{attempts} attempts");
+    assert_eq!(h.mock.names.lock().unwrap().len(), 1, "one attempt");
     assert_eq!(h.launcher.warm_ready("f"), 0);
+    assert!(h.launcher.precheck(&service).is_err());
 
-    // systemd refusing the unit is a failure as well; the next start that
-    // works ends the refusals.
+    // Fixed and reloaded: units start again, and clients are served.
     std::fs::write(&program, "#!/bin/sh\nexec cat\n").unwrap();
-    until("a warm unit once the program is fixed", || {
+    let host = tcpmuxd::config::Host {
+        root: false,
+        under_systemd: false,
+    };
+    h.launcher.set_services(&h.config, &host);
+    until("a warm unit once the program is fixed and reloaded", || {
         h.launcher.warm_ready("f") == 1
     })
     .await;

@@ -121,7 +121,7 @@ fn unknown_name_gets_minus_and_close() {
     let d = Daemon::start(BASE);
     let reply = d.exchange(b"nosuch\r\n");
     assert_eq!(reply, b"-Unknown service\r\n");
-    assert!(d.wait_log("outcome=unknown"), "{}", d.log());
+    assert!(d.wait_log("nosuch from 127.0.0.1:"), "{}", d.log());
 }
 
 #[test]
@@ -189,7 +189,7 @@ fn silent_client_is_answered_and_closed_after_name_timeout() {
     let reply = read_to_end(&mut s);
     assert_eq!(reply, b"-Timed out waiting for the service name\r\n");
     assert!(started.elapsed() < WAIT);
-    assert!(d.wait_log("outcome=timeout"), "{}", d.log());
+    assert!(d.wait_log(": timeout (name_timeout)"), "{}", d.log());
 }
 
 #[test]
@@ -270,7 +270,7 @@ deny = ["127.0.0.2"]
     assert_eq!(ask("127.0.0.2", "public"), b"+\r\n");
     assert_eq!(ask("127.0.0.1", "private"), b"+\r\n");
     assert_eq!(ask("127.0.0.3", "public"), b"-Access denied\r\n");
-    assert!(d.wait_log("outcome=denied"));
+    assert!(d.wait_log(": denied"));
 }
 
 #[test]
@@ -385,15 +385,15 @@ GREETING = "hello"
     let flags = u32::from_str_radix(vars["FLAGS"], 8).expect("octal flags");
     assert_eq!(flags & 0o4000, 0, "the service's stdin is non-blocking");
     // stderr is logged with the service name; the exit status too.
-    assert!(d.wait_log("stderr: STDERR-LINE"), "{}", d.log());
-    assert!(d.wait_log("exit_status=exit code 0"), "{}", d.log());
+    assert!(d.wait_log("]: STDERR-LINE"), "{}", d.log());
+    assert!(d.wait_log("exited with status 0"), "{}", d.log());
     let line = d
         .log()
         .lines()
         .find(|l| l.contains("STDERR-LINE"))
         .unwrap()
         .to_string();
-    assert!(line.contains("tcpmux_service=Probe"), "{line}");
+    assert!(line.contains("tcpmux-Probe["), "{line}");
 }
 
 #[test]
@@ -506,7 +506,7 @@ fn at_max_handshakes_the_oldest_waiting_handshake_makes_room() {
         read_to_end(&mut silent[0]),
         b"-Too many connections, try again later\r\n"
     );
-    assert!(d.wait_log("outcome=shed"), "{}", d.log());
+    assert!(d.wait_log(": shed (max_handshakes)"), "{}", d.log());
     drop(silent);
     assert!(d.wait_notify("0 in handshake"), "{}", d.log());
 }
@@ -532,7 +532,7 @@ fn a_program_that_cannot_be_executed_gets_minus_in_dedicated_mode() {
     );
     let d = Daemon::start(&config);
     assert_eq!(d.exchange(b"bogus\r\n"), b"-Service unavailable\r\n");
-    assert!(d.wait_log("outcome=spawn-failed"), "{}", d.log());
+    assert!(d.wait_log(": spawn-failed: service"), "{}", d.log());
 }
 
 #[test]
@@ -550,14 +550,11 @@ fn a_program_that_cannot_be_executed_in_plus_mode_is_logged_with_the_cause() {
     // failure comes after it, and is logged with its cause.
     assert_eq!(d.exchange(b"bogus\r\n"), b"+\r\n");
     assert!(
-        d.wait_log(&format!(
-            "stderr: cannot execute {}: error 8",
-            bogus.display()
-        )),
+        d.wait_log(&format!("]: cannot execute {}: error 8", bogus.display())),
         "{}",
         d.log()
     );
-    assert!(d.wait_log("session ended, exit code 127"), "{}", d.log());
+    assert!(d.wait_log("exited with status 127"), "{}", d.log());
 }
 
 #[test]
@@ -584,7 +581,7 @@ fn socket_activation_maps_sockets_by_name_and_type_not_position() {
     let d = Daemon::start_with(BASE, &[], passed);
     assert_eq!(d.help(), ["echo", "Dedicated", "env"]);
     // One line for each transport: both must come.
-    for transport in ["/tcp ", "/udp "] {
+    for transport in ["/tcp\n", "/udp\n"] {
         assert!(d.wait_log(transport), "{}", d.log());
     }
 }
@@ -834,4 +831,121 @@ fn only_tcpmux_serves_tcpmux_and_leaves_msp_sockets_unserved() {
     assert_eq!(d.help(), ["echo", "Dedicated", "env"]);
     assert!(d.wait_log("tcpmuxd-msp.service"), "{}", d.log());
     assert!(!d.log().contains("listening for MSP"), "{}", d.log());
+}
+
+/// The entries a client's connection leaves: a refusal has one of its own
+/// (the first few of each source in an interval; the rest only in the
+/// summary), a session its start and end with the exit status, and the
+/// program's stderr lines are tagged with the service. On stderr each
+/// entry is its message alone, no field repeated after it.
+#[test]
+fn the_log_says_what_happened_to_each_client() {
+    let config = r#"
+[[service]]
+name = "oops"
+command = ["/bin/sh", "-c", "echo oops >&2; exit 3"]
+
+[[service]]
+name = "hidden"
+command = ["/bin/cat"]
+allow = ["192.0.2.0/24"]
+"#;
+    let d = Daemon::start_opts(
+        config,
+        Options {
+            log_level: "info",
+            ..Options::default()
+        },
+    );
+    // Seven unknown names from one source: five entries, all seven counted.
+    for _ in 0..7 {
+        let mut s = connect_from("127.0.0.2", d.addr);
+        s.write_all(b"nosuch\r\n").unwrap();
+        assert_eq!(read_to_end(&mut s), b"-Unknown service\r\n");
+    }
+    // Denied (the service is hidden from this client).
+    let mut s = connect_from("127.0.0.3", d.addr);
+    let denied_port = s.local_addr().unwrap().port();
+    s.write_all(b"hidden\r\n").unwrap();
+    assert_eq!(read_to_end(&mut s), b"-Unknown service\r\n");
+    // A session whose program complains and fails.
+    let mut s = connect_from("127.0.0.4", d.addr);
+    let port = s.local_addr().unwrap().port();
+    s.write_all(b"oops\r\n").unwrap();
+    assert_eq!(read_to_end(&mut s), b"+\r\n");
+    let client = format!("oops from 127.0.0.4:{port}: ");
+    assert!(
+        d.wait_log(&format!("{client}session ended, pid ")),
+        "{}",
+        d.log()
+    );
+    assert!(
+        d.wait_log("connections in the last 10s: 7 unknown, 1 denied"),
+        "{}",
+        d.log()
+    );
+    let log = d.log();
+    let lines: Vec<&str> = log.lines().collect();
+    let unknown = lines
+        .iter()
+        .filter(|l| l.contains(" INFO nosuch from 127.0.0.2:") && l.ends_with(": unknown"))
+        .count();
+    assert_eq!(unknown, 5, "{log}");
+    assert!(
+        lines.iter().any(|l| l.ends_with(&format!(
+            " INFO hidden from 127.0.0.3:{denied_port}: denied"
+        ))),
+        "{log}"
+    );
+    let start = lines
+        .iter()
+        .find(|l| l.contains(&format!("{client}session started, pid ")))
+        .unwrap_or_else(|| panic!("no start entry:\n{log}"));
+    let pid = start.rsplit(' ').next().unwrap();
+    assert!(pid.parse::<u32>().is_ok(), "{start}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with(&format!(" INFO tcpmux-oops[{pid}]: oops"))),
+        "{log}"
+    );
+    assert!(
+        lines.iter().any(|l| l.ends_with(&format!(
+            " INFO {client}session ended, pid {pid} exited with status 3"
+        ))),
+        "{log}"
+    );
+    // The message alone: no `key=value` after it.
+    for field in ["outcome=", "remote_addr=", "services=", "tcpmux_service="] {
+        assert!(!log.contains(field), "{field} on stderr:\n{log}");
+    }
+}
+
+/// An IPv6 client is written `[::1]:PORT`, as Rust and systemd write a
+/// socket address, never `::1:PORT`.
+#[test]
+fn ipv6_clients_are_written_in_brackets() {
+    let Ok(listener) = std::net::TcpListener::bind("[::1]:0") else {
+        eprintln!("skipped: no IPv6 loopback");
+        return;
+    };
+    let addr = listener.local_addr().unwrap();
+    let d = Daemon::start_opts(
+        BASE,
+        Options {
+            log_level: "info",
+            passed: vec![Passed::Stream(listener, "tcpmux")],
+            ..Options::default()
+        },
+    );
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let port = s.local_addr().unwrap().port();
+    s.write_all(b"nosuch\r\n").unwrap();
+    assert_eq!(read_to_end(&mut s), b"-Unknown service\r\n");
+    assert!(
+        d.wait_log(&format!("nosuch from [::1]:{port}: unknown")),
+        "{}",
+        d.log()
+    );
+    assert!(!d.log().contains("::1:"), "{}", d.log());
 }

@@ -1,7 +1,9 @@
 //! The `exec` launcher: the program runs as a direct child of tcpmuxd, with
 //! the connection as its standard input and output (inetd's `nowait` style).
 
-use super::{Connection, Failed, LaunchError, Launcher, check_program, child, session_environment};
+use super::{
+    Connection, Exit, Failed, LaunchError, Launcher, check_program, child, session_environment,
+};
 use crate::admission::FdGuard;
 use crate::config::Service;
 use crate::limits::{
@@ -9,6 +11,7 @@ use crate::limits::{
     MAX_STDERR_LINES_PER_SECOND_TOTAL, STDERR_DRAIN_TIMEOUT, STDERR_READ_CHUNK, STDERR_WINDOW,
 };
 use crate::log::escaped;
+use crate::server::Outcome;
 use crate::sessions::SessionSlot;
 use crate::tcpmux::reply;
 use std::os::fd::OwnedFd;
@@ -153,8 +156,18 @@ impl Launcher for ExecLauncher {
             })?;
         fds.shrink_to(EXEC_SESSION_FDS);
         let pid = child.id().unwrap_or(0);
-        let remote_addr = peer.ip().to_canonical();
-        tracing::debug!(tcpmux_service = %service.name, %remote_addr, pid, "session started");
+        let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        // OBJECT_PID: journald adds the program's own fields (OBJECT_COMM,
+        // OBJECT_EXE, ...) to the entry while it runs.
+        tracing::info!(
+            tcpmux_service = %service.name,
+            remote_addr = %peer.ip(),
+            remote_port = peer.port(),
+            outcome = Outcome::Served.as_str(),
+            object_pid = pid,
+            "{} from {peer}: session started, pid {pid}",
+            service.name
+        );
 
         let stderr = child.stderr.take();
         let all_lines = Arc::clone(&self.stderr_lines);
@@ -181,20 +194,32 @@ impl Launcher for ExecLauncher {
             }
             drop(slot);
             drop(fds);
-            match status {
-                Ok(status) => tracing::info!(
+            match status.map(|s| (s, Exit::of(s))) {
+                Ok((_, Some(exit))) => tracing::info!(
                     tcpmux_service = %service.name,
-                    %remote_addr,
+                    remote_addr = %peer.ip(),
                     remote_port = peer.port(),
-                    pid,
-                    exit_status = %describe_exit(status),
-                    "{} from {remote_addr}:{}: session ended, {}",
+                    object_pid = pid,
+                    exit_code = exit.code(),
+                    exit_status = %exit.status(),
+                    "{} from {peer}: session ended, pid {pid} {exit}",
                     service.name,
-                    peer.port(),
-                    describe_exit(status)
+                ),
+                Ok((status, None)) => tracing::info!(
+                    tcpmux_service = %service.name,
+                    remote_addr = %peer.ip(),
+                    remote_port = peer.port(),
+                    object_pid = pid,
+                    "{} from {peer}: session ended, pid {pid}: {status}",
+                    service.name,
                 ),
                 Err(e) => tracing::error!(
-                    tcpmux_service = %service.name, pid, "session: cannot wait for the program: {e}"
+                    tcpmux_service = %service.name,
+                    remote_addr = %peer.ip(),
+                    remote_port = peer.port(),
+                    object_pid = pid,
+                    "{} from {peer}: session pid {pid}: cannot wait for the program: {e}",
+                    service.name,
                 ),
             }
         });
@@ -313,7 +338,17 @@ async fn log_stderr(service: String, pid: u32, mut stderr: ChildStderr, all: &St
     }
 }
 
+/// One line of a session's stderr: in the journal, an entry of the
+/// program's own (`SYSLOG_IDENTIFIER=tcpmux-NAME`, as under the systemd
+/// launcher); on stderr, `tcpmux-NAME[PID]: LINE`.
 fn emit_stderr_line(service: &str, pid: u32, line: &[u8]) {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    tracing::info!(tcpmux_service = %service, pid, "{service}[{pid}]: stderr: {}", escaped(line));
+    let line = escaped(line.strip_suffix(b"\r").unwrap_or(line));
+    tracing::info!(
+        target: crate::log::SESSION_STDERR,
+        tcpmux_service = %service,
+        pid,
+        line = %line,
+        "{}{service}[{pid}]: {line}",
+        crate::log::SESSION_IDENTIFIER_PREFIX
+    );
 }

@@ -140,6 +140,90 @@ pub trait Launcher {
     ) -> impl Future<Output = Result<(), Failed>> + Send;
 }
 
+/// How a session's program ended, in systemd's own terms: `EXIT_CODE=`
+/// (`exited`, `killed`, `dumped`) and `EXIT_STATUS=` (the exit status, or
+/// the signal's name without `SIG`), as systemd gives them to
+/// `ExecStopPost=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Exited(i32),
+    Killed(i32),
+    Dumped(i32),
+}
+
+/// `si_code` values of waitid(2), which systemd reports as `ExecMainCode`.
+const CLD_EXITED: i32 = 1;
+const CLD_KILLED: i32 = 2;
+const CLD_DUMPED: i32 = 3;
+
+impl Exit {
+    /// A child's wait status.
+    pub fn of(status: std::process::ExitStatus) -> Option<Exit> {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(code), _) => Some(Exit::Exited(code)),
+            (None, Some(sig)) if status.core_dumped() => Some(Exit::Dumped(sig)),
+            (None, Some(sig)) => Some(Exit::Killed(sig)),
+            (None, None) => None,
+        }
+    }
+
+    /// A unit's `ExecMainCode` and `ExecMainStatus`; none while its main
+    /// process has not exited (code 0).
+    pub fn of_systemd(code: i32, status: i32) -> Option<Exit> {
+        match code {
+            CLD_EXITED => Some(Exit::Exited(status)),
+            CLD_KILLED => Some(Exit::Killed(status)),
+            CLD_DUMPED => Some(Exit::Dumped(status)),
+            _ => None,
+        }
+    }
+
+    /// `EXIT_CODE=`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Exit::Exited(_) => "exited",
+            Exit::Killed(_) => "killed",
+            Exit::Dumped(_) => "dumped",
+        }
+    }
+
+    /// `EXIT_STATUS=`: `3`, `TERM`.
+    pub fn status(self) -> ExitStatusField {
+        ExitStatusField(self)
+    }
+}
+
+/// The value of `EXIT_STATUS=`: an exit status, or a signal's name.
+#[derive(Debug, Clone, Copy)]
+pub struct ExitStatusField(Exit);
+
+impl std::fmt::Display for ExitStatusField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Exit::Exited(code) => write!(f, "{code}"),
+            Exit::Killed(sig) | Exit::Dumped(sig) => {
+                match nix::sys::signal::Signal::try_from(sig) {
+                    Ok(s) => f.write_str(s.as_str().trim_start_matches("SIG")),
+                    Err(_) => write!(f, "{sig}"),
+                }
+            }
+        }
+    }
+}
+
+/// "exited with status 3", "killed by signal TERM", "dumped core on
+/// signal SEGV".
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Exited(_) => write!(f, "exited with status {}", self.status()),
+            Exit::Killed(_) => write!(f, "killed by signal {}", self.status()),
+            Exit::Dumped(_) => write!(f, "dumped core on signal {}", self.status()),
+        }
+    }
+}
+
 /// The environment every session gets, as systemd's `Accept=yes` sets it
 /// (`REMOTE_*`) plus tcpmuxd's own.
 pub fn session_environment(
@@ -154,4 +238,31 @@ pub fn session_environment(
         ("LOCAL_ADDR", local.ip().to_canonical().to_string()),
         ("LOCAL_PORT", local.port().to_string()),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn exits_in_systemds_terms() {
+        let exited = Exit::of(std::process::ExitStatus::from_raw(3 << 8)).unwrap();
+        assert_eq!(
+            (exited.code(), exited.status().to_string()),
+            ("exited", "3".into())
+        );
+        assert_eq!(exited.to_string(), "exited with status 3");
+        let killed = Exit::of(std::process::ExitStatus::from_raw(libc::SIGTERM)).unwrap();
+        assert_eq!(
+            (killed.code(), killed.status().to_string()),
+            ("killed", "TERM".into())
+        );
+        let dumped = Exit::of(std::process::ExitStatus::from_raw(libc::SIGSEGV | 0x80)).unwrap();
+        assert_eq!(dumped.to_string(), "dumped core on signal SEGV");
+        assert_eq!(Exit::of_systemd(1, 3), Some(exited));
+        assert_eq!(Exit::of_systemd(2, libc::SIGTERM), Some(killed));
+        assert_eq!(Exit::of_systemd(0, 0), None);
+        assert_eq!(Exit::Killed(99).status().to_string(), "99");
+    }
 }

@@ -60,6 +60,10 @@ pub struct Pool {
     pub failures: u32,
     pub retry_at: Option<Instant>,
     pub last_error: Option<String>,
+    /// The service's program cannot run (missing when the configuration
+    /// was loaded, or in the units' sandbox): no unit is started for it
+    /// until a reload, or a cold start of it that succeeds.
+    pub unstartable: bool,
 }
 
 impl Pool {
@@ -72,12 +76,24 @@ impl Pool {
             failures: 0,
             retry_at: None,
             last_error: None,
+            unstartable: false,
         }
     }
 
     fn size(&self) -> usize {
         self.ready.len() + self.starting
     }
+}
+
+/// Why a warm unit did not become ready.
+#[derive(Debug)]
+pub enum WarmFailure {
+    /// The helper found, in the unit's sandbox, that the program cannot
+    /// run there (not found, not executable): nothing changes that until
+    /// the configuration is loaded again.
+    Program(String),
+    /// The unit did not start, or its helper did not answer.
+    Start(String),
 }
 
 /// The pause after `failures` failed warm starts in a row: doubling from
@@ -148,7 +164,7 @@ impl Pools {
         let enabled = self.helper.is_some();
         for service in services.filter(|s| enabled && wants_warm(s)) {
             let key = service.name.to_ascii_lowercase();
-            let pool = match self.pools.remove(&key) {
+            let mut pool = match self.pools.remove(&key) {
                 Some(mut pool) if *pool.service == **service => {
                     pool.service = Arc::clone(service);
                     pool
@@ -158,6 +174,14 @@ impl Pools {
                     Pool::new(Arc::clone(service), self.next_generation)
                 }
             };
+            // Every load tries again. A program missing here is warned
+            // about with the configuration's warnings, once.
+            pool.unstartable = service
+                .program()
+                .is_some_and(|p| super::check_program(p).is_err());
+            if !pool.unstartable && pool.last_error.is_some() && pool.failures == 0 {
+                pool.last_error = None;
+            }
             order.push(key.clone());
             pools.insert(key, pool);
         }
@@ -208,7 +232,10 @@ impl Pools {
             let Some(pool) = self.pools.get_mut(key) else {
                 continue;
             };
-            if pool.retry_at.is_some_and(|at| now < at) || self.cold_starting > 0 {
+            if pool.unstartable
+                || pool.retry_at.is_some_and(|at| now < at)
+                || self.cold_starting > 0
+            {
                 continue;
             }
             while pool.size() < pool.service.warm
@@ -235,7 +262,7 @@ impl Pools {
 
     /// Records how a warm start ended. A unit no longer wanted (its pool
     /// was replaced) is dropped, and so retired.
-    pub fn finished(&mut self, start: &Start, unit: &str, result: Result<Ready, String>) {
+    pub fn finished(&mut self, start: &Start, unit: &str, result: Result<Ready, WarmFailure>) {
         self.starting_total = self.starting_total.saturating_sub(1);
         let pool = match self.pools.get_mut(&start.key) {
             Some(pool) if pool.generation == start.generation => pool,
@@ -252,7 +279,22 @@ impl Pools {
                 pool.last_error = None;
                 pool.ready.push_back(ready);
             }
-            Err(e) => {
+            // Said once: no unit of the service is started again until a
+            // reload, so nothing fails again.
+            Err(WarmFailure::Program(e)) => {
+                self.units.remove(unit);
+                if !pool.unstartable {
+                    tracing::error!(
+                        tcpmux_service = %pool.service.name,
+                        "service \"{}\": its program cannot run in its units: {e}; clients are \
+                         refused, and no unit is started for it until the next reload",
+                        pool.service.name,
+                    );
+                }
+                pool.unstartable = true;
+                pool.last_error = Some(e);
+            }
+            Err(WarmFailure::Start(e)) => {
                 self.units.remove(unit);
                 pool.failures = pool.failures.saturating_add(1);
                 let pause = backoff(pool.failures);
@@ -266,6 +308,17 @@ impl Pools {
                 );
                 pool.last_error = Some(e);
             }
+        }
+    }
+
+    /// A session of `service` started cold: its program runs after all,
+    /// so its pool fills again (it was installed since the last load).
+    pub fn started_cold(&mut self, service: &Service) {
+        if let Some(pool) = self.pools.get_mut(&service.name.to_ascii_lowercase())
+            && pool.unstartable
+            && pool.last_error.is_none()
+        {
+            pool.unstartable = false;
         }
     }
 

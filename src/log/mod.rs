@@ -5,8 +5,28 @@ pub mod budget;
 
 use budget::BudgetLayer;
 use clap::ValueEnum;
+use std::fmt::Write as _;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::layer::Context;
 use tracing_subscriber::prelude::*;
+use tracing_subscriber::registry::LookupSpan;
+
+/// The target of the entries that carry a line of an exec session's
+/// standard error. In the journal, such an entry is the program's own, as
+/// a unit's stderr line is: `SYSLOG_IDENTIFIER=tcpmux-NAME`,
+/// `SYSLOG_PID=` the program's, the line as `MESSAGE`. Its fields:
+/// `tcpmux_service`, `pid`, `line` (escaped); its message is the line as
+/// stderr shows it, `tcpmux-NAME[PID]: LINE`.
+pub const SESSION_STDERR: &str = "tcpmuxd::session_stderr";
+
+/// The `SYSLOG_IDENTIFIER` of a session's own lines, exec or systemd:
+/// `tcpmux-` and the service's name.
+pub const SESSION_IDENTIFIER_PREFIX: &str = "tcpmux-";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogTarget {
@@ -46,7 +66,7 @@ pub fn init(
                 tracing_subscriber::registry()
                     .with(filter)
                     .with(BudgetLayer)
-                    .with(layer)
+                    .with(JournalLayer(layer))
                     .init();
                 return Ok(LogTarget::Journal);
             }
@@ -58,25 +78,154 @@ pub fn init(
             Err(_) => {}
         }
     }
+    // Under systemd, journald adds its own timestamps.
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(false);
-    // Under systemd, journald adds its own timestamps.
-    if connected_to_journal {
-        tracing_subscriber::registry()
-            .with(filter)
-            .with(BudgetLayer)
-            .with(fmt.without_time())
-            .init();
-    } else {
-        tracing_subscriber::registry()
-            .with(filter)
-            .with(BudgetLayer)
-            .with(fmt)
-            .init();
-    }
+        .with_ansi(false)
+        .event_format(Plain {
+            time: !connected_to_journal,
+        });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(BudgetLayer)
+        .with(fmt)
+        .init();
     Ok(LogTarget::Stderr)
+}
+
+/// The lines on stderr: time (unless journald adds its own), level and
+/// the message alone. Every message says in words what its entry's fields
+/// hold for the journal (`echo from 192.0.2.7:51234: denied`), so the
+/// fields are not written again after it.
+struct Plain {
+    time: bool,
+}
+
+impl<S, N> FormatEvent<S, N> for Plain
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        if self.time {
+            SystemTime.format_time(&mut writer)?;
+            writer.write_char(' ')?;
+        }
+        write!(writer, "{:>5} ", event.metadata().level())?;
+        let mut message = MessageOnly {
+            writer: &mut writer,
+            result: Ok(()),
+        };
+        event.record(&mut message);
+        message.result?;
+        writeln!(writer)
+    }
+}
+
+/// Writes the `message` field of an event, and nothing else.
+struct MessageOnly<'a, 'w> {
+    writer: &'a mut Writer<'w>,
+    result: std::fmt::Result,
+}
+
+impl Visit for MessageOnly<'_, '_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.result = write!(self.writer, "{value:?}");
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.result = self.writer.write_str(value);
+        }
+    }
+}
+
+/// tracing-journald's layer for tcpmuxd's own entries; the lines of an
+/// exec session's stderr ([`SESSION_STDERR`]) go to the journal as the
+/// program's, under its service's identifier, which that layer cannot
+/// set per entry.
+struct JournalLayer(tracing_journald::Layer);
+
+impl<S> tracing_subscriber::Layer<S> for JournalLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: Context<'_, S>,
+    ) {
+        self.0.on_new_span(attrs, id, ctx);
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: Context<'_, S>,
+    ) {
+        self.0.on_record(id, values, ctx);
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        if event.metadata().target() != SESSION_STDERR {
+            return self.0.on_event(event, ctx);
+        }
+        let mut line = StderrLine::default();
+        event.record(&mut line);
+        let fields = [
+            (
+                "SYSLOG_IDENTIFIER",
+                format!("{SESSION_IDENTIFIER_PREFIX}{}", line.service),
+            ),
+            ("SYSLOG_PID", line.pid),
+            ("TCPMUX_SERVICE", line.service),
+        ];
+        // Nothing to do about a journal that went away: as tracing-journald.
+        let _ = libsystemd::logging::journal_send(
+            libsystemd::logging::Priority::Info,
+            &line.line,
+            fields.iter().map(|(k, v)| (k, v)),
+        );
+    }
+}
+
+/// The fields of a [`SESSION_STDERR`] entry.
+#[derive(Default)]
+struct StderrLine {
+    service: String,
+    pid: String,
+    line: String,
+}
+
+impl Visit for StderrLine {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let slot = match field.name() {
+            "tcpmux_service" => &mut self.service,
+            "pid" => &mut self.pid,
+            "line" => &mut self.line,
+            _ => return,
+        };
+        let _ = write!(slot, "{value:?}");
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if field.name() == "pid" {
+            let _ = write!(self.pid, "{value}");
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.record_debug(field, &format_args!("{value}"));
+    }
 }
 
 /// A value that a peer or a session's program chose, made safe for the

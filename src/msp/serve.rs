@@ -136,8 +136,9 @@ pub enum Verdict {
     },
 }
 
-/// What MSP traffic that gets no log entry of its own counts as in the
-/// periodic summary.
+/// What MSP traffic counts as in the periodic summary. A refusal among
+/// them (all but a duplicate) also gets an entry of its own while its
+/// source has refusal entries left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Summed {
     Refused,
@@ -160,6 +161,11 @@ enum Summed {
 }
 
 impl Summed {
+    /// Whether the sender was refused (every one but a retransmission).
+    fn is_refusal(self) -> bool {
+        self != Summed::Duplicate
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Summed::Refused => "msp-refused",
@@ -176,18 +182,33 @@ impl Summed {
     }
 }
 
-/// Counts `what` from `peer` for the summary.
+/// Counts `what` from `peer` for the summary, and logs it: at info level
+/// while its source has refusal entries left
+/// ([`REFUSALS`](crate::log::budget::REFUSALS)), else at debug level.
 fn sum_up(state: &State, what: Summed, peer: SocketAddr) {
-    let remote_addr = peer.ip().to_canonical();
-    state.summary.record(what.as_str(), remote_addr);
-    tracing::debug!(
-        %remote_addr,
-        remote_port = peer.port(),
-        outcome = %what.as_str(),
-        "MSP from {remote_addr}:{}: {}",
-        peer.port(),
-        what.as_str()
-    );
+    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+    state.summary.record(what.as_str(), peer.ip());
+    macro_rules! entry {
+        ($level:ident) => {
+            tracing::$level!(
+                remote_addr = %peer.ip(),
+                remote_port = peer.port(),
+                outcome = %what.as_str(),
+                "MSP from {peer}: {}",
+                what.as_str()
+            )
+        };
+    }
+    if what.is_refusal() && log_refusal(peer) {
+        entry!(info);
+    } else {
+        entry!(debug);
+    }
+}
+
+/// Whether a refusal from `peer` gets an entry at info level.
+fn log_refusal(peer: SocketAddr) -> bool {
+    crate::log::budget::REFUSALS.admit(peer.ip(), std::time::Instant::now())
 }
 
 /// Charges one message from `ip` to its source's rate, whatever becomes
@@ -400,7 +421,11 @@ fn log_outcome(
         None => entry!(info),
         Some(what) => {
             state.summary.record(what.as_str(), remote_addr);
-            entry!(debug);
+            if what.is_refusal() && log_refusal(peer) {
+                entry!(info);
+            } else {
+                entry!(debug);
+            }
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::tcpmux::{self, HandshakeError, Request, RequestError, reply};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
@@ -160,13 +160,28 @@ impl Outcome {
         }
     }
 
-    /// Whether a line is logged for each such connection. The rest, which
-    /// a flood can produce by the thousand, are summed up every
+    /// Whether a line is logged for each such connection, whatever its
+    /// number: a session's start, and a failure to start one. The rest,
+    /// which a flood can produce by the thousand, are summed up every
     /// [`LIMIT_LOG_INTERVAL`](limits::LIMIT_LOG_INTERVAL).
     pub fn logged_each(self) -> bool {
         matches!(
             self,
             Outcome::Served | Outcome::Unavailable | Outcome::SpawnFailed
+        )
+    }
+
+    /// Whether the client was refused: each refusal gets an entry of its
+    /// own up to its source's share. Not a help request nor a client that
+    /// closed before it was answered.
+    pub fn is_refusal(self) -> bool {
+        !matches!(
+            self,
+            Outcome::Served
+                | Outcome::Help
+                | Outcome::Closed
+                | Outcome::Unavailable
+                | Outcome::SpawnFailed
         )
     }
 
@@ -197,9 +212,13 @@ impl Outcome {
     }
 }
 
-/// Counts how a connection ended, and logs it: a line each for a served
-/// session (failures are logged with their cause where they happen), the
-/// rest in the periodic summary.
+/// Counts how a connection ended, and logs it. A session's start is
+/// logged by its launcher, with its unit or process; a failure to start
+/// one where it happens, with its cause. A refusal gets an entry of its
+/// own while its source has refusal entries left
+/// ([`REFUSALS`](crate::log::budget::REFUSALS)), and is counted in the
+/// periodic summary either way; help and closed connections are only
+/// counted.
 fn record(state: &State, peer: SocketAddr, service: Option<&str>, outcome: Outcome) {
     match outcome {
         Outcome::Served => state.stats.served.fetch_add(1, Ordering::Relaxed),
@@ -209,21 +228,47 @@ fn record(state: &State, peer: SocketAddr, service: Option<&str>, outcome: Outco
     if let Some(limit) = outcome.limit() {
         state.stats.hits.hit(limit);
     }
-    let remote_addr = peer.ip().to_canonical();
-    let remote_port = peer.port();
+    if outcome == Outcome::Served || outcome.logged_each() {
+        return;
+    }
+    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     let outcome_str = outcome.as_str();
-    let service = escaped(service.unwrap_or(""));
-    if outcome == Outcome::Served {
-        tracing::info!(
-            tcpmux_service = %service, %remote_addr, remote_port, outcome = %outcome_str,
-            "{service} from {remote_addr}:{remote_port}: served"
-        );
-    } else if !outcome.logged_each() {
-        state.summary.record(outcome_str, remote_addr);
-        tracing::debug!(
-            tcpmux_service = %service, %remote_addr, remote_port, outcome = %outcome_str,
-            "{service} from {remote_addr}:{remote_port}: {outcome_str}"
-        );
+    state.summary.record(outcome_str, peer.ip());
+    let name = service.unwrap_or("");
+    let service = escaped(name);
+    let what: &dyn std::fmt::Display = if name.is_empty() {
+        &"connection"
+    } else {
+        &service
+    };
+    let limit = LimitNote(outcome.limit());
+    macro_rules! entry {
+        ($level:ident) => {
+            tracing::$level!(
+                tcpmux_service = %service,
+                remote_addr = %peer.ip(),
+                remote_port = peer.port(),
+                outcome = %outcome_str,
+                "{what} from {peer}: {outcome_str}{limit}"
+            )
+        };
+    }
+    if outcome.is_refusal() && crate::log::budget::REFUSALS.admit(peer.ip(), Instant::now()) {
+        entry!(info);
+    } else {
+        entry!(debug);
+    }
+}
+
+/// " (max_handshakes_per_source)": the limit a refusal ran into.
+struct LimitNote(Option<Limit>);
+
+impl std::fmt::Display for LimitNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(limit) => write!(f, " ({})", limit.key()),
+            None => Ok(()),
+        }
     }
 }
 
@@ -234,11 +279,13 @@ fn log_failure(
     outcome: Outcome,
     cause: &dyn std::fmt::Display,
 ) {
-    let remote_addr = peer.ip().to_canonical();
-    let remote_port = peer.port();
+    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     tracing::error!(
-        tcpmux_service = %service.name, %remote_addr, remote_port, outcome = %outcome.as_str(),
-        "{} from {remote_addr}:{remote_port}: {}: service \"{}\": {cause}",
+        tcpmux_service = %service.name,
+        remote_addr = %peer.ip(),
+        remote_port = peer.port(),
+        outcome = %outcome.as_str(),
+        "{} from {peer}: {}: service \"{}\": {cause}",
         service.name, outcome.as_str(), service.name
     );
 }

@@ -154,6 +154,7 @@ impl State {
         let summary = Summary::default();
         summary.set_ipv6_source_prefix(config.tcpmux.ipv6_source_prefix);
         crate::log::budget::BUDGET.set_ipv6_source_prefix(config.tcpmux.ipv6_source_prefix);
+        crate::log::budget::REFUSALS.set_ipv6_source_prefix(config.tcpmux.ipv6_source_prefix);
         State {
             fds: FdBudget::new(startup::fd_budget(&config, fd_limit)),
             fd_limit,
@@ -256,6 +257,7 @@ impl State {
             self.summary
                 .set_ipv6_source_prefix(new.tcpmux.ipv6_source_prefix);
             crate::log::budget::BUDGET.set_ipv6_source_prefix(new.tcpmux.ipv6_source_prefix);
+            crate::log::budget::REFUSALS.set_ipv6_source_prefix(new.tcpmux.ipv6_source_prefix);
             self.config.store(Arc::new(new));
             if self.unavailable.swap(None).is_some() {
                 tracing::info!("the configuration is valid: serving again");

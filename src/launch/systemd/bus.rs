@@ -95,6 +95,15 @@ pub(super) async fn connect(inner: &Arc<Inner>) -> Result<(), String> {
     let removed = call("UnitRemoved", manager.receive_unit_removed())
         .await
         .map_err(|e| e.to_string())?;
+    // How sessions end: the properties of their units, sent before each
+    // is unloaded.
+    let rule = service_changes_rule().map_err(|e| e.to_string())?;
+    let changes = call(
+        "PropertiesChanged",
+        zbus::MessageStream::for_match_rule(rule, manager.inner().connection(), None),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     call("Subscribe", manager.subscribe())
         .await
         .map_err(|e| e.to_string())?;
@@ -110,6 +119,7 @@ pub(super) async fn connect(inner: &Arc<Inner>) -> Result<(), String> {
         manager.clone(),
         jobs,
         removed,
+        changes,
     ));
     tracing::info!(
         systemd_version = version,
@@ -154,7 +164,10 @@ pub(super) async fn adopt(
             let Some(service) = escaped_service_of(unit).and_then(|e| services.get(e)) else {
                 continue;
             };
-            running.insert(unit.clone(), inner.sessions.acquire_unbounded(service));
+            running.insert(
+                unit.clone(),
+                Session::adopted(inner.sessions.acquire_unbounded(service)),
+            );
             adopted.push(unit.clone());
         }
     }
@@ -186,9 +199,19 @@ pub(super) async fn watch(
     manager: ManagerProxy<'static>,
     mut jobs: JobStream,
     mut removed: RemovedStream,
+    mut changes: zbus::MessageStream,
 ) {
     loop {
         tokio::select! {
+            // First: a unit's last properties come before its removal.
+            biased;
+            change = changes.next() => {
+                let Some(change) = change else { break };
+                let Some(inner) = inner.upgrade() else { return };
+                if let Ok(message) = change {
+                    note_change(&inner, &message);
+                }
+            }
             job = jobs.next() => {
                 let Some(job) = job else { break };
                 let Some(inner) = inner.upgrade() else { return };
@@ -214,6 +237,22 @@ pub(super) async fn watch(
     }
 }
 
+/// Notes what a `PropertiesChanged` of a session unit says of its end.
+fn note_change(inner: &Inner, message: &zbus::Message) {
+    let header = message.header();
+    let Some(unit) = header.path().and_then(|p| unit_of_path(p.as_str())) else {
+        return;
+    };
+    let mut running = lock(&inner.running);
+    let Some(session) = running.get_mut(&unit) else {
+        return;
+    };
+    type Changed = (String, HashMap<String, zbus::OwnedVariant>, Vec<String>);
+    if let Ok((_, changed, _)) = message.body().deserialize::<Changed>() {
+        session.update(&changed);
+    }
+}
+
 /// systemd also sends UnitRemoved for every unit during a daemon-reload,
 /// then loads them again: a session has ended only if its unit is gone
 /// once the manager answers again.
@@ -226,8 +265,9 @@ pub(super) async fn confirm_removed(
         Ok(_) => {}
         Err(e) if e.disconnected => {}
         Err(_) => {
-            if lock(&inner.running).remove(&unit).is_some() {
-                tracing::info!(%unit, "session ended: {unit} unloaded");
+            let session = lock(&inner.running).remove(&unit);
+            if let Some(session) = session {
+                log_end(&unit, &session);
             }
         }
     }

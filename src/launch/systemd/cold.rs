@@ -79,19 +79,18 @@ impl SystemdLauncher {
         // From here on the unit may own the connection: hand it back for an
         // answer only when the unit was never made, or its start job proves
         // the program never ran.
-        let started = self.start_job(&bus, &unit, props, Some(slot), limits::UNIT_START_TIMEOUT);
+        let session = Session::new(slot, &service, peer);
+        let started = self.start_job(
+            &bus,
+            &unit,
+            props,
+            Some(session),
+            limits::UNIT_START_TIMEOUT,
+        );
         let (failure, conn) = match in_turn(turn, started).await {
             JobEnd::Result(result) if result == "done" => {
-                let remote_addr = peer.ip().to_canonical();
-                tracing::info!(
-                    tcpmux_service = %service.name,
-                    %unit,
-                    %remote_addr,
-                    remote_port = peer.port(),
-                    "{} from {}: session started as {unit}",
-                    service.name,
-                    std::net::SocketAddr::new(remote_addr, peer.port())
-                );
+                log_start(&service, peer, &unit, false);
+                lock(&inner.warm).started_cold(&service);
                 return Ok(());
             }
             JobEnd::Result(result) => (

@@ -14,6 +14,7 @@
 
 mod bus;
 mod cold;
+mod session;
 mod turns;
 mod unit;
 mod warm_start;
@@ -21,12 +22,13 @@ mod warm_start;
 use bus::*;
 pub use bus::{Connector, system_bus};
 use cold::*;
+use session::*;
 use turns::*;
 use unit::*;
 use warm_start::*;
 
 use super::handover::{Status, VARIABLES};
-use super::warm::{self, Pools, Ready, Start};
+use super::warm::{self, Pools, Ready, Start, WarmFailure};
 use super::{Connection, Failed, LaunchError, Launcher, check_program, session_environment};
 use crate::admission::FdGuard;
 use crate::config::{Config, Credentials, Service};
@@ -100,8 +102,8 @@ struct Inner {
     reconnecting: AtomicBool,
     /// Start jobs waited for, by unit name.
     pending: Mutex<HashMap<String, oneshot::Sender<String>>>,
-    /// Session units and their slots, by unit name.
-    running: Mutex<HashMap<String, SessionSlot>>,
+    /// Session units, with their slots, by unit name.
+    running: Mutex<HashMap<String, Session>>,
     sessions: Arc<SessionTable>,
     /// Configured services by escaped name, to adopt units found running.
     services: Mutex<HashMap<String, String>>,
@@ -255,8 +257,9 @@ impl SystemdLauncher {
         check_templates(&self.inner).await;
     }
 
-    /// Starts a transient unit and waits for its start job to end. `slot`,
-    /// when given, is held until the unit is unloaded. A session's or warm
+    /// Starts a transient unit and waits for its start job to end.
+    /// `session`, when given, is tracked (its slot held) until the unit is
+    /// unloaded. A session's or warm
     /// unit's start runs this in its turn ([`in_turn`]); MSP's deliveries,
     /// which run to their end, take none.
     async fn start_job(
@@ -264,14 +267,14 @@ impl SystemdLauncher {
         bus: &Bus,
         unit: &str,
         props: Vec<(String, OwnedVariant)>,
-        slot: Option<SessionSlot>,
+        session: Option<Session>,
         limit: std::time::Duration,
     ) -> JobEnd {
         let inner = &self.inner;
         let (tx, rx) = oneshot::channel();
         lock(&inner.pending).insert(unit.to_string(), tx);
-        if let Some(slot) = slot {
-            lock(&inner.running).insert(unit.to_string(), slot);
+        if let Some(session) = session {
+            lock(&inner.running).insert(unit.to_string(), session);
         }
         let started = call(
             "StartTransientUnit",

@@ -28,6 +28,12 @@ pub(super) fn credentials(
     Ok(())
 }
 
+/// `SyslogIdentifier=` of a session's unit, warm or cold: `tcpmux-NAME`,
+/// as the exec launcher tags its sessions' lines.
+pub(super) fn syslog_identifier(service: &Service) -> String {
+    format!("{}{}", crate::log::SESSION_IDENTIFIER_PREFIX, service.name)
+}
+
 /// A warm unit's properties: those of a session unit, but with the helper
 /// as its program (the service's command as the helper's arguments) and
 /// `control` as its standard input (and, inherited, output). The
@@ -57,6 +63,11 @@ pub(super) fn warm_properties(
         ("CollectMode".into(), value("inactive-or-failed")?),
         ("StandardInputFileDescriptor".into(), value(Fd::from(fd))?),
         ("StandardError".into(), value("journal")?),
+        // The program's lines are the service's, not the helper's.
+        (
+            "SyslogIdentifier".into(),
+            value(syslog_identifier(service))?,
+        ),
         ("Environment".into(), value(environment)?),
         ("ExecStart".into(), exec_start(&helper, &argv)?),
     ];
@@ -96,7 +107,18 @@ pub(super) fn properties(
         ("CollectMode".into(), value("inactive-or-failed")?),
         ("StandardInputFileDescriptor".into(), value(fd()?)?),
         ("StandardOutputFileDescriptor".into(), value(fd()?)?),
+        // The descriptor above is what the program gets as standard output
+        // whatever StandardOutput= says; but systemd gives standard error a
+        // copy of standard output whenever both *settings* are the same,
+        // and StandardOutput= left alone is the manager's default,
+        // journal. `null` makes them differ, so that standard error really
+        // is the journal and never the client's connection.
+        ("StandardOutput".into(), value("null")?),
         ("StandardError".into(), value("journal")?),
+        (
+            "SyslogIdentifier".into(),
+            value(syslog_identifier(service))?,
+        ),
         ("Environment".into(), value(environment)?),
     ];
     if let Some(command) = &service.command {

@@ -15,7 +15,7 @@ impl SystemdLauncher {
     /// warm unit, which becomes a session, and waits for the helper's exec.
     pub(super) async fn hand_over(
         &self,
-        service: &Service,
+        service: &Arc<Service>,
         conn: Connection,
         slot: SessionSlot,
         ready: Ready,
@@ -33,7 +33,7 @@ impl SystemdLauncher {
             .collect();
         // Tracked as a session before it can end, so that its UnitRemoved
         // is not missed.
-        lock(&inner.running).insert(unit.clone(), slot);
+        lock(&inner.running).insert(unit.clone(), Session::new(slot, service, peer));
         let status = match warm::hand_over(&ready, socket.as_fd(), &variables) {
             Ok(status) => status,
             Err(e) => {
@@ -41,7 +41,7 @@ impl SystemdLauncher {
                     tcpmux_service = %service.name, %unit,
                     "warm unit {unit} did not take the connection ({e}); starting a unit for it"
                 );
-                let slot = lock(&inner.running).remove(&unit);
+                let slot = lock(&inner.running).remove(&unit).map(|s| s._slot);
                 let back = socket
                     .set_nonblocking(true)
                     .and_then(|()| tokio::net::TcpStream::from_std(socket));
@@ -64,17 +64,9 @@ impl SystemdLauncher {
             }
         };
         drop(ready);
-        let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let failure = match warm::receive(status, limits::WARM_EXEC_TIMEOUT).await {
             Ok((None, _)) => {
-                tracing::info!(
-                    tcpmux_service = %service.name,
-                    %unit,
-                    remote_addr = %peer.ip(),
-                    remote_port = peer.port(),
-                    "{} from {peer}: session started as {unit} (warm unit)",
-                    service.name,
-                );
+                log_start(service, peer, &unit, true);
                 return Handed::Done(Ok(()));
             }
             Ok((Some(Status::Failed(e)), _)) => e,
@@ -126,7 +118,7 @@ pub(super) async fn refill(inner: std::sync::Weak<Inner>, prompt: Arc<Notify>) {
 pub(super) async fn warm_start(
     launcher: &SystemdLauncher,
     start: &Start,
-) -> (String, Result<Ready, String>) {
+) -> (String, Result<Ready, WarmFailure>) {
     let inner = &launcher.inner;
     let unit = unit_name(&start.service.name, &launcher.next_instance());
     let helper = {
@@ -135,7 +127,7 @@ pub(super) async fn warm_start(
         pools.helper.clone()
     };
     let result = match helper {
-        None => Err("no helper for warm units".to_string()),
+        None => Err(WarmFailure::Start("no helper for warm units".to_string())),
         Some(helper) => {
             // Held until the helper is ready: its sandbox is built by then.
             let turn = launcher.refill_turn().await;
@@ -151,7 +143,33 @@ pub(super) async fn start_helper(
     start: &Start,
     unit: &str,
     helper: &Path,
-) -> Result<Ready, String> {
+) -> Result<Ready, WarmFailure> {
+    let ours = start_unit(launcher, start, unit, helper)
+        .await
+        .map_err(WarmFailure::Start)?;
+    match warm::receive(ours, limits::WARM_READY_TIMEOUT).await {
+        Ok((Some(Status::Ready), control)) => Ok(Ready {
+            unit: unit.to_string(),
+            control,
+            since: std::time::Instant::now(),
+        }),
+        // The program cannot run in the unit's sandbox.
+        Ok((Some(Status::Failed(e)), _)) => Err(WarmFailure::Program(format!("{unit}: {e}"))),
+        Ok((None, _)) => Err(WarmFailure::Start(format!(
+            "{unit}: the helper exited before it was ready (see journalctl -u {unit})"
+        ))),
+        Err(e) => Err(WarmFailure::Start(format!("{unit}: {e}"))),
+    }
+}
+
+/// Starts warm unit `unit`: tcpmuxd's end of its standard input once its
+/// start job is done.
+async fn start_unit(
+    launcher: &SystemdLauncher,
+    start: &Start,
+    unit: &str,
+    helper: &Path,
+) -> Result<OwnedFd, String> {
     let inner = &launcher.inner;
     let bus = lock(&inner.bus)
         .clone()
@@ -186,16 +204,5 @@ pub(super) async fn start_helper(
             ));
         }
     }
-    match warm::receive(ours, limits::WARM_READY_TIMEOUT).await {
-        Ok((Some(Status::Ready), control)) => Ok(Ready {
-            unit: unit.to_string(),
-            control,
-            since: std::time::Instant::now(),
-        }),
-        Ok((Some(Status::Failed(e)), _)) => Err(format!("{unit}: {e}")),
-        Ok((None, _)) => Err(format!(
-            "{unit}: the helper exited before it was ready (see journalctl -u {unit})"
-        )),
-        Err(e) => Err(format!("{unit}: {e}")),
-    }
+    Ok(ours)
 }
