@@ -126,7 +126,7 @@ impl State {
     /// Reads the configuration again and, when it is valid, serves new
     /// connections with it. Running sessions are not touched; an invalid
     /// configuration leaves the old one in place.
-    pub async fn reload(&self) -> Result<(), config::ConfigError> {
+    pub async fn reload(&self) -> Result<(), config::ConfigErrors> {
         self.notifier.reloading();
         let result = config::load(&self.config_path, &self.host).map(|new| {
             for w in &new.warnings {
