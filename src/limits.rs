@@ -45,8 +45,9 @@ pub const DEFAULT_MAX_SESSIONS: usize = 1024;
 /// Upper bound for `[tcpmux] max_sessions` and the other counts of
 /// sessions (`max_sessions_per_source`, a service's `max_instances` and
 /// `max_instances_per_source`): each session is at least a process and a
-/// connection, and more than this many are a typo.
-pub const MAX_SESSIONS: usize = 65536;
+/// connection, and Linux has at most 4194304 processes; a larger number
+/// is a typo. (Room enough for "no limit in effect", as benchmarks set.)
+pub const MAX_SESSIONS: usize = 1024 * 1024;
 
 /// The default share of `max_instances` and of `max_sessions` one source
 /// may hold (`max_instances_per_source`, `max_sessions_per_source`): one
@@ -68,8 +69,9 @@ pub fn default_source_share(max: usize) -> usize {
 /// started per second, with as many in reserve for bursts.
 pub const DEFAULT_MAX_STARTS_PER_SECOND: u32 = 100;
 
-/// Upper bound for `[[service]] max_starts_per_second`.
-pub const MAX_STARTS_PER_SECOND: u32 = 10_000;
+/// Upper bound for `[[service]] max_starts_per_second`: far beyond what
+/// any machine starts, so that "no limit in effect" can be written.
+pub const MAX_STARTS_PER_SECOND: u32 = 1_000_000;
 
 /// How often limits hit, and the connections not logged one by one, are
 /// summed up in one log line.
@@ -180,8 +182,10 @@ pub const DEFAULT_MSP_RECIPIENT_RATE_PER_MINUTE: u32 = 30;
 /// from all sources for all recipients, in bursts of as many.
 pub const DEFAULT_MSP_TOTAL_RATE_PER_MINUTE: u32 = 300;
 
-/// Upper bound for the `[msp]` rates per minute: 1000 messages a second.
-pub const MAX_MSP_RATE_PER_MINUTE: u32 = 60_000;
+/// Upper bound for the `[msp]` rates per minute: over a million and a
+/// half messages a second, more than any link carries, so that "no limit
+/// in effect" can be written, while a typo such as 4294967296 is caught.
+pub const MAX_MSP_RATE_PER_MINUTE: u32 = 100_000_000;
 
 /// Sources (and, separately, recipients) whose rate is tracked at once.
 /// Those back to a full allowance are forgotten first; if more than half

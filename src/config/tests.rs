@@ -150,11 +150,11 @@ fn invalid_values_are_named() {
         ("[msp]\nidle_timeout = \"2h\"\n", "at most 1h"),
         (
             "[msp]\nrecipient_rate_per_minute = 0\n",
-            "[msp] recipient_rate_per_minute: 0 is out of range (1 to 60000)",
+            "[msp] recipient_rate_per_minute: 0 is out of range (1 to 100000000)",
         ),
         (
             "[msp]\ntotal_rate_per_minute = 0\n",
-            "[msp] total_rate_per_minute: 0 is out of range (1 to 60000)",
+            "[msp] total_rate_per_minute: 0 is out of range (1 to 100000000)",
         ),
         (
             "[msp]\nmax_connections_per_source = 0\n",
@@ -226,7 +226,7 @@ fn errors_found_after_parsing_name_the_line() {
     let e = build_from(&[("main.toml", main)]).unwrap_err().to_string();
     assert_eq!(
         e,
-        "main.toml: line 4: [tcpmux] max_sessions: 0 is out of range (1 to 65536)"
+        "main.toml: line 4: [tcpmux] max_sessions: 0 is out of range (1 to 1048576)"
     );
     let e = build_from(&[
         ("main.toml", "[msp]\nidle_timeout = \"1s\"\n"),
@@ -348,7 +348,10 @@ fn every_error_of_every_file_is_reported_in_file_order() {
     ]);
     let joined = errors.join("\n---\n");
     let expect = [
-        ("main.toml", "max_sessions: 0 is out of range (1 to 65536)"),
+        (
+            "main.toml",
+            "max_sessions: 0 is out of range (1 to 1048576)",
+        ),
         ("main.toml", "unknown field `bogus`"),
         ("main.toml", "name_timeout"),
         ("main.toml", "command: \"cat\" is not an absolute path"),
@@ -380,7 +383,7 @@ fn every_count_has_an_upper_bound() {
         ),
         (
             "[tcpmux]\nmax_sessions = -1\n",
-            "[tcpmux] max_sessions: -1 is out of range (1 to 65536)",
+            "[tcpmux] max_sessions: -1 is out of range (1 to 1048576)",
         ),
         (
             "[tcpmux]\nipv6_source_prefix = 300\n",
@@ -388,7 +391,7 @@ fn every_count_has_an_upper_bound() {
         ),
         (
             "[msp]\nrate_per_minute = 4294967296\n",
-            "[msp] rate_per_minute: 4294967296 is out of range (1 to 60000)",
+            "[msp] rate_per_minute: 4294967296 is out of range (1 to 100000000)",
         ),
         (
             "[msp]\nmax_connections = 100000\n",
@@ -396,11 +399,11 @@ fn every_count_has_an_upper_bound() {
         ),
         (
             "[[service]]\nname = \"x\"\ncommand = [\"/bin/cat\"]\nmax_starts_per_second = 4294967296\n",
-            "service \"x\": max_starts_per_second: 4294967296 is out of range (1 to 10000)",
+            "service \"x\": max_starts_per_second: 4294967296 is out of range (1 to 1000000)",
         ),
         (
             "[[service]]\nname = \"x\"\ncommand = [\"/bin/cat\"]\nmax_instances = 9999999\n",
-            "service \"x\": max_instances: 9999999 is out of range (1 to 65536)",
+            "service \"x\": max_instances: 9999999 is out of range (1 to 1048576)",
         ),
     ];
     for (text, needle) in cases {
@@ -463,12 +466,13 @@ fn the_same_listen_address_twice_is_refused_naming_both() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("[tcpmux] listen (the default)"), "{e}");
-    // Different ports, or different addresses: no clash.
+    // Different ports, different addresses, or port 0 (a new one each
+    // time): no clash.
     assert!(
         build_from(&[(
             "main.toml",
-            "[tcpmux]\nlisten = [\"127.0.0.1:1\", \"127.0.0.2:1\", \"[::1]:1\"]\n\
-             [msp]\nlisten = [\"127.0.0.1:18\"]\n"
+            "[tcpmux]\nlisten = [\"127.0.0.1:1\", \"127.0.0.2:1\", \"[::1]:1\", \"127.0.0.1:0\"]\n\
+             [msp]\nlisten = [\"127.0.0.1:18\", \"127.0.0.1:0\"]\n"
         )])
         .is_ok()
     );

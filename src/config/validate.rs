@@ -428,10 +428,11 @@ pub(super) fn validate_msp(
 /// Whether binding `a` and then `b` for TCP fails because the first holds
 /// the port: the same port, and the same address or a wildcard that covers
 /// the other (`[::]` covers IPv4 too, as Linux binds it by default).
+/// Port 0 is a new port each time: never the same.
 fn clash(a: SocketAddr, b: SocketAddr) -> bool {
     let covers =
         |w: SocketAddr, x: SocketAddr| w.ip().is_unspecified() && (w.is_ipv6() || x.is_ipv4());
-    a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
+    a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
 }
 
 /// Refuses listen addresses that would take the same TCP port twice: within
