@@ -26,6 +26,10 @@ pub const MAX_NAME_TIMEOUT: Duration = Duration::from_secs(300);
 /// make room for the new connection.
 pub const DEFAULT_MAX_HANDSHAKES: usize = 16 * 1024;
 
+/// Upper bound for `[tcpmux] max_handshakes` and
+/// `max_handshakes_per_source`: about 2.4 GiB of waiting handshakes.
+pub const MAX_HANDSHAKES: usize = 1024 * 1024;
+
 /// Default for `[tcpmux] max_handshakes_per_source`: of those, from one
 /// source address (IPv6: one prefix of `ipv6_source_prefix` bits).
 pub const DEFAULT_MAX_HANDSHAKES_PER_SOURCE: usize = 64;
@@ -37,6 +41,13 @@ pub const DEFAULT_IPV6_SOURCE_PREFIX: u8 = 64;
 /// Default for `[tcpmux] max_sessions`: sessions running at once, all
 /// services together.
 pub const DEFAULT_MAX_SESSIONS: usize = 1024;
+
+/// Upper bound for `[tcpmux] max_sessions` and the other counts of
+/// sessions (`max_sessions_per_source`, a service's `max_instances` and
+/// `max_instances_per_source`): each session is at least a process and a
+/// connection, and Linux has at most 4194304 processes; a larger number
+/// is a typo. (Room enough for "no limit in effect", as benchmarks set.)
+pub const MAX_SESSIONS: usize = 1024 * 1024;
 
 /// The default share of `max_instances` and of `max_sessions` one source
 /// may hold (`max_instances_per_source`, `max_sessions_per_source`): one
@@ -57,6 +68,10 @@ pub fn default_source_share(max: usize) -> usize {
 /// Default for `[[service]] max_starts_per_second`: sessions of one service
 /// started per second, with as many in reserve for bursts.
 pub const DEFAULT_MAX_STARTS_PER_SECOND: u32 = 100;
+
+/// Upper bound for `[[service]] max_starts_per_second`: far beyond what
+/// any machine starts, so that "no limit in effect" can be written.
+pub const MAX_STARTS_PER_SECOND: u32 = 1_000_000;
 
 /// How often limits hit, and the connections not logged one by one, are
 /// summed up in one log line.
@@ -167,6 +182,11 @@ pub const DEFAULT_MSP_RECIPIENT_RATE_PER_MINUTE: u32 = 30;
 /// from all sources for all recipients, in bursts of as many.
 pub const DEFAULT_MSP_TOTAL_RATE_PER_MINUTE: u32 = 300;
 
+/// Upper bound for the `[msp]` rates per minute: over a million and a
+/// half messages a second, more than any link carries, so that "no limit
+/// in effect" can be written, while a typo such as 4294967296 is caught.
+pub const MAX_MSP_RATE_PER_MINUTE: u32 = 100_000_000;
+
 /// Sources (and, separately, recipients) whose rate is tracked at once.
 /// Those back to a full allowance are forgotten first; if more than half
 /// are still recent, the table starts afresh (the total rate still holds).
@@ -185,6 +205,13 @@ pub const DEFAULT_MSP_MAX_MESSAGES_PER_CONNECTION: usize = 100;
 
 /// Default for `[msp] max_connections`: MSP TCP connections at once.
 pub const DEFAULT_MSP_MAX_CONNECTIONS: usize = 256;
+
+/// Upper bound for `[msp] max_connections` and
+/// `max_connections_per_source`.
+pub const MAX_MSP_CONNECTIONS: usize = 65536;
+
+/// Upper bound for `[msp] max_messages_per_connection`.
+pub const MAX_MSP_MESSAGES_PER_CONNECTION: usize = 1_000_000;
 
 /// Default for `[msp] idle_timeout`: time allowed for each message on a TCP
 /// connection, from the end of the previous one (or the connection's
@@ -305,3 +332,20 @@ pub const WARM_MAX_AGE: Duration = Duration::from_secs(120);
 /// How often warm units are checked (retired when their helper died or
 /// they are too old) and refilled when nothing else prompts it.
 pub const WARM_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Default for `[tcpmux] umask` (a service's when neither it nor
+/// `[tcpmux]` sets one): files a session's program creates are its own
+/// user's alone.
+pub const DEFAULT_UMASK: u32 = 0o077;
+
+/// Upper bound for `limits.open_files`: Linux's default `fs.nr_open`,
+/// above which setrlimit fails.
+pub const MAX_OPEN_FILES: u64 = 1024 * 1024;
+
+/// Upper bound for `limits.processes` (other than "infinity"): Linux's
+/// largest `kernel.pid_max`.
+pub const MAX_PROCESSES: u64 = 4 * 1024 * 1024;
+
+/// Lower bound for `limits.address_space`: less cannot even load a
+/// program and its C library.
+pub const MIN_ADDRESS_SPACE: u64 = 16 * 1024 * 1024;

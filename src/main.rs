@@ -244,9 +244,10 @@ fn activated_for(mut sockets: Sockets, serves: Serves) -> Result<Sockets, String
     Ok(sockets)
 }
 
-/// `--check`: validate and report, on stdout and stderr only.
 /// `--check`: the configuration as tcpmuxd would read it here, as a
-/// systemd service when systemd runs this machine.
+/// systemd service when systemd runs this machine; validated and reported
+/// on stdout and stderr only. With `--print`, the configuration in force,
+/// as TOML, on stdout.
 fn check(args: &Args) -> ExitCode {
     let host = config::Host::current(sd_notify::booted().unwrap_or(false));
     match config::load(&args.config, &host) {
@@ -255,17 +256,27 @@ fn check(args: &Args) -> ExitCode {
                 eprintln!("warning: {w}");
             }
             let names: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
-            println!(
-                "{}: valid ({} files, {} services: {})",
+            let summary = format!(
+                "{}: valid ({}, {}: {})",
                 args.config.display(),
-                config.files.len(),
-                names.len(),
+                config::count(config.files.len(), "file"),
+                config::count(names.len(), "service"),
                 if names.is_empty() {
                     "none".to_string()
                 } else {
                     names.join(", ")
                 }
             );
+            if args.print {
+                println!("# {summary}");
+                println!(
+                    "# The configuration in force{}: every key with its value, drop-ins merged.",
+                    if host.root { ", as root" } else { "" }
+                );
+                print!("{}", config::to_toml(&config));
+                return ExitCode::SUCCESS;
+            }
+            println!("{summary}");
             for service in &config.services {
                 if service.command.is_none() && service.launcher != config::LauncherKind::Exec {
                     println!(
@@ -278,8 +289,14 @@ fn check(args: &Args) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("tcpmuxd: invalid configuration: {e}");
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("error: {e}");
+            }
+            eprintln!(
+                "tcpmuxd: invalid configuration: {}",
+                config::count(errors.0.len(), "error")
+            );
             ExitCode::from(exit::CONFIG)
         }
     }

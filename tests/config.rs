@@ -75,3 +75,166 @@ fn an_ipv6_entry_that_seems_to_cover_ipv4_clients_is_warned_about() {
         "{stderr}"
     );
 }
+
+/// `tcpmuxd --check --print` on these files (the first is the main file):
+/// exit status, stdout, stderr.
+fn check_print(files: &[(&str, &str)]) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = common::root_dropin().map(|(name, text)| (format!("conf.d/{name}"), text));
+    for (name, text) in files
+        .iter()
+        .copied()
+        .chain(root.as_ref().map(|(n, t)| (n.as_str(), *t)))
+    {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    let out = std::process::Command::new(common::DAEMON)
+        .arg("--config")
+        .arg(dir.path().join(files[0].0))
+        .args(["--check", "--print"])
+        .output()
+        .expect("run tcpmuxd --check --print");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_error_of_every_file_is_reported_in_file_order() {
+    let main = format!(
+        "[tcpmux]\nmax_handshakes = 4294967296\nbogus = 1\n\n{ECHO}max_instances = \"many\"\n"
+    );
+    let dropin = "[[service]]\nname = \"date\"\ncommand = [\"date\"]\nwarm = 5000\n";
+    let (code, stdout, stderr) = check(&[("tcpmuxd.toml", &main), ("conf.d/50-date.toml", dropin)]);
+    assert_eq!(code, 78, "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    let expected = [
+        "tcpmuxd.toml: line 2: [tcpmux] max_handshakes: 4294967296 is out of range (1 to 1048576)",
+        "tcpmuxd.toml: TOML parse error at line 3, column 1",
+        "tcpmuxd.toml: TOML parse error at line 8, column 17",
+        "conf.d/50-date.toml: line 3: service \"date\": command: \"date\" is not an absolute path",
+        "conf.d/50-date.toml: line 4: service \"date\": warm: 5000 is out of range (0 to 1024)",
+    ];
+    assert_eq!(errors.len(), expected.len(), "{stderr}");
+    for (line, want) in errors.iter().zip(expected) {
+        assert!(line.contains(want), "{want}\n--- in:\n{stderr}");
+    }
+    assert!(stderr.contains("unknown field `bogus`"), "{stderr}");
+    assert!(stderr.contains("^^^^^"), "a caret under the key: {stderr}");
+    assert!(
+        stderr.contains("invalid type: string \"many\", expected a whole number"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.ends_with("tcpmuxd: invalid configuration: 5 errors\n"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn counts_are_in_plain_words() {
+    let (code, stdout, stderr) = check(&[("tcpmuxd.toml", ECHO)]);
+    assert_eq!(code, 0, "{stderr}");
+    let files = if common::is_root() {
+        "2 files"
+    } else {
+        "1 file"
+    };
+    assert!(
+        stdout.contains(&format!("valid ({files}, 1 service: echo)")),
+        "{stdout}"
+    );
+    let (_, _, stderr) = check(&[("tcpmuxd.toml", "[tcpmux]\nmax_sessions = 1.5\n")]);
+    assert!(stderr.contains("expected a whole number"), "{stderr}");
+    assert!(
+        !stderr.contains("i128") && !stderr.contains("i64"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.ends_with("invalid configuration: 1 error\n"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_network_with_host_bits_set_is_warned_about() {
+    let main = format!("[tcpmux]\nallow = [\"10.0.0.1/8\"]\n\n{ECHO}");
+    let (code, _, stderr) = check(&[("tcpmuxd.toml", &main)]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(
+            "tcpmuxd.toml: line 2: [tcpmux] allow: \"10.0.0.1/8\" has host bits set: it means \
+             10.0.0.0/8"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_same_listen_address_twice_is_refused_naming_both() {
+    let main = format!("[tcpmux]\nlisten = [\"127.0.0.1:1025\"]\n\n{ECHO}");
+    let dropin = "[msp]\nlisten = [\"127.0.0.1:1025\"]\n";
+    let (code, _, stderr) = check(&[("tcpmuxd.toml", &main), ("conf.d/50-msp.toml", dropin)]);
+    assert_eq!(code, 78, "{stderr}");
+    assert!(
+        stderr.contains(
+            "conf.d/50-msp.toml: line 2: [msp] listen: \"127.0.0.1:1025\" is also in [tcpmux] \
+             listen ("
+        ) && stderr.contains("tcpmuxd.toml line 2): tcpmuxd cannot bind a TCP port twice"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_print_shows_the_configuration_in_force_and_reads_back() {
+    let main = format!(
+        "[tcpmux]\nlisten = [\"127.0.0.1:1025\"]\numask = \"0027\"\n\
+         environment = {{ LANG = \"C.UTF-8\" }}\nlimits = {{ open_files = 1024, core_size = 0 }}\n\n\
+         {ECHO}limits = {{ open_files = 64, cpu_time = \"10min\" }}\n\
+         environment = {{ GREETING = \"hello \\\"there\\\"\" }}\n"
+    );
+    let dropin = "[[service]]\nname = \"date\"\ncommand = [\"/bin/date\", \"+%s\"]\nplus = false\n";
+    let (code, printed, stderr) =
+        check_print(&[("tcpmuxd.toml", &main), ("conf.d/50-date.toml", dropin)]);
+    assert_eq!(code, 0, "{stderr}");
+    for line in [
+        "max_handshakes = 16384\n",
+        "name_timeout = \"10s\"\n",
+        "umask = \"0027\"\n",
+        "[[service]]\nname = \"date\"\n",
+        "limits = { open_files = 64, cpu_time = \"10m\", core_size = 0 }\n",
+        "environment = { GREETING = 'hello \"there\"', LANG = \"C.UTF-8\" }\n",
+        "dedup_window = \"5m\"\n",
+    ] {
+        assert!(printed.contains(line), "{line}\n--- in:\n{printed}");
+    }
+    // The printout is a configuration tcpmuxd accepts, and prints alike.
+    let (code, again, stderr) = check_print(&[("tcpmuxd.toml", &printed)]);
+    assert_eq!(code, 0, "{stderr}\n--- printed:\n{printed}");
+    let settings = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(settings(&again), settings(&printed));
+}
+
+#[test]
+fn print_needs_check() {
+    let out = std::process::Command::new(common::DAEMON)
+        .arg("--print")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--check"), "{stderr}");
+}

@@ -1079,3 +1079,85 @@ fn a_program_the_services_user_cannot_execute_is_refused_before_plus() {
     assert_eq!(d.exchange(b"private\r\n"), b"-Service unavailable\r\n");
     assert!(d.wait_log("not executable by user nobody"), "{}", d.log());
 }
+
+/// The script of the sessions below: what a program sees of its umask,
+/// limits and environment.
+const SHOW_RESOURCES: &str = "umask; ulimit -n; ulimit -c; ulimit -p; ulimit -v; ulimit -t; \
+                              echo \"$LANG $VAR $OTHER\"";
+
+#[test]
+fn a_session_gets_the_umask_environment_and_limits_of_its_service_and_tcpmux() {
+    let command = format!(
+        r#"["/bin/sh", "-c", "{}"]"#,
+        SHOW_RESOURCES.replace('"', "\\\"")
+    );
+    let config = format!(
+        "[tcpmux]\nuser = \"nobody\"\numask = \"0027\"\n\
+         environment = {{ LANG = \"C\", VAR = \"default\" }}\n\
+         limits = {{ open_files = 100, core_size = 0, processes = 200, address_space = \"1G\" }}\n\n\
+         {}\n{}",
+        one_service(
+            "own",
+            &command,
+            "environment = { VAR = \"own\", OTHER = \"x\" }\n\
+             limits = { cpu_time = \"1h\", open_files = 90 }"
+        ),
+        one_service("defaults", &command, "umask = \"0002\""),
+    );
+    // Exactly this configuration: without the tests' root drop-in, which
+    // would set the user.
+    let d = Daemon::start_opts(
+        &config,
+        Options {
+            dropins: &[("00-root.toml", "# none here\n")],
+            ..Options::default()
+        },
+    );
+    let kib_in_1g = (1u64 << 30) / 1024;
+    assert_eq!(
+        session_output(&d, "own"),
+        format!("0027\n90\n0\n200\n{kib_in_1g}\n3600\nC own x\n"),
+        "{}",
+        d.log()
+    );
+    assert_eq!(
+        session_output(&d, "defaults"),
+        format!("0002\n100\n0\n200\n{kib_in_1g}\nunlimited\nC default \n"),
+        "{}",
+        d.log()
+    );
+}
+
+#[test]
+fn a_limit_above_what_tcpmuxd_may_set_refuses_the_service() {
+    if is_root() {
+        eprintln!("skipped: root may raise any limit");
+        return;
+    }
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .unwrap_or(u64::MAX);
+    if hard >= 1024 * 1024 {
+        eprintln!("skipped: the hard limit on open files is already the largest");
+        return;
+    }
+    let config = one_service(
+        "many",
+        r#"["/bin/cat"]"#,
+        &format!("limits = {{ open_files = {} }}", hard + 1),
+    );
+    let d = Daemon::start(&config);
+    let mut s = d.connect();
+    s.write_all(b"many\r\n").unwrap();
+    assert_eq!(
+        read_line(&mut s),
+        b"-Service unavailable\r\n",
+        "{}",
+        d.log()
+    );
+    assert!(
+        d.log().contains("above tcpmuxd's own hard limit"),
+        "{}",
+        d.log()
+    );
+}

@@ -52,7 +52,25 @@ fn at_most(d: Duration) -> String {
     format!("more than 0s, at most {}", duration(d))
 }
 
-const AT_LEAST_ONE: &str = "a whole number, at least 1";
+/// The values of a count: "a whole number from 1 to 65536".
+fn range(min: usize, max: usize) -> String {
+    format!("a whole number from {min} to {max}")
+}
+const UMASK: &str = "octal digits from \"0000\" to \"0777\" as a string (or a TOML octal \
+                     integer such as 0o027)";
+const ENVIRONMENT: &str = "variable names of letters, digits and _, not starting with a digit; \
+                           not TCPMUX_SERVICE, REMOTE_ADDR, REMOTE_PORT, LOCAL_ADDR, LOCAL_PORT, \
+                           PATH nor LISTEN_*";
+
+/// The values of each key of a `limits` table.
+fn limits_bounds() -> String {
+    crate::config::LimitKind::ALL
+        .into_iter()
+        .map(|k| format!("{}: {}", k.key(), k.range()))
+        .collect::<Vec<_>>()
+        .join("; ")
+        + "; sizes in bytes or with K, M, G, T (1024-based), durations as elsewhere"
+}
 const ADDRESSES: &str =
     "a list of IP addresses with ports, such as \"[::]:1\" or \"127.0.0.1:1025\"";
 const NETS: &str = "a list of addresses or CIDR prefixes (IPv4 or IPv6)";
@@ -172,7 +190,7 @@ pub fn keys() -> Vec<Key> {
             "max_handshakes",
             "integer",
             limits::DEFAULT_MAX_HANDSHAKES.to_string(),
-            AT_LEAST_ONE.into(),
+            range(1, limits::MAX_HANDSHAKES),
             Some(when_hit_max_handshakes()),
             "Connections in the handshake phase at once (accepted, not yet answered or handed to \
              a service); each costs about 2.3 KiB.",
@@ -182,7 +200,7 @@ pub fn keys() -> Vec<Key> {
             "max_handshakes_per_source",
             "integer",
             limits::DEFAULT_MAX_HANDSHAKES_PER_SOURCE.to_string(),
-            AT_LEAST_ONE.into(),
+            range(1, limits::MAX_HANDSHAKES),
             Some(when_hit_per_source()),
             "Of those, connections from one IPv4 address or one IPv6 prefix \
              (ipv6_source_prefix).",
@@ -202,7 +220,7 @@ pub fn keys() -> Vec<Key> {
             "max_sessions",
             "integer",
             limits::DEFAULT_MAX_SESSIONS.to_string(),
-            AT_LEAST_ONE.into(),
+            range(1, limits::MAX_SESSIONS),
             Some(when_hit_server_busy()),
             "Sessions running at once, all services together.",
         ),
@@ -211,7 +229,7 @@ pub fn keys() -> Vec<Key> {
             "max_sessions_per_source",
             "integer",
             default_share("max_sessions"),
-            "a whole number, at least 1, at most max_sessions".into(),
+            format!("{}, at most max_sessions", range(1, limits::MAX_SESSIONS)),
             Some(when_hit_source_sessions()),
             "Of those, sessions held by one IPv4 address or one IPv6 prefix \
              (ipv6_source_prefix), counted from the moment a session is granted (before the \
@@ -262,18 +280,80 @@ pub fn keys() -> Vec<Key> {
         ),
         key(
             "tcpmux",
-            "default_user",
+            "user",
             "string",
             "none".into(),
             "a user name or uid that exists".into(),
             None,
-            "When tcpmuxd runs as root, the user of the programs it starts itself (the exec \
-             launcher's, and MSP's delivery command when not under systemd) whose service, or \
-             [msp], sets no user. Without it, such a program is a configuration error: tcpmuxd \
-             never runs one as root unless user = \"root\" is written out. Ignored when tcpmuxd \
-             does not run as root (it cannot switch users: the programs run as its own user). \
-             The systemd launcher's units take their user from unit drop-ins (DynamicUser= by \
-             default).",
+            "The user of every service's program, and of MSP's delivery command, that sets no \
+             user of its own, with group (or that user's primary group) and no supplementary \
+             groups. The systemd launcher sets User= and Group= of the session's units (when \
+             no user is set anywhere, the units' drop-ins decide: DynamicUser=yes by default). \
+             The exec launcher, and MSP's command when tcpmuxd starts it itself, switch to it \
+             only when tcpmuxd runs as root (it cannot switch users otherwise: the programs run \
+             as its own user). As root, such a program needs a user, here or its own: \
+             tcpmuxd never runs one as root unless user = \"root\" is written out; without one \
+             it is a configuration error naming the service.",
+        ),
+        key(
+            "tcpmux",
+            "default_user",
+            "string",
+            "none".into(),
+            "as user; not together with user in one file".into(),
+            None,
+            "The former name of user, still accepted: the same key (a later file's user or \
+             default_user replaces an earlier one's).",
+        ),
+        key(
+            "tcpmux",
+            "group",
+            "string",
+            "user's primary group".into(),
+            "a group name or gid that exists; only together with user".into(),
+            None,
+            "The group of the programs that run as user.",
+        ),
+        key(
+            "tcpmux",
+            "umask",
+            "string",
+            format!("\"{}\"", crate::config::show_umask(limits::DEFAULT_UMASK)),
+            UMASK.into(),
+            None,
+            "The umask of every service's program that sets none: the systemd launcher sets \
+             UMask= of the session's units, the exec launcher calls umask(2) in the child.",
+        ),
+        key(
+            "tcpmux",
+            "environment",
+            "table of strings",
+            "{}".into(),
+            ENVIRONMENT.into(),
+            None,
+            "Variables of every service's program, written as [tcpmux.environment] or as an \
+             inline table; a service's own variable of the same name replaces one of these, \
+             the others are kept. Drop-ins add variables (a later file's replaces one of the \
+             same name).",
+        ),
+        key(
+            "tcpmux",
+            "limits",
+            "table",
+            "{} (nothing limited here: inherited)".into(),
+            limits_bounds(),
+            None,
+            "Resource limits of every service's program, written as [tcpmux.limits] or as an \
+             inline table such as { open_files = 1024, processes = 64, address_space = \"1G\", \
+             cpu_time = \"10min\", core_size = 0 }: open_files (RLIMIT_NOFILE, LimitNOFILE=), \
+             processes (of the program's user, RLIMIT_NPROC, LimitNPROC=), address_space \
+             (RLIMIT_AS, LimitAS=), cpu_time (RLIMIT_CPU, LimitCPU=), core_size (RLIMIT_CORE, \
+             LimitCORE=). Each sets the soft and the hard limit, as systemd's Limit*= do. A \
+             service's own limits replace these one by one; drop-ins likewise. A limit set \
+             nowhere is inherited: under the exec launcher from tcpmuxd (open files: the limit \
+             tcpmuxd was started with), under the systemd launcher from the unit's defaults and \
+             drop-ins. Without root, the exec launcher cannot raise a hard limit: a session \
+             then fails to start and its client is told \"-\".",
         ),
         key(
             "msp",
@@ -313,13 +393,14 @@ pub fn keys() -> Vec<Key> {
             "msp",
             "user",
             "string",
-            "[tcpmux] default_user; not as root: tcpmuxd's own user".into(),
+            "[tcpmux] user".into(),
             "a user name or uid that exists".into(),
             None,
             "The user the delivery command runs as, with that user's primary group and no \
              supplementary groups. Required when tcpmuxd runs as root and starts the command \
-             itself (not as a systemd service) and default_user is not set: the command would \
-             run as root. Under systemd, User= of its unit (tcpmux-msp@.service).",
+             itself (not as a systemd service) and [tcpmux] user is not set: the command would \
+             run as root. Not as root, tcpmuxd runs it as its own user. Under systemd, User= \
+             of its unit (tcpmux-msp@.service).",
         ),
         key(
             "msp",
@@ -353,7 +434,7 @@ pub fn keys() -> Vec<Key> {
             "rate_per_minute",
             "integer",
             limits::DEFAULT_MSP_RATE_PER_MINUTE.to_string(),
-            AT_LEAST_ONE.into(),
+            range(1, limits::MAX_MSP_RATE_PER_MINUTE as usize),
             Some(when_hit_msp_rate()),
             "Messages accepted per source address (IPv6: per ipv6_source_prefix) a minute, in \
              bursts of as many.",
@@ -363,7 +444,7 @@ pub fn keys() -> Vec<Key> {
             "recipient_rate_per_minute",
             "integer",
             limits::DEFAULT_MSP_RECIPIENT_RATE_PER_MINUTE.to_string(),
-            AT_LEAST_ONE.into(),
+            range(1, limits::MAX_MSP_RATE_PER_MINUTE as usize),
             Some(when_hit_msp_recipient_rate()),
             "Messages accepted for one recipient a minute, from all sources together, in bursts \
              of as many.",
@@ -373,7 +454,7 @@ pub fn keys() -> Vec<Key> {
             "total_rate_per_minute",
             "integer",
             limits::DEFAULT_MSP_TOTAL_RATE_PER_MINUTE.to_string(),
-            AT_LEAST_ONE.into(),
+            range(1, limits::MAX_MSP_RATE_PER_MINUTE as usize),
             Some(when_hit_msp_total_rate()),
             "Messages delivered a minute, all sources and recipients together, in bursts of as \
              many; messages over UDP, whose source can be forged, take at most half of it. Only \
@@ -404,7 +485,7 @@ pub fn keys() -> Vec<Key> {
             "max_connections",
             "integer",
             limits::DEFAULT_MSP_MAX_CONNECTIONS.to_string(),
-            AT_LEAST_ONE.into(),
+            range(1, limits::MAX_MSP_CONNECTIONS),
             Some(when_hit_msp_max_connections()),
             "TCP connections at once.",
         ),
@@ -413,7 +494,7 @@ pub fn keys() -> Vec<Key> {
             "max_connections_per_source",
             "integer",
             limits::DEFAULT_MSP_MAX_CONNECTIONS_PER_SOURCE.to_string(),
-            AT_LEAST_ONE.into(),
+            range(1, limits::MAX_MSP_CONNECTIONS),
             Some(when_hit_msp_connections()),
             "Of those, from one source address (IPv6: per ipv6_source_prefix).",
         ),
@@ -422,7 +503,7 @@ pub fn keys() -> Vec<Key> {
             "max_messages_per_connection",
             "integer",
             limits::DEFAULT_MSP_MAX_MESSAGES_PER_CONNECTION.to_string(),
-            AT_LEAST_ONE.into(),
+            range(1, limits::MAX_MSP_MESSAGES_PER_CONNECTION),
             Some(when_hit_msp_messages_per_connection()),
             "Messages one TCP connection may carry.",
         ),
@@ -522,7 +603,7 @@ pub fn keys() -> Vec<Key> {
             "max_instances",
             "integer",
             limits::DEFAULT_MAX_INSTANCES.to_string(),
-            AT_LEAST_ONE.into(),
+            range(1, limits::MAX_SESSIONS),
             Some(when_hit_max_instances()),
             "Sessions of this service running at once.",
         ),
@@ -531,7 +612,7 @@ pub fn keys() -> Vec<Key> {
             "max_instances_per_source",
             "integer",
             default_share("max_instances"),
-            "a whole number, at least 1, at most max_instances".into(),
+            format!("{}, at most max_instances", range(1, limits::MAX_SESSIONS)),
             Some(when_hit_source_sessions()),
             "Of those, sessions held by one IPv4 address or one IPv6 prefix \
              (ipv6_source_prefix), counted as for max_sessions_per_source; as xinetd's \
@@ -542,7 +623,7 @@ pub fn keys() -> Vec<Key> {
             "max_starts_per_second",
             "integer",
             limits::DEFAULT_MAX_STARTS_PER_SECOND.to_string(),
-            AT_LEAST_ONE.into(),
+            range(1, limits::MAX_STARTS_PER_SECOND as usize),
             Some(when_hit_start_rate()),
             "Sessions of this service started per second, with as many in reserve for bursts, \
              shared fairly among sources.",
@@ -583,13 +664,15 @@ pub fn keys() -> Vec<Key> {
             "service",
             "user",
             "string",
-            "[tcpmux] default_user; not as root: tcpmuxd's own user".into(),
+            "[tcpmux] user".into(),
             "a user name or uid that exists".into(),
             None,
-            "The user the program runs as, with that user's primary group and no supplementary \
-             groups. When tcpmuxd runs as root, a program of the exec launcher needs one (here \
-             or default_user): user = \"root\" written out is the only way to run it as root. \
-             With the systemd launcher: User= of the session's unit.",
+            "The user the program runs as, with group (or that user's primary group) and no \
+             supplementary groups; with neither, [tcpmux] user and group. When tcpmuxd runs as root, a program \
+             of the exec launcher needs one (here or [tcpmux] user): user = \"root\" written \
+             out is the only way to run it as root; not as root, the exec launcher can run it \
+             only as tcpmuxd's own user. With the systemd launcher: User= and Group= of the \
+             session's unit.",
         ),
         key(
             "service",
@@ -604,12 +687,31 @@ pub fn keys() -> Vec<Key> {
             "service",
             "environment",
             "table of strings",
-            "{}".into(),
-            "variable names of letters, digits and _, not starting with a digit; not \
-             TCPMUX_SERVICE, REMOTE_ADDR, REMOTE_PORT, LOCAL_ADDR, LOCAL_PORT, PATH nor LISTEN_*"
-                .into(),
+            "[tcpmux] environment".into(),
+            ENVIRONMENT.into(),
             None,
-            "Extra variables for the program, written as [service.environment].",
+            "Extra variables for the program, written as [service.environment] or as an inline \
+             table: added to [tcpmux] environment, replacing its variables of the same name.",
+        ),
+        key(
+            "service",
+            "umask",
+            "string",
+            "[tcpmux] umask".into(),
+            UMASK.into(),
+            None,
+            "The program's umask.",
+        ),
+        key(
+            "service",
+            "limits",
+            "table",
+            "[tcpmux] limits".into(),
+            limits_bounds(),
+            None,
+            "The program's resource limits, written as [service.limits] or as an inline table, \
+             with the keys of [tcpmux] limits: each one set here replaces [tcpmux]'s, the others \
+             are kept.",
         ),
     ]
 }
@@ -622,7 +724,7 @@ pub fn limits_table() -> Vec<Limit> {
         when_hit,
     };
     let kib = |n: usize| n / 1024;
-    vec![
+    let mut rows = vec![
         row(
             "service name length",
             format!("{} bytes", limits::MAX_NAME_LEN),
@@ -855,7 +957,63 @@ pub fn limits_table() -> Vec<Limit> {
             ),
             "`-Service unavailable`".into(),
         ),
-    ]
+        row(
+            "`[tcpmux] limits`, `[[service]] limits`",
+            "none: a session's program inherits them (exec launcher: from tcpmuxd; systemd \
+             launcher: from the unit's defaults)"
+                .into(),
+            "the program meets the kernel's limit (too many open files, fork fails, out of \
+             memory, SIGXCPU, no core dump)"
+                .into(),
+        ),
+    ];
+    // The upper bound of each count, checked when the configuration is read.
+    let maxima = [
+        ("`[tcpmux] max_handshakes`", limits::MAX_HANDSHAKES),
+        (
+            "`[tcpmux] max_handshakes_per_source`",
+            limits::MAX_HANDSHAKES,
+        ),
+        ("`[tcpmux] max_sessions`", limits::MAX_SESSIONS),
+        ("`[tcpmux] max_sessions_per_source`", limits::MAX_SESSIONS),
+        ("`[tcpmux] max_starting_units`", limits::MAX_STARTING_UNITS),
+        ("`[[service]] max_instances`", limits::MAX_SESSIONS),
+        (
+            "`[[service]] max_instances_per_source`",
+            limits::MAX_SESSIONS,
+        ),
+        (
+            "`[[service]] max_starts_per_second`",
+            limits::MAX_STARTS_PER_SECOND as usize,
+        ),
+        (
+            "`[msp] rate_per_minute`",
+            limits::MAX_MSP_RATE_PER_MINUTE as usize,
+        ),
+        (
+            "`[msp] recipient_rate_per_minute`",
+            limits::MAX_MSP_RATE_PER_MINUTE as usize,
+        ),
+        (
+            "`[msp] total_rate_per_minute`",
+            limits::MAX_MSP_RATE_PER_MINUTE as usize,
+        ),
+        ("`[msp] max_connections`", limits::MAX_MSP_CONNECTIONS),
+        (
+            "`[msp] max_connections_per_source`",
+            limits::MAX_MSP_CONNECTIONS,
+        ),
+        (
+            "`[msp] max_messages_per_connection`",
+            limits::MAX_MSP_MESSAGES_PER_CONNECTION,
+        ),
+    ];
+    for row in &mut rows {
+        if let Some((_, max)) = maxima.iter().find(|(limit, _)| *limit == row.limit) {
+            row.default.push_str(&format!(" (at most {max})"));
+        }
+    }
+    rows
 }
 
 /// The header of the README's table of limits, by which the test finds it.

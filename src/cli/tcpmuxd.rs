@@ -15,7 +15,11 @@ Sockets:
 Configuration:
   FILE, then every *.toml in conf.d/ beside it, in lexical order. Drop-ins may
   set [tcpmux] keys (a later file wins) and add [[service]] entries. Unknown
-  keys are errors. Check a configuration with --check before reloading.
+  keys are errors. Check a configuration with --check before reloading: it
+  reports every error of every file, in file order. --check --print shows
+  the configuration in force (each service with the user, umask,
+  environment and limits it gets), as TOML: `tcpmuxd --check --print >
+  FILE` is a valid configuration file.
 
 Signals:
   SIGHUP reloads the configuration (an invalid one is rejected, logged, and
@@ -40,7 +44,8 @@ pub struct Args {
     #[arg(short, long, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
 
-    /// Validate the configuration and its drop-ins, print the result and exit.
+    /// Validate the configuration and its drop-ins, print every error (or
+    /// a summary) and exit.
     #[arg(long)]
     pub check: bool,
 
@@ -48,6 +53,12 @@ pub struct Args {
     /// Default: both.
     #[arg(long, value_enum, value_name = "PROTOCOL")]
     pub only: Option<Protocol>,
+
+    /// With --check: print the effective configuration instead of the
+    /// summary, drop-ins merged and every default filled in, as a
+    /// configuration file tcpmuxd reads back (like sshd -T).
+    #[arg(long, requires = "check")]
+    pub print: bool,
 
     /// Where log entries go.
     #[arg(long, value_enum, value_name = "TARGET", default_value = "auto")]

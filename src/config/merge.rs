@@ -1,9 +1,9 @@
 //! Merging the files: the main file first, then the drop-ins in order.
 //! Later files override keys of `[tcpmux]` and `[msp]`; services add up.
 
-use super::file::{FileConfig, RawMsp, RawTcpmux};
-use super::validate::{validate_msp, validate_service, validate_tcpmux};
-use super::{Config, ConfigError, DEFAULT_CONFIG_PATH, Service};
+use super::file::{FileConfig, RawLimits, RawMsp, RawTcpmux};
+use super::validate::{check_listen, validate_msp, validate_service, validate_tcpmux};
+use super::{Config, ConfigError, ConfigErrors, DEFAULT_CONFIG_PATH, Service};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,7 +43,20 @@ impl Origins {
 /// Merges parsed files (main file first, then drop-ins in order) and
 /// validates the result. Later files override keys of `[tcpmux]`; services
 /// add up, and a name defined twice is an error naming both files.
-pub fn build(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, ConfigError> {
+pub fn build(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, ConfigErrors> {
+    let order: Vec<PathBuf> = files.iter().map(|(p, _)| p.clone()).collect();
+    let mut errors = Vec::new();
+    let config = merge(files, &mut errors);
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors::sorted(errors, &order))
+    }
+}
+
+/// Merges and validates, adding every error to `errors`: a value in error
+/// is replaced by its default, so that the checks after it still run.
+pub(super) fn merge(files: Vec<(PathBuf, FileConfig)>, errors: &mut Vec<ConfigError>) -> Config {
     let main = files
         .first()
         .map(|(p, _)| p.clone())
@@ -52,8 +65,7 @@ pub fn build(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, ConfigError> {
     let mut tcpmux_source = main.clone();
     let mut msp = RawMsp::default();
     let mut msp_source = main.clone();
-    let mut services: Vec<Arc<Service>> = Vec::new();
-    let mut by_name: HashMap<String, usize> = HashMap::new();
+    let mut raw_services = Vec::new();
     let mut paths = Vec::new();
     let mut origins = Origins::default();
 
@@ -62,6 +74,14 @@ pub fn build(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, ConfigError> {
         origins.note("msp", &path, &file.lines.msp);
         if let Some(t) = file.tcpmux {
             tcpmux_source = path.clone();
+            if t.user.is_some() && t.default_user.is_some() {
+                errors.push(origins.error(
+                    &path,
+                    "tcpmux",
+                    "default_user",
+                    "is the former name of user, and user is set too: keep only user".into(),
+                ));
+            }
             merged.listen = t.listen.or(merged.listen);
             merged.name_timeout = t.name_timeout.or(merged.name_timeout);
             merged.max_handshakes = t.max_handshakes.or(merged.max_handshakes);
@@ -76,14 +96,32 @@ pub fn build(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, ConfigError> {
             merged.max_starting_units = t.max_starting_units.or(merged.max_starting_units);
             merged.allow = t.allow.or(merged.allow);
             merged.deny = t.deny.or(merged.deny);
-            merged.default_user = t.default_user.or(merged.default_user);
+            // default_user is user's former name: one key.
+            if let Some(user) = t.user.or(t.default_user) {
+                merged.user = Some(user);
+                // A group set with another user does not go with this one.
+                merged.group = None;
+            }
+            merged.group = t.group.or(merged.group);
+            merged.umask = t.umask.or(merged.umask);
+            // Variables and limits add up, a later file's replacing one of
+            // the same name.
+            if let Some(env) = t.environment {
+                merged.environment.get_or_insert_default().extend(env);
+            }
+            if let Some(l) = t.limits {
+                merged.limits = Some(overlay(merged.limits.take().unwrap_or_default(), l));
+            }
         }
         if let Some(m) = file.msp {
             msp_source = path.clone();
             msp.listen = m.listen.or(msp.listen);
             msp.deliver = m.deliver.or(msp.deliver);
             msp.command = m.command.or(msp.command);
-            msp.user = m.user.or(msp.user);
+            if let Some(user) = m.user {
+                msp.user = Some(user);
+                msp.group = None;
+            }
             msp.group = m.group.or(msp.group);
             msp.command_timeout = m.command_timeout.or(msp.command_timeout);
             msp.console = m.console.or(msp.console);
@@ -106,44 +144,72 @@ pub fn build(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, ConfigError> {
             msp.allow = m.allow.or(msp.allow);
             msp.deny = m.deny.or(msp.deny);
         }
-        let no_lines = (0, HashMap::new());
-        for (i, raw) in file.services.into_iter().enumerate() {
-            let lines = file.lines.services.get(i).unwrap_or(&no_lines);
-            let service = validate_service(&path, lines, raw)?;
-            let key = service.name.to_ascii_lowercase();
-            if let Some(&i) = by_name.get(&key) {
-                let first = &services[i];
-                return Err(ConfigError::at(
-                    &path,
-                    service.line,
-                    format!(
-                        "service \"{}\" is already defined in {}{} (service names compare \
-                         without regard to case)",
-                        service.name,
-                        first.source.display(),
-                        first.line.map(|l| format!(" line {l}")).unwrap_or_default(),
-                    ),
-                ));
-            }
-            by_name.insert(key, services.len());
-            services.push(Arc::new(service));
+        let mut lines = file.lines.services.into_iter();
+        for raw in file.services {
+            let lines = lines.next().unwrap_or_default();
+            raw_services.push((path.clone(), lines, raw));
         }
         paths.push(path);
     }
 
-    let tcpmux = validate_tcpmux(&tcpmux_source, &origins, merged)?;
-    let msp = validate_msp(&msp_source, &origins, msp)?;
+    let mut warnings = Vec::new();
+    let tcpmux = validate_tcpmux(&tcpmux_source, &origins, merged, errors, &mut warnings);
+    let mut msp = validate_msp(&msp_source, &origins, msp, errors, &mut warnings);
+    check_listen(&main, &origins, &tcpmux, &msp, errors);
+    if msp.credentials.is_none() {
+        msp.credentials = tcpmux.default_credentials.clone();
+        msp.credentials_inherited = msp.credentials.is_some();
+    }
+
+    let mut services: Vec<Arc<Service>> = Vec::new();
+    let mut by_name: HashMap<String, usize> = HashMap::new();
+    for (path, lines, raw) in raw_services {
+        let Some(service) = validate_service(&path, &lines, raw, &tcpmux, errors, &mut warnings)
+        else {
+            continue;
+        };
+        let key = service.name.to_ascii_lowercase();
+        if let Some(&i) = by_name.get(&key) {
+            let first = &services[i];
+            errors.push(ConfigError::at(
+                &path,
+                service.line,
+                format!(
+                    "service \"{}\" is already defined in {}{} (service names compare \
+                     without regard to case)",
+                    service.name,
+                    first.source.display(),
+                    first.line.map(|l| format!(" line {l}")).unwrap_or_default(),
+                ),
+            ));
+            continue;
+        }
+        by_name.insert(key, services.len());
+        services.push(Arc::new(service));
+    }
+
     let msp_command_origin = origins
         .keys
         .get("msp.command")
         .map(|(path, line)| (path.clone(), Some(*line)));
-    Ok(Config {
+    Config {
         tcpmux,
         msp,
         services,
         by_name,
         files: paths,
-        warnings: Vec::new(),
+        warnings,
         msp_command_origin,
-    })
+    }
+}
+
+/// The limits of `base`, with those `over` sets in their place.
+fn overlay(base: RawLimits, over: RawLimits) -> RawLimits {
+    RawLimits {
+        open_files: over.open_files.or(base.open_files),
+        processes: over.processes.or(base.processes),
+        address_space: over.address_space.or(base.address_space),
+        cpu_time: over.cpu_time.or(base.cpu_time),
+        core_size: over.core_size.or(base.core_size),
+    }
 }

@@ -8,12 +8,16 @@
 
 mod file;
 mod merge;
+mod print;
+mod resources;
 #[cfg(test)]
 mod tests;
 mod validate;
 
-pub use file::{FileConfig, KeyLines, parse_file};
+pub use file::{FileConfig, KeyLines, MAX_ERRORS_PER_FILE, parse_file};
 pub use merge::build;
+pub use print::to_toml;
+pub use resources::{INFINITY, LimitKind, ResourceLimits, parse_size, show_size, show_umask};
 pub use validate::{
     MAX_ESCAPED_NAME_LEN, RESERVED_ENVIRONMENT, apply_host, check_program, check_service_name,
 };
@@ -54,6 +58,9 @@ pub struct ConfigError {
     pub path: PathBuf,
     pub line: Option<usize>,
     pub message: String,
+    /// The line the error is reported in order of, when the message gives
+    /// it itself (TOML's own errors, with column and caret).
+    order: Option<usize>,
 }
 
 impl ConfigError {
@@ -62,15 +69,65 @@ impl ConfigError {
             path: path.to_path_buf(),
             line: None,
             message: message.into(),
+            order: None,
         }
     }
 
     fn at(path: &Path, line: Option<usize>, message: impl Into<String>) -> Self {
         ConfigError {
             line,
+            order: line,
             ..ConfigError::new(path, message)
         }
     }
+}
+
+/// Every error of one reading of the configuration, in file order: the
+/// main file, then the drop-ins in the order they apply, each from its
+/// first line to its last.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(e: ConfigError) -> Self {
+        ConfigErrors(vec![e])
+    }
+}
+
+impl ConfigErrors {
+    /// The errors in file order, `files` giving the order of the files.
+    fn sorted(mut errors: Vec<ConfigError>, files: &[PathBuf]) -> ConfigErrors {
+        let rank = |e: &ConfigError| {
+            (
+                files
+                    .iter()
+                    .position(|f| *f == e.path)
+                    .unwrap_or(usize::MAX),
+                e.order.unwrap_or(0),
+            )
+        };
+        errors.sort_by_key(rank);
+        ConfigErrors(errors)
+    }
+}
+
+/// "1 file", "2 files": a count and its noun, pluralised with "s".
+pub fn count(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 /// How a service's program is started.
@@ -145,8 +202,11 @@ pub struct MspSettings {
     /// Program and arguments for `deliver = "command"`.
     pub command: Option<Vec<String>>,
     /// Who the command runs as when tcpmuxd starts it itself (not under
-    /// systemd); under systemd, `User=` of its unit.
+    /// systemd); under systemd, `User=` of its unit. Its own `user`, or
+    /// `[tcpmux] user`.
     pub credentials: Option<Credentials>,
+    /// Whether `credentials` came from `[tcpmux] user`.
+    pub credentials_inherited: bool,
     /// Time the delivery command may run.
     pub command_timeout: Duration,
     /// Whether messages with an empty recipient go to the console.
@@ -214,9 +274,18 @@ pub struct TcpmuxSettings {
     pub max_starting_units: usize,
     /// Master access list, checked before each service's own.
     pub acl: Acl,
-    /// Who programs run as that tcpmuxd starts itself as root and whose
-    /// service (or `[msp]`) names no user.
+    /// `user` and `group`: who programs run as whose service (or `[msp]`)
+    /// names no user: under the systemd launcher, and for programs
+    /// tcpmuxd starts itself when it runs as root.
     pub default_credentials: Option<Credentials>,
+    /// `umask`: the umask of every service that sets none.
+    pub umask: u32,
+    /// `environment`: variables of every service, which a service's own
+    /// of the same name replace.
+    pub environment: Vec<(String, String)>,
+    /// `limits`: resource limits of every service, each of which a
+    /// service's own `limits` may replace.
+    pub limits: ResourceLimits,
 }
 
 /// One `[[service]]`.
@@ -241,10 +310,21 @@ pub struct Service {
     /// session's unit starts when its client comes.
     pub warm: usize,
     pub acl: Acl,
-    /// User and group to run the program as (root only).
+    /// User and group to run the program as: its own, or `[tcpmux]`'s.
+    /// The exec launcher switches only as root; the systemd launcher sets
+    /// `User=` and `Group=` (none: the unit's drop-ins decide, DynamicUser=
+    /// by default).
     pub credentials: Option<Credentials>,
-    /// Extra environment variables for the program.
+    /// Whether `credentials` came from `[tcpmux] user`.
+    pub credentials_inherited: bool,
+    /// Extra environment variables for the program: `[tcpmux]`'s, with the
+    /// service's own in place of those of the same name; by name.
     pub environment: Vec<(String, String)>,
+    /// The program's umask.
+    pub umask: u32,
+    /// The program's resource limits: `[tcpmux]`'s, each replaced by the
+    /// service's own.
+    pub limits: ResourceLimits,
     /// The file the service was defined in, and the line of its header.
     pub source: PathBuf,
     pub line: Option<usize>,
@@ -316,7 +396,6 @@ pub fn describe_changes(old: &Config, new: &Config) -> String {
 
 // ---- the file system -------------------------------------------------------
 
-/// The drop-in files for main file `path`, in the order they apply.
 /// The drop-in files for main file `path`, in the order they apply, and
 /// the other files found beside them, which are not read. (Hidden files,
 /// such as an editor's, are neither.)
@@ -348,17 +427,33 @@ pub fn dropin_files(path: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), ConfigE
 }
 
 /// Reads, merges and validates the main file and its drop-ins for `host`,
-/// and notes services whose program cannot be run now.
-pub fn load(path: &Path, host: &Host) -> Result<Config, ConfigError> {
+/// and notes services whose program cannot be run now. On failure, every
+/// error found, in file order.
+pub fn load(path: &Path, host: &Host) -> Result<Config, ConfigErrors> {
     let mut parsed = Vec::new();
+    let mut errors = Vec::new();
     let (dropins, ignored) = dropin_files(path)?;
-    for file in std::iter::once(path.to_path_buf()).chain(dropins) {
-        let text = std::fs::read_to_string(&file)
-            .map_err(|e| ConfigError::new(&file, format!("cannot read: {e}")))?;
-        parsed.push((file.clone(), parse_file(&file, &text)?));
+    let files: Vec<PathBuf> = std::iter::once(path.to_path_buf()).chain(dropins).collect();
+    for file in &files {
+        let text = match std::fs::read_to_string(file) {
+            Ok(text) => text,
+            Err(e) => {
+                errors.push(ConfigError::new(file, format!("cannot read: {e}")));
+                continue;
+            }
+        };
+        let (config, file_errors) = file::read_file(file, &text);
+        errors.extend(file_errors);
+        if let Some(config) = config {
+            parsed.push((file.clone(), config));
+        }
     }
-    let mut config = build(parsed)?;
-    apply_host(&mut config, host)?;
+    let mut config = merge::merge(parsed, &mut errors);
+    config.files = files.clone();
+    validate::apply_host(&mut config, host, &mut errors);
+    if !errors.is_empty() {
+        return Err(ConfigErrors::sorted(errors, &files));
+    }
     for file in ignored {
         config.warnings.push(format!(
             "{}: ignored: only files whose names end in .toml are read",
@@ -384,7 +479,7 @@ pub fn load(path: &Path, host: &Host) -> Result<Config, ConfigError> {
 /// A configuration with every default and no service, for main file
 /// `path`: what tcpmuxd serves (nothing, every request refused) while its
 /// configuration is invalid and it holds sockets systemd passed it.
-pub fn serving_nothing(path: &Path) -> Result<Config, ConfigError> {
+pub fn serving_nothing(path: &Path) -> Result<Config, ConfigErrors> {
     let empty = parse_file(path, "")?;
     build(vec![(path.to_path_buf(), empty)])
 }

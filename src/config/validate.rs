@@ -2,113 +2,272 @@
 //! looked up, and the meaning a configuration has on its host (who
 //! programs run as). Errors name the file, the line and the key.
 
-use super::file::{RawMsp, RawService, RawTcpmux};
+use super::file::{Net, Number, RawLimits, RawMsp, RawService, RawTcpmux};
 use super::merge::Origins;
+use super::resources::{ResourceLimits, parse_umask, read_limits};
 use super::{
     Config, ConfigError, Credentials, DEFAULT_LISTEN, DEFAULT_UTMP, Delivery, HELP_NAME, Host,
     LauncherKind, MSP_UNIT_NAME, MspSettings, Service, TcpmuxSettings,
 };
 use crate::acl::Acl;
 use crate::limits;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The error of a key out of its range, and the key's default in its
+/// place so that the checks after it still run.
+fn count<T: TryFrom<i64> + Copy + PartialOrd + std::fmt::Display>(
+    errors: &mut Vec<ConfigError>,
+    err: &dyn Fn(&str, String) -> ConfigError,
+    key: &str,
+    value: Option<i64>,
+    default: T,
+    (min, max): (T, T),
+) -> T {
+    let Some(v) = value else {
+        return default;
+    };
+    match T::try_from(v).ok().filter(|n| *n >= min && *n <= max) {
+        Some(n) => n,
+        None => {
+            errors.push(err(key, format!("{v} is out of range ({min} to {max})")));
+            default
+        }
+    }
+}
+
+/// A duration within (0, max], or its default with an error.
+fn bounded(
+    errors: &mut Vec<ConfigError>,
+    err: &dyn Fn(&str, String) -> ConfigError,
+    key: &str,
+    value: Option<Duration>,
+    default: Duration,
+    max: Duration,
+) -> Duration {
+    let d = value.unwrap_or(default);
+    if d.is_zero() || d > max {
+        errors.push(err(
+            key,
+            format!(
+                "{} is out of range (more than 0, at most {})",
+                humantime::format_duration(d),
+                humantime::format_duration(max)
+            ),
+        ));
+        default
+    } else {
+        d
+    }
+}
+
+/// An access list, with a warning for each entry written with host bits
+/// set ("10.0.0.1/8" means 10.0.0.0/8).
+fn acl(
+    allow: Option<Vec<Net>>,
+    deny: Option<Vec<Net>>,
+    warn: &dyn Fn(&str, String) -> String,
+    warnings: &mut Vec<String>,
+) -> Acl {
+    let mut list = |key: &str, nets: Option<Vec<Net>>| -> Vec<ipnet::IpNet> {
+        let nets = nets.unwrap_or_default();
+        for n in &nets {
+            if let Some(meant) = n.host_bits_set() {
+                warnings.push(warn(
+                    key,
+                    format!(
+                        "\"{}\" has host bits set: it means {meant} (write \"{meant}\", or the \
+                         address alone for one host)",
+                        n.written
+                    ),
+                ));
+            }
+        }
+        nets.into_iter().map(|n| n.net).collect()
+    };
+    let allow = list("allow", allow);
+    let deny = list("deny", deny);
+    Acl::new(allow, deny)
+}
+
+/// Variable names and values of an `environment` table, checked.
+fn environment(
+    env: &BTreeMap<String, String>,
+    errors: &mut Vec<ConfigError>,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> BTreeMap<String, String> {
+    let mut valid = BTreeMap::new();
+    for (key, value) in env {
+        let at = format!("environment.{key}");
+        let name_ok = !key.is_empty()
+            && !key.starts_with(|c: char| c.is_ascii_digit())
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let problem = if !name_ok {
+            Some(format!("\"{key}\" is not a valid variable name"))
+        } else if value.contains('\0') {
+            Some(format!("{key}: value contains a NUL character"))
+        } else if RESERVED_ENVIRONMENT.contains(&key.as_str()) || key.starts_with("LISTEN_") {
+            Some(format!(
+                "{key} is set by tcpmuxd for every session and cannot be configured"
+            ))
+        } else {
+            None
+        };
+        match problem {
+            // Named as "environment", placed on the variable's own line.
+            Some(p) => errors.push(placed(err(&at, String::new()), err("environment", p))),
+            None => {
+                valid.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    valid
+}
+
+/// `error`, on the line of `specific` when that one is known (a key of a
+/// `[...environment]` or `[...limits]` table of its own).
+fn placed(specific: ConfigError, error: ConfigError) -> ConfigError {
+    if specific.line.is_some() {
+        ConfigError::at(&specific.path, specific.line, error.message)
+    } else {
+        error
+    }
+}
+
+/// Reads a umask and limits table as written, with their errors.
+fn umask_and_limits(
+    umask: Option<&Number>,
+    limits: Option<&RawLimits>,
+    errors: &mut Vec<ConfigError>,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> (Option<u32>, ResourceLimits) {
+    let umask = umask.and_then(|u| {
+        parse_umask(u)
+            .map_err(|m| errors.push(err("umask", m)))
+            .ok()
+    });
+    let limits = match limits {
+        None => ResourceLimits::default(),
+        Some(raw) => {
+            let (limits, problems) = read_limits(raw);
+            for (key, m) in problems {
+                let at = format!("limits.{key}");
+                errors.push(placed(
+                    err(&at, String::new()),
+                    err(&format!("limits: {key}"), m),
+                ));
+            }
+            limits
+        }
+    };
+    (umask, limits)
+}
 
 pub(super) fn validate_tcpmux(
     path: &Path,
     origins: &Origins,
     raw: RawTcpmux,
-) -> Result<TcpmuxSettings, ConfigError> {
+    errors: &mut Vec<ConfigError>,
+    warnings: &mut Vec<String>,
+) -> TcpmuxSettings {
     let err = |key: &str, message: String| origins.error(path, "tcpmux", key, message);
-    let name_timeout = raw.name_timeout.unwrap_or(limits::DEFAULT_NAME_TIMEOUT);
-    if name_timeout.is_zero() || name_timeout > limits::MAX_NAME_TIMEOUT {
-        return Err(err(
-            "name_timeout",
-            format!(
-                "{} is out of range (more than 0, at most {})",
-                humantime::format_duration(name_timeout),
-                humantime::format_duration(limits::MAX_NAME_TIMEOUT)
-            ),
-        ));
-    }
-    let max_handshakes = raw.max_handshakes.unwrap_or(limits::DEFAULT_MAX_HANDSHAKES);
-    if max_handshakes == 0 {
-        return Err(err("max_handshakes", "must be at least 1".into()));
-    }
-    let at_least_one =
-        |key: &str, value: Option<usize>, default: usize| match value.unwrap_or(default) {
-            0 => Err(err(key, "must be at least 1".into())),
-            n => Ok(n),
-        };
-    let max_handshakes_per_source = at_least_one(
+    let warn = |key: &str, message: String| err(key, message).to_string();
+    let name_timeout = bounded(
+        errors,
+        &err,
+        "name_timeout",
+        raw.name_timeout,
+        limits::DEFAULT_NAME_TIMEOUT,
+        limits::MAX_NAME_TIMEOUT,
+    );
+    let max_handshakes = count(
+        errors,
+        &err,
+        "max_handshakes",
+        raw.max_handshakes,
+        limits::DEFAULT_MAX_HANDSHAKES,
+        (1, limits::MAX_HANDSHAKES),
+    );
+    let max_handshakes_per_source = count(
+        errors,
+        &err,
         "max_handshakes_per_source",
         raw.max_handshakes_per_source,
         limits::DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
-    )?;
-    let max_sessions = at_least_one(
+        (1, limits::MAX_HANDSHAKES),
+    );
+    let max_sessions = count(
+        errors,
+        &err,
         "max_sessions",
         raw.max_sessions,
         limits::DEFAULT_MAX_SESSIONS,
-    )?;
-    let max_sessions_per_source = at_least_one(
+        (1, limits::MAX_SESSIONS),
+    );
+    let mut max_sessions_per_source = count(
+        errors,
+        &err,
         "max_sessions_per_source",
         raw.max_sessions_per_source,
         limits::default_source_share(max_sessions),
-    )?;
+        (1, limits::MAX_SESSIONS),
+    );
     if max_sessions_per_source > max_sessions {
-        return Err(err(
+        errors.push(err(
             "max_sessions_per_source",
             format!("{max_sessions_per_source} is more than max_sessions ({max_sessions})"),
         ));
+        max_sessions_per_source = limits::default_source_share(max_sessions);
     }
-    let max_warm = raw.max_warm.unwrap_or(limits::DEFAULT_MAX_WARM);
-    if max_warm > limits::MAX_WARM {
-        return Err(err(
-            "max_warm",
-            format!("{max_warm} is more than {}", limits::MAX_WARM),
-        ));
-    }
-    let max_starting_units = at_least_one(
+    let max_warm = count(
+        errors,
+        &err,
+        "max_warm",
+        raw.max_warm,
+        limits::DEFAULT_MAX_WARM,
+        (0, limits::MAX_WARM),
+    );
+    let max_starting_units = count(
+        errors,
+        &err,
         "max_starting_units",
         raw.max_starting_units,
         limits::default_max_starting_units(),
-    )?;
-    if max_starting_units > limits::MAX_STARTING_UNITS {
-        return Err(err(
-            "max_starting_units",
-            format!(
-                "{max_starting_units} is more than {}",
-                limits::MAX_STARTING_UNITS
-            ),
-        ));
-    }
-    let ipv6_source_prefix = raw
-        .ipv6_source_prefix
-        .unwrap_or(limits::DEFAULT_IPV6_SOURCE_PREFIX);
-    if ipv6_source_prefix > 128 {
-        return Err(err(
-            "ipv6_source_prefix",
-            format!("{ipv6_source_prefix} is longer than 128 bits"),
-        ));
-    }
+        (1, limits::MAX_STARTING_UNITS),
+    );
+    let ipv6_source_prefix = count(
+        errors,
+        &err,
+        "ipv6_source_prefix",
+        raw.ipv6_source_prefix,
+        limits::DEFAULT_IPV6_SOURCE_PREFIX,
+        (0, 128),
+    );
+    let default_listen: SocketAddr = DEFAULT_LISTEN
+        .parse()
+        .expect("DEFAULT_LISTEN is a valid address");
     let listen = match raw.listen {
         Some(l) if l.is_empty() => {
-            return Err(err(
+            errors.push(err(
                 "listen",
                 "is empty; give at least one address, or leave the key out for the default".into(),
             ));
+            vec![default_listen]
         }
         Some(l) => l,
-        None => vec![
-            DEFAULT_LISTEN
-                .parse()
-                .expect("DEFAULT_LISTEN is a valid address"),
-        ],
+        None => vec![default_listen],
     };
-    let default_credentials = resolve_credentials(raw.default_user.as_deref(), None)
-        .map_err(|(_, m)| err("default_user", m))?;
-    Ok(TcpmuxSettings {
+    let default_credentials = resolve_credentials(raw.user.as_deref(), raw.group.as_deref())
+        .unwrap_or_else(|(key, m)| {
+            errors.push(err(key, m));
+            None
+        });
+    let (umask, limits) = umask_and_limits(raw.umask.as_ref(), raw.limits.as_ref(), errors, &err);
+    let environment = environment(&raw.environment.unwrap_or_default(), errors, &err);
+    TcpmuxSettings {
         default_credentials,
         listen,
         name_timeout,
@@ -119,131 +278,210 @@ pub(super) fn validate_tcpmux(
         max_sessions_per_source,
         max_warm,
         max_starting_units,
-        acl: Acl::new(raw.allow.unwrap_or_default(), raw.deny.unwrap_or_default()),
-    })
+        acl: acl(raw.allow, raw.deny, &warn, warnings),
+        umask: umask.unwrap_or(limits::DEFAULT_UMASK),
+        environment: environment.into_iter().collect(),
+        limits,
+    }
 }
 
 pub(super) fn validate_msp(
     path: &Path,
     origins: &Origins,
     raw: RawMsp,
-) -> Result<MspSettings, ConfigError> {
+    errors: &mut Vec<ConfigError>,
+    warnings: &mut Vec<String>,
+) -> MspSettings {
     let err = |key: &str, message: String| origins.error(path, "msp", key, message);
+    let warn = |key: &str, message: String| err(key, message).to_string();
     let deliver = raw.deliver.unwrap_or_default();
-    if let Some(command) = &raw.command {
-        match command.first() {
-            None => return Err(err("command", "is empty".into())),
+    let mut command = raw.command;
+    if let Some(c) = &command {
+        let problem = match c.first() {
+            None => Some("is empty".to_string()),
             Some(p) if !Path::new(p).is_absolute() => {
-                return Err(err("command", format!("\"{p}\" is not an absolute path")));
+                Some(format!("\"{p}\" is not an absolute path"))
             }
-            Some(_) => {}
+            Some(_) => None,
+        };
+        if let Some(p) = problem {
+            errors.push(err("command", p));
+            command = None;
         }
     } else if deliver == Delivery::Command {
-        return Err(err(
+        errors.push(err(
             "command",
             "missing, and deliver = \"command\" needs it".into(),
         ));
     }
-    let bounded = |key: &str, d: Option<Duration>, default: Duration, max: Duration| {
-        let d = d.unwrap_or(default);
-        if d.is_zero() || d > max {
-            Err(err(
-                key,
-                format!(
-                    "{} is out of range (more than 0, at most {})",
-                    humantime::format_duration(d),
-                    humantime::format_duration(max)
-                ),
-            ))
-        } else {
-            Ok(d)
-        }
+    let rate = |errors: &mut Vec<ConfigError>, key: &str, v: Option<i64>, default: u32| {
+        count(
+            errors,
+            &err,
+            key,
+            v,
+            default,
+            (1, limits::MAX_MSP_RATE_PER_MINUTE),
+        )
     };
-    let at_least_one = |key: &str, value: Option<u32>, default: u32| match value.unwrap_or(default)
-    {
-        0 => Err(err(key, "must be at least 1".to_string())),
-        n => Ok(n),
-    };
-    let rate_per_minute = at_least_one(
+    let rate_per_minute = rate(
+        errors,
         "rate_per_minute",
         raw.rate_per_minute,
         limits::DEFAULT_MSP_RATE_PER_MINUTE,
-    )?;
-    let recipient_rate_per_minute = at_least_one(
+    );
+    let recipient_rate_per_minute = rate(
+        errors,
         "recipient_rate_per_minute",
         raw.recipient_rate_per_minute,
         limits::DEFAULT_MSP_RECIPIENT_RATE_PER_MINUTE,
-    )?;
-    let total_rate_per_minute = at_least_one(
+    );
+    let total_rate_per_minute = rate(
+        errors,
         "total_rate_per_minute",
         raw.total_rate_per_minute,
         limits::DEFAULT_MSP_TOTAL_RATE_PER_MINUTE,
-    )?;
-    let max_connections = raw
-        .max_connections
-        .unwrap_or(limits::DEFAULT_MSP_MAX_CONNECTIONS);
-    if max_connections == 0 {
-        return Err(err("max_connections", "must be at least 1".into()));
-    }
-    let max_connections_per_source = raw
-        .max_connections_per_source
-        .unwrap_or(limits::DEFAULT_MSP_MAX_CONNECTIONS_PER_SOURCE);
-    if max_connections_per_source == 0 {
-        return Err(err(
-            "max_connections_per_source",
-            "must be at least 1".into(),
-        ));
-    }
-    let max_messages_per_connection = raw
-        .max_messages_per_connection
-        .unwrap_or(limits::DEFAULT_MSP_MAX_MESSAGES_PER_CONNECTION);
-    if max_messages_per_connection == 0 {
-        return Err(err(
-            "max_messages_per_connection",
-            "must be at least 1".into(),
-        ));
-    }
+    );
+    let max_connections = count(
+        errors,
+        &err,
+        "max_connections",
+        raw.max_connections,
+        limits::DEFAULT_MSP_MAX_CONNECTIONS,
+        (1, limits::MAX_MSP_CONNECTIONS),
+    );
+    let max_connections_per_source = count(
+        errors,
+        &err,
+        "max_connections_per_source",
+        raw.max_connections_per_source,
+        limits::DEFAULT_MSP_MAX_CONNECTIONS_PER_SOURCE,
+        (1, limits::MAX_MSP_CONNECTIONS),
+    );
+    let max_messages_per_connection = count(
+        errors,
+        &err,
+        "max_messages_per_connection",
+        raw.max_messages_per_connection,
+        limits::DEFAULT_MSP_MAX_MESSAGES_PER_CONNECTION,
+        (1, limits::MAX_MSP_MESSAGES_PER_CONNECTION),
+    );
     let credentials = resolve_credentials(raw.user.as_deref(), raw.group.as_deref())
-        .map_err(|(key, m)| err(key, m))?;
-    Ok(MspSettings {
+        .unwrap_or_else(|(key, m)| {
+            errors.push(err(key, m));
+            None
+        });
+    let command_timeout = bounded(
+        errors,
+        &err,
+        "command_timeout",
+        raw.command_timeout,
+        limits::DEFAULT_MSP_COMMAND_TIMEOUT,
+        limits::MAX_MSP_COMMAND_TIMEOUT,
+    );
+    let idle_timeout = bounded(
+        errors,
+        &err,
+        "idle_timeout",
+        raw.idle_timeout,
+        limits::DEFAULT_MSP_IDLE_TIMEOUT,
+        limits::MAX_MSP_IDLE_TIMEOUT,
+    );
+    let connection_timeout = bounded(
+        errors,
+        &err,
+        "connection_timeout",
+        raw.connection_timeout,
+        limits::DEFAULT_MSP_CONNECTION_TIMEOUT,
+        limits::MAX_MSP_CONNECTION_TIMEOUT,
+    );
+    let dedup_window = bounded(
+        errors,
+        &err,
+        "dedup_window",
+        raw.dedup_window,
+        limits::DEFAULT_MSP_DEDUP_WINDOW,
+        limits::MAX_MSP_DEDUP_WINDOW,
+    );
+    MspSettings {
         listen: raw.listen.unwrap_or_default(),
         deliver,
-        command: raw.command,
+        command,
         credentials,
-        command_timeout: bounded(
-            "command_timeout",
-            raw.command_timeout,
-            limits::DEFAULT_MSP_COMMAND_TIMEOUT,
-            limits::MAX_MSP_COMMAND_TIMEOUT,
-        )?,
+        credentials_inherited: false,
+        command_timeout,
         console: raw.console.unwrap_or(false),
         rate_per_minute,
         recipient_rate_per_minute,
         total_rate_per_minute,
-        idle_timeout: bounded(
-            "idle_timeout",
-            raw.idle_timeout,
-            limits::DEFAULT_MSP_IDLE_TIMEOUT,
-            limits::MAX_MSP_IDLE_TIMEOUT,
-        )?,
-        connection_timeout: bounded(
-            "connection_timeout",
-            raw.connection_timeout,
-            limits::DEFAULT_MSP_CONNECTION_TIMEOUT,
-            limits::MAX_MSP_CONNECTION_TIMEOUT,
-        )?,
+        idle_timeout,
+        connection_timeout,
         max_connections,
         max_connections_per_source,
         max_messages_per_connection,
-        dedup_window: bounded(
-            "dedup_window",
-            raw.dedup_window,
-            limits::DEFAULT_MSP_DEDUP_WINDOW,
-            limits::MAX_MSP_DEDUP_WINDOW,
-        )?,
+        dedup_window,
         utmp: raw.utmp.unwrap_or_else(|| PathBuf::from(DEFAULT_UTMP)),
-        acl: Acl::new(raw.allow.unwrap_or_default(), raw.deny.unwrap_or_default()),
-    })
+        acl: acl(raw.allow, raw.deny, &warn, warnings),
+    }
+}
+
+/// Whether binding `a` and then `b` for TCP fails because the first holds
+/// the port: the same port, and the same address or a wildcard that covers
+/// the other (`[::]` covers IPv4 too, as Linux binds it by default).
+/// Port 0 is a new port each time: never the same.
+fn clash(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers =
+        |w: SocketAddr, x: SocketAddr| w.ip().is_unspecified() && (w.is_ipv6() || x.is_ipv4());
+    a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
+}
+
+/// Refuses listen addresses that would take the same TCP port twice: within
+/// `[tcpmux] listen`, within `[msp] listen`, and across the two; each error
+/// names both addresses and where they were set.
+pub(super) fn check_listen(
+    main: &Path,
+    origins: &Origins,
+    tcpmux: &TcpmuxSettings,
+    msp: &MspSettings,
+    errors: &mut Vec<ConfigError>,
+) {
+    let place = |section: &str| match origins.keys.get(&format!("{section}.listen")) {
+        Some((path, line)) => format!("{} line {line}", path.display()),
+        None => "the default".to_string(),
+    };
+    let lists = [("tcpmux", &tcpmux.listen), ("msp", &msp.listen)];
+    for (i, (section, list)) in lists.iter().enumerate() {
+        for (j, &b) in list.iter().enumerate() {
+            // Against the earlier addresses of the same list, then (for
+            // [msp]) against every one of [tcpmux].
+            let earlier = list[..j].iter().map(|&a| (*section, a));
+            let before = lists[..i]
+                .iter()
+                .flat_map(|(s, l)| l.iter().map(move |&a| (*s, a)));
+            if let Some((other, a)) = earlier.chain(before).find(|&(_, a)| clash(a, b)) {
+                let what = if a == b {
+                    "is listed twice".to_string()
+                } else {
+                    format!("takes the same TCP port as \"{a}\"")
+                };
+                let message = if other == *section {
+                    format!("\"{b}\" {what}")
+                } else {
+                    format!(
+                        "\"{b}\" {} [tcpmux] listen ({}): tcpmuxd cannot bind a TCP port \
+                         twice",
+                        if a == b {
+                            "is also in".to_string()
+                        } else {
+                            format!("takes the same TCP port as \"{a}\" of")
+                        },
+                        place(other)
+                    )
+                };
+                errors.push(origins.error(main, section, "listen", message));
+            }
+        }
+    }
 }
 
 /// Variables tcpmuxd sets for every session.
@@ -294,11 +532,19 @@ pub fn check_service_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks one service and settles what it inherits from `[tcpmux]`: user
+/// and group, umask, environment and limits. None when it cannot be a
+/// service at all (its name); its other errors are added to `errors`, and
+/// the service, with defaults in their place, is still returned so that a
+/// second one of its name is found too.
 pub(super) fn validate_service(
     path: &Path,
     (header, lines): &(usize, HashMap<String, usize>),
     raw: RawService,
-) -> Result<Service, ConfigError> {
+    defaults: &TcpmuxSettings,
+    errors: &mut Vec<ConfigError>,
+    warnings: &mut Vec<String>,
+) -> Option<Service> {
     let name = raw.name;
     let line = (*header > 0).then_some(*header);
     let err = |key: &str, message: String| {
@@ -308,22 +554,29 @@ pub(super) fn validate_service(
             format!("service \"{}\": {key}: {message}", name.escape_debug()),
         )
     };
-    check_service_name(&name).map_err(|m| err("name", m))?;
-    if let Some(command) = &raw.command {
-        let Some(program) = command.first() else {
-            return Err(err("command", "is empty".into()));
+    let warn = |key: &str, message: String| err(key, message).to_string();
+    if let Err(m) = check_service_name(&name) {
+        errors.push(err("name", m));
+        return None;
+    }
+    let mut command = raw.command;
+    if let Some(c) = &command {
+        let problem = match c.first() {
+            None => Some("is empty".to_string()),
+            Some(program) if !Path::new(program).is_absolute() => {
+                Some(format!("\"{program}\" is not an absolute path"))
+            }
+            Some(_) if c.iter().any(|a| a.contains('\0')) => {
+                Some("contains a NUL character".to_string())
+            }
+            Some(_) => None,
         };
-        if !Path::new(program).is_absolute() {
-            return Err(err(
-                "command",
-                format!("\"{program}\" is not an absolute path"),
-            ));
-        }
-        if command.iter().any(|a| a.contains('\0')) {
-            return Err(err("command", "contains a NUL character".into()));
+        if let Some(p) = problem {
+            errors.push(err("command", p));
+            command = None;
         }
     } else if raw.launcher == LauncherKind::Exec {
-        return Err(err(
+        errors.push(err(
             "command",
             "missing (a list: program path, then arguments); only the systemd launcher can \
              take the program from unit drop-ins"
@@ -333,7 +586,7 @@ pub(super) fn validate_service(
     if raw.launcher != LauncherKind::Exec {
         let escaped = libsystemd::unit::escape_name(&name).len();
         if escaped > MAX_ESCAPED_NAME_LEN {
-            return Err(err(
+            errors.push(err(
                 "name",
                 format!(
                     "{escaped} characters long once escaped for systemd unit names, more than \
@@ -342,69 +595,80 @@ pub(super) fn validate_service(
             ));
         }
     }
-    if raw.max_instances == 0 {
-        return Err(err("max_instances", "must be at least 1".into()));
-    }
-    let max_instances_per_source = raw
-        .max_instances_per_source
-        .unwrap_or_else(|| limits::default_source_share(raw.max_instances));
-    if max_instances_per_source == 0 {
-        return Err(err("max_instances_per_source", "must be at least 1".into()));
-    }
-    if max_instances_per_source > raw.max_instances {
-        return Err(err(
+    let max_instances = count(
+        errors,
+        &err,
+        "max_instances",
+        raw.max_instances,
+        limits::DEFAULT_MAX_INSTANCES,
+        (1, limits::MAX_SESSIONS),
+    );
+    let mut max_instances_per_source = count(
+        errors,
+        &err,
+        "max_instances_per_source",
+        raw.max_instances_per_source,
+        limits::default_source_share(max_instances),
+        (1, limits::MAX_SESSIONS),
+    );
+    if max_instances_per_source > max_instances {
+        errors.push(err(
             "max_instances_per_source",
-            format!(
-                "{max_instances_per_source} is more than max_instances ({})",
-                raw.max_instances
+            format!("{max_instances_per_source} is more than max_instances ({max_instances})"),
+        ));
+        max_instances_per_source = limits::default_source_share(max_instances);
+    }
+    let max_starts_per_second = count(
+        errors,
+        &err,
+        "max_starts_per_second",
+        raw.max_starts_per_second,
+        limits::DEFAULT_MAX_STARTS_PER_SECOND,
+        (1, limits::MAX_STARTS_PER_SECOND),
+    );
+    let warm = count(
+        errors,
+        &err,
+        "warm",
+        raw.warm,
+        limits::DEFAULT_WARM,
+        (0, limits::MAX_WARM),
+    );
+    let own_environment = environment(&raw.environment, errors, &err);
+    let mut environment: BTreeMap<String, String> = defaults.environment.iter().cloned().collect();
+    environment.extend(own_environment);
+    let (umask, own_limits) =
+        umask_and_limits(raw.umask.as_ref(), raw.limits.as_ref(), errors, &err);
+    // User and group go together: the service's own user with its own
+    // group (or the user's primary group), else [tcpmux]'s. A group alone
+    // is an error, as it would not change the user.
+    let (credentials, inherited) = match (&raw.user, &raw.group, &defaults.default_credentials) {
+        (None, None, Some(default)) => (Some(default.clone()), true),
+        _ => (
+            resolve_credentials(raw.user.as_deref(), raw.group.as_deref()).unwrap_or_else(
+                |(key, m)| {
+                    errors.push(err(key, m));
+                    None
+                },
             ),
-        ));
-    }
-    if raw.max_starts_per_second == 0 {
-        return Err(err("max_starts_per_second", "must be at least 1".into()));
-    }
-    if raw.warm > limits::MAX_WARM {
-        return Err(err(
-            "warm",
-            format!("{} is more than {}", raw.warm, limits::MAX_WARM),
-        ));
-    }
-    for (key, value) in &raw.environment {
-        let valid = !key.is_empty()
-            && !key.starts_with(|c: char| c.is_ascii_digit())
-            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid {
-            return Err(err(
-                "environment",
-                format!("\"{key}\" is not a valid variable name"),
-            ));
-        }
-        if value.contains('\0') {
-            return Err(err(
-                "environment",
-                format!("{key}: value contains a NUL character"),
-            ));
-        }
-        if RESERVED_ENVIRONMENT.contains(&key.as_str()) || key.starts_with("LISTEN_") {
-            return Err(err(
-                "environment",
-                format!("{key} is set by tcpmuxd for every session and cannot be configured"),
-            ));
-        }
-    }
-    let credentials = resolve_credentials(raw.user.as_deref(), raw.group.as_deref())
-        .map_err(|(key, m)| err(key, m))?;
-    Ok(Service {
-        command: raw.command,
+            false,
+        ),
+    };
+    let acl = acl(raw.allow, raw.deny, &warn, warnings);
+    Some(Service {
+        command,
         plus: raw.plus,
         launcher: raw.launcher,
-        max_instances: raw.max_instances,
+        max_instances,
         max_instances_per_source,
-        max_starts_per_second: raw.max_starts_per_second,
-        warm: raw.warm,
-        acl: Acl::new(raw.allow.unwrap_or_default(), raw.deny.unwrap_or_default()),
+        max_starts_per_second,
+        warm,
+        acl,
         credentials,
-        environment: raw.environment.into_iter().collect(),
+        credentials_inherited: inherited,
+        environment: environment.into_iter().collect(),
+        umask: umask.unwrap_or(defaults.umask),
+        limits: defaults.limits.overridden_by(&own_limits),
         source: path.to_path_buf(),
         line,
         name,
@@ -461,59 +725,57 @@ pub(super) fn resolve_credentials(
 }
 
 /// Settles who the programs tcpmuxd starts itself run as. As root, each
-/// needs a user: its own, or `[tcpmux] default_user`; `user = "root"`
-/// written out is the only way to run one as root. A program without one
-/// is an error here, never a session or a delivery run as root by
-/// accident. Not as root, tcpmuxd cannot switch users and
-/// `default_user` does not apply.
-pub fn apply_host(config: &mut Config, host: &Host) -> Result<(), ConfigError> {
+/// needs a user: its own, or `[tcpmux] user`; `user = "root"` written out
+/// is the only way to run one as root. A program without one is an error
+/// here (one for each), never a session or a delivery run as root by
+/// accident. Not as root, tcpmuxd cannot switch users: `[tcpmux] user`
+/// does not apply to the programs it starts itself (the systemd launcher's
+/// units still get it).
+pub fn apply_host(config: &mut Config, host: &Host, errors: &mut Vec<ConfigError>) {
+    let msp_runs_here = config.msp.deliver == Delivery::Command && !host.under_systemd;
     if !host.root {
-        return Ok(());
+        for service in &mut config.services {
+            if service.launcher.runs_exec(host) && service.credentials_inherited {
+                let service = Arc::make_mut(service);
+                service.credentials = None;
+                service.credentials_inherited = false;
+            }
+        }
+        if msp_runs_here && config.msp.credentials_inherited {
+            config.msp.credentials = None;
+            config.msp.credentials_inherited = false;
+        }
+        return;
     }
-    let default = config.tcpmux.default_credentials.clone();
-    const FIX: &str = "set user = \"nobody\" (or another user) here or [tcpmux] default_user, or \
+    const FIX: &str = "set user = \"nobody\" (or another user) here or in [tcpmux], or \
                        user = \"root\" to run it as root on purpose";
-    for service in &mut config.services {
-        if !service.launcher.runs_exec(host) || service.credentials.is_some() {
-            continue;
-        }
-        match &default {
-            Some(cred) => Arc::make_mut(service).credentials = Some(cred.clone()),
-            None => {
-                return Err(ConfigError::at(
-                    &service.source,
-                    service.line,
-                    format!(
-                        "service \"{}\": no user: tcpmuxd runs as root and the exec launcher \
-                         would run its program as root; {FIX}",
-                        service.name.escape_debug()
-                    ),
-                ));
-            }
+    for service in &config.services {
+        if service.launcher.runs_exec(host) && service.credentials.is_none() {
+            errors.push(ConfigError::at(
+                &service.source,
+                service.line,
+                format!(
+                    "service \"{}\": no user: tcpmuxd runs as root and the exec launcher \
+                     would run its program as root; {FIX}",
+                    service.name.escape_debug()
+                ),
+            ));
         }
     }
-    let msp = &mut config.msp;
-    let command_runs_here = msp.deliver == Delivery::Command && !host.under_systemd;
-    if command_runs_here && msp.credentials.is_none() {
-        match default {
-            Some(cred) => msp.credentials = Some(cred),
-            None => {
-                let (path, line) = config
-                    .msp_command_origin
-                    .clone()
-                    .unwrap_or_else(|| (config.files[0].clone(), None));
-                return Err(ConfigError::at(
-                    &path,
-                    line,
-                    format!(
-                        "[msp] command: no user: tcpmuxd runs as root and would run the delivery \
-                         command as root; {FIX}"
-                    ),
-                ));
-            }
-        }
+    if msp_runs_here && config.msp.credentials.is_none() {
+        let (path, line) = config
+            .msp_command_origin
+            .clone()
+            .unwrap_or_else(|| (config.files[0].clone(), None));
+        errors.push(ConfigError::at(
+            &path,
+            line,
+            format!(
+                "[msp] command: no user: tcpmuxd runs as root and would run the delivery \
+                 command as root; {FIX}"
+            ),
+        ));
     }
-    Ok(())
 }
 
 /// Whether `path` names a regular file this process may execute.

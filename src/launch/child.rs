@@ -1,10 +1,11 @@
 //! How every child of tcpmuxd starts, a session's program or MSP's
 //! delivery command: in a session of its own with no controlling terminal,
-//! with exactly the environment given, in `/`, with the limit on open files
-//! tcpmuxd itself was started with. (Descriptors beyond 0, 1 and 2 are
+//! with exactly the environment given, in `/`, with the umask and resource
+//! limits of its service, and otherwise the limit on open files tcpmuxd
+//! itself was started with. (Descriptors beyond 0, 1 and 2 are
 //! close-on-exec from startup on: see [`crate::startup`].)
 
-use crate::config::Credentials;
+use crate::config::{Credentials, INFINITY, ResourceLimits};
 use crate::startup;
 use rustix::process::{Resource, Rlimit, setrlimit};
 use std::ffi::CString;
@@ -32,13 +33,24 @@ pub fn needs_switch(cred: &Credentials) -> bool {
 /// client was told `+` (as shells use it for a command that cannot run).
 pub const EXIT_CANNOT_EXECUTE: i32 = 127;
 
+/// What a program starts with besides its command and environment: a
+/// service's `umask` and `limits`. The default changes nothing: the child
+/// keeps tcpmuxd's umask and limits (but open files, see the module).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Resources {
+    pub umask: Option<u32>,
+    pub limits: ResourceLimits,
+}
+
 /// Sets `cmd` up to run `command` (program path, then arguments) with
-/// only `environment`. Stdio, user and group are the caller's to set.
+/// only `environment` and `resources`. Stdio, user and group are the
+/// caller's to set.
 ///
 /// `greeting`, when given, is written to the child's standard output just
 /// before it execs the program: the `+` of a plus-mode service. Everything
 /// that can fail before (descriptors, fork, the user switch) then fails
-/// before the client hears `+`, and `spawn` returns the error. Should the
+/// before the client hears `+`, and `spawn` returns the error (a limit the
+/// kernel refuses to set among them). Should the
 /// exec itself fail after the greeting, the child says why on its stderr
 /// and exits [`EXIT_CANNOT_EXECUTE`].
 pub fn prepare<'a>(
@@ -46,8 +58,9 @@ pub fn prepare<'a>(
     command: &[String],
     environment: impl Iterator<Item = (&'a str, String)>,
     greeting: Option<&'static [u8]>,
+    resources: &Resources,
 ) -> Result<(), String> {
-    let image = ExecImage::new(command, environment, greeting)?;
+    let image = ExecImage::new(command, environment, greeting, resources)?;
     cmd.current_dir("/");
     // SAFETY: the closure runs between fork and exec and calls only
     // async-signal-safe system calls (setsid, setrlimit, write, execve,
@@ -72,7 +85,11 @@ struct ExecImage {
     greeting: Option<&'static [u8]>,
     /// "cannot execute PATH: error ", followed by the errno in the child.
     exec_failed: Vec<u8>,
+    /// tcpmuxd's own limit on open files, when the service sets none.
     fd_limit: Option<Rlimit>,
+    umask: Option<rustix::fs::Mode>,
+    /// The limits the service sets, soft and hard alike.
+    limits: Vec<(Resource, Rlimit)>,
 }
 
 // SAFETY: the pointers point into `_strings` and `path`, owned by the same
@@ -86,6 +103,7 @@ impl ExecImage {
         command: &[String],
         environment: impl Iterator<Item = (&'a str, String)>,
         greeting: Option<&'static [u8]>,
+        resources: &Resources,
     ) -> Result<Self, String> {
         let c = |s: String| {
             CString::new(s)
@@ -114,21 +132,46 @@ impl ExecImage {
             argv,
             envp,
             greeting,
-            fd_limit: startup::children_fd_limit(),
+            fd_limit: startup::children_fd_limit()
+                .filter(|_| resources.limits.open_files.is_none()),
+            umask: resources.umask.map(rustix::fs::Mode::from_raw_mode),
+            limits: resources
+                .limits
+                .set()
+                .map(|(kind, v)| {
+                    let v = (v != INFINITY).then_some(v);
+                    (
+                        kind.resource(),
+                        Rlimit {
+                            current: v,
+                            maximum: v,
+                        },
+                    )
+                })
+                .collect(),
         })
     }
 
     /// In the child: a session and process group of its own, and so no
     /// controlling terminal (a program must not reach the terminal tcpmuxd
-    /// was started from, as with TIOCSTI, nor get its signals); the limit
-    /// on open files tcpmuxd was started with; the greeting; then the
-    /// program. Returns only on a failure before the greeting.
+    /// was started from, as with TIOCSTI, nor get its signals); the
+    /// service's umask and limits, else the limit on open files tcpmuxd was
+    /// started with; the greeting; then the program. Returns only on a
+    /// failure before the greeting.
     fn exec(&self) -> std::io::Result<()> {
         rustix::process::setsid()?;
         if let Some(limit) = &self.fd_limit {
             // Under a seccomp filter that denies setrlimit, the program
             // keeps tcpmuxd's limit: no reason to fail the session.
             let _ = setrlimit(Resource::Nofile, *limit);
+        }
+        if let Some(mask) = self.umask {
+            rustix::process::umask(mask);
+        }
+        // A limit the configuration sets and the kernel refuses fails the
+        // start: the program must not run without it.
+        for (resource, limit) in &self.limits {
+            setrlimit(*resource, *limit)?;
         }
         let Some(greeting) = self.greeting else {
             self.execve();

@@ -76,6 +76,12 @@ impl Launcher for ExecLauncher {
                 ),
             });
         }
+        if let Some(cause) = unraisable_limit(service) {
+            return Err(LaunchError::Program {
+                path: path.to_string(),
+                cause,
+            });
+        }
         if switch && !can_switch_credentials() {
             return Err(LaunchError::Program {
                 path: path.to_string(),
@@ -135,7 +141,11 @@ impl Launcher for ExecLauncher {
             .stderr(Stdio::piped());
         child::run_as(&mut cmd, service.credentials.as_ref());
         let greeting = service.plus.then_some(reply::PLUS);
-        if let Err(cause) = child::prepare(&mut cmd, command, environment, greeting) {
+        let resources = child::Resources {
+            umask: Some(service.umask),
+            limits: service.limits,
+        };
+        if let Err(cause) = child::prepare(&mut cmd, command, environment, greeting, &resources) {
             return Err(Failed {
                 error: LaunchError::Program {
                     path: program.clone(),
@@ -250,6 +260,31 @@ fn may_execute(path: &str, cred: &crate::config::Credentials) -> bool {
 }
 
 /// Whether this process may change the user and group of its children.
+/// Why a limit of `service` cannot be set in its program, if one cannot:
+/// above tcpmuxd's own hard limit, without CAP_SYS_RESOURCE to raise it.
+fn unraisable_limit(service: &Service) -> Option<String> {
+    use rustix::thread::{CapabilitySet, capabilities};
+    let may_raise =
+        capabilities(None).is_ok_and(|caps| caps.effective.contains(CapabilitySet::SYS_RESOURCE));
+    if may_raise {
+        return None;
+    }
+    service.limits.set().find_map(|(kind, v)| {
+        let hard = rustix::process::getrlimit(kind.resource())
+            .maximum
+            .unwrap_or(crate::config::INFINITY);
+        (v > hard).then(|| {
+            format!(
+                "limits: {} = {} is above tcpmuxd's own hard limit ({}), which it cannot raise \
+                 without CAP_SYS_RESOURCE",
+                kind.key(),
+                kind.show(v),
+                kind.show(hard)
+            )
+        })
+    })
+}
+
 fn can_switch_credentials() -> bool {
     use rustix::thread::{CapabilitySet, capabilities};
     capabilities(None).is_ok_and(|caps| {

@@ -165,7 +165,14 @@ async fn to_command(settings: &MspSettings, envelope: &Envelope<'_>) -> Result<(
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let environment = std::iter::once(("PATH", SESSION_PATH.to_string())).chain(envelope.fields());
-    crate::launch::child::prepare(&mut cmd, command, environment, None).map_err(spawn_error)?;
+    crate::launch::child::prepare(
+        &mut cmd,
+        command,
+        environment,
+        None,
+        &crate::launch::child::Resources::default(),
+    )
+    .map_err(spawn_error)?;
     crate::launch::child::run_as(&mut cmd, settings.credentials.as_ref());
     let mut child = tokio::process::Command::from(cmd)
         .kill_on_drop(true)

@@ -190,7 +190,7 @@ impl State {
     }
 
     /// Reads the configuration as this process serves it.
-    fn load_config(&self) -> Result<Config, config::ConfigError> {
+    fn load_config(&self) -> Result<Config, config::ConfigErrors> {
         config::load(&self.config_path, &self.host).map(|c| self.serves.apply(c))
     }
 
@@ -230,7 +230,7 @@ impl State {
     /// Reads the configuration again and, when it is valid, serves new
     /// connections with it. Running sessions are not touched; an invalid
     /// configuration leaves the old one in place.
-    pub async fn reload(&self) -> Result<(), config::ConfigError> {
+    pub async fn reload(&self) -> Result<(), config::ConfigErrors> {
         self.notifier.reloading();
         let result = self.load_config().map(|new| {
             for w in &new.warnings {

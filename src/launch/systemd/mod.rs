@@ -351,6 +351,9 @@ impl SystemdLauncher {
             ),
             ("Environment".into(), value(env.into())?),
             ("ExecStart".into(), value(exec.into())?),
+            // The sessions' default; set here, as for them, rather than in
+            // the units' drop-in, which would win over theirs.
+            ("UMask".into(), value(limits::DEFAULT_UMASK.into())?),
         ];
         credentials(user, &mut props).map_err(|e| e.to_string())?;
         let end = self
