@@ -534,10 +534,11 @@ fn exec_launcher() -> Section {
             para(
                 "When tcpmuxd runs as root, every program it starts itself needs a user: the \
                  service's `user`, the default `user` of `[tcpmux]`, or `[tcpmux] \
-                 default_user`; a program with none is a configuration error, and `user = \
+                 default_user` (its former name); a program with none is a configuration error, and `user = \
                  \"root\"` written out is the only way to run one as root. It runs with that \
                  user's primary group (or `group`), no supplementary groups, and the `umask`, \
-                 `environment` and resource limits of the service, or else of `[tcpmux]`. Not \
+                 `environment` and resource limits of the service, or else of `[tcpmux]` (the \
+                 umask is 0077 unless one of them sets it). Not \
                  run as root, tcpmuxd cannot switch users and its programs run as its own \
                  user.",
             ),
@@ -564,7 +565,7 @@ fn msp() -> Section {
             ),
             lines(&[
                 "systemctl enable --now tcpmuxd-msp.socket",
-                "systemctl disable --now tcpmuxd-msp.socket tcpmuxd-msp.service",
+                "systemctl disable --now tcpmuxd-msp.socket",
             ]),
             para(
                 "Only `tcpmuxd-msp.service` has the group `tty`, which writing to terminals \
@@ -616,15 +617,35 @@ fn journal() -> Section {
                     "how the connection ended, one of the values below".to_string(),
                 ),
                 (
-                    "`UNIT`",
-                    "on the entries of a session's start and end: its unit \
-                     `tcpmux-NAME@INSTANCE.service`"
+                    "`UNIT`, `OBJECT_SYSTEMD_UNIT`",
+                    "on the entries of a session's start and end under the systemd launcher: \
+                     its unit `tcpmux-NAME@INSTANCE.service` (the second makes `journalctl -u` \
+                     of the unit find them)"
+                        .to_string(),
+                ),
+                (
+                    "`OBJECT_PID`",
+                    "on the entries of a session's start and end under the exec launcher: \
+                     the program's process"
                         .to_string(),
                 ),
                 (
                     "`EXIT_CODE`, `EXIT_STATUS`",
                     "on the entry of a session's end, with systemd's names and meaning: \
-                     `exited` and the exit status, or `killed`/`dumped` and the signal"
+                     `exited` and the exit status, or `killed`/`dumped` and the signal's name \
+                     (`TERM`)"
+                        .to_string(),
+                ),
+                (
+                    "`UNIT_RESULT`",
+                    "on the entry of a session's end under the systemd launcher: the unit's \
+                     `Result` (`success`, `exit-code`, `signal`, `timeout`, ...)"
+                        .to_string(),
+                ),
+                (
+                    "`SYSLOG_IDENTIFIER`",
+                    "`tcpmux-NAME` on the lines a session's program writes to standard error, \
+                     with `SYSLOG_PID` its process; `tcpmuxd` on tcpmuxd's own"
                         .to_string(),
                 ),
                 (
@@ -636,18 +657,26 @@ fn journal() -> Section {
             Block::Sub("OUTCOME values"),
             Block::Terms(outcomes),
             Block::Sub("What gets an entry"),
-            para(
-                "A session served, its start and end, a failure to start one, and an MSP \
-                 delivery or failure to deliver get an entry each. Refusals (denied, unknown, \
-                 a bad name, timeouts, limits) get an entry each at level info up to a rate per \
-                 source; what a flood produces beyond it is summed up every 10 seconds, with \
-                 the sources that sent the most (`connections in the last 10s: 2990 help, 12 \
-                 unknown; top sources: 192.0.2.7 (2990), ...`), and the limits hit are summed \
-                 up the same way (`limits hit in the last 10s: 12 name_timeout`). Entries \
-                 about single connections are written at most 10 a second from one source and \
-                 200 a second in all, below journald's own rate limit; the count of those left \
-                 out is logged with the summary.",
-            ),
+            para(format!(
+                "A session has two entries: its start (`OUTCOME=served`) and its end, with \
+                 how the program ended; a failure to start one, and an MSP delivery or failure \
+                 to deliver get an entry each. Refusals (denied, unknown, a bad name, \
+                 timeouts, every limit, MSP refusals) get an entry each at level info, the \
+                 first {per_source} of each source (an IPv4 address or IPv6 prefix) in every \
+                 {window} and at most {total} in {window} from all sources; every refusal, \
+                 logged or not, is summed up every {window}, with the sources that sent the \
+                 most (`connections in the last 10s: 2990 help, 12 unknown; top sources: \
+                 192.0.2.7 (2990), ...`), and the limits hit are summed up the same way \
+                 (`limits hit in the last 10s: 12 name_timeout`). Entries about single \
+                 connections are written at most {line_source} a second from one source and \
+                 {lines} a second in all, below journald's own rate limit; the count of those \
+                 left out is logged with the summary.",
+                per_source = crate::log::budget::REFUSALS_LOGGED_PER_SOURCE,
+                total = crate::log::budget::REFUSALS_LOGGED,
+                window = duration(crate::log::budget::REFUSAL_WINDOW),
+                line_source = crate::log::budget::LOG_LINES_PER_SOURCE_PER_SECOND,
+                lines = crate::log::budget::LOG_LINES_PER_SECOND,
+            )),
             para(
                 "A session's own standard error is logged tagged `tcpmux-NAME` \
                  (`SyslogIdentifier=`), warm or cold, under its unit. tcpmuxd's entries about a \
@@ -820,6 +849,12 @@ fn files() -> Section {
             (
                 "/usr/lib/systemd/system/tcpmuxd-msp.socket, tcpmuxd-msp.service",
                 "the Message Send Protocol: port 18 and its daemon".to_string(),
+            ),
+            (
+                "/usr/lib/systemd/system-preset/80-tcpmuxd.preset",
+                "keeps tcpmuxd-msp.socket disabled whatever the distribution's default \
+                 preset says"
+                    .to_string(),
             ),
             (
                 "/usr/lib/systemd/system/tcpmux-.service.d/10-defaults.conf",
