@@ -1783,6 +1783,12 @@ fn only_msp_serves_msp_without_a_tcpmux_socket() {
         "{log}"
     );
     assert!(!log.contains("listening for TCPMUX"), "{log}");
+    // Its STATUS= line is MSP's alone.
+    let notified = m._daemon.notified();
+    assert!(
+        notified.contains("STATUS=MSP: ") && !notified.contains("in handshake"),
+        "{notified}"
+    );
 }
 
 /// Without socket activation, `--only msp` binds `[msp] listen` and

@@ -831,6 +831,11 @@ fn only_tcpmux_serves_tcpmux_and_leaves_msp_sockets_unserved() {
     assert_eq!(d.help(), ["echo", "Dedicated", "env"]);
     assert!(d.wait_log("tcpmuxd-msp.service"), "{}", d.log());
     assert!(!d.log().contains("listening for MSP"), "{}", d.log());
+    let notified = d.notified();
+    assert!(
+        notified.contains("STATUS=0 in handshake") && !notified.contains("MSP:"),
+        "{notified}"
+    );
 }
 
 /// The entries a client's connection leaves: a refusal has one of its own

@@ -716,7 +716,8 @@ fn notify() -> Section {
                         "what `systemctl status tcpmuxd` shows, refreshed every {} or so: \
                          `2 in handshake, 5 sessions running; 120 handed off, 3 refused, 12 \
                          limits hit; MSP: ...`, and for the systemd launcher `units: 1 starting, \
-                         0 waiting for a turn, 4 warm`. When the configuration at start is \
+                         0 waiting for a turn, 4 warm`; with `--only` only the counters of the \
+                         protocol served. When the configuration at start is \
                          invalid, it names the error instead.",
                         duration(limits::STATUS_INTERVAL)
                     ),

@@ -204,6 +204,21 @@ impl State {
                 self.serves.unit()
             );
         }
+        let msp = format!(
+            "MSP: {} delivered, {} refused, {} remembered",
+            self.msp.delivered.load(Ordering::Relaxed),
+            self.msp.refused.load(Ordering::Relaxed),
+            self.msp.remembered(),
+        );
+        if !self.serves.tcpmux {
+            return msp;
+        }
+        // Each daemon's line names only what it serves.
+        let msp = if self.serves.msp {
+            format!("; {msp}")
+        } else {
+            String::new()
+        };
         let units = match self.systemd.get() {
             Some(launcher) => {
                 let (starting, waiting) = launcher.starts();
@@ -215,15 +230,12 @@ impl State {
             None => String::new(),
         };
         format!(
-            "{} in handshake, {} sessions running; {} handed off, {} refused, {} limits hit; MSP: {} delivered, {} refused, {} remembered{units}",
+            "{} in handshake, {} sessions running; {} handed off, {} refused, {} limits hit{msp}{units}",
             self.stats.handshakes.get(),
             self.sessions.total(),
             self.stats.served.load(Ordering::Relaxed),
             self.stats.refused.load(Ordering::Relaxed),
             self.stats.hits.total(),
-            self.msp.delivered.load(Ordering::Relaxed),
-            self.msp.refused.load(Ordering::Relaxed),
-            self.msp.remembered(),
         )
     }
 
