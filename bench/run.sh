@@ -17,7 +17,10 @@
 #   DISPATCH_CLIENTS="1 8 32"
 #   MSP_CLIENTS="1 16"
 #   HELD=5000                silent connections held for the memory figure
-#   PORT_BASE=17100          loopback ports PORT_BASE+1 .. PORT_BASE+8
+#   PORT_BASE=17100          loopback ports PORT_BASE+1 .. PORT_BASE+9
+#   BASELINE=PATH            an earlier tcpmuxd binary, measured in the same
+#                            cells as "tcpmuxd-before": a change to the
+#                            connection path against what it changes
 #   TIME_LIMIT=900           seconds before the whole run is stopped
 #   KEEP_WORK=1              keep the scratch directory (logs, raw records)
 set -euo pipefail
@@ -36,6 +39,7 @@ DISPATCH_CLIENTS=${DISPATCH_CLIENTS:-1 8 32}
 MSP_CLIENTS=${MSP_CLIENTS:-1 16}
 HELD=${HELD:-5000}
 PORT_BASE=${PORT_BASE:-17100}
+BASELINE=${BASELINE:-}
 
 BENCH_DIR=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$BENCH_DIR/.." && pwd)
@@ -135,6 +139,13 @@ P_INETD=$LOOPBACK:$((PORT_BASE + 4))
 P_FLOOR_HELP=$LOOPBACK:$((PORT_BASE + 5))
 P_FLOOR_DISPATCH=$LOOPBACK:$((PORT_BASE + 6))
 P_FLOOR_MSP=$LOOPBACK:$((PORT_BASE + 7))
+P_BEFORE=$LOOPBACK:$((PORT_BASE + 8))
+P_BEFORE_MSP=$LOOPBACK:$((PORT_BASE + 9))
+if [ -n "$BASELINE" ]; then
+    [ -x "$BASELINE" ] || die "BASELINE=$BASELINE is not an executable"
+    "$BENCH" free "$P_BEFORE" "$P_BEFORE_MSP" ||
+        die "ports $((PORT_BASE + 8))-$((PORT_BASE + 9)) are not free: set PORT_BASE"
+fi
 "$BENCH" free "$P_TCPMUXD" "$P_TCPMUXD_MSP" "$P_XINETD" "$P_INETD" \
     "$P_FLOOR_HELP" "$P_FLOOR_DISPATCH" "$P_FLOOR_MSP" ||
     die "ports $((PORT_BASE + 1))-$((PORT_BASE + 7)) are not free: set PORT_BASE"
@@ -219,6 +230,10 @@ tcpmux/+echo stream tcp nowait root /bin/cat cat
 EOF
 printf 'tcpmux %s/tcp\n' "${P_INETD##*:}" >"$WORK/services"
 : >"$WORK/msp-tcpmuxd.txt"
+: >"$WORK/msp-tcpmuxd-before.txt"
+# The baseline: the same configuration on its own ports and file.
+sed -e "s/$P_TCPMUXD_MSP/$P_BEFORE_MSP/" -e "s/$P_TCPMUXD/$P_BEFORE/" \
+    -e "s|msp-tcpmuxd.txt|msp-tcpmuxd-before.txt|" "$WORK/tcpmuxd.toml" >"$WORK/tcpmuxd-before.toml"
 : >"$WORK/msp-floor.txt"
 
 # ---- servers ---------------------------------------------------------------
@@ -235,6 +250,11 @@ start() {
 "$TCPMUXD" --config "$WORK/tcpmuxd.toml" --check >/dev/null ||
     die "tcpmuxd rejects the benchmark configuration"
 start tcpmuxd "$TCPMUXD" --config "$WORK/tcpmuxd.toml" --log-target stderr
+if [ -n "$BASELINE" ]; then
+    start tcpmuxd-before "$BASELINE" --config "$WORK/tcpmuxd-before.toml" --log-target stderr
+    "$BENCH" wait "$P_BEFORE"
+    "$BENCH" wait --udp "$P_BEFORE_MSP"
+fi
 start xinetd "$XINETD" -f "$WORK/xinetd.conf" -dontfork -pidfile "$WORK/xinetd.pid"
 # unshare and sh exec in turn, so the pid is inetutils-inetd's own. -d keeps
 # it in the foreground (and logs each connection); -R lifts its limit of
@@ -263,6 +283,15 @@ declare -A DISPATCH_AT=([tcpmuxd]=$P_TCPMUXD [floor]=$P_FLOOR_DISPATCH [xinetd]=
     [inetutils-inetd]=$P_INETD)
 declare -A MSP_AT=([tcpmuxd]=$P_TCPMUXD_MSP [floor]=$P_FLOOR_MSP)
 declare -A MSP_FILE=([tcpmuxd]=$WORK/msp-tcpmuxd.txt [floor]=$WORK/msp-floor.txt)
+if [ -n "$BASELINE" ]; then
+    HELP_SERVERS+=(tcpmuxd-before)
+    DISPATCH_SERVERS+=(tcpmuxd-before)
+    MSP_SERVERS+=(tcpmuxd-before)
+    HELP_AT[tcpmuxd-before]=$P_BEFORE
+    DISPATCH_AT[tcpmuxd-before]=$P_BEFORE
+    MSP_AT[tcpmuxd-before]=$P_BEFORE_MSP
+    MSP_FILE[tcpmuxd-before]=$WORK/msp-tcpmuxd-before.txt
+fi
 
 say "== checking every server answers"
 for s in "${HELP_SERVERS[@]}"; do

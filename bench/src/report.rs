@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 pub const SUBJECT: &str = "tcpmuxd";
+/// An earlier build of tcpmuxd measured beside it (`BASELINE=` of run.sh):
+/// not a peer, but a column and a ratio of its own.
+pub const BASELINE: &str = "tcpmuxd-before";
 pub const FLOOR: &str = "floor";
 
 /// The figures in the order of the table.
@@ -203,7 +206,11 @@ fn short(r: Option<f64>) -> String {
 pub fn table(records: &[Record]) -> String {
     let mut peers: Vec<&str> = Vec::new();
     for r in records {
-        if r.server != SUBJECT && r.server != FLOOR && !peers.contains(&r.server.as_str()) {
+        if r.server != SUBJECT
+            && r.server != FLOOR
+            && r.server != BASELINE
+            && !peers.contains(&r.server.as_str())
+        {
             peers.push(&r.server);
         }
     }
@@ -221,15 +228,25 @@ pub fn table(records: &[Record]) -> String {
             .push(r);
     }
 
+    let with_baseline = records.iter().any(|r| r.server == BASELINE);
     let mut servers = vec![SUBJECT, FLOOR];
+    if with_baseline {
+        servers.push(BASELINE);
+    }
     servers.extend(&peers);
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| figure | {} | tcpmuxd / floor | tcpmuxd / best peer | target | met |",
-        servers.join(" | ")
+        "| figure | {} | tcpmuxd / floor | tcpmuxd / best peer | target | met |{}",
+        servers.join(" | "),
+        if with_baseline { " tcpmuxd / before |" } else { "" }
     );
-    let _ = writeln!(out, "|---|{}---|---|---|---|", "---|".repeat(servers.len()));
+    let _ = writeln!(
+        out,
+        "|---|{}---|---|---|---|{}",
+        "---|".repeat(servers.len()),
+        if with_baseline { "---|" } else { "" }
+    );
     let mut notes = String::new();
     let mut rounds = 0;
     for ((order, concurrency), by_server) in &groups {
@@ -272,12 +289,17 @@ pub fn table(records: &[Record]) -> String {
             None => (None, BTreeMap::new(), None),
         };
         let (goal, met) = target(test, subject, floor, &by_peer, best);
-        let _ = writeln!(
+        let _ = write!(
             line,
             " {} | {} | {goal} | {met} |",
             show_ratio(floor),
             show_ratio(best)
         );
+        if with_baseline {
+            let before = subject.and_then(|s| ratio(s, cells.get(BASELINE)));
+            let _ = write!(line, " {} |", show_ratio(before));
+        }
+        line.push('\n');
         out += &line;
     }
     let _ = writeln!(
