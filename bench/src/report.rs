@@ -239,7 +239,11 @@ pub fn table(records: &[Record]) -> String {
         out,
         "| figure | {} | tcpmuxd / floor | tcpmuxd / best peer | target | met |{}",
         servers.join(" | "),
-        if with_baseline { " tcpmuxd / before |" } else { "" }
+        if with_baseline {
+            " tcpmuxd / before |"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(
         out,
