@@ -1858,3 +1858,19 @@ fn only_msp_with_an_invalid_config_refuses_until_a_valid_reload() {
     assert_eq!(datagram(&u).as_deref(), Some(&b"+\0"[..]));
     assert_eq!(m.texts(), ["retried"]);
 }
+
+/// The delivery command, run by tcpmuxd itself, creates its files with the
+/// umask of every program tcpmuxd starts (0077, as under systemd): the
+/// messages it records are readable by its user alone.
+#[test]
+fn the_delivery_command_runs_with_the_safe_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let m = start("");
+    let mut s = m.tcp();
+    s.write_all(&b(["chris", "", "private", "sandy", "", "u1", ""]))
+        .unwrap();
+    assert_eq!(reply(&mut s), "+");
+    assert_eq!(m.texts(), ["private"]);
+    let mode = std::fs::metadata(&m.log).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{mode:o}");
+}

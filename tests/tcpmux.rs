@@ -71,10 +71,18 @@ fn a_telnet_line_end_with_cr_nul_names_the_service() {
             String::from_utf8_lossy(&reply)
         );
     }
-    // A NUL anywhere else is still no part of a name.
-    let mut s = d.connect();
-    s.write_all(b"ec\0ho\r\n").unwrap();
-    assert_eq!(read_line(&mut s), b"-Invalid service name\r\n");
+    // A NUL anywhere else is still no part of a name; nor is a second CR
+    // or a form feed: only spaces and tabs around the name are dropped.
+    for line in [
+        &b"ec\0ho\r\n"[..],
+        b"echo\r\r\n",
+        b"\x0cecho\r\n",
+        b"echo\x0b\n",
+    ] {
+        let mut s = d.connect();
+        s.write_all(line).unwrap();
+        assert_eq!(read_line(&mut s), b"-Invalid service name\r\n", "{line:?}");
+    }
 }
 
 #[test]

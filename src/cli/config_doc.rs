@@ -386,7 +386,8 @@ pub fn keys() -> Vec<Key> {
             COMMAND.into(),
             None,
             "The program that delivers a message with deliver = \"command\": the text on its \
-             standard input, the MSP_* fields in its environment. Exit status 0 means delivered; \
+             standard input, the MSP_* fields in its environment, umask 0077. Exit status 0 \
+             means delivered; \
              otherwise the first line of its standard error is the reason sent back.",
         ),
         key(

@@ -170,7 +170,12 @@ async fn to_command(settings: &MspSettings, envelope: &Envelope<'_>) -> Result<(
         command,
         environment,
         None,
-        &crate::launch::child::Resources::default(),
+        // The umask every program tcpmuxd starts gets by default, as the
+        // systemd launcher's delivery units get it too.
+        &crate::launch::child::Resources {
+            umask: Some(crate::limits::DEFAULT_UMASK),
+            ..Default::default()
+        },
     )
     .map_err(spawn_error)?;
     crate::launch::child::run_as(&mut cmd, settings.credentials.as_ref());

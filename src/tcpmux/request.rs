@@ -32,13 +32,25 @@ pub fn find_line_end(buf: &[u8]) -> Option<usize> {
 /// a CR in its input, just before the line end.
 const TELNET_BARE_CR: &[u8] = b"\r\0";
 
+/// `bytes` without the spaces and tabs around it (and nothing else: a CR or
+/// a form feed there is an invalid byte, as the README says).
+fn trim_blanks(bytes: &[u8]) -> &[u8] {
+    let blank = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = bytes.iter().position(|b| !blank(b)).unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !blank(b))
+        .map_or(start, |i| i + 1);
+    &bytes[start..end]
+}
+
 /// Parses a request line without its LF. A trailing CR is dropped (CRLF and
 /// bare LF are both accepted), then telnet's CR NUL before the line end (as
 /// inetutils-inetd does), then spaces and tabs around the name.
 pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let line = line.strip_suffix(TELNET_BARE_CR).unwrap_or(line);
-    let name = line.trim_ascii();
+    let name = trim_blanks(line);
     if name.is_empty() {
         return Err(RequestError::Empty);
     }
@@ -94,6 +106,10 @@ mod tests {
         assert_eq!(parse_request(b"a\0\r"), Err(RequestError::BadByte(0)));
         assert!(parse_request(b"a\r\0\r\0").is_err());
         assert_eq!(parse_request(b"a b"), Err(RequestError::BadByte(b' ')));
+        assert_eq!(parse_request(b"a\r\r"), Err(RequestError::BadByte(b'\r')));
+        assert_eq!(parse_request(b"\x0ca"), Err(RequestError::BadByte(0x0c)));
+        assert_eq!(parse_request(b" \t "), Err(RequestError::Empty));
+        assert_eq!(parse_request(b"\ta \r"), Ok(Request::Service("a".into())));
         assert_eq!(
             parse_request(b"caf\xc3\xa9"),
             Err(RequestError::BadByte(0xc3))
