@@ -177,6 +177,20 @@ fn run_helper(props: &[(String, OwnedVariant)]) -> Option<std::process::Child> {
         .env("PATH", "/usr/bin:/bin")
         .stdin(std::process::Stdio::from(stdin))
         .stdout(std::process::Stdio::from(stdout));
+    // As systemd does, the unit's process gets no descriptor of its
+    // parent's but its standard ones (marked close-on-exec, not closed:
+    // the spawn's own error pipe is among them).
+    // SAFETY: close_range is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::close_range(
+                3,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+            );
+            Ok(())
+        });
+    }
     for entry in env {
         let (k, v) = entry.split_once('=').unwrap();
         cmd.env(k, v);
@@ -1013,4 +1027,134 @@ async fn helpers_exit_when_the_launcher_goes_away() {
             .all(|(_, c)| c.try_wait().unwrap().is_some_and(|s| s.success()))
     })
     .await;
+}
+
+/// A program that tells its client what it got: the `LISTEN_*` variables
+/// and its own pid, its open descriptors, which socket its standard input
+/// and its fd 3 are, and a line written through fd 3. (No command
+/// substitution: the shell would hold a pipe of its own meanwhile.)
+const SHOW_FDS: &str = r#"["/bin/sh", "-c", 'echo "vars $LISTEN_FDS:$LISTEN_FDNAMES:$LISTEN_PID:$$"; ls /proc/$$/fd; echo fd0; readlink /proc/$$/fd/0; echo fd3; readlink /proc/$$/fd/3; echo through-fd-3 >&3; echo end']"#;
+
+/// What [`SHOW_FDS`] said on a warm unit of a manager of `version`:
+/// `[LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID, its pid]`, its open
+/// descriptors, the sockets of its fds 0 and 3, and the lines after those.
+async fn warm_program_sees(version: &str) -> ([String; 4], String, (String, String), Vec<String>) {
+    let h = harness_of_version(
+        &warm_service("fds", SHOW_FDS, ""),
+        &[],
+        version,
+        Some(std::path::PathBuf::from(HELPER)),
+    )
+    .await;
+    until("a ready warm unit", || h.launcher.warm_ready("fds") == 1).await;
+    let (launched, mut client) = launch_one(&h, "fds").await;
+    launched.map_err(|f| f.error).unwrap();
+    let said = read_until(&mut client, "end\n");
+    let started = h.mock.started.lock().unwrap();
+    assert!(
+        started
+            .iter()
+            .all(|u| !u.props.contains_key("StandardOutputFileDescriptor")),
+        "no unit started cold: a warm unit took the connection"
+    );
+    drop(started);
+    let lines: Vec<&str> = said.lines().collect();
+    let at = |what: &str| {
+        lines
+            .iter()
+            .position(|l| *l == what)
+            .unwrap_or_else(|| panic!("no {what:?} in {said:?}"))
+    };
+    let (fd0, fd3, end) = (at("fd0"), at("fd3"), at("end"));
+    assert_eq!(lines[0], "+", "{said:?}");
+    let vars: Vec<String> = lines[1]
+        .strip_prefix("vars ")
+        .unwrap_or_else(|| panic!("{said:?}"))
+        .split(':')
+        .map(String::from)
+        .collect();
+    (
+        vars.try_into().unwrap_or_else(|_| panic!("{said:?}")),
+        lines[2..fd0].join(" "),
+        (
+            lines[fd0 + 1..fd3].join(" "),
+            lines[fd3 + 1..end]
+                .iter()
+                .filter(|l| l.starts_with("socket:"))
+                .copied()
+                .collect(),
+        ),
+        lines[fd3 + 1..=end]
+            .iter()
+            .filter(|l| !l.starts_with("socket:"))
+            .map(|l| l.to_string())
+            .collect(),
+    )
+}
+
+#[tokio::test]
+async fn on_systemd_257_a_warm_units_program_also_gets_the_connection_as_fd_3_named_connection() {
+    // What ExtraFileDescriptors= gives a cold unit's program there.
+    let (vars, open, (stdin, fd3), rest) = warm_program_sees("257.1").await;
+    assert_eq!(vars[..2], ["1", "connection"]);
+    assert_eq!(vars[2], vars[3], "LISTEN_PID is the program's own pid");
+    assert_eq!(open, "0 1 2 3");
+    assert!(stdin.starts_with("socket:["), "{stdin}");
+    assert_eq!(fd3, stdin, "fd 3 is the connection itself");
+    assert_eq!(rest, ["through-fd-3", "end"]);
+}
+
+#[tokio::test]
+async fn before_systemd_257_a_warm_units_program_gets_stdio_alone_as_a_cold_units_does() {
+    let (vars, open, (stdin, fd3), rest) = warm_program_sees("252.36-1~deb12u1").await;
+    assert_eq!(vars[..3], ["", "", ""], "no LISTEN_* variables");
+    assert_eq!(open, "0 1 2");
+    assert!(stdin.starts_with("socket:["), "{stdin}");
+    assert_eq!(fd3, "");
+    assert_eq!(rest, ["end"]);
+}
+
+#[tokio::test]
+async fn the_helper_refuses_a_hand_over_whose_descriptor_name_is_not_one() {
+    use tcpmuxd::launch::handover;
+    let (ours, theirs) = tcpmuxd::launch::warm::socket_pair().unwrap();
+    let stdout = theirs.try_clone().unwrap();
+    let mut helper = std::process::Command::new(HELPER)
+        .args(["/bin/sh", "-c", "echo ran"])
+        .stdin(std::process::Stdio::from(theirs))
+        .stdout(std::process::Stdio::from(stdout))
+        .spawn()
+        .unwrap();
+    let (status, ready) = warm_message(ours).await;
+    assert_eq!(status, Some(handover::Status::Ready));
+    let (conn, mut client) = tcp_pair().await;
+    let (socket, _, _) = conn.into_blocking().unwrap();
+    let (_status_ours, status_theirs) = tcpmuxd::launch::warm::socket_pair().unwrap();
+    let vars = [
+        ("REMOTE_ADDR", "127.0.0.1".to_string()),
+        ("REMOTE_PORT", "1".to_string()),
+        ("LOCAL_ADDR", "127.0.0.1".to_string()),
+        ("LOCAL_PORT", "1".to_string()),
+    ];
+    let message = handover::encode_handover(&vars, Some("two:names"));
+    handover::send(
+        ready.as_fd(),
+        &message,
+        &[socket.as_fd(), status_theirs.as_fd()],
+        false,
+    )
+    .unwrap();
+    drop((socket, status_theirs));
+    let exit = tokio::task::spawn_blocking(move || helper.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(76), "EX_PROTOCOL");
+    assert_eq!(read_until(&mut client, "ran"), "", "the program never ran");
+}
+
+/// One message of the helper on tcpmuxd's end of its standard input.
+async fn warm_message(ours: OwnedFd) -> (Option<tcpmuxd::launch::handover::Status>, OwnedFd) {
+    tcpmuxd::launch::warm::receive(ours, Duration::from_secs(10))
+        .await
+        .unwrap()
 }

@@ -7,7 +7,12 @@
 //! - for EOF (tcpmuxd went away or retired the unit): it exits at once;
 //! - for a connection: it makes it its standard input and output, in
 //!   blocking mode, with `REMOTE_ADDR`, `REMOTE_PORT`, `LOCAL_ADDR` and
-//!   `LOCAL_PORT` set, and execs the command.
+//!   `LOCAL_PORT` set, and execs the command. When the hand-over names the
+//!   connection (systemd 257 and later give a cold unit's program the
+//!   connection as a named `LISTEN_FDS` descriptor), the program gets the
+//!   same: the connection as fd 3 too, with `LISTEN_FDS=1`,
+//!   `LISTEN_FDNAMES=NAME` and `LISTEN_PID` (the helper's pid, which exec
+//!   keeps).
 //!
 //! The protocol is in `src/launch/handover.rs`. No async runtime, no
 //! allocation after the hand-over but for the exec's arrays.
@@ -17,7 +22,7 @@
 use rustix::fs::{Access, Mode, OFlags};
 use rustix::io::Errno;
 use std::ffi::{CString, OsString};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 // The protocol's one source, compiled in rather than linked from tcpmuxd's
 // library: the library would bring its unwinding tables along and triple
@@ -25,7 +30,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 #[path = "../launch/handover.rs"]
 #[allow(dead_code)]
 mod handover;
-use handover::{HANDOVER_FDS, MAX_MESSAGE, READY, VARIABLES};
+use handover::{HANDOVER_FDS, LISTEN_FD, LISTEN_VARIABLES, MAX_MESSAGE, READY, VARIABLES};
 
 /// Exit status when the program cannot be run here (sysexits EX_UNAVAILABLE).
 const EXIT_UNAVAILABLE: i32 = 69;
@@ -48,7 +53,7 @@ fn run() -> i32 {
     let stdin = unsafe { BorrowedFd::borrow_raw(0) };
     // The control socket moves out of the way of the connection, and is
     // close-on-exec: the program must not inherit it.
-    let control = match rustix::io::fcntl_dupfd_cloexec(stdin, 3) {
+    let mut control = match rustix::io::fcntl_dupfd_cloexec(stdin, 3) {
         Ok(fd) => fd,
         Err(e) => {
             eprintln!("tcpmux-warm: standard input: {e}");
@@ -62,7 +67,7 @@ fn run() -> i32 {
     let path = program.to_string_lossy().into_owned();
     // Checked here, inside the sandbox, where it will run: no `+` for a
     // client whose program cannot start.
-    let image = match open_program(program) {
+    let mut image = match open_program(program) {
         Ok(fd) => fd,
         Err(cause) => {
             let text = format!("program {path}: {cause}");
@@ -93,7 +98,7 @@ fn run() -> i32 {
     if n == 0 && fds.is_empty() {
         return 0;
     }
-    let variables = match handover::parse_handover(&buf[..n]) {
+    let given = match handover::parse_handover(&buf[..n]) {
         Ok(v) if fds.len() == HANDOVER_FDS => v,
         Ok(_) => {
             eprintln!("tcpmux-warm: hand-over with {} descriptors", fds.len());
@@ -105,18 +110,32 @@ fn run() -> i32 {
         }
     };
     let mut fds = fds.into_iter();
-    let (Some(connection), Some(status)) = (fds.next(), fds.next()) else {
+    let (Some(mut connection), Some(mut status)) = (fds.next(), fds.next()) else {
         return EXIT_PROTOCOL;
     };
-    if let Err(e) = become_connection(&connection) {
-        let _ = report(
-            status.as_fd(),
-            &format!("the connection as stdin and stdout: {e}"),
-        );
+    let passed = given.fd_name.is_some();
+    if passed {
+        // fd 3 becomes the connection: whichever of the helper's own
+        // descriptors is there moves away first.
+        if let Err(e) = move_off(
+            LISTEN_FD,
+            &mut [&mut control, &mut image, &mut status, &mut connection],
+        ) {
+            let _ = report(status.as_fd(), &format!("freeing fd {LISTEN_FD}: {e}"));
+            return EXIT_EXEC_FAILED;
+        }
+    }
+    if let Err(e) = become_connection(&connection, passed) {
+        let what = if passed {
+            "stdin, stdout and fd 3"
+        } else {
+            "stdin and stdout"
+        };
+        let _ = report(status.as_fd(), &format!("the connection as {what}: {e}"));
         return EXIT_EXEC_FAILED;
     }
     drop(connection);
-    let cause = exec(&image, &command, &variables);
+    let cause = exec(&image, &command, &given);
     let _ = report(status.as_fd(), &format!("exec {path}: {cause}"));
     EXIT_EXEC_FAILED
 }
@@ -161,13 +180,29 @@ fn open_program(program: &OsString) -> Result<OwnedFd, String> {
     Ok(fd)
 }
 
-/// Makes `connection` fds 0 and 1, in blocking mode.
-fn become_connection(connection: &OwnedFd) -> rustix::io::Result<()> {
+/// Moves whichever of `fds` is descriptor `target` to another number,
+/// close-on-exec, so that none of them is `target`.
+fn move_off(target: RawFd, fds: &mut [&mut OwnedFd]) -> rustix::io::Result<()> {
+    for fd in fds.iter_mut() {
+        if fd.as_raw_fd() == target {
+            // The old one is closed as it is replaced.
+            **fd = rustix::io::fcntl_dupfd_cloexec(&**fd, target + 1)?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes `connection` fds 0 and 1, and [`LISTEN_FD`] too when `passed`, in
+/// blocking mode.
+fn become_connection(connection: &OwnedFd, passed: bool) -> rustix::io::Result<()> {
     let flags = rustix::fs::fcntl_getfl(connection)?;
     rustix::fs::fcntl_setfl(connection, flags - OFlags::NONBLOCK)?;
-    for target in [0, 1] {
+    let targets: &[RawFd] = if passed { &[0, 1, LISTEN_FD] } else { &[0, 1] };
+    for &target in targets {
         // SAFETY: fds 0 and 1 are ours (the control socket's copies, moved
-        // away above); dup2 replaces them and clears close-on-exec.
+        // away above), and fd 3 none of the helper's own (moved off it);
+        // dup2 replaces them and clears close-on-exec. Never closed here:
+        // they are the program's.
         let mut fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(target) };
         let result = rustix::io::dup2(connection, &mut fd);
         std::mem::forget(fd);
@@ -177,12 +212,18 @@ fn become_connection(connection: &OwnedFd) -> rustix::io::Result<()> {
 }
 
 /// Execs the program with the helper's own environment (what systemd gave
-/// the unit) and the connection's variables. Returns only on failure.
-fn exec(image: &OwnedFd, command: &[OsString], variables: &[(String, String)]) -> String {
+/// the unit), the connection's variables and, when the connection is
+/// passed as a named descriptor, the `LISTEN_*` variables systemd sets for
+/// it. Returns only on failure.
+fn exec(image: &OwnedFd, command: &[OsString], handover: &handover::Handover) -> String {
     let c = |bytes: &[u8]| CString::new(bytes).map_err(|_| "a NUL character".to_string());
     let argv: Result<Vec<CString>, String> = command.iter().map(|a| c(a.as_bytes())).collect();
+    let replaced = |name: &[u8]| {
+        VARIABLES.iter().any(|v| name == v.as_bytes())
+            || (handover.fd_name.is_some() && LISTEN_VARIABLES.iter().any(|v| name == v.as_bytes()))
+    };
     let mut env: Vec<Vec<u8>> = std::env::vars_os()
-        .filter(|(k, _)| !VARIABLES.iter().any(|v| k.as_bytes() == v.as_bytes()))
+        .filter(|(k, _)| !replaced(k.as_bytes()))
         .map(|(k, v)| {
             let mut entry = k.into_vec();
             entry.push(b'=');
@@ -191,10 +232,18 @@ fn exec(image: &OwnedFd, command: &[OsString], variables: &[(String, String)]) -
         })
         .collect();
     env.extend(
-        variables
+        handover
+            .variables
             .iter()
             .map(|(k, v)| format!("{k}={v}").into_bytes()),
     );
+    if let Some(name) = &handover.fd_name {
+        // As systemd sets them for ExtraFileDescriptors=. The pid is the
+        // helper's, which the program keeps.
+        env.push(format!("LISTEN_PID={}", std::process::id()).into_bytes());
+        env.push(b"LISTEN_FDS=1".to_vec());
+        env.push(format!("LISTEN_FDNAMES={name}").into_bytes());
+    }
     let envp: Result<Vec<CString>, String> = env.iter().map(|e| c(e)).collect();
     let (argv, envp) = match (argv, envp) {
         (Ok(a), Ok(e)) => (a, e),

@@ -455,7 +455,9 @@ fn session_units() -> Section {
                  systemd's `Accept=yes` sets them), `LOCAL_ADDR` and `LOCAL_PORT` (the address \
                  the client connected to), `PATH`, and the service's `environment`. On \
                  systemd 257 and later the connection is also passed in \
-                 `ExtraFileDescriptors=`, as `LISTEN_FDS=1` named `connection`.",
+                 `ExtraFileDescriptors=`: the program, of a warm unit or a cold one, gets it \
+                 as fd 3 too, with `LISTEN_FDS=1`, `LISTEN_FDNAMES=connection` and \
+                 `LISTEN_PID` its own pid.",
             ),
             para(
                 "A service may be defined by unit drop-ins alone: `launcher = \"systemd\"` and \

@@ -27,6 +27,11 @@ pub struct Ready {
     /// unit: the helper exits on EOF.
     pub control: OwnedFd,
     pub since: Instant,
+    /// The name under which the unit's manager gives a cold unit's program
+    /// the connection as a passed descriptor (`ExtraFileDescriptors=`,
+    /// systemd 257 and later): the helper gives this unit's program the
+    /// same. None: standard input and output alone.
+    pub fd_name: Option<&'static str>,
 }
 
 impl Ready {
@@ -411,15 +416,16 @@ pub async fn receive(
     Ok((status, socket.into_inner()))
 }
 
-/// Hands `connection` to a ready unit, with the connection's variables and
-/// the helper's end of a fresh status socket; returns tcpmuxd's end.
+/// Hands `connection` to a ready unit, with the connection's variables (and
+/// the unit's descriptor name, if any) and the helper's end of a fresh
+/// status socket; returns tcpmuxd's end.
 pub fn hand_over(
     ready: &Ready,
     connection: std::os::fd::BorrowedFd<'_>,
     variables: &[(&str, String)],
 ) -> std::io::Result<OwnedFd> {
     let (status, theirs) = socket_pair()?;
-    let message = handover::encode_handover(variables);
+    let message = handover::encode_handover(variables, ready.fd_name);
     handover::send(
         ready.control.as_fd(),
         &message,

@@ -144,7 +144,7 @@ pub(super) async fn start_helper(
     unit: &str,
     helper: &Path,
 ) -> Result<Ready, WarmFailure> {
-    let ours = start_unit(launcher, start, unit, helper)
+    let (ours, version) = start_unit(launcher, start, unit, helper)
         .await
         .map_err(WarmFailure::Start)?;
     match warm::receive(ours, limits::WARM_READY_TIMEOUT).await {
@@ -152,6 +152,8 @@ pub(super) async fn start_helper(
             unit: unit.to_string(),
             control,
             since: std::time::Instant::now(),
+            // What a cold unit's program gets from the same manager.
+            fd_name: (version >= EXTRA_FDS_MIN_VERSION).then_some(CONNECTION_FD_NAME),
         }),
         // The program cannot run in the unit's sandbox.
         Ok((Some(Status::Failed(e)), _)) => Err(WarmFailure::Program(format!("{unit}: {e}"))),
@@ -163,13 +165,13 @@ pub(super) async fn start_helper(
 }
 
 /// Starts warm unit `unit`: tcpmuxd's end of its standard input once its
-/// start job is done.
+/// start job is done, and the version of the manager that started it.
 async fn start_unit(
     launcher: &SystemdLauncher,
     start: &Start,
     unit: &str,
     helper: &Path,
-) -> Result<OwnedFd, String> {
+) -> Result<(OwnedFd, u32), String> {
     let inner = &launcher.inner;
     let bus = lock(&inner.bus)
         .clone()
@@ -204,5 +206,5 @@ async fn start_unit(
             ));
         }
     }
-    Ok(ours)
+    Ok((ours, bus.version))
 }
