@@ -186,7 +186,7 @@ impl Launcher for ExecLauncher {
         tokio::spawn(async move {
             let log = async {
                 if let Some(stderr) = stderr {
-                    log_stderr(service.name.clone(), pid, stderr, &all_lines).await;
+                    log_stderr(service.name.clone(), pid, peer.ip(), stderr, &all_lines).await;
                 }
             };
             tokio::pin!(log);
@@ -318,7 +318,16 @@ pub fn describe_exit(status: ExitStatus) -> String {
 /// [`MAX_STDERR_BYTES_PER_SECOND`] are read a second: past that, reading
 /// pauses until the second is over, and the program blocks on its full
 /// pipe instead of costing the daemon a core.
-async fn log_stderr(service: String, pid: u32, mut stderr: ChildStderr, all: &StderrLines) {
+/// Every line, and the count of those left out, names the session's client
+/// in `remote_addr`: they are entries a client caused, and share the log's
+/// budget of those (`log::budget`) with every other.
+async fn log_stderr(
+    service: String,
+    pid: u32,
+    client: std::net::IpAddr,
+    mut stderr: ChildStderr,
+    all: &StderrLines,
+) {
     let mut buf = Vec::with_capacity(MAX_STDERR_LINE);
     let mut chunk = [0u8; STDERR_READ_CHUNK];
     let mut window = tokio::time::Instant::now();
@@ -341,7 +350,7 @@ async fn log_stderr(service: String, pid: u32, mut stderr: ChildStderr, all: &St
         let mut emit = |line: &[u8]| {
             if logged < MAX_STDERR_LINES_PER_SECOND && all.check().is_ok() {
                 logged += 1;
-                emit_stderr_line(&service, pid, line);
+                emit_stderr_line(&service, pid, client, line);
             } else {
                 dropped += 1;
             }
@@ -358,13 +367,14 @@ async fn log_stderr(service: String, pid: u32, mut stderr: ChildStderr, all: &St
         }
     }
     if !buf.is_empty() && logged < MAX_STDERR_LINES_PER_SECOND && all.check().is_ok() {
-        emit_stderr_line(&service, pid, &buf);
+        emit_stderr_line(&service, pid, client, &buf);
     } else if !buf.is_empty() {
         dropped += 1;
     }
     if dropped > 0 {
         tracing::warn!(
             tcpmux_service = %service,
+            remote_addr = %client,
             pid,
             "{service}[{pid}]: {dropped} lines of stderr not logged (more than \
              {MAX_STDERR_LINES_PER_SECOND} a second from one session, or \
@@ -376,11 +386,12 @@ async fn log_stderr(service: String, pid: u32, mut stderr: ChildStderr, all: &St
 /// One line of a session's stderr: in the journal, an entry of the
 /// program's own (`SYSLOG_IDENTIFIER=tcpmux-NAME`, as under the systemd
 /// launcher); on stderr, `tcpmux-NAME[PID]: LINE`.
-fn emit_stderr_line(service: &str, pid: u32, line: &[u8]) {
+fn emit_stderr_line(service: &str, pid: u32, client: std::net::IpAddr, line: &[u8]) {
     let line = escaped(line.strip_suffix(b"\r").unwrap_or(line));
     tracing::info!(
         target: crate::log::SESSION_STDERR,
         tcpmux_service = %service,
+        remote_addr = %client,
         pid,
         line = %line,
         "{}{service}[{pid}]: {line}",

@@ -188,6 +188,7 @@ where
             ),
             ("SYSLOG_PID", line.pid),
             ("TCPMUX_SERVICE", line.service),
+            ("REMOTE_ADDR", line.remote_addr),
         ];
         // Nothing to do about a journal that went away: as tracing-journald.
         let _ = libsystemd::logging::journal_send(
@@ -203,6 +204,7 @@ where
 struct StderrLine {
     service: String,
     pid: String,
+    remote_addr: String,
     line: String,
 }
 
@@ -211,6 +213,7 @@ impl Visit for StderrLine {
         let slot = match field.name() {
             "tcpmux_service" => &mut self.service,
             "pid" => &mut self.pid,
+            "remote_addr" => &mut self.remote_addr,
             "line" => &mut self.line,
             _ => return,
         };
