@@ -298,3 +298,32 @@ install_staged() {
     printf '127.0.0.1 localhost\n::1 localhost ip6-localhost\n' >"$etc/hosts"
     printf 'passwd: files systemd\ngroup: files systemd\nhosts: files\n' >"$etc/nsswitch.conf"
 }
+
+# ---- a session's user, umask, environment and limits -----------------------
+
+# What each program of resources_dropin must print: umask, open files,
+# core, processes, address space (KiB), CPU time (s), uid, then the
+# variables.
+RESOURCES_WANT=$(printf '0027\n90\n0\n200\n1048576\n3600\n65534\nC own')
+
+# A configuration drop-in on stdout: [tcpmux] defaults, and one service for
+# each NAME:WARM argument overriding some of them, whose program prints
+# what it got (dash: ulimit -p is processes).
+resources_dropin() {
+    # shellcheck disable=SC2016 # expanded by the session's shell
+    local show='umask; ulimit -n; ulimit -c; ulimit -p; ulimit -v; ulimit -t; id -u; echo "$LANG $VAR"'
+    cat <<'EOF2'
+[tcpmux]
+user = "nobody"
+umask = "0027"
+environment = { LANG = "C", VAR = "default" }
+limits = { open_files = 100, core_size = 0, processes = 200, address_space = "1G" }
+EOF2
+    local spec
+    for spec in "$@"; do
+        printf '\n[[service]]\nname = "%s"\ncommand = ["/bin/sh", "-c", '"'"'%s'"'"']\n' \
+            "${spec%:*}" "$show"
+        printf 'launcher = "systemd"\nwarm = %s\nenvironment = { VAR = "own" }\n' "${spec#*:}"
+        printf 'limits = { cpu_time = "1h", open_files = 90 }\n'
+    done
+}

@@ -436,35 +436,9 @@ note "given: $(printf '%s\n' "$warm_given" | tr '\n' ' ')"
 # ---- resources: the same in warm and cold units ---------------------------------
 
 section "user, umask, environment and limits: warm and cold units alike"
-# What a session's program sees (dash: ulimit -p is processes).
-SHOW_RESOURCES='umask; ulimit -n; ulimit -c; ulimit -p; ulimit -v; ulimit -t; id -u; echo "$LANG $VAR"'
 mkdir -p "$root$(dirname "$CONFIG")/conf.d"
-cat >"$root$(dirname "$CONFIG")/conf.d/85-resources.toml" <<EOF
-[tcpmux]
-user = "nobody"
-umask = "0027"
-environment = { LANG = "C", VAR = "default" }
-limits = { open_files = 100, core_size = 0, processes = 200, address_space = "1G" }
-
-[[service]]
-name = "reswarm"
-command = ["/bin/sh", "-c", '$SHOW_RESOURCES']
-launcher = "systemd"
-warm = 1
-environment = { VAR = "own" }
-limits = { cpu_time = "1h", open_files = 90 }
-
-[[service]]
-name = "rescold"
-command = ["/bin/sh", "-c", '$SHOW_RESOURCES']
-launcher = "systemd"
-warm = 0
-environment = { VAR = "own" }
-limits = { cpu_time = "1h", open_files = 90 }
-EOF
-# umask, open files, core, processes, address space (KiB), CPU time (s),
-# uid, then the variables.
-want=$(printf '0027\n90\n0\n200\n1048576\n3600\n65534\nC own')
+resources_dropin reswarm:1 rescold:0 >"$root$(dirname "$CONFIG")/conf.d/85-resources.toml"
+want=$RESOURCES_WANT
 session_of() { ct "$CLIENT" localhost "$1" </dev/null 2>/dev/null | tr -d '\r'; }
 warm_started() {
     ct journalctl -u tcpmuxd.service -o cat --no-pager 2>/dev/null |

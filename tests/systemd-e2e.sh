@@ -816,33 +816,15 @@ fi
 
 # ---- resources: [tcpmux] defaults and a service's own, in its unit ----------
 
-# What a session's program sees of its user, umask, limits and environment
-# (dash: ulimit -p is processes). Warm units: tests/systemd-e2e-warm.sh.
-SHOW_RESOURCES='umask; ulimit -n; ulimit -c; ulimit -p; ulimit -v; ulimit -t; id -u; echo "$LANG $VAR"'
+# What a session's program sees of its user, umask, limits and environment.
+# Warm units: tests/systemd-e2e-warm.sh.
 resources_checks() {
     section "user, umask, environment and limits of a session's unit (cold)"
-    local out want
-    cat >"$etc/tcpmuxd/conf.d/85-resources.toml" <<EOF
-[tcpmux]
-user = "nobody"
-umask = "0027"
-environment = { LANG = "C", VAR = "default" }
-limits = { open_files = 100, core_size = 0, processes = 200, address_space = "1G" }
-
-[[service]]
-name = "resources"
-command = ["/bin/sh", "-c", '$SHOW_RESOURCES']
-launcher = "systemd"
-warm = 0
-environment = { VAR = "own" }
-limits = { cpu_time = "1h", open_files = 90 }
-EOF
+    local out want=$RESOURCES_WANT
+    resources_dropin resources:0 >"$etc/tcpmuxd/conf.d/85-resources.toml"
     if ! ct systemctl reload tcpmuxd.service || ! wait_until "$WAIT_TIMEOUT" lists resources; then
         fail "reload serves \"resources\"" "$(ct journalctl -u tcpmuxd.service --no-pager -n 10)"
     else
-        # umask, open files, core, processes, address space (KiB), CPU time
-        # (s), uid, then the variables.
-        want=$(printf '0027\n90\n0\n200\n1048576\n3600\n65534\nC own')
         out=$(ct "$CLIENT" localhost resources </dev/null 2>/dev/null | tr -d '\r')
         if [ "$out" = "$want" ]; then
             pass "a cold unit gets User=, UMask=, Environment= and Limit*= from [tcpmux] and its service"

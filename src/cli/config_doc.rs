@@ -827,18 +827,22 @@ pub fn limits_table() -> Vec<Limit> {
             "the reply arrives before the close".into(),
         ),
         row(
-            "a session's stderr",
+            "a session's stderr (exec launcher)",
             format!(
                 "{} KiB read a second, lines of {} bytes, {} lines a second in the log ({} for \
-                 all sessions together)",
+                 all sessions together), and each line an entry about its client's connection \
+                 ({} a second from one source, {} in all, with every other such entry)",
                 kib(limits::MAX_STDERR_BYTES_PER_SECOND),
                 limits::MAX_STDERR_LINE,
                 limits::MAX_STDERR_LINES_PER_SECOND,
-                limits::MAX_STDERR_LINES_PER_SECOND_TOTAL
+                limits::MAX_STDERR_LINES_PER_SECOND_TOTAL,
+                crate::log::budget::LOG_LINES_PER_SOURCE_PER_SECOND,
+                crate::log::budget::LOG_LINES_PER_SECOND,
             ),
             format!(
                 "past {} KiB the program blocks on its full pipe until the next second; lines \
-                 over the rates are counted in one warning",
+                 over the rates are counted in one warning, itself an entry about the client, \
+                 or in the summary's count of entries left out",
                 kib(limits::MAX_STDERR_BYTES_PER_SECOND)
             ),
         ),
@@ -1111,15 +1115,8 @@ mod tests {
 
     #[test]
     fn the_readme_table_of_limits_is_this_one() {
-        let readme = include_str!("../../README.md");
-        let start = readme
-            .find(LIMITS_TABLE_HEADER)
+        let table = super::super::readme_table(LIMITS_TABLE_HEADER)
             .expect("README.md has the table of limits");
-        let table: String = readme[start..]
-            .lines()
-            .take_while(|l| l.starts_with('|'))
-            .map(|l| format!("{l}\n"))
-            .collect();
         assert_eq!(
             table,
             limits_markdown(),
