@@ -118,10 +118,6 @@ pub const MAX_STDERR_BYTES_PER_SECOND: usize = 64 * 1024;
 /// counted and reported when the session ends.
 pub const MAX_STDERR_LINES_PER_SECOND: u32 = 50;
 
-/// Lines of all sessions' stderr logged per second at most, together
-/// (journald's default rate limit is 10,000 lines in 30 s per service).
-pub const MAX_STDERR_LINES_PER_SECOND_TOTAL: u32 = 200;
-
 /// The period of the stderr budgets (bytes read, lines logged).
 pub const STDERR_WINDOW: Duration = Duration::from_secs(1);
 

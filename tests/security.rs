@@ -783,6 +783,65 @@ max_sessions_per_source = 100000
     );
 }
 
+/// One address flooding the stderr of its sessions cannot keep another
+/// client's session's lines out of the log: each source has its share.
+#[test]
+fn one_source_flooding_stderr_leaves_another_sources_lines_logged() {
+    let config = format!(
+        "{}{}",
+        one_service(
+            "errcat",
+            r#"["/bin/sh", "-c", "cat >&2"]"#,
+            "max_instances_per_source = 16"
+        ),
+        one_service("victim", r#"["/bin/sh", "-c", "echo victim line >&2"]"#, "")
+    );
+    let d = Daemon::start_opts(
+        &config,
+        Options {
+            log_level: "info",
+            ..Options::default()
+        },
+    );
+    let addr = d.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooders: Vec<_> = (0..16)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut s = connect_from("127.0.0.66", addr);
+                s.write_all(b"errcat\r\n").unwrap();
+                // Steadily, below what the daemon reads a second from one
+                // session: every line is one the log is asked to take.
+                let lines = b"x\n".repeat(10);
+                while !stop.load(Ordering::Relaxed) {
+                    if s.write_all(&lines).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // Three sessions, each a second apart: within the victim's own share.
+    for _ in 0..3 {
+        let mut s = connect_from("127.0.0.77", addr);
+        s.write_all(b"victim\r\n").unwrap();
+        read_to_end(&mut s);
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for f in flooders {
+        f.join().unwrap();
+    }
+    let logged = d.log().matches("]: victim line").count();
+    let log = d.log();
+    let others: Vec<&str> = log.lines().filter(|l| !l.contains("]: x")).collect();
+    assert_eq!(logged, 3, "{}", others.join("\n"));
+}
+
 #[test]
 fn a_request_is_judged_by_the_configuration_in_force_when_its_name_arrives() {
     let config = one_service("echo", r#"["/bin/cat"]"#, "");

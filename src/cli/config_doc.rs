@@ -829,13 +829,12 @@ pub fn limits_table() -> Vec<Limit> {
         row(
             "a session's stderr (exec launcher)",
             format!(
-                "{} KiB read a second, lines of {} bytes, {} lines a second in the log ({} for \
-                 all sessions together), and each line an entry about its client's connection \
-                 ({} a second from one source, {} in all, with every other such entry)",
+                "{} KiB read a second, lines of {} bytes, {} lines a second from one session, \
+                 each line an entry about its client's connection ({} a second from one \
+                 source, {} in all, with every other such entry)",
                 kib(limits::MAX_STDERR_BYTES_PER_SECOND),
                 limits::MAX_STDERR_LINE,
                 limits::MAX_STDERR_LINES_PER_SECOND,
-                limits::MAX_STDERR_LINES_PER_SECOND_TOTAL,
                 crate::log::budget::LOG_LINES_PER_SOURCE_PER_SECOND,
                 crate::log::budget::LOG_LINES_PER_SECOND,
             ),

@@ -8,7 +8,7 @@ use crate::admission::FdGuard;
 use crate::config::Service;
 use crate::limits::{
     MAX_STDERR_BYTES_PER_SECOND, MAX_STDERR_LINE, MAX_STDERR_LINES_PER_SECOND,
-    MAX_STDERR_LINES_PER_SECOND_TOTAL, STDERR_DRAIN_TIMEOUT, STDERR_READ_CHUNK, STDERR_WINDOW,
+    STDERR_DRAIN_TIMEOUT, STDERR_READ_CHUNK, STDERR_WINDOW,
 };
 use crate::log::escaped;
 use crate::server::Outcome;
@@ -33,26 +33,11 @@ pub const EXEC_START_FDS: usize = 8;
 /// its stderr pipe and its pidfd.
 pub const EXEC_SESSION_FDS: usize = 2;
 
-/// Lines of all sessions' stderr logged a second, together, so that many
-/// sessions cannot flood the journal either.
-type StderrLines = governor::DefaultDirectRateLimiter;
-
-#[derive(Debug, Clone)]
-pub struct ExecLauncher {
-    stderr_lines: Arc<StderrLines>,
-}
-
-impl Default for ExecLauncher {
-    fn default() -> Self {
-        let rate = std::num::NonZeroU32::new(MAX_STDERR_LINES_PER_SECOND_TOTAL)
-            .unwrap_or(std::num::NonZeroU32::MIN);
-        ExecLauncher {
-            stderr_lines: Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(
-                rate,
-            ))),
-        }
-    }
-}
+/// The exec launcher. What all sessions' stderr may put in the log
+/// together is the log's own budget of entries clients cause
+/// (`log::budget`), shared fairly among their sources.
+#[derive(Debug, Clone, Default)]
+pub struct ExecLauncher;
 
 impl Launcher for ExecLauncher {
     fn precheck(&self, service: &Service) -> Result<(), LaunchError> {
@@ -180,13 +165,12 @@ impl Launcher for ExecLauncher {
         );
 
         let stderr = child.stderr.take();
-        let all_lines = Arc::clone(&self.stderr_lines);
         // One task per session: it copies stderr to the log while it waits
         // for the program.
         tokio::spawn(async move {
             let log = async {
                 if let Some(stderr) = stderr {
-                    log_stderr(service.name.clone(), pid, peer.ip(), stderr, &all_lines).await;
+                    log_stderr(service.name.clone(), pid, peer.ip(), stderr).await;
                 }
             };
             tokio::pin!(log);
@@ -311,23 +295,18 @@ pub fn describe_exit(status: ExitStatus) -> String {
 
 /// Copies a program's stderr into the log, line by line, each line cut at
 /// [`MAX_STDERR_LINE`] bytes and at most [`MAX_STDERR_LINES_PER_SECOND`]
-/// lines a second, and all sessions together at most
-/// [`MAX_STDERR_LINES_PER_SECOND_TOTAL`]: programs that flood their stderr
-/// must not flood the log. Lines over the rates are counted and reported
-/// at the end. At most
+/// lines a second: programs that flood their stderr must not flood the
+/// log. Lines over the rate are counted and reported at the end. At most
 /// [`MAX_STDERR_BYTES_PER_SECOND`] are read a second: past that, reading
 /// pauses until the second is over, and the program blocks on its full
 /// pipe instead of costing the daemon a core.
 /// Every line, and the count of those left out, names the session's client
 /// in `remote_addr`: they are entries a client caused, and share the log's
-/// budget of those (`log::budget`) with every other.
-async fn log_stderr(
-    service: String,
-    pid: u32,
-    client: std::net::IpAddr,
-    mut stderr: ChildStderr,
-    all: &StderrLines,
-) {
+/// budget of those (`log::budget`: a few a second from one source, a total
+/// for all) with every other. There is no second budget for all sessions'
+/// stderr in front of it: one that every source drew from would let one
+/// source's flood keep every other source's lines out.
+async fn log_stderr(service: String, pid: u32, client: std::net::IpAddr, mut stderr: ChildStderr) {
     let mut buf = Vec::with_capacity(MAX_STDERR_LINE);
     let mut chunk = [0u8; STDERR_READ_CHUNK];
     let mut window = tokio::time::Instant::now();
@@ -348,7 +327,7 @@ async fn log_stderr(
         };
         bytes += n;
         let mut emit = |line: &[u8]| {
-            if logged < MAX_STDERR_LINES_PER_SECOND && all.check().is_ok() {
+            if logged < MAX_STDERR_LINES_PER_SECOND {
                 logged += 1;
                 emit_stderr_line(&service, pid, client, line);
             } else {
@@ -366,7 +345,7 @@ async fn log_stderr(
             buf.push(b);
         }
     }
-    if !buf.is_empty() && logged < MAX_STDERR_LINES_PER_SECOND && all.check().is_ok() {
+    if !buf.is_empty() && logged < MAX_STDERR_LINES_PER_SECOND {
         emit_stderr_line(&service, pid, client, &buf);
     } else if !buf.is_empty() {
         dropped += 1;
@@ -377,8 +356,7 @@ async fn log_stderr(
             remote_addr = %client,
             pid,
             "{service}[{pid}]: {dropped} lines of stderr not logged (more than \
-             {MAX_STDERR_LINES_PER_SECOND} a second from one session, or \
-             {MAX_STDERR_LINES_PER_SECOND_TOTAL} from all)"
+             {MAX_STDERR_LINES_PER_SECOND} a second from one session)"
         );
     }
 }
