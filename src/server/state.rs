@@ -173,7 +173,7 @@ impl State {
             sessions: Arc::default(),
             stats: Stats::default(),
             notifier,
-            exec: ExecLauncher::default(),
+            exec: ExecLauncher,
             warm_helper: None,
         }
     }
