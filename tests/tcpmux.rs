@@ -962,3 +962,32 @@ fn ipv6_clients_are_written_in_brackets() {
     );
     assert!(!d.log().contains("::1:"), "{}", d.log());
 }
+
+/// A service whose program is missing answers `-Service unavailable`: a
+/// refusal like any other, an entry each (with the cause) for the first
+/// few of a source, all of them counted in the summary.
+#[test]
+fn unavailable_services_are_refusals_with_their_share_of_the_log() {
+    let d = Daemon::start_opts(
+        "[[service]]\nname = \"missing\"\ncommand = [\"/nonexistent/program\"]\n",
+        Options {
+            log_level: "info",
+            ..Options::default()
+        },
+    );
+    for _ in 0..20 {
+        assert_eq!(d.exchange(b"missing\r\n"), b"-Service unavailable\r\n");
+    }
+    assert!(
+        d.wait_log("connections in the last 10s: 20 unavailable"),
+        "{}",
+        d.log()
+    );
+    let log = d.log();
+    let entries = log
+        .lines()
+        .filter(|l| l.contains("missing from 127.0.0.1:") && l.contains(": unavailable"))
+        .count();
+    assert_eq!(entries, 5, "{log}");
+    assert!(log.contains("/nonexistent/program"), "{log}");
+}

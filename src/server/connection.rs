@@ -160,11 +160,11 @@ impl Outcome {
         }
     }
 
-    /// Whether a line is logged for each such connection, whatever its
-    /// number: a session's start, and a failure to start one. The rest,
-    /// which a flood can produce by the thousand, are summed up every
-    /// [`LIMIT_LOG_INTERVAL`](limits::LIMIT_LOG_INTERVAL).
-    pub fn logged_each(self) -> bool {
+    /// Whether the entry of each such connection is written where it
+    /// happens, with what only that place knows: a session's start (by its
+    /// launcher, with its unit or process), a failure to start one and a
+    /// service that cannot be started (with the cause).
+    pub fn logged_where_it_happens(self) -> bool {
         matches!(
             self,
             Outcome::Served | Outcome::Unavailable | Outcome::SpawnFailed
@@ -172,16 +172,12 @@ impl Outcome {
     }
 
     /// Whether the client was refused: each refusal gets an entry of its
-    /// own up to its source's share. Not a help request nor a client that
-    /// closed before it was answered.
+    /// own up to its source's share. Not a help request, a client that
+    /// closed before it was answered, nor a start that failed.
     pub fn is_refusal(self) -> bool {
         !matches!(
             self,
-            Outcome::Served
-                | Outcome::Help
-                | Outcome::Closed
-                | Outcome::Unavailable
-                | Outcome::SpawnFailed
+            Outcome::Served | Outcome::Help | Outcome::Closed | Outcome::SpawnFailed
         )
     }
 
@@ -228,12 +224,15 @@ fn record(state: &State, peer: SocketAddr, service: Option<&str>, outcome: Outco
     if let Some(limit) = outcome.limit() {
         state.stats.hits.hit(limit);
     }
-    if outcome == Outcome::Served || outcome.logged_each() {
+    if outcome == Outcome::Served {
         return;
     }
     let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     let outcome_str = outcome.as_str();
     state.summary.record(outcome_str, peer.ip());
+    if outcome.logged_where_it_happens() {
+        return;
+    }
     let name = service.unwrap_or("");
     let service = escaped(name);
     let what: &dyn std::fmt::Display = if name.is_empty() {
@@ -272,7 +271,9 @@ impl std::fmt::Display for LimitNote {
     }
 }
 
-/// Logs a service that could not be started for a client, with the cause.
+/// Logs a service that could not be started for a client, with the cause:
+/// a warning when it cannot start for anyone now (`unavailable`, a
+/// refusal), an error when its start failed.
 fn log_failure(
     service: &Service,
     peer: SocketAddr,
@@ -280,14 +281,23 @@ fn log_failure(
     cause: &dyn std::fmt::Display,
 ) {
     let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-    tracing::error!(
-        tcpmux_service = %service.name,
-        remote_addr = %peer.ip(),
-        remote_port = peer.port(),
-        outcome = %outcome.as_str(),
-        "{} from {peer}: {}: service \"{}\": {cause}",
-        service.name, outcome.as_str(), service.name
-    );
+    macro_rules! entry {
+        ($level:ident) => {
+            tracing::$level!(
+                tcpmux_service = %service.name,
+                remote_addr = %peer.ip(),
+                remote_port = peer.port(),
+                outcome = %outcome.as_str(),
+                "{} from {peer}: {}: service \"{}\": {cause}",
+                service.name, outcome.as_str(), service.name
+            )
+        };
+    }
+    if outcome.is_refusal() {
+        entry!(warn);
+    } else {
+        entry!(error);
+    }
 }
 
 /// Runs one handshake to its end. `name` is set to the service the client
@@ -407,7 +417,11 @@ async fn handshake(
     }
     let launcher = launcher_for(state, service);
     if let Err(e) = launcher.precheck(service) {
-        log_failure(service, peer, Outcome::Unavailable, &e);
+        // A refusal (the service cannot start for anyone): an entry with
+        // the cause while the source has refusal entries left.
+        if crate::log::budget::REFUSALS.admit(ip, Instant::now()) {
+            log_failure(service, peer, Outcome::Unavailable, &e);
+        }
         return refuse(stream, reply::UNAVAILABLE, limit, Outcome::Unavailable).await;
     }
     // Short of descriptors, the oldest handshakes still waiting for their
@@ -567,7 +581,10 @@ mod tests {
     #[test]
     fn no_turn_is_a_limit_summed_up_not_logged_for_each_client() {
         assert_eq!(Outcome::NoTurn.limit(), Some(Limit::MaxStartingUnits));
-        assert!(!Outcome::NoTurn.logged_each());
+        assert!(!Outcome::NoTurn.logged_where_it_happens());
+        assert!(Outcome::NoTurn.is_refusal());
+        assert!(Outcome::Unavailable.is_refusal());
+        assert!(!Outcome::SpawnFailed.is_refusal());
         assert_eq!(Outcome::NoTurn.as_str(), "no-turn");
         assert_eq!(Limit::MaxStartingUnits.key(), "max_starting_units");
     }
