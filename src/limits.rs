@@ -9,8 +9,16 @@ use std::time::Duration;
 /// line end. RFC 1078 sets none; FreeBSD inetd allows 256 with its NUL.
 pub const MAX_NAME_LEN: usize = 255;
 
-/// Longest request line, in bytes: the name plus CR and LF.
-pub const MAX_LINE_LEN: usize = MAX_NAME_LEN + 2;
+/// Spaces and tabs around a name that a request line may hold besides the
+/// name: they are dropped, and do not count against [`MAX_NAME_LEN`].
+pub const MAX_LINE_BLANKS: usize = 32;
+
+/// Longest line end: telnet's CR NUL before CR LF.
+pub const MAX_LINE_END: usize = 4;
+
+/// Longest request line, in bytes: the name, the blanks around it and the
+/// line end. A longer line is answered `-Service name too long`.
+pub const MAX_LINE_LEN: usize = MAX_NAME_LEN + MAX_LINE_BLANKS + MAX_LINE_END;
 
 /// Default for `[tcpmux] name_timeout`: time a client has to send its whole
 /// request line, and to take the reply.

@@ -85,6 +85,29 @@ fn a_telnet_line_end_with_cr_nul_names_the_service() {
     }
 }
 
+/// The longest name fits with the blanks around it and telnet's line end:
+/// only the name counts against its 255 bytes.
+#[test]
+fn blanks_and_the_line_end_do_not_count_against_the_name() {
+    let d = Daemon::start(BASE);
+    let name = "n".repeat(255);
+    for line in [
+        format!("{name}\r\0\r\n"),
+        format!("{}{name}\t\r\n", " ".repeat(20)),
+    ] {
+        assert_eq!(
+            d.exchange(line.as_bytes()),
+            b"-Unknown service\r\n",
+            "{} bytes",
+            line.len()
+        );
+    }
+    assert_eq!(
+        d.exchange(format!("{name}n\r\n").as_bytes()),
+        b"-Service name too long\r\n"
+    );
+}
+
 #[test]
 fn name_split_over_many_writes() {
     let d = Daemon::start(BASE);
