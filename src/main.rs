@@ -115,7 +115,7 @@ fn main() -> ExitCode {
                      the configuration is fixed and reloaded (systemctl reload {})",
                     serves.unit()
                 );
-                (serves.apply(nothing), Some(e.to_string()))
+                (serves.apply(nothing), Some(e.whereabouts()))
             }
             Err(_) => {
                 tracing::error!("invalid configuration: {e}");

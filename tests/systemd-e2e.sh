@@ -318,9 +318,9 @@ out=$(ct systemctl show -p ActiveState,SubState,NRestarts tcpmuxd.socket tcpmuxd
 status_text=$(show tcpmuxd.service StatusText)
 if [ "$(show tcpmuxd.socket ActiveState)" = active ] && active_running &&
     [ "$(show tcpmuxd.service NRestarts)" = 0 ] &&
-    printf '%s\n' "$status_text" | grep -q '60-broken.toml: .*line 3.*no_such_key' &&
+    printf '%s\n' "$status_text" | grep -q '1 error, in .*60-broken.toml line 3 (see the journal)' &&
     printf '%s\n' "$status_text" | grep -qF 'fix it, then systemctl reload tcpmuxd'; then
-    pass "tcpmuxd.socket active, the service never restarted, STATUS= says what and how to fix"
+    pass "tcpmuxd.socket active, the service never restarted, STATUS= says where and how to fix"
     note "StatusText=$status_text"
 else
     fail "the socket stays active, and STATUS= names the error and the fix" "$out" "StatusText=$status_text"

@@ -720,7 +720,7 @@ fn notify() -> Section {
                          limits hit; MSP: ...`, and for the systemd launcher `units: 1 starting, \
                          0 waiting for a turn, 4 warm`; with `--only` only the counters of the \
                          protocol served. When the configuration at start is \
-                         invalid, it names the error instead.",
+                         invalid, it says where the error is instead (never what it says: any local user reads it).",
                         duration(limits::STATUS_INTERVAL)
                     ),
                 ),

@@ -102,6 +102,28 @@ impl std::fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+impl ConfigErrors {
+    /// How many errors, and where the first is, without what any says: for
+    /// a status line every local user may read, where an error quoting the
+    /// value it refuses could show a secret of a file only root reads.
+    pub fn whereabouts(&self) -> String {
+        let count = self.0.len();
+        let noun = if count == 1 { "error" } else { "errors" };
+        match self.0.first() {
+            Some(first) => {
+                let line = first
+                    .line
+                    .or(first.order)
+                    .map(|l| format!(" line {l}"))
+                    .unwrap_or_default();
+                let first_in = if count == 1 { "in" } else { "the first in" };
+                format!("{count} {noun}, {first_in} {}{line}", first.path.display())
+            }
+            None => format!("{count} {noun}"),
+        }
+    }
+}
+
 impl From<ConfigError> for ConfigErrors {
     fn from(e: ConfigError) -> Self {
         ConfigErrors(vec![e])

@@ -178,8 +178,10 @@ impl State {
         }
     }
 
-    /// Serves nothing from now on, for `reason` (the configuration error),
-    /// until a reload loads a valid configuration.
+    /// Serves nothing from now on, for `reason` (where the configuration's
+    /// errors are: `STATUS=` shows it to every local user, so never what
+    /// they say, which may quote a secret), until a reload loads a valid
+    /// configuration.
     pub fn set_unavailable(&self, reason: String) {
         self.unavailable.store(Some(Arc::new(reason)));
     }
@@ -198,8 +200,8 @@ impl State {
     pub fn status_line(&self) -> String {
         if let Some(reason) = self.unavailable_reason() {
             return format!(
-                "not serving, every request refused: invalid configuration: {}; \
-                 fix it, then systemctl reload {}",
+                "not serving, every request refused: invalid configuration: {} (see the \
+                 journal); fix it, then systemctl reload {}",
                 one_line(&reason),
                 self.serves.unit()
             );
@@ -281,7 +283,7 @@ impl State {
                     "reload failed, still serving nothing (every request refused): invalid \
                      configuration: {e}"
                 );
-                self.set_unavailable(e.to_string());
+                self.set_unavailable(e.whereabouts());
             } else {
                 tracing::error!("reload failed, still serving the previous configuration: {e}");
             }
