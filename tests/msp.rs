@@ -1874,3 +1874,17 @@ fn the_delivery_command_runs_with_the_safe_umask() {
     let mode = std::fs::metadata(&m.log).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "{mode:o}");
 }
+
+/// `[tcpmux] umask` is the delivery command's too, as `[tcpmux] user` is.
+#[test]
+fn the_delivery_command_gets_the_umask_of_tcpmux() {
+    use std::os::unix::fs::PermissionsExt;
+    let m = start("\n[tcpmux]\numask = \"0027\"\n");
+    let mut s = m.tcp();
+    s.write_all(&b(["chris", "", "shared", "sandy", "", "u2", ""]))
+        .unwrap();
+    assert_eq!(reply(&mut s), "+");
+    assert_eq!(m.texts(), ["shared"]);
+    let mode = std::fs::metadata(&m.log).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640, "{mode:o}");
+}

@@ -681,6 +681,11 @@ async fn msp_commands_run_as_oneshot_units_with_the_message_on_stdin() {
             input: b"hello",
             limit: Duration::from_secs(3),
             user: None,
+            umask: 0o027,
+            limits: &config::ResourceLimits {
+                processes: Some(32),
+                ..Default::default()
+            },
         })
         .await
         .unwrap();
@@ -688,6 +693,14 @@ async fn msp_commands_run_as_oneshot_units_with_the_message_on_stdin() {
     assert!(started.name.starts_with("tcpmux-msp@"), "{}", started.name);
     let p = &started.props;
     assert_eq!(string(p, "Type"), "oneshot");
+    assert_eq!(
+        u32::try_from(p["UMask"].try_clone().unwrap()).unwrap(),
+        0o027
+    );
+    assert_eq!(
+        u64::try_from(p["LimitNPROC"].try_clone().unwrap()).unwrap(),
+        32
+    );
     assert_eq!(
         u64::try_from(p["TimeoutStartUSec"].try_clone().unwrap()).unwrap(),
         3_000_000
@@ -727,6 +740,8 @@ async fn msp_commands_run_as_oneshot_units_with_the_message_on_stdin() {
             input: b"hi",
             limit: Duration::from_secs(3),
             user: None,
+            umask: 0o077,
+            limits: &config::ResourceLimits::default(),
         })
         .await
         .unwrap_err();

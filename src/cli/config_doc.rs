@@ -321,8 +321,9 @@ pub fn keys() -> Vec<Key> {
             format!("\"{}\"", crate::config::show_umask(limits::DEFAULT_UMASK)),
             UMASK.into(),
             None,
-            "The umask of every service's program that sets none: the systemd launcher sets \
-             UMask= of the session's units, the exec launcher calls umask(2) in the child.",
+            "The umask of every service's program that sets none, and of MSP's delivery \
+             command: the systemd launcher sets UMask= of the session's units, the exec \
+             launcher calls umask(2) in the child.",
         ),
         key(
             "tcpmux",
@@ -343,7 +344,8 @@ pub fn keys() -> Vec<Key> {
             "{} (nothing limited here: inherited)".into(),
             limits_bounds(),
             None,
-            "Resource limits of every service's program, written as [tcpmux.limits] or as an \
+            "Resource limits of every service's program (each may replace them) and of MSP's \
+             delivery command, written as [tcpmux.limits] or as an \
              inline table such as { open_files = 1024, processes = 64, address_space = \"1G\", \
              cpu_time = \"10min\", core_size = 0 }: open_files (RLIMIT_NOFILE, LimitNOFILE=), \
              processes (of the program's user, RLIMIT_NPROC, LimitNPROC=), address_space \
@@ -386,8 +388,8 @@ pub fn keys() -> Vec<Key> {
             COMMAND.into(),
             None,
             "The program that delivers a message with deliver = \"command\": the text on its \
-             standard input, the MSP_* fields in its environment, umask 0077. Exit status 0 \
-             means delivered; \
+             standard input, the MSP_* fields in its environment, [tcpmux] umask and limits. \
+             Exit status 0 means delivered; \
              otherwise the first line of its standard error is the reason sent back.",
         ),
         key(

@@ -160,6 +160,8 @@ pub(super) fn merge(files: Vec<(PathBuf, FileConfig)>, errors: &mut Vec<ConfigEr
         msp.credentials = tcpmux.default_credentials.clone();
         msp.credentials_inherited = msp.credentials.is_some();
     }
+    msp.umask = tcpmux.umask;
+    msp.limits = tcpmux.limits;
 
     let mut services: Vec<Arc<Service>> = Vec::new();
     let mut by_name: HashMap<String, usize> = HashMap::new();

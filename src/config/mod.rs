@@ -229,6 +229,11 @@ pub struct MspSettings {
     pub credentials: Option<Credentials>,
     /// Whether `credentials` came from `[tcpmux] user`.
     pub credentials_inherited: bool,
+    /// The umask and resource limits the delivery command runs with:
+    /// `[tcpmux] umask` and `limits`, as its user falls back to `[tcpmux]
+    /// user`.
+    pub umask: u32,
+    pub limits: ResourceLimits,
     /// Time the delivery command may run.
     pub command_timeout: Duration,
     /// Whether messages with an empty recipient go to the console.

@@ -409,6 +409,8 @@ pub(super) fn validate_msp(
         command,
         credentials,
         credentials_inherited: false,
+        umask: limits::DEFAULT_UMASK,
+        limits: ResourceLimits::default(),
         command_timeout,
         console: raw.console.unwrap_or(false),
         rate_per_minute,

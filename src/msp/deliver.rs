@@ -108,6 +108,8 @@ pub async fn deliver(
                         input: text.as_bytes(),
                         limit: settings.command_timeout,
                         user: settings.credentials.as_ref(),
+                        umask: settings.umask,
+                        limits: &settings.limits,
                     })
                     .await
             }
@@ -170,11 +172,10 @@ async fn to_command(settings: &MspSettings, envelope: &Envelope<'_>) -> Result<(
         command,
         environment,
         None,
-        // The umask every program tcpmuxd starts gets by default, as the
-        // systemd launcher's delivery units get it too.
+        // `[tcpmux]`'s, as under the systemd launcher.
         &crate::launch::child::Resources {
-            umask: Some(crate::limits::DEFAULT_UMASK),
-            ..Default::default()
+            umask: Some(settings.umask),
+            limits: settings.limits,
         },
     )
     .map_err(spawn_error)?;

@@ -146,6 +146,9 @@ pub struct Oneshot<'a> {
     pub limit: std::time::Duration,
     /// `User=` and `Group=`; none: the unit's drop-ins decide.
     pub user: Option<&'a Credentials>,
+    /// `UMask=` and the `Limit*=`.
+    pub umask: u32,
+    pub limits: &'a crate::config::ResourceLimits,
 }
 
 impl SystemdLauncher {
@@ -314,6 +317,8 @@ impl SystemdLauncher {
             input,
             limit,
             user,
+            umask,
+            limits: resource_limits,
         } = job;
         let Some(bus) = lock(&self.inner.bus).clone() else {
             return Err("not connected to the service manager".into());
@@ -351,10 +356,10 @@ impl SystemdLauncher {
             ),
             ("Environment".into(), value(env.into())?),
             ("ExecStart".into(), value(exec.into())?),
-            // The sessions' default; set here, as for them, rather than in
-            // the units' drop-in, which would win over theirs.
-            ("UMask".into(), value(limits::DEFAULT_UMASK.into())?),
         ];
+        // Set here, as for sessions, rather than in the units' drop-in,
+        // which would win over these.
+        unit::resources(umask, resource_limits, &mut props).map_err(|e| e.to_string())?;
         credentials(user, &mut props).map_err(|e| e.to_string())?;
         let end = self
             .start_job(&bus, &unit, props, None, limit + limits::DBUS_CALL_TIMEOUT)

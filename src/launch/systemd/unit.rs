@@ -15,14 +15,16 @@ pub(super) fn exec_start(program: &str, argv: &[String]) -> Result<OwnedVariant,
     value(exec)
 }
 
-/// `UMask=` and the `Limit*=` of `service`: the same for its cold and its
-/// warm units. (A drop-in of the unit that sets one wins over these.)
+/// `UMask=` and the `Limit*=` of a service (the same for its cold and its
+/// warm units) or of MSP's delivery command. (A drop-in of the unit that
+/// sets one wins over these.)
 pub(super) fn resources(
-    service: &Service,
+    umask: u32,
+    limits: &crate::config::ResourceLimits,
     props: &mut Vec<(String, OwnedVariant)>,
 ) -> Result<(), LaunchError> {
-    props.push(("UMask".into(), value(service.umask)?));
-    for (kind, v) in service.limits.set() {
+    props.push(("UMask".into(), value(umask)?));
+    for (kind, v) in limits.set() {
         // systemd's infinity is RLIM_INFINITY, as ours.
         props.push((kind.property().into(), value(v)?));
     }
@@ -86,7 +88,7 @@ pub(super) fn warm_properties(
         ("ExecStart".into(), exec_start(&helper, &argv)?),
     ];
     credentials(service.credentials.as_ref(), &mut props)?;
-    resources(service, &mut props)?;
+    resources(service.umask, &service.limits, &mut props)?;
     Ok(props)
 }
 
@@ -140,7 +142,7 @@ pub(super) fn properties(
         props.push(("ExecStart".into(), exec_start(&command[0], command)?));
     }
     credentials(service.credentials.as_ref(), &mut props)?;
-    resources(service, &mut props)?;
+    resources(service.umask, &service.limits, &mut props)?;
     if version >= EXTRA_FDS_MIN_VERSION {
         let extra: Vec<(Fd<'static>, String)> = vec![(fd()?, CONNECTION_FD_NAME.to_string())];
         props.push(("ExtraFileDescriptors".into(), value(extra)?));
