@@ -238,3 +238,33 @@ fn print_needs_check() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--check"), "{stderr}");
 }
+
+/// A user or group by number is written as one: `0`, `65534`; `00` or
+/// `+0` is a name, which no user has (it would be root in disguise).
+#[test]
+fn only_a_plain_number_is_a_user_or_group_by_number() {
+    for (key, value) in [
+        ("user", "00"),
+        ("user", "+0"),
+        ("user", "000000"),
+        ("group", "+0"),
+    ] {
+        let user = if key == "group" {
+            "user = \"nobody\"\n"
+        } else {
+            ""
+        };
+        let text = format!(
+            "[[service]]\nname = \"s\"\ncommand = [\"/bin/cat\"]\n{user}{key} = \"{value}\"\n"
+        );
+        let (code, _, stderr) = check(&[("tcpmuxd.toml", &text)]);
+        assert_eq!(code, 78, "{key} = {value}: {stderr}");
+        assert!(
+            stderr.contains(&format!("\"{value}\": no such")),
+            "{stderr}"
+        );
+    }
+    let text = "[[service]]\nname = \"s\"\ncommand = [\"/bin/cat\"]\nuser = \"65534\"\n";
+    let (code, _, stderr) = check(&[("tcpmuxd.toml", text)]);
+    assert_eq!(code, 0, "{stderr}");
+}

@@ -696,9 +696,9 @@ pub(super) fn resolve_credentials(
             )),
         };
     };
-    let found = match u.parse::<u32>() {
-        Ok(uid) => User::from_uid(uid.into()),
-        Err(_) => User::from_name(u),
+    let found = match plain_number(u) {
+        Some(uid) => User::from_uid(uid.into()),
+        None => User::from_name(u),
     };
     let user = match found {
         Ok(Some(entry)) => entry,
@@ -708,9 +708,9 @@ pub(super) fn resolve_credentials(
     let gid = match group {
         None => user.gid.as_raw(),
         Some(g) => {
-            let found = match g.parse::<u32>() {
-                Ok(gid) => Group::from_gid(gid.into()),
-                Err(_) => Group::from_name(g),
+            let found = match plain_number(g) {
+                Some(gid) => Group::from_gid(gid.into()),
+                None => Group::from_name(g),
             };
             match found {
                 Ok(Some(entry)) => entry.gid.as_raw(),
@@ -724,6 +724,16 @@ pub(super) fn resolve_credentials(
         uid: user.uid.as_raw(),
         gid,
     }))
+}
+
+/// A user or group id as a number is written plainly: digits, no sign, no
+/// leading zero (`0`, `65534`). Anything else is a name, so that `00` or
+/// `+0` is no user rather than root in disguise.
+fn plain_number(text: &str) -> Option<u32> {
+    let plain = text.bytes().all(|b| b.is_ascii_digit())
+        && !text.is_empty()
+        && (text == "0" || !text.starts_with('0'));
+    plain.then(|| text.parse().ok()).flatten()
 }
 
 /// Settles who the programs tcpmuxd starts itself run as. As root, each
@@ -749,8 +759,9 @@ pub fn apply_host(config: &mut Config, host: &Host, errors: &mut Vec<ConfigError
         }
         return;
     }
-    const FIX: &str = "set user = \"nobody\" (or another user) here or in [tcpmux], or \
-                       user = \"root\" to run it as root on purpose";
+    const FIX: &str = "set user = \"nobody\" (or another user) here or in [tcpmux] (a \
+                       service that sets group needs a user of its own), or user = \"root\" \
+                       to run it as root on purpose";
     for service in &config.services {
         if service.launcher.runs_exec(host) && service.credentials.is_none() {
             errors.push(ConfigError::at(
