@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 
-const FLAGS: &[&str] = &["once", "udp"];
+const FLAGS: &[&str] = &["once", "udp", "quick"];
 
 pub struct Args {
     pub command: String,

@@ -52,7 +52,10 @@ usage:
   tcpmux-bench free ADDR...        fail unless every TCP and UDP ADDR can be bound
   tcpmux-bench wait ADDR [--udp] [--seconds S]
       wait until something listens on ADDR
-  tcpmux-bench report FILE         the table of a file of records, as Markdown
+  tcpmux-bench report FILE [--quick]
+      the table of a file of records, as Markdown; --quick: only tcpmuxd's
+      rates as ratios to the floor (and to tcpmuxd-before), with the lowest
+      and highest ratio of a round
 
 Clients close with SO_LINGER 0 (a reset, no TIME_WAIT), so long runs do not
 run out of ephemeral ports.";
@@ -274,6 +277,10 @@ fn report_cmd(args: &Args) -> Result<(), String> {
         .map(record::Record::parse)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{path}: {e}"))?;
-    print!("{}", report::table(&records));
+    if args.flag("quick") {
+        print!("{}", report::quick_table(&records));
+    } else {
+        print!("{}", report::table(&records));
+    }
     Ok(())
 }
