@@ -3,6 +3,13 @@
 # minimal floors, all on loopback, and prints one table (BENCHMARKS.md).
 #
 #   sudo bench/run.sh
+#   sudo bench/run.sh --quick
+#
+# --quick is the check to run before resolving a change to the connection
+# path or a launcher, about a minute once built: tcpmuxd and the floors
+# only (no peers, no MSP, no memory figures), HELP and dispatch at 4
+# clients each, 5 rounds of 2 s, and a short table of tcpmuxd / floor (and
+# tcpmuxd / before with BASELINE). The settings below still apply.
 #
 # Root is needed to install the peers' libraries and to give
 # inetutils-inetd a private /etc/services (its TCPMUX port comes from
@@ -10,12 +17,13 @@
 # directory, never installed as services. Every server started here is
 # stopped on exit, whatever the exit.
 #
-# Settings (environment):
-#   ROUNDS=3                 rounds; each figure is the median over them
-#   CELL_SECONDS=3           length of one measurement
-#   HELP_CLIENTS="1 8 64"    concurrencies for HELP
-#   DISPATCH_CLIENTS="1 8 32"
-#   MSP_CLIENTS="1 16"
+# Settings (environment; the --quick defaults in brackets):
+#   ROUNDS=3 [5]             rounds; each figure is the median over them
+#   CELL_SECONDS=3 [2]       length of one measurement
+#   HELP_CLIENTS="1 8 64" [4]
+#                            concurrencies for HELP
+#   DISPATCH_CLIENTS="1 8 32" [4]
+#   MSP_CLIENTS="1 16" [none]
 #   HELD=5000                silent connections held for the memory figure
 #   PORT_BASE=17100          loopback ports PORT_BASE+1 .. PORT_BASE+9
 #   BASELINE=PATH            an earlier tcpmuxd binary, measured in the same
@@ -32,6 +40,24 @@ if [ -z "${TCPMUX_BENCH_TIMED:-}" ]; then
     exec timeout --foreground "${TIME_LIMIT:-900}" "$0" "$@"
 fi
 
+say() { printf '%s\n' "$*" >&2; }
+die() { say "run.sh: $*"; exit 1; }
+
+QUICK=
+case "$#:${1:-}" in
+0:) ;;
+1:--quick) QUICK=1 ;;
+*) die "usage: bench/run.sh [--quick]" ;;
+esac
+
+# --quick: one concurrency each, more than the cores, so that what a
+# session costs in CPU shows; rounds enough for a median that holds.
+if [ -n "$QUICK" ]; then
+    ROUNDS=${ROUNDS:-5}
+    CELL_SECONDS=${CELL_SECONDS:-2}
+    HELP_CLIENTS=${HELP_CLIENTS:-4}
+    DISPATCH_CLIENTS=${DISPATCH_CLIENTS:-4}
+fi
 ROUNDS=${ROUNDS:-3}
 CELL_SECONDS=${CELL_SECONDS:-3}
 HELP_CLIENTS=${HELP_CLIENTS:-1 8 64}
@@ -45,11 +71,12 @@ BENCH_DIR=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$BENCH_DIR/.." && pwd)
 LOOPBACK=127.0.0.1
 
-say() { printf '%s\n' "$*" >&2; }
-die() { say "run.sh: $*"; exit 1; }
-
+# Root in both modes, so that the quick figures are those of the full run:
+# tcpmuxd as root, its services' user = "root".
 [ "$(id -u)" = 0 ] || die "run as root (peers' libraries, private /etc/services)"
-for tool in cargo apt-get dpkg unshare timeout; do
+tools=(cargo timeout)
+[ -n "$QUICK" ] || tools+=(apt-get dpkg unshare)
+for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null || die "$tool is needed"
 done
 
@@ -114,8 +141,10 @@ install_peers() {
     fi
 }
 
-say "== peers: xinetd and inetutils-inetd from Debian's packages"
-install_peers
+if [ -z "$QUICK" ]; then
+    say "== peers: xinetd and inetutils-inetd from Debian's packages"
+    install_peers
+fi
 
 # ---- builds ----------------------------------------------------------------
 
@@ -146,9 +175,12 @@ if [ -n "$BASELINE" ]; then
     "$BENCH" free "$P_BEFORE" "$P_BEFORE_MSP" ||
         die "ports $((PORT_BASE + 8))-$((PORT_BASE + 9)) are not free: set PORT_BASE"
 fi
-"$BENCH" free "$P_TCPMUXD" "$P_TCPMUXD_MSP" "$P_XINETD" "$P_INETD" \
-    "$P_FLOOR_HELP" "$P_FLOOR_DISPATCH" "$P_FLOOR_MSP" ||
-    die "ports $((PORT_BASE + 1))-$((PORT_BASE + 7)) are not free: set PORT_BASE"
+if [ -n "$QUICK" ]; then
+    "$BENCH" free "$P_TCPMUXD" "$P_TCPMUXD_MSP" "$P_FLOOR_HELP" "$P_FLOOR_DISPATCH"
+else
+    "$BENCH" free "$P_TCPMUXD" "$P_TCPMUXD_MSP" "$P_XINETD" "$P_INETD" \
+        "$P_FLOOR_HELP" "$P_FLOOR_DISPATCH" "$P_FLOOR_MSP"
+fi || die "ports $((PORT_BASE + 1))-$((PORT_BASE + 7)) are not free: set PORT_BASE"
 
 # Every limit that protects tcpmuxd from hostile load is raised out of the
 # way: one client address makes all the connections here, on purpose.
@@ -255,29 +287,36 @@ if [ -n "$BASELINE" ]; then
     "$BENCH" wait "$P_BEFORE"
     "$BENCH" wait --udp "$P_BEFORE_MSP"
 fi
-start xinetd "$XINETD" -f "$WORK/xinetd.conf" -dontfork -pidfile "$WORK/xinetd.pid"
-# unshare and sh exec in turn, so the pid is inetutils-inetd's own. -d keeps
-# it in the foreground (and logs each connection); -R lifts its limit of
-# about 1,000 starts a minute.
-# shellcheck disable=SC2016 # expanded by the inner shell
-start inetutils-inetd unshare --mount --propagation private sh -c \
-    'mount --bind "$1" /etc/services && exec "$2" -d -R 100000000 "-p$3" "$4"' \
-    sh "$WORK/services" "$INETD" "$WORK/inetd.pid" "$WORK/inetd.conf"
 start floor-handshake "$BIN/floor-handshake" "$P_FLOOR_HELP" date echo
 start floor-dispatch "$BIN/floor-dispatch" "$P_FLOOR_DISPATCH"
-start floor-msp "$BIN/floor-msp" "$P_FLOOR_MSP" /usr/bin/tee -a "$WORK/msp-floor.txt"
-
-for addr in "$P_TCPMUXD" "$P_XINETD" "$P_INETD" "$P_FLOOR_HELP" "$P_FLOOR_DISPATCH"; do
+for addr in "$P_TCPMUXD" "$P_FLOOR_HELP" "$P_FLOOR_DISPATCH"; do
     "$BENCH" wait "$addr"
 done
-"$BENCH" wait --udp "$P_TCPMUXD_MSP"
-"$BENCH" wait --udp "$P_FLOOR_MSP"
 
 # Which server answers what, where. xinetd has no HELP, and neither peer
 # speaks MSP.
-HELP_SERVERS=(tcpmuxd floor inetutils-inetd)
-DISPATCH_SERVERS=(tcpmuxd floor xinetd inetutils-inetd)
-MSP_SERVERS=(tcpmuxd floor)
+HELP_SERVERS=(tcpmuxd floor)
+DISPATCH_SERVERS=(tcpmuxd floor)
+MSP_SERVERS=()
+if [ -z "$QUICK" ]; then
+    start xinetd "$XINETD" -f "$WORK/xinetd.conf" -dontfork -pidfile "$WORK/xinetd.pid"
+    # unshare and sh exec in turn, so the pid is inetutils-inetd's own. -d
+    # keeps it in the foreground (and logs each connection); -R lifts its
+    # limit of about 1,000 starts a minute.
+    # shellcheck disable=SC2016 # expanded by the inner shell
+    start inetutils-inetd unshare --mount --propagation private sh -c \
+        'mount --bind "$1" /etc/services && exec "$2" -d -R 100000000 "-p$3" "$4"' \
+        sh "$WORK/services" "$INETD" "$WORK/inetd.pid" "$WORK/inetd.conf"
+    start floor-msp "$BIN/floor-msp" "$P_FLOOR_MSP" /usr/bin/tee -a "$WORK/msp-floor.txt"
+    for addr in "$P_XINETD" "$P_INETD"; do
+        "$BENCH" wait "$addr"
+    done
+    "$BENCH" wait --udp "$P_TCPMUXD_MSP"
+    "$BENCH" wait --udp "$P_FLOOR_MSP"
+    HELP_SERVERS+=(inetutils-inetd)
+    DISPATCH_SERVERS+=(xinetd inetutils-inetd)
+    MSP_SERVERS=(tcpmuxd floor)
+fi
 declare -A HELP_AT=([tcpmuxd]=$P_TCPMUXD [floor]=$P_FLOOR_HELP [inetutils-inetd]=$P_INETD)
 declare -A DISPATCH_AT=([tcpmuxd]=$P_TCPMUXD [floor]=$P_FLOOR_DISPATCH [xinetd]=$P_XINETD
     [inetutils-inetd]=$P_INETD)
@@ -309,8 +348,8 @@ RESULTS=$WORK/results.tsv
 
 # ---- memory: first, while every server is fresh ------------------------------
 
-say "== memory: idle, then $HELD silent connections each"
-{
+[ -n "$QUICK" ] || say "== memory: idle, then $HELD silent connections each"
+[ -n "$QUICK" ] || {
     "$BENCH" memory "$P_TCPMUXD" --pid "${PID_OF[tcpmuxd]}" --count "$HELD" --label tcpmuxd
     "$BENCH" memory "$P_XINETD" --pid "${PID_OF[xinetd]}" --count "$HELD" --label xinetd
     "$BENCH" memory "$P_INETD" --pid "${PID_OF[inetutils-inetd]}" --count "$HELD" \
@@ -334,7 +373,7 @@ measure() {
     local test=$1 clients=$2 server=$3
     shift 3
     done_cells=$((done_cells + 1))
-    say "[$done_cells/$cells] $test, $clients clients: $server"
+    [ -n "$QUICK" ] || say "[$done_cells/$cells] $test, $clients clients: $server"
     "$BENCH" "$test" "$@" --concurrency "$clients" --seconds "$CELL_SECONDS" \
         --label "$server" >>"$RESULTS"
 }
@@ -375,6 +414,13 @@ for name in "${!PID_OF[@]}"; do
 done
 say "== done"
 echo
+if [ -n "$QUICK" ]; then
+    echo "tcpmuxd $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '(no git)')," \
+        "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, rounds of ${CELL_SECONDS}s"
+    echo
+    "$BENCH" report --quick "$RESULTS"
+    exit 0
+fi
 echo "tcpmuxd $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '(no git)'), $(date -u +%Y-%m-%dT%H:%MZ)"
 echo "$(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)," \
     "Linux $(uname -r), $(
