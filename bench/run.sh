@@ -325,7 +325,7 @@ declare -A MSP_FILE=([tcpmuxd]=$WORK/msp-tcpmuxd.txt [floor]=$WORK/msp-floor.txt
 if [ -n "$BASELINE" ]; then
     HELP_SERVERS+=(tcpmuxd-before)
     DISPATCH_SERVERS+=(tcpmuxd-before)
-    MSP_SERVERS+=(tcpmuxd-before)
+    [ -n "$QUICK" ] || MSP_SERVERS+=(tcpmuxd-before)
     HELP_AT[tcpmuxd-before]=$P_BEFORE
     DISPATCH_AT[tcpmuxd-before]=$P_BEFORE
     MSP_AT[tcpmuxd-before]=$P_BEFORE_MSP
