@@ -8,7 +8,7 @@
 # --quick is the check to run before resolving a change to the connection
 # path or a launcher, about a minute once built: tcpmuxd and the floors
 # only (no peers, no MSP, no memory figures), HELP and dispatch at 4
-# clients each, 5 rounds of 2 s, and a short table of tcpmuxd / floor (and
+# clients each, 7 rounds of 2 s, and a short table of tcpmuxd / floor (and
 # tcpmuxd / before with BASELINE). The settings below still apply.
 #
 # Root is needed to install the peers' libraries and to give
@@ -18,7 +18,7 @@
 # stopped on exit, whatever the exit.
 #
 # Settings (environment; the --quick defaults in brackets):
-#   ROUNDS=3 [5]             rounds; each figure is the median over them
+#   ROUNDS=3 [7]             rounds; each figure is the median over them
 #   CELL_SECONDS=3 [2]       length of one measurement
 #   HELP_CLIENTS="1 8 64" [4]
 #                            concurrencies for HELP
@@ -53,7 +53,7 @@ esac
 # --quick: one concurrency each, more than the cores, so that what a
 # session costs in CPU shows; rounds enough for a median that holds.
 if [ -n "$QUICK" ]; then
-    ROUNDS=${ROUNDS:-5}
+    ROUNDS=${ROUNDS:-7}
     CELL_SECONDS=${CELL_SECONDS:-2}
     HELP_CLIENTS=${HELP_CLIENTS:-4}
     DISPATCH_CLIENTS=${DISPATCH_CLIENTS:-4}
