@@ -189,23 +189,38 @@ fn nonzero(errno: i32) -> i32 {
 
 /// In the child: every signal's disposition back to the default (a
 /// handler of the daemon's must never run in the child, and the program
-/// must not inherit SIGPIPE ignored), then no signal blocked.
+/// must not inherit a signal ignored, SIGPIPE among them), then no signal
+/// blocked. The kernel's rt_sigaction, not libc's sigaction: libc refuses
+/// to touch the signals it keeps for itself, and one of them may have
+/// been ignored by whoever started tcpmuxd.
 fn reset_signals() {
-    // SAFETY: plain sigaction and sigprocmask calls on local values; the
-    // signals libc keeps for itself (and SIGKILL, SIGSTOP) are refused
-    // with EINVAL, which changes nothing.
-    unsafe {
-        let mut default: libc::sigaction = std::mem::zeroed();
-        default.sa_sigaction = libc::SIG_DFL;
-        libc::sigemptyset(&mut default.sa_mask);
-        for signal in 1..=LAST_SIGNAL {
-            libc::sigaction(signal, &default, std::ptr::null_mut());
+    // The kernel's struct sigaction with every field zero is SIG_DFL, no
+    // flags, empty mask, whatever the architecture's field order.
+    let default = [0u64; 4];
+    for signal in 1..=LAST_SIGNAL {
+        // SAFETY: a pointer to a zeroed kernel sigaction, no old one asked
+        // for, the kernel's sigset size. SIGKILL and SIGSTOP are refused
+        // with EINVAL, which changes nothing.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                default.as_ptr(),
+                std::ptr::null_mut::<c_void>(),
+                KERNEL_SIGSET_SIZE,
+            );
         }
+    }
+    // SAFETY: sigprocmask on a local, emptied set.
+    unsafe {
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
     }
 }
+
+/// The size of the kernel's signal set, in bytes (64 signals).
+const KERNEL_SIGSET_SIZE: usize = 8;
 
 /// Every signal blocked in this thread while it lives; the mask before
 /// restored on drop.
@@ -275,6 +290,111 @@ impl Drop for Stack {
         // SAFETY: the mapping made in `new`, used by no child any more.
         unsafe {
             let _ = rustix::mm::munmap(self.base, self.len);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ResourceLimits;
+    use crate::launch::child::Resources;
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+
+    fn image(
+        command: &[&str],
+        greeting: Option<&'static [u8]>,
+        limits: ResourceLimits,
+    ) -> ExecImage {
+        let command: Vec<String> = command.iter().map(|s| s.to_string()).collect();
+        let resources = Resources {
+            umask: None,
+            limits,
+        };
+        ExecImage::new(&command, std::iter::empty(), greeting, &resources, None).unwrap()
+    }
+
+    /// Runs `image` with one end of a socket pair as stdin and stdout,
+    /// the other returned.
+    fn run(image: &ExecImage) -> (io::Result<Spawned>, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let (_, err) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        let spawned = spawn(image, [theirs.as_fd(), theirs.as_fd(), err.as_fd()]);
+        (spawned, ours)
+    }
+
+    fn reaped(pid: Pid) -> bool {
+        matches!(
+            rustix::process::waitpid(Some(pid), WaitOptions::NOHANG),
+            Err(Errno::CHILD)
+        )
+    }
+
+    #[tokio::test]
+    async fn a_program_runs_with_the_greeting_first_and_is_reaped() {
+        let (spawned, mut ours) = run(&image(
+            &["/bin/echo", "hi"],
+            Some(b"+\r\n"),
+            ResourceLimits::default(),
+        ));
+        let spawned = spawned.unwrap();
+        let pid = spawned.pid;
+        assert!(spawned.wait().await.unwrap().success());
+        assert!(reaped(pid));
+        let mut out = String::new();
+        ours.read_to_string(&mut out).unwrap();
+        assert_eq!(out, "+\r\nhi\n");
+    }
+
+    #[test]
+    fn an_exec_failure_without_greeting_is_the_error() {
+        let (spawned, _ours) = run(&image(
+            &["/nonexistent/program"],
+            None,
+            ResourceLimits::default(),
+        ));
+        assert_eq!(spawned.unwrap_err().raw_os_error(), Some(libc::ENOENT));
+    }
+
+    #[test]
+    fn a_step_that_fails_before_the_greeting_is_the_error_and_nothing_is_written() {
+        // Above fs.nr_open: no process may have it, root included.
+        let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let limits = ResourceLimits {
+            open_files: Some(nr_open + 1),
+            ..ResourceLimits::default()
+        };
+        let (spawned, mut ours) = run(&image(&["/bin/true"], Some(b"+\r\n"), limits));
+        assert_eq!(spawned.unwrap_err().raw_os_error(), Some(libc::EPERM));
+        ours.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 8];
+        // The child's copy is gone: end of file, not `+`.
+        assert_eq!(ours.read(&mut buf).unwrap(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn many_spawns_from_many_threads_leave_no_child() {
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                tokio::spawn(async {
+                    for _ in 0..50 {
+                        let (spawned, _ours) =
+                            run(&image(&["/bin/true"], None, ResourceLimits::default()));
+                        let spawned = spawned.unwrap();
+                        let pid = spawned.pid;
+                        assert!(spawned.wait().await.unwrap().success());
+                        assert!(reaped(pid));
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
         }
     }
 }
