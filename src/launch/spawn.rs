@@ -36,6 +36,14 @@
 //!   the next spawn: a thread runs one child at a time and the child is
 //!   done with the stack when `clone` returns.
 //!
+//! - Between the user switch and execve the child runs as the service's
+//!   user in the daemon's memory. That user cannot reach it: the memory is
+//!   not dumpable ([`crate::startup::forbid_tracing`], and the kernel
+//!   makes it so at any change of user), so ptrace, /proc/PID/mem and
+//!   process_vm_writev need CAP_SYS_PTRACE. It may signal the child, as
+//!   it could std's forked child: SIGSTOP holds the spawning thread until
+//!   SIGCONT, as it held std's spawn reading its exec-status pipe.
+//!
 //! The child is an ordinary child of tcpmuxd (it sends SIGCHLD); its pidfd
 //! (CLONE_PIDFD) tells the runtime when it has exited, and
 //! [`Spawned::wait`] reaps it.
