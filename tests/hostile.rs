@@ -334,15 +334,7 @@ fn crashing_hanging_and_flooding_services_do_not_hurt_the_daemon() {
     assert_eq!(d.exchange(b"flood\r\n"), b"+\r\n");
     // What was left out is counted: in the session's own warning, or (all
     // from one address here) in the log budget's count of entries left out.
-    assert!(
-        wait_until(|| {
-            let log = d.log();
-            log.contains("lines of stderr not logged")
-                || log.contains("log entries about single connections left out")
-        }),
-        "{}",
-        d.log()
-    );
+    assert!(d.wait_stderr_left_out_counted(), "{}", d.log());
     let logged = d.log().matches("]: flood line").count();
     assert!(logged <= 200, "{logged} flood lines logged");
     // Everything else still works.

@@ -704,15 +704,7 @@ fn many_sessions_flooding_stderr_cannot_flood_the_log() {
     }
     // What was left out is counted: the sessions' own count, or (all from
     // one address here) the log's budget of entries a source causes.
-    assert!(
-        wait_until(|| {
-            let log = d.log();
-            log.contains("lines of stderr not logged")
-                || log.contains("log entries about single connections left out")
-        }),
-        "{}",
-        d.log()
-    );
+    assert!(d.wait_stderr_left_out_counted(), "{}", d.log());
     let lines = d.log().lines().filter(|l| l.contains("]: spam")).count();
     // 20 sessions at 50 lines a second each would log some 2000 lines in
     // two seconds; one source gets 10 entries a second of any kind.

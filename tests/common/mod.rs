@@ -257,6 +257,17 @@ impl Daemon {
         wait_until(|| self.log().contains(needle))
     }
 
+    /// Waits until the log counts stderr lines it left out: in a session's
+    /// own warning, or (all from one source) in the log budget's count of
+    /// entries left out.
+    pub fn wait_stderr_left_out_counted(&self) -> bool {
+        wait_until(|| {
+            let log = self.log();
+            log.contains("lines of stderr not logged")
+                || log.contains("log entries about single connections left out")
+        })
+    }
+
     /// Reads notifications until one contains `needle`.
     pub fn wait_notify(&self, needle: &str) -> bool {
         let deadline = Instant::now() + WAIT;
