@@ -1019,3 +1019,163 @@ fn unavailable_services_are_refusals_with_their_share_of_the_log() {
     assert_eq!(entries, 5, "{log}");
     assert!(log.contains("/nonexistent/program"), "{log}");
 }
+
+// The start of a session's program (launch/spawn.rs): a child made
+// without copying the daemon, which must still leave the program exactly
+// what a freshly exec'd program expects.
+
+/// The `Name:\tvalue` lines of a /proc/PID/status text.
+fn status_fields(text: &str) -> std::collections::HashMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+#[test]
+fn a_program_gets_descriptors_0_1_2_only_and_default_signals() {
+    let config = r#"
+[[service]]
+name = "fds"
+command = ["/bin/ls", "-l", "/proc/self/fd"]
+
+[[service]]
+name = "status"
+command = ["/bin/cat", "/proc/self/status"]
+"#;
+    let d = Daemon::start(config);
+    let out = String::from_utf8(d.exchange(b"fds\r\n")).unwrap();
+    let out = out.strip_prefix("+\r\n").expect("plus first");
+    // ls's own descriptor on the directory it lists aside, only 0, 1, 2.
+    let mut fds: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split_once(" -> "))
+        .filter(|(_, target)| !(target.starts_with("/proc/") && target.ends_with("/fd")))
+        .filter_map(|(name, _)| name.rsplit(' ').next())
+        .collect();
+    fds.sort();
+    assert_eq!(fds, ["0", "1", "2"], "{out}");
+
+    let out = String::from_utf8(d.exchange(b"status\r\n")).unwrap();
+    let status = status_fields(out.strip_prefix("+\r\n").expect("plus first"));
+    // Nothing blocked and nothing ignored (tcpmuxd itself ignores SIGPIPE
+    // and blocks every signal while it starts a child).
+    assert_eq!(status["SigBlk"], "0000000000000000", "{out}");
+    assert_eq!(status["SigIgn"], "0000000000000000", "{out}");
+    assert_eq!(status["SigCgt"], "0000000000000000", "{out}");
+}
+
+#[test]
+fn a_program_runs_as_its_user_in_every_id_and_with_no_other_group() {
+    if !is_root() {
+        eprintln!("skipped: switching users needs root");
+        return;
+    }
+    let config = r#"
+[[service]]
+name = "status"
+command = ["/bin/cat", "/proc/self/status"]
+user = "nobody"
+group = "nogroup"
+"#;
+    let d = Daemon::start(config);
+    let out = String::from_utf8(d.exchange(b"status\r\n")).unwrap();
+    let status = status_fields(out.strip_prefix("+\r\n").expect("plus first"));
+    let uid = nix_id("nobody", "-u");
+    let gid = nix_id("nobody", "-g");
+    // Real, effective, saved and file system ids alike.
+    let four = |id: &str| [id; 4].join("\t");
+    assert_eq!(status["Uid"], four(&uid), "{out}");
+    assert_eq!(status["Gid"], four(&gid), "{out}");
+    assert_eq!(status["Groups"], "", "{out}");
+}
+
+/// The daemon's children (zombies included) and its open descriptors.
+fn children_and_fds(pid: i32) -> (usize, usize) {
+    let mut children = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = task.unwrap().path().join("children");
+        let list = std::fs::read_to_string(path).unwrap_or_default();
+        children += list.split_whitespace().count();
+    }
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    (children, fds)
+}
+
+#[test]
+fn ten_thousand_sessions_leave_no_zombie_and_no_descriptor_behind() {
+    const SESSIONS: usize = 10_000;
+    const CLIENTS: usize = 4;
+    // A hang guard, not a measure: far above what the loop takes.
+    const DEADLINE: Duration = Duration::from_secs(600);
+    let config = r#"
+[tcpmux]
+max_handshakes_per_source = 256
+
+[[service]]
+name = "true"
+command = ["/bin/true"]
+max_instances = 250
+max_instances_per_source = 250
+max_starts_per_second = 100000
+
+[[service]]
+name = "false"
+command = ["/bin/sh", "-c", "echo gone >&2; exit 3"]
+max_instances = 250
+max_instances_per_source = 250
+max_starts_per_second = 100000
+"#;
+    let d = Daemon::start(config);
+    // The runtime's descriptors exist once the first session has run.
+    assert_eq!(d.exchange(b"true\r\n"), b"+\r\n");
+    assert!(
+        wait_until(|| children_and_fds(d.pid()).0 == 0),
+        "{}",
+        d.log()
+    );
+    let (_, fds_before) = children_and_fds(d.pid());
+    let start = Instant::now();
+    let addr = d.addr;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            std::thread::spawn(move || {
+                for i in (c..SESSIONS).step_by(CLIENTS) {
+                    if start.elapsed() > DEADLINE {
+                        return Err(format!("session {i}: past the deadline"));
+                    }
+                    let mut s = connect(addr);
+                    let name: &[u8] = if i % 2 == 0 {
+                        b"true\r\n"
+                    } else {
+                        b"false\r\n"
+                    };
+                    s.write_all(name).unwrap();
+                    let answer = read_to_end(&mut s);
+                    if answer != b"+\r\n" {
+                        return Err(format!(
+                            "session {i}: {:?}",
+                            String::from_utf8_lossy(&answer)
+                        ));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for client in clients {
+        client
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    }
+    assert!(
+        wait_until(|| children_and_fds(d.pid()) == (0, fds_before)),
+        "children and descriptors after {SESSIONS} sessions: {:?}, {fds_before} before",
+        children_and_fds(d.pid())
+    );
+    assert!(d.wait_log("exited with status 3"), "{}", d.log());
+    assert!(d.wait_log("]: gone"), "{}", d.log());
+}

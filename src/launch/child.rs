@@ -7,21 +7,11 @@
 
 use crate::config::{Credentials, INFINITY, ResourceLimits};
 use crate::startup;
-use rustix::process::{Resource, Rlimit, setrlimit};
+use rustix::io::{Errno, FdFlags};
+use rustix::process::{Gid, Resource, Rlimit, Uid, setrlimit};
 use std::ffi::CString;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::os::unix::process::CommandExt;
-
-/// Makes `cmd` run as `cred`: that user, its group, and no supplementary
-/// group (std drops them all when both uid and gid are set). Nothing to
-/// switch when tcpmuxd already runs as exactly that user and group (as
-/// root with `user = "root"` under a service manager that took its
-/// capabilities).
-pub fn run_as(cmd: &mut std::process::Command, cred: Option<&Credentials>) {
-    if let Some(cred) = cred.filter(|c| needs_switch(c)) {
-        cmd.gid(cred.gid).uid(cred.uid);
-    }
-}
 
 /// Whether running as `cred` takes a change of user or group.
 pub fn needs_switch(cred: &Credentials) -> bool {
@@ -43,8 +33,10 @@ pub struct Resources {
 }
 
 /// Sets `cmd` up to run `command` (program path, then arguments) with
-/// only `environment` and `resources`. Stdio, user and group are the
-/// caller's to set.
+/// only `environment` and `resources`, as `credentials` (see
+/// [`ExecImage::new`]). Stdio is the caller's to set. This is std's fork
+/// path, for MSP's delivery command; sessions start through
+/// [`super::spawn`], which does not copy the daemon's memory.
 ///
 /// `greeting`, when given, is written to the child's standard output just
 /// before it execs the program: the `+` of a plus-mode service. Everything
@@ -59,25 +51,27 @@ pub fn prepare<'a>(
     environment: impl Iterator<Item = (&'a str, String)>,
     greeting: Option<&'static [u8]>,
     resources: &Resources,
+    credentials: Option<&Credentials>,
 ) -> Result<(), String> {
-    let image = ExecImage::new(command, environment, greeting, resources)?;
-    cmd.current_dir("/");
+    let image = ExecImage::new(command, environment, greeting, resources, credentials)?;
     // SAFETY: the closure runs between fork and exec and calls only
-    // async-signal-safe system calls (setsid, setrlimit, write, execve,
-    // _exit) on memory made before the fork.
+    // async-signal-safe system calls (setsid, setrlimit, the user switch,
+    // chdir, write, execve, _exit) on memory made before the fork.
     unsafe {
-        cmd.pre_exec(move || image.exec());
+        cmd.pre_exec(move || Err(image.start(None).into()));
     }
     Ok(())
 }
 
-/// A program's path, arguments and environment as C arrays, made before the
-/// fork so that the child does nothing but start a session and execve.
+/// A program's path, arguments and environment as C arrays, and everything
+/// else its child needs, made before the child exists, so that the child
+/// does nothing but system calls on memory it only reads (see
+/// [`super::spawn`] for why that matters).
 ///
 /// The child execs here rather than through std: std's execvp would run a
 /// file the kernel cannot execute (ENOEXEC) with /bin/sh, where execve
 /// fails and the client is told `-`.
-struct ExecImage {
+pub struct ExecImage {
     path: CString,
     _strings: Vec<CString>,
     argv: Vec<*const libc::c_char>,
@@ -90,6 +84,8 @@ struct ExecImage {
     umask: Option<rustix::fs::Mode>,
     /// The limits the service sets, soft and hard alike.
     limits: Vec<(Resource, Rlimit)>,
+    /// The user and group to switch to, when they differ from tcpmuxd's.
+    switch: Option<(Uid, Gid)>,
 }
 
 // SAFETY: the pointers point into `_strings` and `path`, owned by the same
@@ -99,11 +95,16 @@ unsafe impl Send for ExecImage {}
 unsafe impl Sync for ExecImage {}
 
 impl ExecImage {
-    fn new<'a>(
+    /// `credentials`: the program runs as that user, its group, and no
+    /// supplementary group. Nothing to switch when tcpmuxd already runs as
+    /// exactly that user and group (as root with `user = "root"` under a
+    /// service manager that took its capabilities).
+    pub fn new<'a>(
         command: &[String],
         environment: impl Iterator<Item = (&'a str, String)>,
         greeting: Option<&'static [u8]>,
         resources: &Resources,
+        credentials: Option<&Credentials>,
     ) -> Result<Self, String> {
         let c = |s: String| {
             CString::new(s)
@@ -149,16 +150,49 @@ impl ExecImage {
                     )
                 })
                 .collect(),
+            switch: credentials
+                .filter(|c| needs_switch(c))
+                .map(|c| (Uid::from_raw(c.uid), Gid::from_raw(c.gid))),
         })
     }
 
-    /// In the child: a session and process group of its own, and so no
-    /// controlling terminal (a program must not reach the terminal tcpmuxd
-    /// was started from, as with TIOCSTI, nor get its signals); the
-    /// service's umask and limits, else the limit on open files tcpmuxd was
-    /// started with; the greeting; then the program. Returns only on a
-    /// failure before the greeting.
-    fn exec(&self) -> std::io::Result<()> {
+    /// In the child: `stdio` (when given) as descriptors 0, 1 and 2; a
+    /// session and process group of its own, and so no controlling
+    /// terminal (a program must not reach the terminal tcpmuxd was started
+    /// from, as with TIOCSTI, nor get its signals); the service's umask and
+    /// limits, else the limit on open files tcpmuxd was started with; the
+    /// user switch; `/` as working directory; the greeting; then the
+    /// program. Returns only on a failure before the greeting, with its
+    /// errno.
+    ///
+    /// Async-signal-safe and without allocation, locks or destructors: it
+    /// runs in a child that may share the daemon's memory. The user switch
+    /// is rustix's raw per-thread system calls, not libc's setuid, which
+    /// would signal the daemon's other threads through memory the child
+    /// shares (glibc's set*id broadcast).
+    pub fn start(&self, stdio: Option<[RawFd; 3]>) -> Errno {
+        match self.before_greeting(stdio) {
+            Err(errno) => errno,
+            Ok(()) => match self.greeting {
+                None => self.execve(),
+                Some(greeting) => {
+                    // SAFETY: the connection is this process's stdout.
+                    if let Err(errno) = write_all(unsafe { BorrowedFd::borrow_raw(1) }, greeting) {
+                        return errno;
+                    }
+                    let errno = self.execve();
+                    self.cannot_execute(errno)
+                }
+            },
+        }
+    }
+
+    fn before_greeting(&self, stdio: Option<[RawFd; 3]>) -> Result<(), Errno> {
+        if let Some(fds) = stdio {
+            for (target, fd) in (0..).zip(fds) {
+                redirect(fd, target)?;
+            }
+        }
         rustix::process::setsid()?;
         if let Some(limit) = &self.fd_limit {
             // Under a seccomp filter that denies setrlimit, the program
@@ -169,44 +203,70 @@ impl ExecImage {
             rustix::process::umask(mask);
         }
         // A limit the configuration sets and the kernel refuses fails the
-        // start: the program must not run without it.
+        // start: the program must not run without it. Set before the user
+        // switch, while tcpmuxd's capability to raise them still holds.
         for (resource, limit) in &self.limits {
             setrlimit(*resource, *limit)?;
         }
-        let Some(greeting) = self.greeting else {
-            self.execve();
-            return Err(std::io::Error::last_os_error());
-        };
-        // SAFETY: the caller made the connection this process's stdout.
-        write_all(unsafe { BorrowedFd::borrow_raw(1) }, greeting)?;
-        self.execve();
-        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        if let Some((uid, gid)) = self.switch {
+            rustix::thread::set_thread_groups(&[])?;
+            rustix::thread::set_thread_res_gid(gid, gid, gid)?;
+            rustix::thread::set_thread_res_uid(uid, uid, uid)?;
+        }
+        rustix::process::chdir(c"/")?;
+        Ok(())
+    }
+
+    /// After the greeting: says why on stderr and exits
+    /// [`EXIT_CANNOT_EXECUTE`].
+    fn cannot_execute(&self, errno: Errno) -> ! {
         // SAFETY: stderr is the pipe tcpmuxd logs.
         let stderr = unsafe { BorrowedFd::borrow_raw(2) };
         let mut digits = [0u8; 12];
         let _ = write_all(stderr, &self.exec_failed);
-        let _ = write_all(stderr, decimal(errno, &mut digits));
+        let _ = write_all(stderr, decimal(errno.raw_os_error(), &mut digits));
         let _ = write_all(stderr, b"\n");
-        // SAFETY: _exit ends this forked child without running anything of
-        // the parent's (no atexit handlers, no buffered output).
+        // SAFETY: _exit ends the child without running anything of the
+        // parent's (no atexit handlers, no buffered output).
         unsafe { libc::_exit(EXIT_CANNOT_EXECUTE) }
     }
 
-    fn execve(&self) {
+    /// Returns only if execve failed, with its errno.
+    fn execve(&self) -> Errno {
         // SAFETY: NUL-terminated arrays of pointers to NUL-terminated
         // strings, all alive as long as `self`.
         unsafe { libc::execve(self.path.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr()) };
+        // SAFETY: errno of this thread, just set by the failed execve.
+        Errno::from_raw_os_error(unsafe { *libc::__errno_location() })
     }
 }
 
-/// Writes all of `bytes`, with nothing but write(2).
-fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> std::io::Result<()> {
+/// Makes `fd` descriptor `target`, open across exec.
+fn redirect(fd: RawFd, target: RawFd) -> Result<(), Errno> {
+    // SAFETY: `fd` is a descriptor the parent keeps open until the child
+    // has exec'd or exited.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    if std::os::fd::AsRawFd::as_raw_fd(&fd) == target {
+        // dup2 onto itself keeps close-on-exec: clear it.
+        let flags = rustix::io::fcntl_getfd(fd)?;
+        return rustix::io::fcntl_setfd(fd, flags - FdFlags::CLOEXEC);
+    }
+    match target {
+        0 => rustix::stdio::dup2_stdin(fd),
+        1 => rustix::stdio::dup2_stdout(fd),
+        _ => rustix::stdio::dup2_stderr(fd),
+    }
+}
+
+/// Writes all of `bytes`, with nothing but write(2), and without a path
+/// that could panic.
+fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> Result<(), Errno> {
     while !bytes.is_empty() {
         match rustix::io::write(fd, bytes) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => bytes = &bytes[n..],
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
+            Ok(0) => return Err(Errno::IO),
+            Ok(n) => bytes = bytes.get(n..).unwrap_or_default(),
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())

@@ -3,6 +3,7 @@
 
 use super::{
     Connection, Exit, Failed, LaunchError, Launcher, check_program, child, session_environment,
+    spawn,
 };
 use crate::admission::FdGuard;
 use crate::config::Service;
@@ -14,20 +15,20 @@ use crate::log::escaped;
 use crate::server::Outcome;
 use crate::sessions::SessionSlot;
 use crate::tcpmux::reply;
-use std::os::fd::OwnedFd;
+use rustix::pipe::PipeFlags;
+use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::Arc;
-use tokio::io::AsyncReadExt;
-use tokio::process::{ChildStderr, Command};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::unix::pipe;
 
 /// PATH given to programs; the rest of tcpmuxd's environment is not passed on.
 pub const SESSION_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Descriptors the daemon holds while a session is being started: the
-/// connection and two copies of it (the program's stdout, the error
-/// answer), the stderr pipe, std's exec-status pipe and the child's pidfd.
-pub const EXEC_START_FDS: usize = 8;
+/// connection, the two ends of the stderr pipe and the child's pidfd.
+pub const EXEC_START_FDS: usize = 4;
 
 /// Descriptors the daemon holds for a running session: the read end of
 /// its stderr pipe and its pidfd.
@@ -93,25 +94,27 @@ impl Launcher for ExecLauncher {
             return Err(LaunchError::NoCommand.into());
         };
         // The program's `+` comes from the child itself, right before it
-        // execs the program (launch::child): every descriptor and the fork
-        // come first, and a failure there still finds the client waiting
-        // for an answer.
+        // execs the program (launch::child): every descriptor and the
+        // child come first, and a failure there still finds the client
+        // waiting for an answer.
         let (socket, peer, local) = conn.into_blocking()?;
-        let copies = socket
-            .try_clone()
-            .and_then(|stdout| Ok((stdout, socket.try_clone()?)));
-        let (stdout, reply) = match copies {
-            Ok(c) => c,
-            Err(e) => {
-                return Err(Failed {
-                    error: LaunchError::Socket(e),
-                    conn: Some(socket),
-                });
-            }
-        };
-        let reply = Some(reply);
-
         let program = &command[0];
+        let spawn_failed = |source: std::io::Error, socket| Failed {
+            error: LaunchError::Spawn {
+                path: program.clone(),
+                source,
+            },
+            conn: Some(socket),
+        };
+        let (stderr, stderr_writer) = match rustix::pipe::pipe_with(PipeFlags::CLOEXEC) {
+            Ok(pipe) => pipe,
+            Err(e) => return Err(spawn_failed(e.into(), socket)),
+        };
+        let stderr = match pipe::Receiver::from_owned_fd(stderr) {
+            Ok(r) => r,
+            Err(e) => return Err(spawn_failed(e, socket)),
+        };
+
         let environment = std::iter::once(("PATH", SESSION_PATH.to_string()))
             .chain(
                 service
@@ -120,37 +123,39 @@ impl Launcher for ExecLauncher {
                     .map(|(k, v)| (k.as_str(), v.clone())),
             )
             .chain(session_environment(&service, peer, local));
-        let mut cmd = std::process::Command::new(program);
-        cmd.stdin(Stdio::from(OwnedFd::from(socket)))
-            .stdout(Stdio::from(OwnedFd::from(stdout)))
-            .stderr(Stdio::piped());
-        child::run_as(&mut cmd, service.credentials.as_ref());
         let greeting = service.plus.then_some(reply::PLUS);
         let resources = child::Resources {
             umask: Some(service.umask),
             limits: service.limits,
         };
-        if let Err(cause) = child::prepare(&mut cmd, command, environment, greeting, &resources) {
-            return Err(Failed {
-                error: LaunchError::Program {
-                    path: program.clone(),
-                    cause,
-                },
-                conn: reply,
-            });
-        }
-        let mut child = Command::from(cmd)
-            .kill_on_drop(false)
-            .spawn()
-            .map_err(|source| Failed {
-                error: LaunchError::Spawn {
-                    path: program.clone(),
-                    source,
-                },
-                conn: reply,
-            })?;
+        let image = match child::ExecImage::new(
+            command,
+            environment,
+            greeting,
+            &resources,
+            service.credentials.as_ref(),
+        ) {
+            Ok(image) => image,
+            Err(cause) => {
+                return Err(Failed {
+                    error: LaunchError::Program {
+                        path: program.clone(),
+                        cause,
+                    },
+                    conn: Some(socket),
+                });
+            }
+        };
+        let stdio = [socket.as_fd(), socket.as_fd(), stderr_writer.as_fd()];
+        let child = match spawn::spawn(&image, stdio) {
+            Ok(child) => child,
+            Err(e) => return Err(spawn_failed(e, socket)),
+        };
+        // The program has its copies; the daemon keeps the pipe's read end
+        // and the pidfd.
+        drop((socket, stderr_writer, image));
         fds.shrink_to(EXEC_SESSION_FDS);
-        let pid = child.id().unwrap_or(0);
+        let pid = child.pid.as_raw_nonzero().get() as u32;
         let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
         // OBJECT_PID: journald adds the program's own fields (OBJECT_COMM,
         // OBJECT_EXE, ...) to the entry while it runs.
@@ -164,20 +169,17 @@ impl Launcher for ExecLauncher {
             service.name
         );
 
-        let stderr = child.stderr.take();
         // One task per session: it copies stderr to the log while it waits
         // for the program.
         tokio::spawn(async move {
-            let log = async {
-                if let Some(stderr) = stderr {
-                    log_stderr(service.name.clone(), pid, peer.ip(), stderr).await;
-                }
-            };
+            let log = log_stderr(service.name.clone(), pid, peer.ip(), stderr);
             tokio::pin!(log);
+            let wait = child.wait();
+            tokio::pin!(wait);
             let mut logged_all = false;
             let status = loop {
                 tokio::select! {
-                    status = child.wait() => break status,
+                    status = &mut wait => break status,
                     _ = &mut log, if !logged_all => logged_all = true,
                 }
             };
@@ -306,7 +308,12 @@ pub fn describe_exit(status: ExitStatus) -> String {
 /// for all) with every other. There is no second budget for all sessions'
 /// stderr in front of it: one that every source drew from would let one
 /// source's flood keep every other source's lines out.
-async fn log_stderr(service: String, pid: u32, client: std::net::IpAddr, mut stderr: ChildStderr) {
+async fn log_stderr(
+    service: String,
+    pid: u32,
+    client: std::net::IpAddr,
+    mut stderr: impl AsyncRead + Unpin,
+) {
     let mut buf = Vec::with_capacity(MAX_STDERR_LINE);
     let mut chunk = [0u8; STDERR_READ_CHUNK];
     let mut window = tokio::time::Instant::now();

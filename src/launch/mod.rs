@@ -6,6 +6,7 @@
 pub mod child;
 pub mod exec;
 pub mod handover;
+pub mod spawn;
 pub mod systemd;
 pub mod warm;
 

@@ -177,9 +177,9 @@ async fn to_command(settings: &MspSettings, envelope: &Envelope<'_>) -> Result<(
             umask: Some(settings.umask),
             limits: settings.limits,
         },
+        settings.credentials.as_ref(),
     )
     .map_err(spawn_error)?;
-    crate::launch::child::run_as(&mut cmd, settings.credentials.as_ref());
     let mut child = tokio::process::Command::from(cmd)
         .kill_on_drop(true)
         .spawn()
