@@ -165,6 +165,13 @@ pub const DRAIN_LIMIT: usize = 64 * 1024;
 /// How long that draining may take at most.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Time an exec session's program has to start: from the child's creation
+/// to its execve. A start takes milliseconds; one held longer (the
+/// program's owner can hold execve with a write lease on the file, or stop
+/// the child between its user switch and its exec) is killed, and its
+/// client told `-Service unavailable`.
+pub const EXEC_START_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Time systemd has to start a session unit (its start job to end) before
 /// the connection is given up.
 pub const UNIT_START_TIMEOUT: Duration = Duration::from_secs(30);

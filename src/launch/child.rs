@@ -12,6 +12,7 @@ use rustix::process::{Gid, Resource, Rlimit, Uid, setrlimit};
 use std::ffi::CString;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::os::unix::process::CommandExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Whether running as `cred` takes a change of user or group.
 pub fn needs_switch(cred: &Credentials) -> bool {
@@ -58,7 +59,7 @@ pub fn prepare<'a>(
     // async-signal-safe system calls (setsid, setrlimit, the user switch,
     // chdir, write, execve, _exit) on memory made before the fork.
     unsafe {
-        cmd.pre_exec(move || Err(image.start(None).into()));
+        cmd.pre_exec(move || Err(image.start(None, None).into()));
     }
     Ok(())
 }
@@ -82,10 +83,22 @@ pub struct ExecImage {
     /// tcpmuxd's own limit on open files, when the service sets none.
     fd_limit: Option<Rlimit>,
     umask: Option<rustix::fs::Mode>,
-    /// The limits the service sets, soft and hard alike.
+    /// The limits the service sets, soft and hard alike, but processes.
     limits: Vec<(Resource, Rlimit)>,
+    /// The service's limit on processes, set after the user switch: set
+    /// before it, a user already over the limit would make the switch
+    /// mark the child (PF_NPROC_EXCEEDED) and its execve fail, after `+`.
+    processes: Option<Rlimit>,
+    /// tcpmuxd's own limit on processes with its hard limit raised to the
+    /// service's, set before the switch when the service's is above it
+    /// (the switch takes the capability to raise it).
+    processes_room: Option<Rlimit>,
     /// The user and group to switch to, when they differ from tcpmuxd's.
     switch: Option<(Uid, Gid)>,
+    /// The child stops itself before its first step, for tests of a start
+    /// held from outside.
+    #[cfg(test)]
+    stop_first: bool,
 }
 
 // SAFETY: the pointers point into `_strings` and `path`, owned by the same
@@ -139,21 +152,41 @@ impl ExecImage {
             limits: resources
                 .limits
                 .set()
-                .map(|(kind, v)| {
-                    let v = (v != INFINITY).then_some(v);
-                    (
-                        kind.resource(),
-                        Rlimit {
-                            current: v,
-                            maximum: v,
-                        },
-                    )
-                })
+                .filter(|(kind, _)| kind.resource() != Resource::Nproc)
+                .map(|(kind, v)| (kind.resource(), both(v)))
                 .collect(),
+            processes: resources.limits.processes.map(both),
+            processes_room: resources.limits.processes.and_then(|v| {
+                let own = rustix::process::getrlimit(Resource::Nproc);
+                let above = match (own.maximum, both(v).maximum) {
+                    (None, _) => false,
+                    (Some(_), None) => true,
+                    (Some(hard), Some(v)) => v > hard,
+                };
+                above.then_some(Rlimit {
+                    current: own.current,
+                    maximum: both(v).maximum,
+                })
+            }),
             switch: credentials
                 .filter(|c| needs_switch(c))
                 .map(|c| (Uid::from_raw(c.uid), Gid::from_raw(c.gid))),
+            #[cfg(test)]
+            stop_first: false,
         })
+    }
+
+    /// This image, with a child that stops itself (SIGSTOP) before it does
+    /// anything.
+    #[cfg(test)]
+    pub fn stopping_before_anything(mut self) -> Self {
+        self.stop_first = true;
+        self
+    }
+
+    /// Whether the child changes its user or group before the program.
+    pub fn switches_user(&self) -> bool {
+        self.switch.is_some()
     }
 
     /// In the child: `stdio` (when given) as descriptors 0, 1 and 2; a
@@ -170,12 +203,20 @@ impl ExecImage {
     /// is rustix's raw per-thread system calls, not libc's setuid, which
     /// would signal the daemon's other threads through memory the child
     /// shares (glibc's set*id broadcast).
-    pub fn start(&self, stdio: Option<[RawFd; 3]>) -> Errno {
+    ///
+    /// `reached`, when given, is set once every step before the greeting
+    /// has succeeded: whoever started the child can tell one that was
+    /// killed before it from one that exec'd.
+    pub fn start(&self, stdio: Option<[RawFd; 3]>, reached: Option<&AtomicBool>) -> Errno {
         match self.before_greeting(stdio) {
             Err(errno) => errno,
             Ok(()) => match self.greeting {
-                None => self.execve(),
+                None => {
+                    mark(reached);
+                    self.execve()
+                }
                 Some(greeting) => {
+                    mark(reached);
                     // SAFETY: the connection is this process's stdout.
                     if let Err(errno) = write_all(unsafe { BorrowedFd::borrow_raw(1) }, greeting) {
                         return errno;
@@ -188,6 +229,16 @@ impl ExecImage {
     }
 
     fn before_greeting(&self, stdio: Option<[RawFd; 3]>) -> Result<(), Errno> {
+        #[cfg(test)]
+        if self.stop_first {
+            // getpid, not libc's raise: in a child that shares the
+            // daemon's memory, libc's idea of the current thread is the
+            // parent's.
+            let _ = rustix::process::kill_process(
+                rustix::process::getpid(),
+                rustix::process::Signal::STOP,
+            );
+        }
         if let Some(fds) = stdio {
             for (target, fd) in (0..).zip(fds) {
                 redirect(fd, target)?;
@@ -208,10 +259,18 @@ impl ExecImage {
         for (resource, limit) in &self.limits {
             setrlimit(*resource, *limit)?;
         }
+        if let Some(room) = self.processes_room {
+            setrlimit(Resource::Nproc, room)?;
+        }
         if let Some((uid, gid)) = self.switch {
             rustix::thread::set_thread_groups(&[])?;
             rustix::thread::set_thread_res_gid(gid, gid, gid)?;
             rustix::thread::set_thread_res_uid(uid, uid, uid)?;
+        }
+        // The limit on processes counts the user's processes at fork, not
+        // at exec: the program starts, and its own forks are refused.
+        if let Some(limit) = self.processes {
+            setrlimit(Resource::Nproc, limit)?;
         }
         rustix::process::chdir(c"/")?;
         Ok(())
@@ -238,6 +297,21 @@ impl ExecImage {
         unsafe { libc::execve(self.path.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr()) };
         // SAFETY: errno of this thread, just set by the failed execve.
         Errno::from_raw_os_error(unsafe { *libc::__errno_location() })
+    }
+}
+
+/// A limit of `v` (soft and hard), or none at [`INFINITY`].
+fn both(v: u64) -> Rlimit {
+    let v = (v != INFINITY).then_some(v);
+    Rlimit {
+        current: v,
+        maximum: v,
+    }
+}
+
+fn mark(reached: Option<&AtomicBool>) {
+    if let Some(reached) = reached {
+        reached.store(true, Ordering::Release);
     }
 }
 

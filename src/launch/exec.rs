@@ -146,17 +146,43 @@ impl Launcher for ExecLauncher {
                 });
             }
         };
-        let stdio = [socket.as_fd(), socket.as_fd(), stderr_writer.as_fd()];
-        let child = match spawn::spawn(&image, stdio) {
+        let child = match spawn::start(
+            image,
+            SessionStdio {
+                socket,
+                stderr: stderr_writer,
+            },
+        )
+        .await
+        {
             Ok(child) => child,
-            Err(e) => return Err(spawn_failed(e, socket)),
+            Err(spawn::NotStarted { error, fds }) => {
+                return Err(Failed {
+                    error: LaunchError::Spawn {
+                        path: program.clone(),
+                        source: error,
+                    },
+                    conn: fds.map(|fds| fds.socket),
+                });
+            }
         };
-        // The program has its copies; the daemon keeps the pipe's read end
-        // and the pidfd.
-        drop((socket, stderr_writer, image));
+        // The program has its copies of the connection and the pipe's
+        // write end; the daemon keeps the pipe's read end and the pidfd.
         fds.shrink_to(EXEC_SESSION_FDS);
         let pid = child.pid.as_raw_nonzero().get() as u32;
         let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        if child.killed_late {
+            tracing::warn!(
+                tcpmux_service = %service.name,
+                remote_addr = %peer.ip(),
+                remote_port = peer.port(),
+                object_pid = pid,
+                "{} from {peer}: {program} not started within {} (held in its exec, after \
+                 `+`); killed",
+                service.name,
+                humantime::format_duration(crate::limits::EXEC_START_TIMEOUT),
+            );
+        }
         // OBJECT_PID: journald adds the program's own fields (OBJECT_COMM,
         // OBJECT_EXE, ...) to the entry while it runs.
         tracing::info!(
@@ -220,6 +246,23 @@ impl Launcher for ExecLauncher {
             }
         });
         Ok(())
+    }
+}
+
+/// A session's descriptors 0, 1 and 2: the connection, twice, and the
+/// write end of the pipe its stderr is logged from.
+struct SessionStdio {
+    socket: std::net::TcpStream,
+    stderr: std::os::fd::OwnedFd,
+}
+
+impl spawn::Stdio for SessionStdio {
+    fn stdio(&self) -> [std::os::fd::BorrowedFd<'_>; 3] {
+        [
+            self.socket.as_fd(),
+            self.socket.as_fd(),
+            self.stderr.as_fd(),
+        ]
     }
 }
 

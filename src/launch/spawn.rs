@@ -37,27 +37,34 @@
 //!   done with the stack when `clone` returns.
 //!
 //! - Between the user switch and execve the child runs as the service's
-//!   user in the daemon's memory. That user cannot reach it: the memory is
-//!   not dumpable ([`crate::startup::forbid_tracing`], and the kernel
-//!   makes it so at any change of user), so ptrace, /proc/PID/mem and
-//!   process_vm_writev need CAP_SYS_PTRACE. It may signal the child, as
-//!   it could std's forked child: SIGSTOP holds the spawning thread until
-//!   SIGCONT, as it held std's spawn reading its exec-status pipe.
+//!   user in the daemon's memory. The kernel makes that memory as
+//!   dumpable as `fs.suid_dumpable` says at any change of user: at 0 or 2
+//!   ptrace, /proc/PID/mem and process_vm_writev need CAP_SYS_PTRACE, and
+//!   that user cannot reach it. At 1 (a debugging setting) that user could
+//!   trace the child and write into the daemon: the child is then made
+//!   with its own copy of the memory, as fork makes one ([`Sharing`]).
+//! - That user may signal the child, and whoever owns the program file
+//!   may hold its execve with a write lease: either holds the start, never
+//!   the daemon. Starts run on threads of the runtime's blocking pool
+//!   ([`start`]), not on the threads that serve connections, and a start
+//!   not done within [`EXEC_START_TIMEOUT`] is killed (SIGKILL ends a
+//!   stopped child and a wait for a lease alike).
 //!
-//! The child is an ordinary child of tcpmuxd (it sends SIGCHLD); its pidfd
-//! (CLONE_PIDFD) tells the runtime when it has exited, and
-//! [`Spawned::wait`] reaps it.
+//! The child is an ordinary child of tcpmuxd (it sends SIGCHLD); a pidfd
+//! tells the runtime when it has exited, and [`Spawned::wait`] reaps it.
 
 use super::child::{EXIT_CANNOT_EXECUTE, ExecImage};
+use crate::limits::EXEC_START_TIMEOUT;
 use rustix::io::Errno;
 use rustix::process::{Pid, WaitOptions};
 use std::cell::RefCell;
 use std::ffi::{c_int, c_void};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// The child's stack between `clone` and execve. What runs there is a few
 /// small frames of system calls; glibc's posix_spawn gets by with less.
@@ -70,62 +77,233 @@ const LAST_SIGNAL: c_int = 64;
 #[derive(Debug)]
 pub struct Spawned {
     pub pid: Pid,
+    /// Killed for taking longer than [`EXEC_START_TIMEOUT`] after its
+    /// greeting: its client heard `+`, the program never ran.
+    pub killed_late: bool,
     /// None on kernels without pidfds (before 5.3).
     pidfd: Option<OwnedFd>,
 }
 
-/// Starts `image` with `stdio` as its descriptors 0, 1 and 2. Returns once
-/// the child has exec'd, or the error of the step that failed before any
-/// greeting (the child is then reaped already). A failure after the
-/// greeting is the child's to report (see [`ExecImage::start`]).
-pub fn spawn(image: &ExecImage, stdio: [BorrowedFd<'_>; 3]) -> io::Result<Spawned> {
-    let shared = Shared {
-        image,
-        stdio: stdio.map(|fd| fd.as_raw_fd()),
-        errno: AtomicI32::new(0),
+/// What a start hands its child as descriptors 0, 1 and 2, owned by the
+/// start until the child has exec'd.
+pub trait Stdio: Send + 'static {
+    fn stdio(&self) -> [BorrowedFd<'_>; 3];
+}
+
+/// A start that failed before any greeting: why, and the descriptors back
+/// (to answer the client), but when the starting thread itself failed.
+#[derive(Debug)]
+pub struct NotStarted<F> {
+    pub error: io::Error,
+    pub fds: Option<F>,
+}
+
+/// Starts `image` with `fds` as its descriptors 0, 1 and 2, on a thread of
+/// the blocking pool: the threads that serve connections never wait for a
+/// child. Returns once the child has exec'd; a start not done within
+/// [`EXEC_START_TIMEOUT`] is killed and returns an error of kind
+/// `TimedOut` (unless the child had written its greeting already: then
+/// its client heard `+`, and the session ends with the child's signal).
+pub async fn start<F: Stdio>(image: ExecImage, fds: F) -> Result<Spawned, NotStarted<F>> {
+    let watch = Arc::new(Watch::default());
+    let starting = {
+        let watch = Arc::clone(&watch);
+        tokio::task::spawn_blocking(move || {
+            let started = spawn(&image, fds.stdio(), &watch);
+            (started, fds)
+        })
     };
-    let mut pidfd: c_int = -1;
-    let pid = STACK.with(|cell| -> io::Result<c_int> {
+    tokio::pin!(starting);
+    let (joined, stopped) = match tokio::time::timeout(EXEC_START_TIMEOUT, &mut starting).await {
+        Ok(joined) => (joined, false),
+        Err(_) => (
+            {
+                watch.kill();
+                starting.await
+            },
+            true,
+        ),
+    };
+    match joined {
+        Ok((Ok(spawned), _fds)) => Ok(Spawned {
+            killed_late: stopped,
+            ..spawned
+        }),
+        Ok((Err(error), fds)) => Err(NotStarted {
+            error: if stopped {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "not started within {} (held before it could execute the program); \
+                         killed",
+                        humantime::format_duration(EXEC_START_TIMEOUT)
+                    ),
+                )
+            } else {
+                error
+            },
+            fds: Some(fds),
+        }),
+        Err(e) => Err(NotStarted {
+            error: io::Error::other(format!("the thread starting the program failed: {e}")),
+            fds: None,
+        }),
+    }
+}
+
+/// How a start is watched from outside its thread: the child's pid, for a
+/// start that takes too long to be killed.
+#[derive(Debug, Default)]
+struct Watch {
+    /// The child's pid, written by the kernel into this (the parent's)
+    /// memory before the child runs (`CLONE_PARENT_SETTID`); 0 before.
+    pid: AtomicI32,
+    /// Whether `clone` has returned: from then on the child is the
+    /// starting thread's to reap, and nobody's to signal (once reaped, its
+    /// pid may be another process's).
+    returned: Mutex<bool>,
+}
+
+impl Watch {
+    fn kill(&self) {
+        let returned = self.returned.lock().unwrap_or_else(|e| e.into_inner());
+        let pid = self.pid.load(Ordering::Acquire);
+        if !*returned && let Some(pid) = Pid::from_raw(pid) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+
+    fn set_returned(&self) {
+        *self.returned.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    }
+}
+
+/// Whether the child may run in the daemon's memory until its exec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sharing {
+    /// `CLONE_VM`, as posix_spawn: nothing copied.
+    Memory,
+    /// A copy of the memory, as fork: when the child changes its user and
+    /// `fs.suid_dumpable` is not known to keep that user out of it.
+    Copy,
+}
+
+impl Sharing {
+    fn for_image(image: &ExecImage) -> Sharing {
+        Sharing::when(image.switches_user(), suid_dumpable)
+    }
+
+    /// `suid_dumpable` reads `fs.suid_dumpable` (None: unreadable); only
+    /// asked when the child changes its user.
+    fn when(switches_user: bool, suid_dumpable: impl FnOnce() -> Option<u8>) -> Sharing {
+        // 0: not dumpable, 2: dumpable by root only; 1 (or unknown): the
+        // new user could trace the child.
+        if !switches_user || matches!(suid_dumpable(), Some(0 | 2)) {
+            Sharing::Memory
+        } else {
+            Sharing::Copy
+        }
+    }
+}
+
+/// `fs.suid_dumpable`, read at every start that switches users (the
+/// administrator may change it at any time).
+fn suid_dumpable() -> Option<u8> {
+    static SYSCTL: std::sync::OnceLock<Option<std::fs::File>> = std::sync::OnceLock::new();
+    let file = SYSCTL
+        .get_or_init(|| std::fs::File::open("/proc/sys/fs/suid_dumpable").ok())
+        .as_ref()?;
+    let mut value = [0u8; 4];
+    let n = rustix::io::pread(file, &mut value, 0).ok()?;
+    match value.get(..n)? {
+        [digit @ b'0'..=b'9', b'\n'] => Some(digit - b'0'),
+        _ => None,
+    }
+}
+
+/// Starts `image` with `stdio` as its descriptors 0, 1 and 2, on this
+/// thread, which waits in `clone` until the child has exec'd or exited.
+/// Returns the error of the step that failed before any greeting, or that
+/// the child was killed before it (the child is then reaped already). A
+/// failure after the greeting is the child's to report (see
+/// [`ExecImage::start`]).
+fn spawn(image: &ExecImage, stdio: [BorrowedFd<'_>; 3], watch: &Watch) -> io::Result<Spawned> {
+    spawn_sharing(image, stdio, watch, Sharing::for_image(image))
+}
+
+fn spawn_sharing(
+    image: &ExecImage,
+    stdio: [BorrowedFd<'_>; 3],
+    watch: &Watch,
+    sharing: Sharing,
+) -> io::Result<Spawned> {
+    let (pid, errno, reached) = STACK.with(|cell| -> io::Result<(c_int, i32, bool)> {
         let mut cell = cell.borrow_mut();
         let stack = match &mut *cell {
             Some(stack) => stack,
             empty => empty.insert(Stack::new()?),
         };
-        let _blocked = BlockedSignals::all()?;
+        let report = stack.report();
+        report.errno.store(0, Ordering::Relaxed);
+        report.reached.store(false, Ordering::Relaxed);
+        let shared = Shared {
+            image,
+            stdio: stdio.map(|fd| fd.as_raw_fd()),
+            report,
+        };
+        let mut flags = libc::CLONE_VFORK | libc::CLONE_PARENT_SETTID | libc::SIGCHLD;
+        if sharing == Sharing::Memory {
+            flags |= libc::CLONE_VM;
+        }
+        let blocked = BlockedSignals::all()?;
         // SAFETY: see the module: the child runs `child_main` on its own
         // stack and reads `shared`, which outlives it (this thread waits
-        // in clone until the child has exec'd or exited).
+        // in clone until the child has exec'd or exited); the kernel
+        // writes the child's pid into `watch.pid`, an aligned int.
         let pid = unsafe {
             libc::clone(
                 child_main,
                 stack.top(),
-                libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+                flags,
                 &shared as *const Shared<'_> as *mut c_void,
-                &mut pidfd as *mut c_int,
+                watch.pid.as_ptr(),
             )
         };
+        watch.set_returned();
+        drop(blocked);
         if pid < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(pid)
+        Ok((
+            pid,
+            report.errno.load(Ordering::Acquire),
+            report.reached.load(Ordering::Acquire),
+        ))
     })?;
     // SAFETY: clone returned a child's pid.
     let pid = unsafe { Pid::from_raw_unchecked(pid) };
-    let pidfd = if pidfd >= 0 {
-        // SAFETY: CLONE_PIDFD gave this process a new descriptor.
-        Some(unsafe { OwnedFd::from_raw_fd(pidfd) })
-    } else {
-        // A kernel before 5.2 ignores CLONE_PIDFD.
-        rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
-    };
-    match shared.errno.load(Ordering::Acquire) {
-        0 => Ok(Spawned { pid, pidfd }),
-        errno => {
-            // The child is exiting: reap it now.
-            let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
-            Err(io::Error::from_raw_os_error(errno))
-        }
+    if errno != 0 {
+        // The child is exiting: reap it now.
+        let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
+        return Err(io::Error::from_raw_os_error(errno));
     }
+    if !reached {
+        // Killed before the greeting: its client heard nothing.
+        let status = rustix::process::waitpid(Some(pid), WaitOptions::empty())
+            .ok()
+            .flatten()
+            .map(|(_, status)| super::exec::describe_exit(ExitStatus::from_raw(status.as_raw())));
+        return Err(io::Error::other(format!(
+            "the child ended before it could execute the program ({})",
+            status.as_deref().unwrap_or("no status")
+        )));
+    }
+    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok();
+    Ok(Spawned {
+        pid,
+        killed_late: false,
+        pidfd,
+    })
 }
 
 impl Spawned {
@@ -167,23 +345,35 @@ impl Spawned {
     }
 }
 
-/// What the parent gives the child, and the one thing the child gives
-/// back: the errno of a step that failed before the greeting.
+/// What the child writes for its parent, in memory shared with it even
+/// when the child has a copy of the rest ([`Sharing::Copy`]).
+struct Report {
+    /// The errno of a step that failed before the greeting; 0 for none.
+    errno: AtomicI32,
+    /// Every step before the greeting done ([`ExecImage::start`]).
+    reached: AtomicBool,
+}
+
+/// What the parent gives the child, and where the child reports.
 struct Shared<'a> {
     image: &'a ExecImage,
     stdio: [RawFd; 3],
-    errno: AtomicI32,
+    report: &'a Report,
 }
 
 /// The child, from `clone` to execve or `_exit`.
 extern "C" fn child_main(arg: *mut c_void) -> c_int {
-    // SAFETY: `arg` is the parent's `Shared`, alive until the child has
-    // exec'd or exited (the parent waits in clone).
+    // SAFETY: `arg` is the parent's `Shared` (or the child's copy of it),
+    // alive until the child has exec'd or exited (the parent waits in
+    // clone); its report is in memory shared with the parent either way.
     let shared = unsafe { &*(arg as *const Shared<'_>) };
     reset_signals();
-    let errno = shared.image.start(Some(shared.stdio));
+    let errno = shared
+        .image
+        .start(Some(shared.stdio), Some(&shared.report.reached));
     // Before the greeting: the parent returns the error, nobody heard `+`.
     shared
+        .report
         .errno
         .store(nonzero(errno.raw_os_error()), Ordering::Release);
     // SAFETY: ends the child without running anything of the parent's.
@@ -265,18 +455,20 @@ thread_local! {
     static STACK: RefCell<Option<Stack>> = const { RefCell::new(None) };
 }
 
-/// [`CHILD_STACK_SIZE`] bytes of stack above a guard page.
+/// [`CHILD_STACK_SIZE`] bytes of stack above a guard page, and a page
+/// shared with every child for its [`Report`].
 struct Stack {
     base: *mut c_void,
     len: usize,
+    report: *mut c_void,
 }
 
 impl Stack {
     fn new() -> io::Result<Stack> {
-        use rustix::mm::{MapFlags, MprotectFlags, ProtFlags, mmap_anonymous, mprotect};
-        let guard = rustix::param::page_size();
-        let len = guard + CHILD_STACK_SIZE;
-        // SAFETY: a new private mapping, owned by the `Stack`.
+        use rustix::mm::{MapFlags, MprotectFlags, ProtFlags, mmap_anonymous, mprotect, munmap};
+        let page = rustix::param::page_size();
+        let len = page + CHILD_STACK_SIZE;
+        // SAFETY: new private and shared mappings, owned by the `Stack`.
         unsafe {
             let base = mmap_anonymous(
                 std::ptr::null_mut(),
@@ -284,24 +476,43 @@ impl Stack {
                 ProtFlags::READ | ProtFlags::WRITE,
                 MapFlags::PRIVATE | MapFlags::STACK,
             )?;
-            let stack = Stack { base, len };
-            mprotect(base, guard, MprotectFlags::empty())?;
+            let report = match mmap_anonymous(
+                std::ptr::null_mut(),
+                page,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+            ) {
+                Ok(report) => report,
+                Err(e) => {
+                    let _ = munmap(base, len);
+                    return Err(e.into());
+                }
+            };
+            let stack = Stack { base, len, report };
+            mprotect(base, page, MprotectFlags::empty())?;
             Ok(stack)
         }
     }
 
     /// Where the stack begins (it grows down), 16-byte aligned.
-    fn top(&mut self) -> *mut c_void {
+    fn top(&self) -> *mut c_void {
         // The mapping is page-aligned, and so is its length.
         self.base.wrapping_byte_add(self.len)
+    }
+
+    fn report(&self) -> &Report {
+        // SAFETY: a zeroed, page-aligned page is a valid `Report` (atomics
+        // of zero), alive as long as the `Stack`.
+        unsafe { &*(self.report as *const Report) }
     }
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, used by no child any more.
+        // SAFETY: the mappings made in `new`, used by no child any more.
         unsafe {
             let _ = rustix::mm::munmap(self.base, self.len);
+            let _ = rustix::mm::munmap(self.report, rustix::param::page_size());
         }
     }
 }
@@ -331,10 +542,29 @@ mod tests {
     /// Runs `image` with one end of a socket pair as stdin and stdout,
     /// the other returned.
     fn run(image: &ExecImage) -> (io::Result<Spawned>, UnixStream) {
+        run_sharing(image, Sharing::Memory)
+    }
+
+    fn run_sharing(image: &ExecImage, sharing: Sharing) -> (io::Result<Spawned>, UnixStream) {
         let (ours, theirs) = UnixStream::pair().unwrap();
         let (_, err) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
-        let spawned = spawn(image, [theirs.as_fd(), theirs.as_fd(), err.as_fd()]);
+        let watch = Watch::default();
+        let spawned = spawn_sharing(
+            image,
+            [theirs.as_fd(), theirs.as_fd(), err.as_fd()],
+            &watch,
+            sharing,
+        );
         (spawned, ours)
+    }
+
+    /// A connection's two ends, for [`start`].
+    struct Pair(UnixStream, OwnedFd);
+
+    impl Stdio for Pair {
+        fn stdio(&self) -> [BorrowedFd<'_>; 3] {
+            [self.0.as_fd(), self.0.as_fd(), self.1.as_fd()]
+        }
     }
 
     fn reaped(pid: Pid) -> bool {
@@ -358,6 +588,91 @@ mod tests {
         let mut out = String::new();
         ours.read_to_string(&mut out).unwrap();
         assert_eq!(out, "+\r\nhi\n");
+    }
+
+    #[tokio::test]
+    async fn a_child_with_a_copy_of_the_memory_reports_as_one_that_shares_it() {
+        let (spawned, mut ours) = run_sharing(
+            &image(
+                &["/bin/echo", "hi"],
+                Some(b"+\r\n"),
+                ResourceLimits::default(),
+            ),
+            Sharing::Copy,
+        );
+        assert!(spawned.unwrap().wait().await.unwrap().success());
+        let mut out = String::new();
+        ours.read_to_string(&mut out).unwrap();
+        assert_eq!(out, "+\r\nhi\n");
+        let (spawned, _ours) = run_sharing(
+            &image(&["/nonexistent/program"], None, ResourceLimits::default()),
+            Sharing::Copy,
+        );
+        assert_eq!(spawned.unwrap_err().raw_os_error(), Some(libc::ENOENT));
+    }
+
+    #[tokio::test]
+    async fn start_runs_the_child_off_the_runtime_and_gives_the_descriptors_back_on_failure() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let (_, err) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        let failed = start(
+            image(&["/nonexistent/program"], None, ResourceLimits::default()),
+            Pair(theirs, err),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(failed.error.raw_os_error(), Some(libc::ENOENT));
+        // The descriptors came back: the client can still be answered.
+        let Pair(theirs, _) = failed.fds.unwrap();
+        drop(ours);
+        drop(theirs);
+    }
+
+    #[test]
+    fn a_child_killed_before_the_greeting_is_an_error_not_a_start() {
+        // The child stops itself before anything: the watch kills it, as
+        // the start timeout does.
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let (_, err) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        let watch = std::sync::Arc::new(Watch::default());
+        let killer = {
+            let watch = std::sync::Arc::clone(&watch);
+            std::thread::spawn(move || {
+                while watch.pid.load(Ordering::Acquire) == 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                watch.kill();
+            })
+        };
+        let held = image(&["/bin/true"], Some(b"+\r\n"), ResourceLimits::default());
+        let spawned = spawn_sharing(
+            &held.stopping_before_anything(),
+            [theirs.as_fd(), theirs.as_fd(), err.as_fd()],
+            &watch,
+            Sharing::Memory,
+        );
+        killer.join().unwrap();
+        let error = spawned.unwrap_err();
+        assert!(error.to_string().contains("signal 9"), "{error}");
+        drop(theirs);
+        ours.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 8];
+        assert!(
+            !matches!((&ours).read(&mut buf), Ok(n) if n > 0),
+            "nothing was written"
+        );
+    }
+
+    #[test]
+    fn only_a_user_switch_with_suid_dumpable_1_or_unknown_takes_a_copy() {
+        let never = || -> Option<u8> { panic!("read only for a user switch") };
+        assert_eq!(Sharing::when(false, never), Sharing::Memory);
+        assert_eq!(Sharing::when(true, || Some(0)), Sharing::Memory);
+        assert_eq!(Sharing::when(true, || Some(2)), Sharing::Memory);
+        assert_eq!(Sharing::when(true, || Some(1)), Sharing::Copy);
+        assert_eq!(Sharing::when(true, || None), Sharing::Copy);
+        // This machine's own setting is read.
+        assert!(suid_dumpable().is_some());
     }
 
     #[test]
