@@ -955,6 +955,13 @@ pub fn limits_table() -> Vec<Limit> {
             "further datagrams dropped (silence, as for any failure)".into(),
         ),
         row(
+            "exec launcher: a program's start (from its child's creation to its exec)",
+            duration(limits::EXEC_START_TIMEOUT),
+            "the child is killed: `-Service unavailable`, or, when it had written `+` \
+             already (held in its exec), the end of the connection; logged either way"
+                .into(),
+        ),
+        row(
             "systemd: D-Bus call / unit start",
             format!(
                 "{} / {}",
