@@ -11,7 +11,6 @@ use rustix::io::{Errno, FdFlags};
 use rustix::process::{Gid, Resource, Rlimit, Uid, setrlimit};
 use std::ffi::CString;
 use std::os::fd::{BorrowedFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Whether running as `cred` takes a change of user or group.
@@ -33,41 +32,17 @@ pub struct Resources {
     pub limits: ResourceLimits,
 }
 
-/// Sets `cmd` up to run `command` (program path, then arguments) with
-/// only `environment` and `resources`, as `credentials` (see
-/// [`ExecImage::new`]). Stdio is the caller's to set. This is std's fork
-/// path, for MSP's delivery command; sessions start through
-/// [`super::spawn`], which does not copy the daemon's memory.
-///
-/// `greeting`, when given, is written to the child's standard output just
-/// before it execs the program: the `+` of a plus-mode service. Everything
-/// that can fail before (descriptors, fork, the user switch) then fails
-/// before the client hears `+`, and `spawn` returns the error (a limit the
-/// kernel refuses to set among them). Should the
-/// exec itself fail after the greeting, the child says why on its stderr
-/// and exits [`EXIT_CANNOT_EXECUTE`].
-pub fn prepare<'a>(
-    cmd: &mut std::process::Command,
-    command: &[String],
-    environment: impl Iterator<Item = (&'a str, String)>,
-    greeting: Option<&'static [u8]>,
-    resources: &Resources,
-    credentials: Option<&Credentials>,
-) -> Result<(), String> {
-    let image = ExecImage::new(command, environment, greeting, resources, credentials)?;
-    // SAFETY: the closure runs between fork and exec and calls only
-    // async-signal-safe system calls (setsid, setrlimit, the user switch,
-    // chdir, write, execve, _exit) on memory made before the fork.
-    unsafe {
-        cmd.pre_exec(move || Err(image.start(None, None).into()));
-    }
-    Ok(())
-}
-
 /// A program's path, arguments and environment as C arrays, and everything
 /// else its child needs, made before the child exists, so that the child
 /// does nothing but system calls on memory it only reads (see
 /// [`super::spawn`] for why that matters).
+///
+/// `greeting`, when given, is written to the child's standard output just
+/// before it execs the program: the `+` of a plus-mode service. Everything
+/// that can fail before (descriptors, the child, the limits, the user
+/// switch) then fails before the client hears `+`, and the start returns
+/// the error. Should the exec itself fail after the greeting, the child
+/// says why on its stderr and exits [`EXIT_CANNOT_EXECUTE`].
 ///
 /// The child execs here rather than through std: std's execvp would run a
 /// file the kernel cannot execute (ENOEXEC) with /bin/sh, where execve

@@ -45,10 +45,10 @@
 //!   with its own copy of the memory, as fork makes one ([`Sharing`]).
 //! - That user may signal the child, and whoever owns the program file
 //!   may hold its execve with a write lease: either holds the start, never
-//!   the daemon. Starts run on threads of the runtime's blocking pool
-//!   ([`start`]), not on the threads that serve connections, and a start
-//!   not done within [`EXEC_START_TIMEOUT`] is killed (SIGKILL ends a
-//!   stopped child and a wait for a lease alike).
+//!   the daemon. A thread that starts a child first hands the connections
+//!   it serves to another ([`start`]), and a start not done within
+//!   [`EXEC_START_TIMEOUT`] is killed (SIGKILL ends a stopped child and a
+//!   wait for a lease alike).
 //!
 //! The child is an ordinary child of tcpmuxd (it sends SIGCHLD); a pidfd
 //! tells the runtime when it has exited, and [`Spawned::wait`] reaps it.
@@ -98,32 +98,37 @@ pub struct NotStarted<F> {
     pub fds: Option<F>,
 }
 
-/// Starts `image` with `fds` as its descriptors 0, 1 and 2, on a thread of
-/// the blocking pool: the threads that serve connections never wait for a
-/// child. Returns once the child has exec'd; a start not done within
+/// Starts `image` with `fds` as its descriptors 0, 1 and 2, on a thread
+/// that no handshake waits for: the threads that serve connections never
+/// wait for a child. Returns once the child has exec'd; a start not done within
 /// [`EXEC_START_TIMEOUT`] is killed and returns an error of kind
 /// `TimedOut` (unless the child had written its greeting already: then
 /// its client heard `+`, and the session ends with the child's signal).
 pub async fn start<F: Stdio>(image: ExecImage, fds: F) -> Result<Spawned, NotStarted<F>> {
     let watch = Arc::new(Watch::default());
-    let starting = {
+    let deadline = {
         let watch = Arc::clone(&watch);
-        tokio::task::spawn_blocking(move || {
-            let started = spawn(&image, fds.stdio(), &watch);
-            (started, fds)
+        tokio::spawn(async move {
+            tokio::time::sleep(EXEC_START_TIMEOUT).await;
+            watch.kill();
         })
     };
-    tokio::pin!(starting);
-    let (joined, stopped) = match tokio::time::timeout(EXEC_START_TIMEOUT, &mut starting).await {
-        Ok(joined) => (joined, false),
-        Err(_) => (
-            {
-                watch.kill();
-                starting.await
-            },
-            true,
-        ),
+    let run = {
+        let watch = Arc::clone(&watch);
+        move || {
+            let started = spawn(&image, fds.stdio(), &watch);
+            (started, fds)
+        }
     };
+    // On the runtime's own threads, this one hands its connections to
+    // another before it waits (block_in_place): no handshake waits behind
+    // a start, and the start needs no second thread to hand back to.
+    let joined = match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => Ok(tokio::task::block_in_place(run)),
+        _ => tokio::task::spawn_blocking(run).await,
+    };
+    deadline.abort();
+    let stopped = watch.killed.load(Ordering::Acquire);
     match joined {
         Ok((Ok(spawned), _fds)) => Ok(Spawned {
             killed_late: stopped,
@@ -162,14 +167,19 @@ struct Watch {
     /// starting thread's to reap, and nobody's to signal (once reaped, its
     /// pid may be another process's).
     returned: Mutex<bool>,
+    /// Whether [`Watch::kill`] killed the child.
+    killed: AtomicBool,
 }
 
 impl Watch {
     fn kill(&self) {
         let returned = self.returned.lock().unwrap_or_else(|e| e.into_inner());
         let pid = self.pid.load(Ordering::Acquire);
-        if !*returned && let Some(pid) = Pid::from_raw(pid) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        if !*returned
+            && let Some(pid) = Pid::from_raw(pid)
+            && rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok()
+        {
+            self.killed.store(true, Ordering::Release);
         }
     }
 
@@ -343,6 +353,15 @@ impl Spawned {
             ready.clear_ready();
         }
     }
+}
+
+/// Kills a started program that is no longer waited for, and reaps it in
+/// the background. `pid` must be a child of tcpmuxd not reaped yet.
+pub fn kill_and_reap(pid: Pid) {
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    tokio::task::spawn_blocking(move || {
+        let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
+    });
 }
 
 /// What the child writes for its parent, in memory shared with it even

@@ -4,12 +4,15 @@
 use super::message::{Message, decode};
 use super::tty;
 use crate::config::{Delivery, MspSettings};
+use crate::launch::child::{ExecImage, Resources};
 use crate::launch::exec::SESSION_PATH;
+use crate::launch::spawn;
 use crate::launch::systemd::{Oneshot, SystemdLauncher};
 use crate::limits::MSP_MAX_REASON_LEN;
 use std::net::SocketAddr;
-use std::process::Stdio;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
 
 /// Under systemd, the delivery command runs as `tcpmux-msp@INSTANCE.service`.
 pub use crate::config::MSP_UNIT_NAME;
@@ -162,31 +165,26 @@ async fn to_command(settings: &MspSettings, envelope: &Envelope<'_>) -> Result<(
         tracing::error!("[msp] command {}: {e}", command[0]);
         "delivery failed".to_string()
     };
-    let mut cmd = std::process::Command::new(&command[0]);
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
     let environment = std::iter::once(("PATH", SESSION_PATH.to_string())).chain(envelope.fields());
-    crate::launch::child::prepare(
-        &mut cmd,
+    let image = ExecImage::new(
         command,
         environment,
         None,
         // `[tcpmux]`'s, as under the systemd launcher.
-        &crate::launch::child::Resources {
+        &Resources {
             umask: Some(settings.umask),
             limits: settings.limits,
         },
         settings.credentials.as_ref(),
     )
     .map_err(spawn_error)?;
-    let mut child = tokio::process::Command::from(cmd)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| spawn_error(e.to_string()))?;
+    let (stdin, stderr, child_fds) = command_stdio().map_err(|e| spawn_error(e.to_string()))?;
+    let child = spawn::start(image, child_fds)
+        .await
+        .map_err(|failed| spawn_error(failed.error.to_string()))?;
     let text = decode(&envelope.message.text).into_owned();
-    let mut stdin = child.stdin.take();
-    let mut stderr = child.stderr.take();
+    let (mut stdin, mut stderr) = (Some(stdin), stderr);
+    let pid = child.pid;
     let run = async {
         if let Some(stdin) = stdin.as_mut() {
             // A command that does not read its input may close it early.
@@ -194,17 +192,20 @@ async fn to_command(settings: &MspSettings, envelope: &Envelope<'_>) -> Result<(
         }
         drop(stdin.take());
         let mut reason = Vec::new();
-        if let Some(stderr) = stderr.as_mut() {
-            let _ = stderr
-                .take(MSP_MAX_REASON_LEN as u64)
-                .read_to_end(&mut reason)
-                .await;
-        }
+        let _ = (&mut stderr)
+            .take(MSP_MAX_REASON_LEN as u64)
+            .read_to_end(&mut reason)
+            .await;
         let status = child.wait().await;
         (status, reason)
     };
     match tokio::time::timeout(settings.command_timeout, run).await {
-        Err(_) => Err("delivery timed out".into()),
+        Err(_) => {
+            // Still not reaped: the pid is the command's. Killed, it is
+            // reaped on its own.
+            spawn::kill_and_reap(pid);
+            Err("delivery timed out".into())
+        }
         Ok((Err(e), _)) => Err(format!("delivery failed: {e}")),
         Ok((Ok(status), _)) if status.success() => Ok(()),
         Ok((Ok(status), reason)) => {
@@ -219,6 +220,40 @@ async fn to_command(settings: &MspSettings, envelope: &Envelope<'_>) -> Result<(
                 Err(first.chars().filter(|c| !c.is_control()).collect())
             }
         }
+    }
+}
+
+/// The delivery command's descriptors: its input a pipe from tcpmuxd, no
+/// output, its errors a pipe to tcpmuxd (the first line is the reason a
+/// delivery failed). Returns tcpmuxd's ends and the command's.
+fn command_stdio() -> std::io::Result<(pipe::Sender, pipe::Receiver, CommandStdio)> {
+    use rustix::pipe::{PipeFlags, pipe_with};
+    let (stdin, stdin_ours) = pipe_with(PipeFlags::CLOEXEC)?;
+    let (stderr_ours, stderr) = pipe_with(PipeFlags::CLOEXEC)?;
+    let null = std::fs::File::options()
+        .write(true)
+        .open("/dev/null")?
+        .into();
+    Ok((
+        pipe::Sender::from_owned_fd(stdin_ours)?,
+        pipe::Receiver::from_owned_fd(stderr_ours)?,
+        CommandStdio {
+            stdin,
+            stdout: null,
+            stderr,
+        },
+    ))
+}
+
+struct CommandStdio {
+    stdin: OwnedFd,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+}
+
+impl spawn::Stdio for CommandStdio {
+    fn stdio(&self) -> [BorrowedFd<'_>; 3] {
+        [self.stdin.as_fd(), self.stdout.as_fd(), self.stderr.as_fd()]
     }
 }
 
