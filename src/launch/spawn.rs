@@ -58,13 +58,15 @@ use crate::limits::EXEC_START_TIMEOUT;
 use rustix::io::Errno;
 use rustix::process::{Pid, WaitOptions};
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::{c_int, c_void};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// The child's stack between `clone` and execve. What runs there is a few
 /// small frames of system calls; glibc's posix_spawn gets by with less.
@@ -106,13 +108,7 @@ pub struct NotStarted<F> {
 /// its client heard `+`, and the session ends with the child's signal).
 pub async fn start<F: Stdio>(image: ExecImage, fds: F) -> Result<Spawned, NotStarted<F>> {
     let watch = Arc::new(Watch::default());
-    let deadline = {
-        let watch = Arc::clone(&watch);
-        tokio::spawn(async move {
-            tokio::time::sleep(EXEC_START_TIMEOUT).await;
-            watch.kill();
-        })
-    };
+    let _watched = Watchdog::watch(Arc::clone(&watch));
     let run = {
         let watch = Arc::clone(&watch);
         move || {
@@ -127,7 +123,6 @@ pub async fn start<F: Stdio>(image: ExecImage, fds: F) -> Result<Spawned, NotSta
         tokio::runtime::RuntimeFlavor::MultiThread => Ok(tokio::task::block_in_place(run)),
         _ => tokio::task::spawn_blocking(run).await,
     };
-    deadline.abort();
     let stopped = watch.killed.load(Ordering::Acquire);
     match joined {
         Ok((Ok(spawned), _fds)) => Ok(Spawned {
@@ -185,6 +180,111 @@ impl Watch {
 
     fn set_returned(&self) {
         *self.returned.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    }
+}
+
+/// Every start in progress, and one thread that kills those not done
+/// within [`EXEC_START_TIMEOUT`]: it looks once every [`WATCHDOG_TICK`]
+/// while starts come, and sleeps until the next after a while without.
+/// (A timer per start would cost every start a task of its own.)
+struct Watchdog {
+    state: Mutex<WatchdogState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct WatchdogState {
+    next: u64,
+    watched: HashMap<u64, (Instant, Arc<Watch>)>,
+    /// Whether the thread is looking (else it sleeps until woken).
+    looking: bool,
+    thread: bool,
+}
+
+/// How often the watchdog looks at starts in progress: a held start is
+/// killed between [`EXEC_START_TIMEOUT`] and that and one tick later.
+const WATCHDOG_TICK: Duration = Duration::from_secs(1);
+
+/// Ticks without a start before the watchdog sleeps until the next.
+const WATCHDOG_IDLE_TICKS: u32 = 10;
+
+/// A start being watched; unwatched on drop.
+struct Watched(u64);
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        Watchdog::get().lock().watched.remove(&self.0);
+    }
+}
+
+impl Watchdog {
+    fn get() -> &'static Watchdog {
+        static WATCHDOG: OnceLock<Watchdog> = OnceLock::new();
+        WATCHDOG.get_or_init(|| Watchdog {
+            state: Mutex::new(WatchdogState::default()),
+            wake: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WatchdogState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn watch(watch: Arc<Watch>) -> Watched {
+        let dog = Watchdog::get();
+        let mut state = dog.lock();
+        let id = state.next;
+        state.next += 1;
+        state
+            .watched
+            .insert(id, (Instant::now() + EXEC_START_TIMEOUT, watch));
+        if !state.thread {
+            // Without the thread no start is ever killed; one that cannot
+            // be made is said in the log, and the start goes on.
+            match std::thread::Builder::new()
+                .name("start-watchdog".into())
+                .spawn(|| Watchdog::get().run())
+            {
+                Ok(_) => state.thread = true,
+                Err(e) => tracing::error!("cannot start the thread that times starts out: {e}"),
+            }
+        }
+        if !state.looking {
+            state.looking = true;
+            dog.wake.notify_one();
+        }
+        Watched(id)
+    }
+
+    fn run(&self) {
+        let mut state = self.lock();
+        let mut idle = 0;
+        loop {
+            if !state.looking {
+                state = self.wake.wait(state).unwrap_or_else(|e| e.into_inner());
+                idle = 0;
+                continue;
+            }
+            state = self
+                .wake
+                .wait_timeout(state, WATCHDOG_TICK)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            let now = Instant::now();
+            for (deadline, watch) in state.watched.values() {
+                if *deadline <= now {
+                    watch.kill();
+                }
+            }
+            idle = if state.watched.is_empty() {
+                idle + 1
+            } else {
+                0
+            };
+            if idle >= WATCHDOG_IDLE_TICKS {
+                state.looking = false;
+            }
+        }
     }
 }
 
