@@ -544,19 +544,20 @@ fn exec_launcher() -> Section {
                  run as root, tcpmuxd cannot switch users and its programs run as its own \
                  user.",
             ),
-            para(
+            para(format!(
                 "The child is made as posix_spawn(3) makes one: it runs in tcpmuxd's memory \
                  (not a copy of it) until it executes the program, and a plus-mode service's \
                  `+` is written by the child itself just before, once every step that can fail \
                  has succeeded. When the child changes its user and `fs.suid_dumpable` is 1, \
                  it gets a copy of the memory instead, as with fork(2): that setting would let \
-                 the user trace it. A start not done within 5 seconds (the program's owner can \
+                 the user trace it. A start not done within {} (the program's owner can \
                  hold its execve with a file lease, the service's user can stop the child) is \
                  killed and logged; its client is told `-Service unavailable`, or, if it heard \
                  `+` already, the connection ends. A held start holds up only itself. The \
                  service's `processes` limit is set after the user switch: a user already over \
                  it still gets its program started, whose own forks then fail.",
-            ),
+                humantime::format_duration(crate::limits::EXEC_START_TIMEOUT)
+            )),
             para(
                 "Exec sessions are children in tcpmuxd's cgroup: under systemd, stopping or \
                  restarting `tcpmuxd.service` stops them with it (`KillMode=control-group`), \
