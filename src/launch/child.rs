@@ -15,8 +15,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Whether running as `cred` takes a change of user or group.
 pub fn needs_switch(cred: &Credentials) -> bool {
-    cred.uid != rustix::process::geteuid().as_raw()
-        || cred.gid != rustix::process::getegid().as_raw()
+    // tcpmuxd never changes its own user or group: read once.
+    static OWN: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    let (uid, gid) = *OWN.get_or_init(|| {
+        (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        )
+    });
+    cred.uid != uid || cred.gid != gid
 }
 
 /// Exit status of a child whose program could not be executed after its

@@ -292,10 +292,7 @@ fn may_execute(path: &str, cred: &crate::config::Credentials) -> bool {
 /// Why a limit of `service` cannot be set in its program, if one cannot:
 /// above tcpmuxd's own hard limit, without CAP_SYS_RESOURCE to raise it.
 fn unraisable_limit(service: &Service) -> Option<String> {
-    use rustix::thread::{CapabilitySet, capabilities};
-    let may_raise =
-        capabilities(None).is_ok_and(|caps| caps.effective.contains(CapabilitySet::SYS_RESOURCE));
-    if may_raise {
+    if has_capabilities(rustix::thread::CapabilitySet::SYS_RESOURCE) {
         return None;
     }
     service.limits.set().find_map(|(kind, v)| {
@@ -315,11 +312,23 @@ fn unraisable_limit(service: &Service) -> Option<String> {
 }
 
 fn can_switch_credentials() -> bool {
-    use rustix::thread::{CapabilitySet, capabilities};
-    capabilities(None).is_ok_and(|caps| {
-        caps.effective
-            .contains(CapabilitySet::SETUID | CapabilitySet::SETGID)
-    })
+    use rustix::thread::CapabilitySet;
+    has_capabilities(CapabilitySet::SETUID | CapabilitySet::SETGID)
+}
+
+/// Whether tcpmuxd has all of `wanted` in its effective set. Read once:
+/// tcpmuxd never changes its capabilities, and the checks run for every
+/// connection.
+fn has_capabilities(wanted: rustix::thread::CapabilitySet) -> bool {
+    static EFFECTIVE: std::sync::OnceLock<rustix::thread::CapabilitySet> =
+        std::sync::OnceLock::new();
+    EFFECTIVE
+        .get_or_init(|| {
+            rustix::thread::capabilities(None)
+                .map(|caps| caps.effective)
+                .unwrap_or(rustix::thread::CapabilitySet::empty())
+        })
+        .contains(wanted)
 }
 
 /// "exit code 0", "signal 9 (core dumped)".
