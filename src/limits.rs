@@ -172,6 +172,22 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// client told `-Service unavailable`.
 pub const EXEC_START_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Programs being started at once by the exec launcher and MSP's delivery
+/// command (from the child's creation to its exec). A start takes about a
+/// millisecond; only starts held from outside (see [`EXEC_START_TIMEOUT`])
+/// stay, and each holds a thread while it does. Past this, starts wait for
+/// room, for at most [`EXEC_START_SLOT_WAIT`].
+pub const MAX_EXEC_STARTING: usize = 64;
+
+/// Of [`MAX_EXEC_STARTING`], what one service (or MSP's delivery) may
+/// take: a quarter, so that starts held by one service's user leave the
+/// rest to the others.
+pub const MAX_EXEC_STARTING_PER_SERVICE: usize = MAX_EXEC_STARTING / 4;
+
+/// How long a start waits for room among [`MAX_EXEC_STARTING`] before its
+/// client is told `-Server busy, try again later`.
+pub const EXEC_START_SLOT_WAIT: Duration = Duration::from_secs(2);
+
 /// Time systemd has to start a session unit (its start job to end) before
 /// the connection is given up.
 pub const UNIT_START_TIMEOUT: Duration = Duration::from_secs(30);

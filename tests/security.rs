@@ -1287,26 +1287,33 @@ fn a_limit_above_what_tcpmuxd_may_set_refuses_the_service() {
     );
 }
 
-/// How many children `pid` has now.
-fn children_of(pid: i32) -> usize {
+/// The children `pid` has now.
+fn child_pids(pid: i32) -> Vec<i32> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
+        return Vec::new();
     };
     tasks
         .flatten()
-        .map(|t| {
+        .flat_map(|t| {
             std::fs::read_to_string(t.path().join("children"))
-                .map(|c| c.split_whitespace().count())
-                .unwrap_or(0)
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect::<Vec<i32>>()
         })
-        .sum()
+        .collect()
+}
+
+fn children_of(pid: i32) -> usize {
+    child_pids(pid).len()
 }
 
 /// Whoever owns a service's program file can hold every start of it in
 /// execve: a write lease on the file makes the kernel wait for its holder
 /// (up to fs.lease-break-time, 45 s by default) before the exec may open
 /// it; SIGSTOP between the child's user switch and its exec does the same.
-/// The held starts are their service's alone: every other client is served
+/// The held starts take at most their service's share of the starts under
+/// way, and threads of their own: every other client is served
 /// meanwhile, and a start held past the start timeout is killed and
 /// logged.
 #[test]
@@ -1327,8 +1334,8 @@ fn starts_held_in_execve_hold_up_nobody_else_and_are_stopped() {
     let rc = unsafe { libc::fcntl(lease.as_raw_fd(), libc::F_SETLEASE, libc::F_WRLCK) };
     assert_eq!(rc, 0, "F_SETLEASE: {}", std::io::Error::last_os_error());
     // More held starts than any machine running this has cores, each from
-    // a source of its own.
-    const HELD: usize = 16;
+    // a source of its own: as many as one service may have under way.
+    const HELD: usize = tcpmuxd::limits::MAX_EXEC_STARTING_PER_SERVICE;
     let mut held_clients: Vec<_> = (0..HELD)
         .map(|i| {
             let mut s = connect_from(&format!("127.0.0.{}", 10 + i), d.addr);
@@ -1342,6 +1349,31 @@ fn starts_held_in_execve_hold_up_nobody_else_and_are_stopped() {
         children_of(d.pid()),
         d.log()
     );
+    // A held child holds nothing of tcpmuxd's: not its listeners, not
+    // other clients' connections; only its own 0, 1 and 2.
+    for child in child_pids(d.pid()) {
+        let fds = std::fs::read_dir(format!("/proc/{child}/fd"))
+            .map(|fds| fds.count())
+            .unwrap_or(0);
+        assert_eq!(fds, 3, "child {child} holds {fds} descriptors");
+    }
+    // Past its share, the held service's clients wait a little for room,
+    // then are told.
+    let mut over: Vec<_> = (0..4)
+        .map(|i| {
+            let mut s = connect_from(&format!("127.0.1.{}", 10 + i), d.addr);
+            s.write_all(b"held\r\n").unwrap();
+            s
+        })
+        .collect();
+    for s in &mut over {
+        assert_eq!(
+            read_to_end(s),
+            b"-Server busy, try again later\r\n",
+            "{}",
+            d.log()
+        );
+    }
     // Everyone else is served meanwhile.
     let help = help_from(&d, "127.0.0.3");
     assert_eq!(help, b"held\r\necho\r\n", "{}", d.log());

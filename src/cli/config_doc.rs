@@ -955,6 +955,17 @@ pub fn limits_table() -> Vec<Limit> {
             "further datagrams dropped (silence, as for any failure)".into(),
         ),
         row(
+            "exec launcher and MSP's delivery command: programs being started at once",
+            format!(
+                "{}, of them {} of one service (or of MSP's delivery); a start waits {} for \
+                 room",
+                limits::MAX_EXEC_STARTING,
+                limits::MAX_EXEC_STARTING_PER_SERVICE,
+                duration(limits::EXEC_START_SLOT_WAIT)
+            ),
+            "`-Server busy, try again later` (`no-turn`)".into(),
+        ),
+        row(
             "exec launcher: a program's start (from its child's creation to its exec)",
             duration(limits::EXEC_START_TIMEOUT),
             "the child is killed: `-Service unavailable`, or, when it had written `+` \

@@ -209,7 +209,9 @@ pub fn outcomes() -> Vec<(&'static str, &'static str)> {
         ),
         (
             "no-turn",
-            "no turn to start the session's unit came in time (`max_starting_units`)",
+            "no turn to start came in time: for the session's unit (`max_starting_units`), \
+             or for an exec program (a fixed number start at once, a quarter of them of one \
+             service)",
         ),
         (
             "source-busy",
@@ -548,12 +550,15 @@ fn exec_launcher() -> Section {
                 "The child is made as posix_spawn(3) makes one: it runs in tcpmuxd's memory \
                  (not a copy of it) until it executes the program, and a plus-mode service's \
                  `+` is written by the child itself just before, once every step that can fail \
-                 has succeeded. When the child changes its user and `fs.suid_dumpable` is 1, \
-                 it gets a copy of the memory instead, as with fork(2): that setting would let \
-                 the user trace it. A start not done within {} (the program's owner can \
+                 has succeeded, and holds no descriptor but 0, 1 and 2. With `fs.suid_dumpable` \
+                 at 1 (or unreadable), a start that switches users is refused with the cause in \
+                 the log: that setting would let the user trace the child in tcpmuxd's memory; \
+                 set it to 0 or 2. At most 64 programs are being started at once, 16 of one \
+                 service; a start waits up to 2 seconds for room, then its client is told \
+                 `-Server busy, try again later`. A start not done within {} (the program's owner can \
                  hold its execve with a file lease, the service's user can stop the child) is \
                  killed and logged; its client is told `-Service unavailable`, or, if it heard \
-                 `+` already, the connection ends. A held start holds up only itself. The \
+                 `+` already, the connection ends. Held starts hold up only their service's clients. The \
                  service's `processes` limit is set after the user switch: a user already over \
                  it still gets its program started, whose own forks then fail.",
                 humantime::format_duration(crate::limits::EXEC_START_TIMEOUT)

@@ -226,6 +226,13 @@ impl ExecImage {
                 redirect(fd, target)?;
             }
         }
+        // Every other descriptor is close-on-exec, but until the exec the
+        // child would hold tcpmuxd's listeners and other clients'
+        // connections, for as long as a start can be held. The child's
+        // descriptor table is its own (no CLONE_FILES). Before Linux 5.9
+        // (no close_range), close-on-exec alone.
+        // SAFETY: close_range closes only this process's descriptors above 2.
+        unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
         rustix::process::setsid()?;
         if let Some(limit) = &self.fd_limit {
             // Under a seccomp filter that denies setrlimit, the program

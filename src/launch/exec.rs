@@ -152,15 +152,20 @@ impl Launcher for ExecLauncher {
                 socket,
                 stderr: stderr_writer,
             },
+            &service.name,
         )
         .await
         {
             Ok(child) => child,
-            Err(spawn::NotStarted { error, fds }) => {
+            Err(spawn::NotStarted { error, fds, busy }) => {
                 return Err(Failed {
-                    error: LaunchError::Spawn {
-                        path: program.clone(),
-                        source: error,
+                    error: if busy {
+                        LaunchError::NoTurn(error.to_string())
+                    } else {
+                        LaunchError::Spawn {
+                            path: program.clone(),
+                            source: error,
+                        }
                     },
                     conn: fds.map(|fds| fds.socket),
                 });

@@ -41,20 +41,26 @@
 //!   dumpable as `fs.suid_dumpable` says at any change of user: at 0 or 2
 //!   ptrace, /proc/PID/mem and process_vm_writev need CAP_SYS_PTRACE, and
 //!   that user cannot reach it. At 1 (a debugging setting) that user could
-//!   trace the child and write into the daemon: the child is then made
-//!   with its own copy of the memory, as fork makes one ([`Sharing`]).
+//!   trace the child and read or write the daemon's memory; a copy of it,
+//!   as fork would make, would still give away every secret in it (other
+//!   services' environments, clients' data). Starts that switch users are
+//!   then refused ([`users_kept_out`]).
 //! - That user may signal the child, and whoever owns the program file
 //!   may hold its execve with a write lease: either holds the start, never
 //!   the daemon. A thread that starts a child first hands the connections
-//!   it serves to another ([`start`]), and a start not done within
-//!   [`EXEC_START_TIMEOUT`] is killed (SIGKILL ends a stopped child and a
-//!   wait for a lease alike).
+//!   it serves to another ([`start`]); at most [`MAX_EXEC_STARTING`]
+//!   starts hold threads at once, a quarter of them of one service
+//!   ([`StartSlots`]); and a start not done within [`EXEC_START_TIMEOUT`]
+//!   is killed by a thread of its own ([`Watchdog`]; SIGKILL ends a
+//!   stopped child and a wait for a lease alike).
 //!
 //! The child is an ordinary child of tcpmuxd (it sends SIGCHLD); a pidfd
 //! tells the runtime when it has exited, and [`Spawned::wait`] reaps it.
 
 use super::child::{EXIT_CANNOT_EXECUTE, ExecImage};
-use crate::limits::EXEC_START_TIMEOUT;
+use crate::limits::{
+    EXEC_START_SLOT_WAIT, EXEC_START_TIMEOUT, MAX_EXEC_STARTING, MAX_EXEC_STARTING_PER_SERVICE,
+};
 use rustix::io::Errno;
 use rustix::process::{Pid, WaitOptions};
 use std::cell::RefCell;
@@ -67,6 +73,7 @@ use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The child's stack between `clone` and execve. What runs there is a few
 /// small frames of system calls; glibc's posix_spawn gets by with less.
@@ -98,6 +105,8 @@ pub trait Stdio: Send + 'static {
 pub struct NotStarted<F> {
     pub error: io::Error,
     pub fds: Option<F>,
+    /// No room to start: too many starts under way (none was tried).
+    pub busy: bool,
 }
 
 /// Starts `image` with `fds` as its descriptors 0, 1 and 2, on a thread
@@ -106,7 +115,27 @@ pub struct NotStarted<F> {
 /// [`EXEC_START_TIMEOUT`] is killed and returns an error of kind
 /// `TimedOut` (unless the child had written its greeting already: then
 /// its client heard `+`, and the session ends with the child's signal).
-pub async fn start<F: Stdio>(image: ExecImage, fds: F) -> Result<Spawned, NotStarted<F>> {
+///
+/// `share` names whose share of [`MAX_EXEC_STARTING`] the start takes (the
+/// service's name); without room in time, the start is refused
+/// (`NotStarted::busy`) before anything was tried ([`StartSlots`]).
+pub async fn start<F: Stdio>(
+    image: ExecImage,
+    fds: F,
+    share: &str,
+) -> Result<Spawned, NotStarted<F>> {
+    let Some(_slot) = StartSlots::take(share).await else {
+        return Err(NotStarted {
+            error: io::Error::other(format!(
+                "no room to start within {}: {MAX_EXEC_STARTING} programs are being started \
+                 at once, or {MAX_EXEC_STARTING_PER_SERVICE} of this service (their starts \
+                 are held)",
+                humantime::format_duration(EXEC_START_SLOT_WAIT)
+            )),
+            fds: Some(fds),
+            busy: true,
+        });
+    };
     let watch = Arc::new(Watch::default());
     let _watched = Watchdog::watch(Arc::clone(&watch));
     let run = {
@@ -143,10 +172,12 @@ pub async fn start<F: Stdio>(image: ExecImage, fds: F) -> Result<Spawned, NotSta
                 error
             },
             fds: Some(fds),
+            busy: false,
         }),
         Err(e) => Err(NotStarted {
             error: io::Error::other(format!("the thread starting the program failed: {e}")),
             fds: None,
+            busy: false,
         }),
     }
 }
@@ -183,6 +214,56 @@ impl Watch {
     }
 }
 
+/// Room for starts: [`MAX_EXEC_STARTING`] at once, of which at most
+/// [`MAX_EXEC_STARTING_PER_SERVICE`] of one share (a service, or MSP's
+/// delivery). A start waits for its room in order of arrival, for at most
+/// [`EXEC_START_SLOT_WAIT`]. Starts take about a millisecond: only held
+/// ones keep their room, and held ones of one service leave the others
+/// theirs.
+struct StartSlots {
+    all: Arc<Semaphore>,
+    /// One per share ever started; as many as services configured over
+    /// time.
+    shares: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl StartSlots {
+    fn get() -> &'static StartSlots {
+        static SLOTS: OnceLock<StartSlots> = OnceLock::new();
+        SLOTS.get_or_init(|| StartSlots {
+            all: Arc::new(Semaphore::new(MAX_EXEC_STARTING)),
+            shares: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Room for one start of `share`, or None after [`EXEC_START_SLOT_WAIT`].
+    async fn take(share: &str) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+        let slots = StartSlots::get();
+        let own = {
+            let mut shares = slots.shares.lock().unwrap_or_else(|e| e.into_inner());
+            match shares.get(share) {
+                Some(own) => Arc::clone(own),
+                None => {
+                    let own = Arc::new(Semaphore::new(MAX_EXEC_STARTING_PER_SERVICE));
+                    shares.insert(share.to_string(), Arc::clone(&own));
+                    own
+                }
+            }
+        };
+        // The share's first: a held service's clients wait in its share,
+        // not in everyone's.
+        let taken = async {
+            let own = own.acquire_owned().await.ok()?;
+            let all = Arc::clone(&slots.all).acquire_owned().await.ok()?;
+            Some((own, all))
+        };
+        tokio::time::timeout(EXEC_START_SLOT_WAIT, taken)
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
 /// Every start in progress, and one thread that kills those not done
 /// within [`EXEC_START_TIMEOUT`]: it looks once every [`WATCHDOG_TICK`]
 /// while starts come, and sleeps until the next after a while without.
@@ -195,6 +276,7 @@ struct Watchdog {
 #[derive(Default)]
 struct WatchdogState {
     next: u64,
+    /// Every start under way: its deadline, its watch.
     watched: HashMap<u64, (Instant, Arc<Watch>)>,
     /// Whether the thread is looking (else it sleeps until woken).
     looking: bool,
@@ -288,32 +370,13 @@ impl Watchdog {
     }
 }
 
-/// Whether the child may run in the daemon's memory until its exec.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sharing {
-    /// `CLONE_VM`, as posix_spawn: nothing copied.
-    Memory,
-    /// A copy of the memory, as fork: when the child changes its user and
-    /// `fs.suid_dumpable` is not known to keep that user out of it.
-    Copy,
-}
-
-impl Sharing {
-    fn for_image(image: &ExecImage) -> Sharing {
-        Sharing::when(image.switches_user(), suid_dumpable)
-    }
-
-    /// `suid_dumpable` reads `fs.suid_dumpable` (None: unreadable); only
-    /// asked when the child changes its user.
-    fn when(switches_user: bool, suid_dumpable: impl FnOnce() -> Option<u8>) -> Sharing {
-        // 0: not dumpable, 2: dumpable by root only; 1 (or unknown): the
-        // new user could trace the child.
-        if !switches_user || matches!(suid_dumpable(), Some(0 | 2)) {
-            Sharing::Memory
-        } else {
-            Sharing::Copy
-        }
-    }
+/// Whether a child that switches users (`switches_user`) keeps that user
+/// out of the daemon's memory before its exec: `fs.suid_dumpable`
+/// (`suid_dumpable`, None when unreadable, only read for a switch) is 0
+/// (not dumpable) or 2 (dumpable by root only). At 1, or unknown, the new
+/// user could trace the child.
+fn users_kept_out(switches_user: bool, suid_dumpable: impl FnOnce() -> Option<u8>) -> bool {
+    !switches_user || matches!(suid_dumpable(), Some(0 | 2))
 }
 
 /// `fs.suid_dumpable`, read at every start that switches users (the
@@ -338,15 +401,13 @@ fn suid_dumpable() -> Option<u8> {
 /// failure after the greeting is the child's to report (see
 /// [`ExecImage::start`]).
 fn spawn(image: &ExecImage, stdio: [BorrowedFd<'_>; 3], watch: &Watch) -> io::Result<Spawned> {
-    spawn_sharing(image, stdio, watch, Sharing::for_image(image))
-}
-
-fn spawn_sharing(
-    image: &ExecImage,
-    stdio: [BorrowedFd<'_>; 3],
-    watch: &Watch,
-    sharing: Sharing,
-) -> io::Result<Spawned> {
+    if !users_kept_out(image.switches_user(), suid_dumpable) {
+        return Err(io::Error::other(
+            "fs.suid_dumpable is 1 or cannot be read: a program started as another user \
+             could read tcpmuxd's memory before its exec; set it to 0 or 2 (sysctl \
+             fs.suid_dumpable=0)",
+        ));
+    }
     let (pid, errno, reached) = STACK.with(|cell| -> io::Result<(c_int, i32, bool)> {
         let mut cell = cell.borrow_mut();
         let stack = match &mut *cell {
@@ -361,10 +422,7 @@ fn spawn_sharing(
             stdio: stdio.map(|fd| fd.as_raw_fd()),
             report,
         };
-        let mut flags = libc::CLONE_VFORK | libc::CLONE_PARENT_SETTID | libc::SIGCHLD;
-        if sharing == Sharing::Memory {
-            flags |= libc::CLONE_VM;
-        }
+        let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT_SETTID | libc::SIGCHLD;
         let blocked = BlockedSignals::all()?;
         // SAFETY: see the module: the child runs `child_main` on its own
         // stack and reads `shared`, which outlives it (this thread waits
@@ -464,8 +522,7 @@ pub fn kill_and_reap(pid: Pid) {
     });
 }
 
-/// What the child writes for its parent, in memory shared with it even
-/// when the child has a copy of the rest ([`Sharing::Copy`]).
+/// What the child writes for its parent.
 struct Report {
     /// The errno of a step that failed before the greeting; 0 for none.
     errno: AtomicI32,
@@ -661,19 +718,10 @@ mod tests {
     /// Runs `image` with one end of a socket pair as stdin and stdout,
     /// the other returned.
     fn run(image: &ExecImage) -> (io::Result<Spawned>, UnixStream) {
-        run_sharing(image, Sharing::Memory)
-    }
-
-    fn run_sharing(image: &ExecImage, sharing: Sharing) -> (io::Result<Spawned>, UnixStream) {
         let (ours, theirs) = UnixStream::pair().unwrap();
         let (_, err) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
         let watch = Watch::default();
-        let spawned = spawn_sharing(
-            image,
-            [theirs.as_fd(), theirs.as_fd(), err.as_fd()],
-            &watch,
-            sharing,
-        );
+        let spawned = spawn(image, [theirs.as_fd(), theirs.as_fd(), err.as_fd()], &watch);
         (spawned, ours)
     }
 
@@ -710,33 +758,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_child_with_a_copy_of_the_memory_reports_as_one_that_shares_it() {
-        let (spawned, mut ours) = run_sharing(
-            &image(
-                &["/bin/echo", "hi"],
-                Some(b"+\r\n"),
-                ResourceLimits::default(),
-            ),
-            Sharing::Copy,
-        );
-        assert!(spawned.unwrap().wait().await.unwrap().success());
-        let mut out = String::new();
-        ours.read_to_string(&mut out).unwrap();
-        assert_eq!(out, "+\r\nhi\n");
-        let (spawned, _ours) = run_sharing(
-            &image(&["/nonexistent/program"], None, ResourceLimits::default()),
-            Sharing::Copy,
-        );
-        assert_eq!(spawned.unwrap_err().raw_os_error(), Some(libc::ENOENT));
-    }
-
-    #[tokio::test]
     async fn start_runs_the_child_off_the_runtime_and_gives_the_descriptors_back_on_failure() {
         let (ours, theirs) = UnixStream::pair().unwrap();
         let (_, err) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
         let failed = start(
             image(&["/nonexistent/program"], None, ResourceLimits::default()),
             Pair(theirs, err),
+            "test",
         )
         .await
         .unwrap_err();
@@ -764,11 +792,10 @@ mod tests {
             })
         };
         let held = image(&["/bin/true"], Some(b"+\r\n"), ResourceLimits::default());
-        let spawned = spawn_sharing(
+        let spawned = spawn(
             &held.stopping_before_anything(),
             [theirs.as_fd(), theirs.as_fd(), err.as_fd()],
             &watch,
-            Sharing::Memory,
         );
         killer.join().unwrap();
         let error = spawned.unwrap_err();
@@ -783,13 +810,13 @@ mod tests {
     }
 
     #[test]
-    fn only_a_user_switch_with_suid_dumpable_1_or_unknown_takes_a_copy() {
+    fn a_user_switch_needs_suid_dumpable_0_or_2() {
         let never = || -> Option<u8> { panic!("read only for a user switch") };
-        assert_eq!(Sharing::when(false, never), Sharing::Memory);
-        assert_eq!(Sharing::when(true, || Some(0)), Sharing::Memory);
-        assert_eq!(Sharing::when(true, || Some(2)), Sharing::Memory);
-        assert_eq!(Sharing::when(true, || Some(1)), Sharing::Copy);
-        assert_eq!(Sharing::when(true, || None), Sharing::Copy);
+        assert!(users_kept_out(false, never));
+        assert!(users_kept_out(true, || Some(0)));
+        assert!(users_kept_out(true, || Some(2)));
+        assert!(!users_kept_out(true, || Some(1)));
+        assert!(!users_kept_out(true, || None));
         // This machine's own setting is read.
         assert!(suid_dumpable().is_some());
     }

@@ -179,7 +179,7 @@ async fn to_command(settings: &MspSettings, envelope: &Envelope<'_>) -> Result<(
     )
     .map_err(spawn_error)?;
     let (stdin, stderr, child_fds) = command_stdio().map_err(|e| spawn_error(e.to_string()))?;
-    let child = spawn::start(image, child_fds)
+    let child = spawn::start(image, child_fds, MSP_START_SHARE)
         .await
         .map_err(|failed| spawn_error(failed.error.to_string()))?;
     let text = decode(&envelope.message.text).into_owned();
@@ -222,6 +222,11 @@ async fn to_command(settings: &MspSettings, envelope: &Envelope<'_>) -> Result<(
         }
     }
 }
+
+/// Whose share of the programs being started at once MSP's delivery
+/// commands take (sessions take their service's; no service has this
+/// name, which is not a valid one).
+const MSP_START_SHARE: &str = "[msp] command";
 
 /// The delivery command's descriptors: its input a pipe from tcpmuxd, no
 /// output, its errors a pipe to tcpmuxd (the first line is the reason a
