@@ -2,8 +2,9 @@
 //! activation), or bound from the configuration.
 
 use rustix::net::SocketType;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use tokio::io::unix::AsyncFd;
 
 /// `FileDescriptorName=` of the TCPMUX socket (TCP port 1).
 pub const FDNAME_TCPMUX: &str = "tcpmux";
@@ -169,6 +170,59 @@ pub async fn accept(
                 tokio::time::sleep(crate::limits::ACCEPT_ERROR_BACKOFF).await;
             }
         }
+    }
+}
+
+/// The next connection on a TCPMUX listener, or None once `shutdown` is
+/// cancelled, like [`accept`], but as a plain non-blocking socket: not
+/// registered with the event loop, which a handshake whose request line is
+/// already there does without.
+pub async fn accept_plain(
+    listener: &AsyncFd<TcpListener>,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            accepted = accept4(listener) => accepted,
+        };
+        match accepted {
+            Ok(conn) => return Some(conn),
+            Err(e) if is_per_connection_error(&e) => tracing::debug!("accept: {e}"),
+            Err(e) => {
+                tracing::warn!(
+                    "accept: {e}; pausing {} ms",
+                    crate::limits::ACCEPT_ERROR_BACKOFF.as_millis()
+                );
+                tokio::time::sleep(crate::limits::ACCEPT_ERROR_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// One accept4(2), waiting for the listener to be readable first when it
+/// has nothing queued.
+async fn accept4(listener: &AsyncFd<TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    use rustix::net::{SocketFlags, acceptfrom_with};
+    loop {
+        let mut ready = listener.readable().await?;
+        let accepted = ready.try_io(|l| {
+            acceptfrom_with(l.get_ref(), SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)
+                .map_err(std::io::Error::from)
+        });
+        let Ok(accepted) = accepted else {
+            // Nothing queued: readiness is cleared, wait again.
+            continue;
+        };
+        let (fd, peer) = accepted?;
+        // A TCP listener's peers are IPv4 or IPv6 (checked when taken).
+        let Some(peer) = peer.and_then(|a| SocketAddr::try_from(a).ok()) else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "connection without an IPv4 or IPv6 peer address",
+            ));
+        };
+        return Ok((TcpStream::from(fd), peer));
     }
 }
 

@@ -122,6 +122,41 @@ fn name_split_over_many_writes() {
     assert_eq!(read_line(&mut s), b"x\n");
 }
 
+/// The name is usually there as the connection is accepted, and is then
+/// taken without waiting; a name that comes later, or in pieces, is waited
+/// for. Either way the bytes behind the line stay for the program.
+#[test]
+fn a_name_that_comes_after_the_connection_is_waited_for() {
+    let d = Daemon::start(BASE);
+    let mut s = d.connect();
+    std::thread::sleep(Duration::from_millis(300));
+    s.write_all(b"HELP\r\n").unwrap();
+    assert_eq!(read_to_end(&mut s), b"echo\r\nDedicated\r\nenv\r\n");
+    let mut s = d.connect();
+    std::thread::sleep(Duration::from_millis(300));
+    s.write_all(b"echo\r\nafter a pause\n").unwrap();
+    assert_eq!(read_line(&mut s), b"+\r\n");
+    assert_eq!(read_line(&mut s), b"after a pause\n");
+}
+
+#[test]
+fn a_name_split_across_segments_keeps_the_data_behind_it() {
+    let d = Daemon::start(BASE);
+    for (first, rest) in [
+        ("ec", "ho\r\nsplit\n"),
+        ("echo", "\r\nsplit\n"),
+        ("echo\r", "\nsplit\n"),
+    ] {
+        let mut s = d.connect();
+        s.set_nodelay(true).unwrap();
+        s.write_all(first.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        s.write_all(rest.as_bytes()).unwrap();
+        assert_eq!(read_line(&mut s), b"+\r\n", "{first:?} then {rest:?}");
+        assert_eq!(read_line(&mut s), b"split\n", "{first:?} then {rest:?}");
+    }
+}
+
 #[test]
 fn data_sent_with_the_name_reaches_the_service() {
     let d = Daemon::start(BASE);
