@@ -235,6 +235,31 @@ fn is_per_connection_error(e: &std::io::Error) -> bool {
     )
 }
 
+/// Sets TCP_DEFER_ACCEPT on a TCPMUX listener: the kernel hands over a
+/// connection once its first data came (or after about `secs` seconds of
+/// silence), so that the request line is usually there when it is
+/// accepted. 0 turns it off.
+pub fn set_defer_accept(listener: &TcpListener, secs: u32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let value = libc::c_int::try_from(secs).unwrap_or(libc::c_int::MAX);
+    // SAFETY: a valid descriptor, and a pointer to an int that lives across
+    // the call, with its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Binds UDP sockets on `addrs`.
 pub fn bind_udp(addrs: &[SocketAddr]) -> Result<Vec<UdpSocket>, ListenError> {
     addrs

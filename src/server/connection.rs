@@ -105,12 +105,31 @@ async fn accept_loop(
         drop(config);
         let waiting = state.waiting.enter();
         let state = Arc::clone(&state);
-        tracker.spawn(async move {
+        // The request line often came with the connection: taken now, off
+        // the event loop.
+        let ready = tcpmux::take_ready_request_line(&stream);
+        let help =
+            matches!(&ready, Ok(Some(line)) if tcpmux::parse_request(line) == Ok(Request::Help));
+        let task = async move {
             let _places = (place, source_place);
             let mut name = None;
-            let outcome = handshake(stream, peer, &state, fds, waiting, &mut name).await;
+            let outcome = handshake(stream, ready, peer, &state, fds, waiting, &mut name).await;
             record(&state, peer, name.as_deref(), outcome);
-        });
+        };
+        if help {
+            // HELP is answered here, before the next accept, as far as
+            // it goes without waiting; only what is left (usually the
+            // client's end of the drain) becomes a task. A future may be
+            // polled by another waker next: the task's first poll takes
+            // over from this one.
+            let mut task = Box::pin(task);
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            if task.as_mut().poll(&mut cx).is_pending() {
+                tracker.spawn(task);
+            }
+        } else {
+            tracker.spawn(task);
+        }
     }
 }
 
@@ -310,6 +329,7 @@ fn log_failure(
 /// asked for, once known.
 async fn handshake(
     socket: std::net::TcpStream,
+    ready: Result<Option<Vec<u8>>, HandshakeError>,
     peer: SocketAddr,
     state: &State,
     mut fds: FdGuard,
@@ -321,7 +341,7 @@ async fn handshake(
     let ip = peer.ip().to_canonical();
     // A line already there is taken at once, and the socket stays off the
     // event loop; otherwise it waits there for the rest.
-    let (stream, read) = match tcpmux::take_ready_request_line(&socket) {
+    let (stream, read) = match ready {
         Ok(None) => {
             let mut stream = match TcpStream::from_std(socket) {
                 Ok(stream) => stream,

@@ -24,6 +24,11 @@ pub async fn serve(sockets: crate::listen::Sockets, state: Arc<State>) -> io::Re
             Ok(addr) => tracing::info!(%addr, "listening for TCPMUX on {addr}"),
             Err(e) => tracing::info!("listening for TCPMUX (address unknown: {e})"),
         }
+        if let Some(secs) = state.config.load().tcpmux.defer_accept
+            && let Err(e) = crate::listen::set_defer_accept(&l, secs)
+        {
+            tracing::warn!("[tcpmux] defer_accept: cannot set TCP_DEFER_ACCEPT: {e}");
+        }
         // Its connections are accepted as plain sockets (listen::accept_plain).
         // SAFETY: the listener owns its descriptor, and the AsyncFd owns the
         // listener until it is dropped: the descriptor stays open and the
