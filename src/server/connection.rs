@@ -325,8 +325,9 @@ fn log_failure(
     }
 }
 
-/// Runs one handshake to its end. `name` is set to the service the client
-/// asked for, once known.
+/// Runs one handshake to its end. `ready` is what a look at the socket
+/// without waiting found of the request line (`Ok(None)`: not all of it
+/// yet). `name` is set to the service the client asked for, once known.
 async fn handshake(
     socket: std::net::TcpStream,
     ready: Result<Option<Vec<u8>>, HandshakeError>,
@@ -594,11 +595,15 @@ impl Client {
         }
     }
 
-    /// Writes what fits now, ignoring errors: for a last word.
+    /// Writes what fits now, ignoring errors: for a last word. A direct
+    /// send(2): a socket just put on the event loop may not have been seen
+    /// writable by it yet, and tokio's `try_write` would not even try.
     fn try_write(&self, text: &[u8]) {
+        use rustix::net::{SendFlags, send};
+        let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
         let _ = match self {
-            Client::Plain(s) => (&*s).write(text),
-            Client::Registered(s) => s.try_write(text),
+            Client::Plain(s) => send(s, text, flags),
+            Client::Registered(s) => send(s, text, flags),
         };
     }
 
