@@ -27,6 +27,10 @@ pub const DEFAULT_NAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upper bound for `name_timeout`, so a typo cannot disable the timeout.
 pub const MAX_NAME_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Upper bound for `[tcpmux] defer_accept`: the kernel keeps a silent
+/// connection waiting for about a minute at most (its SYN-ACK retries).
+pub const MAX_DEFER_ACCEPT: Duration = Duration::from_secs(60);
+
 /// Default for `[tcpmux] max_handshakes`: connections allowed at once in the
 /// handshake phase (accepted, not yet answered or handed to a service). A
 /// waiting handshake costs about 2.3 KiB, so the default is under 40 MiB.

@@ -2,8 +2,9 @@
 //! activation), or bound from the configuration.
 
 use rustix::net::SocketType;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use tokio::io::unix::AsyncFd;
 
 /// `FileDescriptorName=` of the TCPMUX socket (TCP port 1).
 pub const FDNAME_TCPMUX: &str = "tcpmux";
@@ -172,6 +173,59 @@ pub async fn accept(
     }
 }
 
+/// The next connection on a TCPMUX listener, or None once `shutdown` is
+/// cancelled, like [`accept`], but as a plain non-blocking socket: not
+/// registered with the event loop, which a handshake whose request line is
+/// already there does without.
+pub async fn accept_plain(
+    listener: &AsyncFd<TcpListener>,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            accepted = accept4(listener) => accepted,
+        };
+        match accepted {
+            Ok(conn) => return Some(conn),
+            Err(e) if is_per_connection_error(&e) => tracing::debug!("accept: {e}"),
+            Err(e) => {
+                tracing::warn!(
+                    "accept: {e}; pausing {} ms",
+                    crate::limits::ACCEPT_ERROR_BACKOFF.as_millis()
+                );
+                tokio::time::sleep(crate::limits::ACCEPT_ERROR_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// One accept4(2), waiting for the listener to be readable first when it
+/// has nothing queued.
+async fn accept4(listener: &AsyncFd<TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    use rustix::net::{SocketFlags, acceptfrom_with};
+    loop {
+        let mut ready = listener.readable().await?;
+        let accepted = ready.try_io(|l| {
+            acceptfrom_with(l.get_ref(), SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)
+                .map_err(std::io::Error::from)
+        });
+        let Ok(accepted) = accepted else {
+            // Nothing queued: readiness is cleared, wait again.
+            continue;
+        };
+        let (fd, peer) = accepted?;
+        // A TCP listener's peers are IPv4 or IPv6 (checked when taken).
+        let Some(peer) = peer.and_then(|a| SocketAddr::try_from(a).ok()) else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "connection without an IPv4 or IPv6 peer address",
+            ));
+        };
+        return Ok((TcpStream::from(fd), peer));
+    }
+}
+
 fn is_per_connection_error(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
@@ -179,6 +233,31 @@ fn is_per_connection_error(e: &std::io::Error) -> bool {
             | std::io::ErrorKind::ConnectionReset
             | std::io::ErrorKind::Interrupted
     )
+}
+
+/// Sets TCP_DEFER_ACCEPT on a TCPMUX listener: the kernel hands over a
+/// connection once its first data came (or after about `secs` seconds of
+/// silence), so that the request line is usually there when it is
+/// accepted. 0 turns it off.
+pub fn set_defer_accept(listener: &TcpListener, secs: u32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let value = libc::c_int::try_from(secs).unwrap_or(libc::c_int::MAX);
+    // SAFETY: a valid descriptor, and a pointer to an int that lives across
+    // the call, with its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Binds UDP sockets on `addrs`.

@@ -122,6 +122,86 @@ fn name_split_over_many_writes() {
     assert_eq!(read_line(&mut s), b"x\n");
 }
 
+/// The name is usually there as the connection is accepted, and is then
+/// taken without waiting; a name that comes later, or in pieces, is waited
+/// for. Either way the bytes behind the line stay for the program.
+#[test]
+fn a_name_that_comes_after_the_connection_is_waited_for() {
+    let d = Daemon::start(BASE);
+    let mut s = d.connect();
+    std::thread::sleep(Duration::from_millis(300));
+    s.write_all(b"HELP\r\n").unwrap();
+    assert_eq!(read_to_end(&mut s), b"echo\r\nDedicated\r\nenv\r\n");
+    let mut s = d.connect();
+    std::thread::sleep(Duration::from_millis(300));
+    s.write_all(b"echo\r\nafter a pause\n").unwrap();
+    assert_eq!(read_line(&mut s), b"+\r\n");
+    assert_eq!(read_line(&mut s), b"after a pause\n");
+}
+
+#[test]
+fn a_name_split_across_segments_keeps_the_data_behind_it() {
+    let d = Daemon::start(BASE);
+    for (first, rest) in [
+        ("ec", "ho\r\nsplit\n"),
+        ("echo", "\r\nsplit\n"),
+        ("echo\r", "\nsplit\n"),
+    ] {
+        let mut s = d.connect();
+        s.set_nodelay(true).unwrap();
+        s.write_all(first.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        s.write_all(rest.as_bytes()).unwrap();
+        assert_eq!(read_line(&mut s), b"+\r\n", "{first:?} then {rest:?}");
+        assert_eq!(read_line(&mut s), b"split\n", "{first:?} then {rest:?}");
+    }
+}
+
+/// With `defer_accept`, the kernel hands a connection over once its first
+/// data came: a name sent at once, later or in pieces is served as
+/// without it, and a silent client reaches tcpmuxd after the deferral and
+/// is timed out as any other.
+#[test]
+fn with_defer_accept_names_are_served_and_silence_still_times_out() {
+    let d = Daemon::start(&BASE.replace(
+        "name_timeout = \"2s\"",
+        "name_timeout = \"300ms\"\ndefer_accept = \"1s\"",
+    ));
+    assert_eq!(d.exchange(b"HELP\r\n"), b"echo\r\nDedicated\r\nenv\r\n");
+    let mut s = d.connect();
+    std::thread::sleep(Duration::from_millis(200));
+    s.write_all(b"echo\r\nlater\n").unwrap();
+    assert_eq!(read_line(&mut s), b"+\r\n");
+    assert_eq!(read_line(&mut s), b"later\n");
+    let mut s = d.connect();
+    s.set_nodelay(true).unwrap();
+    s.write_all(b"ec").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    s.write_all(b"ho\r\nsplit\n").unwrap();
+    assert_eq!(read_line(&mut s), b"+\r\n");
+    assert_eq!(read_line(&mut s), b"split\n");
+    let mut silent = d.connect();
+    assert_eq!(
+        read_to_end(&mut silent),
+        b"-Timed out waiting for the service name\r\n"
+    );
+    assert!(d.wait_log(": timeout (name_timeout)"), "{}", d.log());
+}
+
+/// What README.md says an administrator sees with `defer_accept`: silent
+/// connections wait in the kernel, outside the per-source limit, so that a
+/// client of the same address that sends its name is still served.
+#[test]
+fn with_defer_accept_silent_connections_wait_outside_the_per_source_limit() {
+    let d = Daemon::start(&BASE.replace(
+        "name_timeout = \"2s\"",
+        "name_timeout = \"2s\"\ndefer_accept = \"10s\"\nmax_handshakes_per_source = 2",
+    ));
+    let silent: Vec<_> = (0..4).map(|_| d.connect()).collect();
+    assert_eq!(d.exchange(b"HELP\r\n"), b"echo\r\nDedicated\r\nenv\r\n");
+    drop(silent);
+}
+
 #[test]
 fn data_sent_with_the_name_reaches_the_service() {
     let d = Daemon::start(BASE);

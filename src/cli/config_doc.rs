@@ -187,6 +187,23 @@ pub fn keys() -> Vec<Key> {
         ),
         key(
             "tcpmux",
+            "defer_accept",
+            "duration",
+            "none (the listeners are left as they are)".into(),
+            format!(
+                "at most {}; whole seconds, rounded up; 0 turns it off",
+                duration(limits::MAX_DEFER_ACCEPT)
+            ),
+            None,
+            "TCP_DEFER_ACCEPT on the TCPMUX listeners, bound or socket activated (like \
+             DeferAcceptSec= of the .socket unit): the kernel hands a connection to tcpmuxd only \
+             once its request line came, so that HELP and refusals are answered at once, without \
+             waiting. A connection that stays silent waits in the kernel instead (SYN-RECV in \
+             ss(8)), outside max_handshakes and the per-source limits, for about this long, then \
+             reaches tcpmuxd and gets name_timeout as any other. Read at startup.",
+        ),
+        key(
+            "tcpmux",
             "max_handshakes",
             "integer",
             limits::DEFAULT_MAX_HANDSHAKES.to_string(),

@@ -126,6 +126,8 @@ pub(super) struct RawTcpmux {
     pub(super) listen: Option<Vec<SocketAddr>>,
     #[serde(default, deserialize_with = "duration")]
     pub(super) name_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub(super) defer_accept: Option<Duration>,
     pub(super) max_handshakes: Option<i64>,
     pub(super) max_handshakes_per_source: Option<i64>,
     pub(super) ipv6_source_prefix: Option<i64>,

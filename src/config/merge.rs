@@ -84,6 +84,7 @@ pub(super) fn merge(files: Vec<(PathBuf, FileConfig)>, errors: &mut Vec<ConfigEr
             }
             merged.listen = t.listen.or(merged.listen);
             merged.name_timeout = t.name_timeout.or(merged.name_timeout);
+            merged.defer_accept = t.defer_accept.or(merged.defer_accept);
             merged.max_handshakes = t.max_handshakes.or(merged.max_handshakes);
             merged.max_handshakes_per_source = t
                 .max_handshakes_per_source

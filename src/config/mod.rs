@@ -285,6 +285,9 @@ pub struct TcpmuxSettings {
     pub listen: Vec<SocketAddr>,
     /// Time a client has to send its request line (and take the reply).
     pub name_timeout: Duration,
+    /// TCP_DEFER_ACCEPT on the TCPMUX listeners, in whole seconds (0: off);
+    /// None leaves them as they are.
+    pub defer_accept: Option<u32>,
     /// Connections allowed at once in the handshake phase.
     pub max_handshakes: usize,
     /// Of those, from one source (an IPv4 address, or an IPv6 prefix).

@@ -16,6 +16,13 @@ pub fn to_toml(config: &Config) -> String {
     out.push_str("[tcpmux]\n");
     kv(&mut out, "listen", addresses(&t.listen));
     kv(&mut out, "name_timeout", duration(t.name_timeout));
+    if let Some(secs) = t.defer_accept {
+        kv(
+            &mut out,
+            "defer_accept",
+            duration(std::time::Duration::from_secs(secs.into())),
+        );
+    }
     kv(&mut out, "max_handshakes", number(t.max_handshakes));
     kv(
         &mut out,

@@ -134,6 +134,10 @@ fn invalid_values_are_named() {
             "1X",
         ),
         ("[tcpmux]\nname_timeout = \"0s\"\n", "name_timeout"),
+        (
+            "[tcpmux]\ndefer_accept = \"2m\"\n",
+            "defer_accept: 2m is out of range",
+        ),
         ("[tcpmux]\nname_timeout = \"ten seconds\"\n", "name_timeout"),
         ("[tcpmux]\nlisten = [\"localhost\"]\n", "listen"),
         ("[tcpmux]\nlisten = []\n", "listen: is empty"),
@@ -656,4 +660,20 @@ fn the_printed_configuration_reads_back_the_same() {
         printed.contains("limits = { open_files = 8, processes = \"infinity\""),
         "{printed}"
     );
+}
+
+#[test]
+fn defer_accept_is_whole_seconds_rounded_up_and_unset_by_default() {
+    let c = build_from(&[("main.toml", "")]).unwrap();
+    assert_eq!(c.tcpmux.defer_accept, None);
+    for (value, secs) in [
+        ("\"0s\"", 0),
+        ("\"1500ms\"", 2),
+        ("\"5s\"", 5),
+        ("\"1m\"", 60),
+    ] {
+        let c =
+            build_from(&[("main.toml", &format!("[tcpmux]\ndefer_accept = {value}\n"))]).unwrap();
+        assert_eq!(c.tcpmux.defer_accept, Some(secs), "{value}");
+    }
 }

@@ -183,6 +183,22 @@ pub(super) fn validate_tcpmux(
         limits::DEFAULT_NAME_TIMEOUT,
         limits::MAX_NAME_TIMEOUT,
     );
+    let defer_accept = raw.defer_accept.and_then(|d| {
+        if d > limits::MAX_DEFER_ACCEPT {
+            errors.push(err(
+                "defer_accept",
+                format!(
+                    "{} is out of range (at most {})",
+                    humantime::format_duration(d),
+                    humantime::format_duration(limits::MAX_DEFER_ACCEPT)
+                ),
+            ));
+            return None;
+        }
+        // Whole seconds, rounded up: the kernel counts in seconds.
+        let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+        u32::try_from(secs).ok()
+    });
     let max_handshakes = count(
         errors,
         &err,
@@ -271,6 +287,7 @@ pub(super) fn validate_tcpmux(
         default_credentials,
         listen,
         name_timeout,
+        defer_accept,
         max_handshakes,
         max_handshakes_per_source,
         ipv6_source_prefix,

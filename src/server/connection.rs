@@ -11,19 +11,25 @@ use crate::limits;
 use crate::log::escaped;
 use crate::sessions::{Full, SessionLimits};
 use crate::tcpmux::{self, HandshakeError, Request, RequestError, reply};
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Serves TCPMUX on `listeners` until `shutdown` is cancelled, then waits
 /// (at most `name_timeout` and a little) for handshakes in progress.
-pub async fn run(listeners: Vec<TcpListener>, state: Arc<State>, shutdown: CancellationToken) {
+pub async fn run(
+    listeners: Vec<AsyncFd<std::net::TcpListener>>,
+    state: Arc<State>,
+    shutdown: CancellationToken,
+) {
     let tracker = TaskTracker::new();
     let mut loops = Vec::new();
     for listener in listeners {
@@ -49,12 +55,12 @@ pub async fn run(listeners: Vec<TcpListener>, state: Arc<State>, shutdown: Cance
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    listener: AsyncFd<std::net::TcpListener>,
     state: Arc<State>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    while let Some((stream, peer)) = crate::listen::accept(&listener, &shutdown).await {
+    while let Some((stream, peer)) = crate::listen::accept_plain(&listener, &shutdown).await {
         let config = state.config.load();
         // Refusals here never wait on the client: the reply fits the empty
         // send buffer of a new connection, and the accept loop moves on.
@@ -99,12 +105,31 @@ async fn accept_loop(
         drop(config);
         let waiting = state.waiting.enter();
         let state = Arc::clone(&state);
-        tracker.spawn(async move {
+        // The request line often came with the connection: taken now, off
+        // the event loop.
+        let ready = tcpmux::take_ready_request_line(&stream);
+        let help =
+            matches!(&ready, Ok(Some(line)) if tcpmux::parse_request(line) == Ok(Request::Help));
+        let task = async move {
             let _places = (place, source_place);
             let mut name = None;
-            let outcome = handshake(stream, peer, &state, fds, waiting, &mut name).await;
+            let outcome = handshake(stream, ready, peer, &state, fds, waiting, &mut name).await;
             record(&state, peer, name.as_deref(), outcome);
-        });
+        };
+        if help {
+            // HELP is answered here, before the next accept, as far as
+            // it goes without waiting; only what is left (usually the
+            // client's end of the drain) becomes a task. A future may be
+            // polled by another waker next: the task's first poll takes
+            // over from this one.
+            let mut task = Box::pin(task);
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            if task.as_mut().poll(&mut cx).is_pending() {
+                tracker.spawn(task);
+            }
+        } else {
+            tracker.spawn(task);
+        }
     }
 }
 
@@ -300,10 +325,12 @@ fn log_failure(
     }
 }
 
-/// Runs one handshake to its end. `name` is set to the service the client
-/// asked for, once known.
+/// Runs one handshake to its end. `ready` is what a look at the socket
+/// without waiting found of the request line (`Ok(None)`: not all of it
+/// yet). `name` is set to the service the client asked for, once known.
 async fn handshake(
-    mut stream: TcpStream,
+    socket: std::net::TcpStream,
+    ready: Result<Option<Vec<u8>>, HandshakeError>,
     peer: SocketAddr,
     state: &State,
     mut fds: FdGuard,
@@ -313,15 +340,33 @@ async fn handshake(
     let config = state.config.load_full();
     let limit = config.tcpmux.name_timeout;
     let ip = peer.ip().to_canonical();
-    let read = tokio::select! {
-        line = timeout(limit, tcpmux::read_request_line(&mut stream)) => Some(line),
-        () = waiting.shed() => None,
+    // A line already there is taken at once, and the socket stays off the
+    // event loop; otherwise it waits there for the rest.
+    let (stream, read) = match ready {
+        Ok(None) => {
+            let mut stream = match TcpStream::from_std(socket) {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::warn!(%ip, "connection from {peer}: cannot wait for its name: {e}");
+                    return Outcome::Closed;
+                }
+            };
+            let read = tokio::select! {
+                line = timeout(limit, tcpmux::read_request_line(&mut stream)) => Some(line),
+                () = waiting.shed() => None,
+            };
+            (Client::Registered(stream), read)
+        }
+        ready => (
+            Client::Plain(socket),
+            Some(Ok(ready.map(Option::unwrap_or_default))),
+        ),
     };
     // Shed even when its name came at the same moment: whoever shed it
     // (a new connection, a start short of descriptors) counts on its
     // descriptor.
     if let Some(shed) = waiting.leave() {
-        let _ = stream.try_write(reply::OVERLOADED);
+        stream.try_write(reply::OVERLOADED);
         // Closed and given back before whoever shed it is told.
         drop((stream, fds));
         drop(shed);
@@ -435,6 +480,13 @@ async fn handshake(
     let Ok(local) = stream.local_addr() else {
         return Outcome::Closed;
     };
+    let stream = match stream.registered() {
+        Ok(stream) => stream,
+        Err(e) => {
+            log_failure(service, peer, Outcome::SpawnFailed, &LaunchError::Socket(e));
+            return Outcome::SpawnFailed;
+        }
+    };
     let conn = Connection {
         stream,
         peer,
@@ -521,47 +573,106 @@ impl Launcher for Chosen<'_> {
 
 /// The connection a failed launch gave back, ready for an answer: only a
 /// client that has heard nothing yet, not even `+`, is told.
-fn answerable(conn: Option<std::net::TcpStream>) -> Option<TcpStream> {
+fn answerable(conn: Option<std::net::TcpStream>) -> Option<Client> {
     let socket = conn?;
     socket.set_nonblocking(true).ok()?;
-    TcpStream::from_std(socket).ok()
+    Some(Client::Plain(socket))
+}
+
+/// A client's connection during its handshake: a plain non-blocking
+/// socket while nothing has had to wait on it, registered with the event
+/// loop from the first wait on.
+enum Client {
+    Plain(std::net::TcpStream),
+    Registered(TcpStream),
+}
+
+impl Client {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Client::Plain(s) => s.local_addr(),
+            Client::Registered(s) => s.local_addr(),
+        }
+    }
+
+    /// Writes what fits now, ignoring errors: for a last word. A direct
+    /// send(2): a socket just put on the event loop may not have been seen
+    /// writable by it yet, and tokio's `try_write` would not even try.
+    fn try_write(&self, text: &[u8]) {
+        use rustix::net::{SendFlags, send};
+        let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+        let _ = match self {
+            Client::Plain(s) => send(s, text, flags),
+            Client::Registered(s) => send(s, text, flags),
+        };
+    }
+
+    /// The connection on the event loop, for what has to wait on it.
+    fn registered(self) -> std::io::Result<TcpStream> {
+        match self {
+            Client::Plain(s) => TcpStream::from_std(s),
+            Client::Registered(s) => Ok(s),
+        }
+    }
 }
 
 /// Answers a connection refused as it is accepted, without a task: what the
 /// client already sent is read and dropped (closing over unread data would
 /// reset the connection and could lose the reply), then the reply is
 /// written into the empty send buffer and the connection closed.
-fn refuse_at_once(stream: &TcpStream, text: &[u8]) {
+fn refuse_at_once(stream: &std::net::TcpStream, text: &[u8]) {
+    let mut stream = stream;
     let mut sink = [0u8; limits::MAX_LINE_LEN];
     let mut drained = 0;
     while drained < limits::MAX_LINE_LEN {
-        match stream.try_read(&mut sink) {
+        match stream.read(&mut sink) {
             Ok(n) if n > 0 => drained += n,
             _ => break,
         }
     }
-    let _ = stream.try_write(text);
+    let _ = stream.write(text);
 }
 
 /// Writes a final reply, closes our side, and reads what the client still
 /// sends (bounded), so the close does not reset the connection before the
-/// client has read the reply.
+/// client has read the reply. A plain socket goes onto the event loop only
+/// when one of these steps has to wait.
 ///
 /// Returns `outcome`, or [`Outcome::Closed`] when the client was gone
 /// before it could be told.
-async fn refuse(mut stream: TcpStream, text: &[u8], limit: Duration, outcome: Outcome) -> Outcome {
-    match timeout(limit, stream.write_all(text)).await {
-        Ok(Ok(())) => {}
-        _ => return Outcome::Closed,
-    }
-    if stream.shutdown().await.is_err() {
-        return outcome;
-    }
+async fn refuse(client: Client, text: &[u8], limit: Duration, outcome: Outcome) -> Outcome {
+    let (mut stream, rest, drained) = match client {
+        Client::Registered(stream) => (stream, text, None),
+        Client::Plain(socket) => match refuse_now(&socket, text) {
+            Err(_) => return Outcome::Closed,
+            Ok(Now::Done) => return outcome,
+            Ok(Now::Unwritten(rest)) => match TcpStream::from_std(socket) {
+                Ok(stream) => (stream, &text[text.len() - rest..], None),
+                Err(_) => return Outcome::Closed,
+            },
+            Ok(Now::Draining(n)) => match TcpStream::from_std(socket) {
+                Ok(stream) => (stream, &text[..0], Some(n)),
+                Err(_) => return outcome,
+            },
+        },
+    };
+    let mut total = match drained {
+        Some(n) => n,
+        None => {
+            match timeout(limit, stream.write_all(rest)).await {
+                Ok(Ok(())) => {}
+                _ => return Outcome::Closed,
+            }
+            if stream.shutdown().await.is_err() {
+                return outcome;
+            }
+            0
+        }
+    };
     let drain = async {
         // On the heap (every waiting handshake future would carry it), and
         // never zeroed: read_buf fills the spare capacity.
         let mut buf = Vec::with_capacity(4096);
-        let mut total = 0;
         while total < limits::DRAIN_LIMIT {
             buf.clear();
             match stream.read_buf(&mut buf).await {
@@ -572,6 +683,53 @@ async fn refuse(mut stream: TcpStream, text: &[u8], limit: Duration, outcome: Ou
     };
     let _ = timeout(limits::DRAIN_TIMEOUT.min(limit), drain).await;
     outcome
+}
+
+/// How far [`refuse_now`] got without waiting.
+enum Now {
+    /// Written, shut down, and the client's end (or the drain's limit)
+    /// read: nothing left to wait for.
+    Done,
+    /// This many bytes of the reply did not fit yet.
+    Unwritten(usize),
+    /// Written and shut down; this many bytes drained, the client's end
+    /// still to come.
+    Draining(usize),
+}
+
+/// The steps of [`refuse`] that need no waiting, on a plain socket.
+fn refuse_now(socket: &std::net::TcpStream, text: &[u8]) -> std::io::Result<Now> {
+    use rustix::io::Errno;
+    use rustix::net::{RecvFlags, SendFlags, Shutdown, recv, send};
+    let mut written = 0;
+    while written < text.len() {
+        match send(
+            socket,
+            &text[written..],
+            SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+        ) {
+            Ok(n) => written += n,
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => return Ok(Now::Unwritten(text.len() - written)),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if rustix::net::shutdown(socket, Shutdown::Write).is_err() {
+        return Ok(Now::Done);
+    }
+    // Usually nothing yet: the client reads the reply before it closes.
+    let mut sink = [0u8; limits::MAX_LINE_LEN];
+    let mut total = 0;
+    while total < limits::DRAIN_LIMIT {
+        match recv(socket, &mut sink[..], RecvFlags::DONTWAIT) {
+            Ok((0, _)) => return Ok(Now::Done),
+            Ok((n, _)) => total += n,
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => return Ok(Now::Draining(total)),
+            Err(_) => return Ok(Now::Done),
+        }
+    }
+    Ok(Now::Done)
 }
 
 #[cfg(test)]

@@ -20,11 +20,22 @@ pub async fn serve(sockets: crate::listen::Sockets, state: Arc<State>) -> io::Re
     let mut listeners = Vec::new();
     for l in tcpmux {
         l.set_nonblocking(true)?;
-        let l = TcpListener::from_std(l)?;
         match l.local_addr() {
             Ok(addr) => tracing::info!(%addr, "listening for TCPMUX on {addr}"),
             Err(e) => tracing::info!("listening for TCPMUX (address unknown: {e})"),
         }
+        if let Some(secs) = state.config.load().tcpmux.defer_accept
+            && let Err(e) = crate::listen::set_defer_accept(&l, secs)
+        {
+            tracing::warn!("[tcpmux] defer_accept: cannot set TCP_DEFER_ACCEPT: {e}");
+        }
+        // Its connections are accepted as plain sockets (listen::accept_plain).
+        // SAFETY: the listener owns its descriptor, and the AsyncFd owns the
+        // listener until it is dropped: the descriptor stays open and the
+        // same all that time.
+        let l = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(l, tokio::io::Interest::READABLE)
+        }?;
         listeners.push(l);
     }
     let mut hangup = signal(SignalKind::hangup())?;

@@ -255,6 +255,11 @@ impl State {
                     "[tcpmux] listen changed: the new addresses take effect at the next restart"
                 );
             }
+            if self.config.load().tcpmux.defer_accept != new.tcpmux.defer_accept {
+                tracing::warn!(
+                    "[tcpmux] defer_accept changed: the new value takes effect at the next restart"
+                );
+            }
             if let Some(w) = startup::fd_warning(&new, self.fd_limit) {
                 tracing::warn!("{w}");
             }

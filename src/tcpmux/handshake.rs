@@ -3,6 +3,10 @@
 //! The client may send data for the service right behind its CRLF, in the
 //! same segment. Those bytes must stay in the socket for the service, so the
 //! line is found with MSG_PEEK and exactly the line is consumed.
+//!
+//! The line often arrives with the connection (always when the listener
+//! defers accepting until data comes): [`take_ready_request_line`] takes it
+//! then without waiting, and without the event loop.
 
 use super::request::find_line_end;
 use crate::limits::MAX_LINE_LEN;
@@ -17,6 +21,44 @@ pub enum HandshakeError {
     Closed,
     #[error("reading the request line: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Takes the request line if all of it is already in the socket's receive
+/// queue, without waiting: `Ok(None)` when it is not (yet), and then
+/// nothing has been consumed, so that [`read_request_line`] can start over.
+/// Like it, never consumes bytes past the LF and never holds more than
+/// [`MAX_LINE_LEN`] bytes.
+pub fn take_ready_request_line(
+    socket: &std::net::TcpStream,
+) -> Result<Option<Vec<u8>>, HandshakeError> {
+    use rustix::io::Errno;
+    use rustix::net::{RecvFlags, recv};
+    let mut peeked = [0u8; MAX_LINE_LEN];
+    let n = match recv(
+        socket,
+        &mut peeked[..],
+        RecvFlags::PEEK | RecvFlags::DONTWAIT,
+    ) {
+        Ok((0, _)) => return Err(HandshakeError::Closed),
+        Ok((n, _)) => n,
+        Err(Errno::AGAIN | Errno::INTR) => return Ok(None),
+        Err(e) => return Err(HandshakeError::Io(e.into())),
+    };
+    let take = match find_line_end(&peeked[..n]) {
+        Some(lf) => lf + 1,
+        None if n >= MAX_LINE_LEN => return Err(HandshakeError::TooLong),
+        None => return Ok(None),
+    };
+    let mut line = vec![0u8; take];
+    // The peeked bytes are in the queue, and only this task reads it: one
+    // call takes them all.
+    match recv(socket, &mut line[..], RecvFlags::DONTWAIT) {
+        Ok((got, _)) if got == take => {}
+        Ok(_) => return Err(HandshakeError::Closed),
+        Err(e) => return Err(HandshakeError::Io(e.into())),
+    }
+    line.pop();
+    Ok(Some(line))
 }
 
 /// Reads one request line, up to and including its LF, and returns it
