@@ -494,7 +494,7 @@ pub fn load(path: &Path, host: &Host) -> Result<Config, ConfigErrors> {
         };
         if let Err(e) = check_program(program) {
             config.warnings.push(format!(
-                "{}: service \"{}\": command {program}: {e}; clients will be refused until it is installed",
+                "{}: service \"{}\": command {program}: {e}; clients are refused until it is installed or fixed",
                 service.source.display(),
                 service.name,
             ));
