@@ -380,3 +380,23 @@ pub const MAX_PROCESSES: u64 = 4 * 1024 * 1024;
 /// Lower bound for `limits.address_space`: less cannot even load a
 /// program and its C library.
 pub const MIN_ADDRESS_SPACE: u64 = 16 * 1024 * 1024;
+
+/// Longest string execve takes as one argument or one environment
+/// variable (`NAME=value`), counting its terminating NUL: the kernel's
+/// MAX_ARG_STRLEN, 32 pages, here of 4 KiB (larger pages, on some
+/// architectures, only allow more). A longer one fails the exec (E2BIG),
+/// so the configuration is refused when it is read.
+pub const MAX_EXEC_STRING: usize = 32 * 4096;
+
+/// Most a program's path, arguments and environment may take together,
+/// each string with its NUL and a pointer to it. The kernel allows a
+/// quarter of the stack limit (2 MiB under the usual 8 MiB), at least
+/// 128 KiB; this bound holds whenever tcpmuxd's stack limit is 4 MiB or
+/// more.
+pub const MAX_EXEC_TOTAL: usize = 1024 * 1024;
+
+/// Of [`MAX_EXEC_TOTAL`], what the configuration leaves for the variables
+/// added when a program starts: tcpmuxd's own (`PATH`, `TCPMUX_SERVICE`,
+/// `REMOTE_ADDR`, ..., under 1 KiB), MSP's message fields (under 2 KiB),
+/// and those the service manager adds under the systemd launcher.
+pub const EXEC_ENVIRONMENT_MARGIN: usize = 16 * 1024;

@@ -268,3 +268,71 @@ fn only_a_plain_number_is_a_user_or_group_by_number() {
     let (code, _, stderr) = check(&[("tcpmuxd.toml", text)]);
     assert_eq!(code, 0, "{stderr}");
 }
+
+#[test]
+fn values_too_big_for_a_program_are_refused_naming_the_limit() {
+    // execve takes at most 128 KiB in one string (E2BIG), and all of
+    // them together are bounded too: such a program could never start,
+    // and every client would hear `+` and a closed connection.
+    let big = "x".repeat(140 * 1024);
+    let quarter = "y".repeat(100 * 1024);
+    let main = format!(
+        "[tcpmux]\n[tcpmux.environment]\nGREETING = \"{big}\"\n\n{ECHO}\n\
+         [[service]]\nname = \"big\"\ncommand = [\"/bin/echo\", \"{big}\"]\n\n\
+         [[service]]\nname = \"many\"\ncommand = [\"/bin/echo\"{}]\n\n\
+         [msp]\ncommand = [\"/bin/cat\", \"{big}\"]\n",
+        format!(", \"{quarter}\"").repeat(11)
+    );
+    let (code, _, stderr) = check(&[("tcpmuxd.toml", &main)]);
+    assert_eq!(code, 78, "{stderr}");
+    assert!(
+        stderr.contains(
+            "tcpmuxd.toml: line 3: [tcpmux] environment: GREETING: \"GREETING=...\" is 143369 \
+             bytes long, more than the 131071 bytes the kernel lets a program be given in one \
+             argument or variable"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("line 11: service \"big\": command: argument 1 is 143360 bytes long"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("service \"many\": command: command and environment take 1126"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("more than the 1032192 a program can be given"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("[msp] command: argument 1 is 143360 bytes long"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.ends_with("invalid configuration: 4 errors\n"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_tcpmux_environment_too_big_in_all_is_refused_once() {
+    let value = "z".repeat(100 * 1024);
+    let vars: String = (0..11).map(|i| format!("V{i} = \"{value}\"\n")).collect();
+    let main = format!("[tcpmux]\n[tcpmux.environment]\n{vars}\n{ECHO}");
+    let (code, _, stderr) = check(&[("tcpmuxd.toml", &main)]);
+    assert_eq!(code, 78, "{stderr}");
+    assert!(
+        stderr.contains("[tcpmux] environment: takes 1126"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("every service's program is given it"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("service \"echo\""), "said once: {stderr}");
+    assert!(
+        stderr.ends_with("invalid configuration: 1 error\n"),
+        "{stderr}"
+    );
+}

@@ -633,9 +633,9 @@ fn feeds_the_watchdog_when_systemd_asks() {
 #[test]
 fn a_program_that_cannot_be_executed_gets_minus_in_dedicated_mode() {
     let dir = tempfile::tempdir().unwrap();
-    // Executable bits, but neither a binary nor a script: exec fails.
+    // A script whose interpreter is missing: exec fails (ENOENT).
     let bogus = dir.path().join("bogus");
-    std::fs::write(&bogus, b"\x01\x02not a program").unwrap();
+    std::fs::write(&bogus, b"#!/nonexistent/interpreter\n").unwrap();
     std::fs::set_permissions(&bogus, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let config = format!(
         "[[service]]\nname = \"bogus\"\ncommand = [\"{}\"]\nplus = false\n",
@@ -647,10 +647,39 @@ fn a_program_that_cannot_be_executed_gets_minus_in_dedicated_mode() {
 }
 
 #[test]
+fn a_text_file_marked_executable_is_refused_before_plus() {
+    let dir = tempfile::tempdir().unwrap();
+    // Executable bits, but neither an ELF binary nor a `#!` script: the
+    // kernel cannot execute it (ENOEXEC), and tcpmuxd tells before `+`.
+    let text = dir.path().join("notes");
+    std::fs::write(&text, b"echo hello\n").unwrap();
+    std::fs::set_permissions(&text, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = format!(
+        "[[service]]\nname = \"notes\"\ncommand = [\"{}\"]\n",
+        text.display()
+    );
+    let d = Daemon::start(&config);
+    for _ in 0..2 {
+        assert_eq!(d.exchange(b"notes\r\n"), b"-Service unavailable\r\n");
+    }
+    assert!(
+        d.wait_log(&format!(
+            "program {}: not an executable: neither an ELF binary nor a #! script",
+            text.display()
+        )),
+        "{}",
+        d.log()
+    );
+    assert!(!d.log().contains("cannot execute"), "{}", d.log());
+}
+
+#[test]
 fn a_program_that_cannot_be_executed_in_plus_mode_is_logged_with_the_cause() {
     let dir = tempfile::tempdir().unwrap();
+    // A script whose interpreter is missing: only execve itself finds
+    // out (ENOENT), after `+`.
     let bogus = dir.path().join("bogus");
-    std::fs::write(&bogus, b"\x01\x02not a program").unwrap();
+    std::fs::write(&bogus, b"#!/nonexistent/interpreter\n").unwrap();
     std::fs::set_permissions(&bogus, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let config = format!(
         "[[service]]\nname = \"bogus\"\ncommand = [\"{}\"]\n",
@@ -658,14 +687,38 @@ fn a_program_that_cannot_be_executed_in_plus_mode_is_logged_with_the_cause() {
     );
     let d = Daemon::start(&config);
     // Everything but the exec itself is done before `+`; the exec's
-    // failure comes after it, and is logged with its cause.
+    // failure comes after it, and is logged with its cause, as tcpmuxd's
+    // own warning.
     assert_eq!(d.exchange(b"bogus\r\n"), b"+\r\n");
-    assert!(
-        d.wait_log(&format!("]: cannot execute {}: error 8", bogus.display())),
-        "{}",
-        d.log()
+    let line = format!(
+        "]: cannot execute {}: error 2 (ENOENT: no such file or directory)",
+        bogus.display()
     );
+    assert!(d.wait_log(&line), "{}", d.log());
     assert!(d.wait_log("exited with status 127"), "{}", d.log());
+    let log = d.log();
+    let logged = log.lines().find(|l| l.contains(&line)).unwrap();
+    assert!(logged.contains("WARN"), "{logged}");
+}
+
+#[test]
+fn a_program_cannot_forge_the_exec_failure_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("forger");
+    let forger = script(
+        dir.path(),
+        "forger",
+        &format!("echo \"cannot execute {}: error 8\" >&2", path.display()),
+    );
+    let config = format!("[[service]]\nname = \"forger\"\ncommand = [\"{forger}\"]\n");
+    let d = Daemon::start(&config);
+    assert_eq!(d.exchange(b"forger\r\n"), b"+\r\n");
+    let line = format!("]: cannot execute {forger}: error 8");
+    assert!(d.wait_log(&line), "{}", d.log());
+    assert!(d.wait_log("exited with status 0"), "{}", d.log());
+    let log = d.log();
+    let logged = log.lines().find(|l| l.contains(&line)).unwrap();
+    assert!(!logged.contains("WARN"), "{logged}");
 }
 
 #[test]

@@ -76,6 +76,25 @@ const ADDRESSES: &str =
 const NETS: &str = "a list of addresses or CIDR prefixes (IPv4 or IPv6)";
 const COMMAND: &str = "a non-empty list: an absolute path, then the arguments";
 
+/// What execve takes, as the configuration is checked against it.
+fn exec_sizes(what: &str) -> String {
+    format!(
+        "; each {what} under {} KiB, and a program's command and environment together within \
+         {} KiB (execve's limits, less {} KiB kept for the variables added at start)",
+        limits::MAX_EXEC_STRING / 1024,
+        crate::config::EXEC_CONFIG_ROOM / 1024,
+        limits::EXEC_ENVIRONMENT_MARGIN / 1024
+    )
+}
+
+fn command_values() -> String {
+    format!("{COMMAND}{}", exec_sizes("argument"))
+}
+
+fn environment_values() -> String {
+    format!("{ENVIRONMENT}{}", exec_sizes("NAME=value"))
+}
+
 fn when_hit_name_timeout() -> String {
     "`-Timed out waiting for the service name`, then close".into()
 }
@@ -347,7 +366,7 @@ pub fn keys() -> Vec<Key> {
             "environment",
             "table of strings",
             "{}".into(),
-            ENVIRONMENT.into(),
+            environment_values(),
             None,
             "Variables of every service's program, written as [tcpmux.environment] or as an \
              inline table; a service's own variable of the same name replaces one of these, \
@@ -402,7 +421,7 @@ pub fn keys() -> Vec<Key> {
             "command",
             "array of strings",
             "none (required with deliver = \"command\")".into(),
-            COMMAND.into(),
+            command_values(),
             None,
             "The program that delivers a message with deliver = \"command\": the text on its \
              standard input, the MSP_* fields in its environment, [tcpmux] umask and limits. \
@@ -593,8 +612,12 @@ pub fn keys() -> Vec<Key> {
             "array of strings",
             "none (required unless the systemd launcher takes ExecStart= from a unit drop-in)"
                 .into(),
-            COMMAND.into(),
-            Some("`-Service unavailable` when the program is missing or cannot be run".into()),
+            command_values(),
+            Some(
+                "`-Service unavailable` when the program is missing or cannot be run (not a \
+                 regular file, not executable, or neither an ELF binary nor a #! script)"
+                    .into(),
+            ),
             "The service's program, run with the connection as standard input and output.",
         ),
         key(
@@ -708,7 +731,7 @@ pub fn keys() -> Vec<Key> {
             "environment",
             "table of strings",
             "[tcpmux] environment".into(),
-            ENVIRONMENT.into(),
+            environment_values(),
             None,
             "Extra variables for the program, written as [service.environment] or as an inline \
              table: added to [tcpmux] environment, replacing its variables of the same name.",
@@ -997,6 +1020,21 @@ pub fn limits_table() -> Vec<Limit> {
                 duration(limits::UNIT_START_TIMEOUT)
             ),
             "`-Service unavailable`".into(),
+        ),
+        row(
+            "a program's `command` and `environment` (services, `[tcpmux] environment`, \
+             `[msp] command`)",
+            format!(
+                "each argument or NAME=value under {} KiB; command and environment together \
+                 within {} KiB ({} KiB less {} KiB kept for the variables added at start)",
+                kib(limits::MAX_EXEC_STRING),
+                kib(crate::config::EXEC_CONFIG_ROOM),
+                kib(limits::MAX_EXEC_TOTAL),
+                kib(limits::EXEC_ENVIRONMENT_MARGIN)
+            ),
+            "the configuration is refused when read (`--check` names each one): execve would \
+             fail (E2BIG), and every client hear `+` and a closed connection"
+                .into(),
         ),
         row(
             "`[tcpmux] limits`, `[[service]] limits`",

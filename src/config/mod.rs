@@ -19,7 +19,8 @@ pub use merge::build;
 pub use print::to_toml;
 pub use resources::{INFINITY, LimitKind, ResourceLimits, parse_size, show_size, show_umask};
 pub use validate::{
-    MAX_ESCAPED_NAME_LEN, RESERVED_ENVIRONMENT, apply_host, check_program, check_service_name,
+    EXEC_CONFIG_ROOM, MAX_ESCAPED_NAME_LEN, RESERVED_ENVIRONMENT, apply_host, check_program,
+    check_service_name,
 };
 
 use crate::acl::Acl;
@@ -497,7 +498,7 @@ pub fn load(path: &Path, host: &Host) -> Result<Config, ConfigErrors> {
         };
         if let Err(e) = check_program(program) {
             config.warnings.push(format!(
-                "{}: service \"{}\": command {program}: {e}; clients will be refused until it is installed",
+                "{}: service \"{}\": command {program}: {e}; clients are refused until it is installed or fixed",
                 service.source.display(),
                 service.name,
             ));

@@ -109,6 +109,8 @@ fn environment(
             Some(format!("\"{key}\" is not a valid variable name"))
         } else if value.contains('\0') {
             Some(format!("{key}: value contains a NUL character"))
+        } else if let Some(p) = exec_string_problem(key.len() + 1 + value.len()) {
+            Some(format!("{key}: \"{key}=...\" {p}"))
         } else if RESERVED_ENVIRONMENT.contains(&key.as_str()) || key.starts_with("LISTEN_") {
             Some(format!(
                 "{key} is set by tcpmuxd for every session and cannot be configured"
@@ -125,6 +127,78 @@ fn environment(
         }
     }
     valid
+}
+
+/// Bytes one string takes in what a program is given (its arguments and
+/// environment): the string, its NUL and the pointer to it.
+fn exec_bytes(len: usize) -> usize {
+    len + 1 + std::mem::size_of::<*const u8>()
+}
+
+/// Bytes a program's command and environment take as execve is given them
+/// (the program's path counts twice: the kernel keeps a copy of it).
+pub fn exec_size<'a>(
+    command: &[String],
+    environment: impl Iterator<Item = (&'a str, &'a str)>,
+) -> usize {
+    let path = command.first().map_or(0, |p| p.len() + 1);
+    let args: usize = command.iter().map(|a| exec_bytes(a.len())).sum();
+    let vars: usize = environment
+        .map(|(k, v)| exec_bytes(k.len() + 1 + v.len()))
+        .sum();
+    path + args + vars
+}
+
+/// What the configuration may give a program: execve's bound, less the
+/// room kept for the variables added at start.
+pub const EXEC_CONFIG_ROOM: usize = limits::MAX_EXEC_TOTAL - limits::EXEC_ENVIRONMENT_MARGIN;
+
+/// Why a string of `len` bytes cannot be given to a program, if it
+/// cannot.
+fn exec_string_problem(len: usize) -> Option<String> {
+    (len >= limits::MAX_EXEC_STRING).then(|| {
+        format!(
+            "is {len} bytes long, more than the {} bytes the kernel lets a program be given in \
+             one argument or variable",
+            limits::MAX_EXEC_STRING - 1
+        )
+    })
+}
+
+/// Why a command and environment of `bytes` cannot be given to a program,
+/// if they cannot.
+fn exec_total_problem(bytes: usize) -> Option<String> {
+    (bytes > EXEC_CONFIG_ROOM).then(|| {
+        format!(
+            "{bytes} bytes (each string with its end and a pointer), more than the \
+             {EXEC_CONFIG_ROOM} a program can be given: the kernel's limit on arguments and \
+             environment together is taken as {} KiB, of which {} KiB are kept for the \
+             variables added when the program starts",
+            limits::MAX_EXEC_TOTAL / 1024,
+            limits::EXEC_ENVIRONMENT_MARGIN / 1024
+        )
+    })
+}
+
+/// Why `command` cannot be a program's command, if it cannot: empty, a
+/// relative program, a NUL, or an argument too long for execve.
+fn command_problem(command: &[String]) -> Option<String> {
+    match command.first() {
+        None => Some("is empty".to_string()),
+        Some(program) if !Path::new(program).is_absolute() => {
+            Some(format!("\"{program}\" is not an absolute path"))
+        }
+        Some(_) if command.iter().any(|a| a.contains('\0')) => {
+            Some("contains a NUL character".to_string())
+        }
+        Some(_) => command.iter().enumerate().find_map(|(i, a)| {
+            let p = exec_string_problem(a.len())?;
+            Some(match i {
+                0 => format!("the program path {p}"),
+                _ => format!("argument {i} {p}"),
+            })
+        }),
+    }
 }
 
 /// `error`, on the line of `specific` when that one is known (a key of a
@@ -283,6 +357,16 @@ pub(super) fn validate_tcpmux(
         });
     let (umask, limits) = umask_and_limits(raw.umask.as_ref(), raw.limits.as_ref(), errors, &err);
     let environment = environment(&raw.environment.unwrap_or_default(), errors, &err);
+    let size = exec_size(
+        &[],
+        environment.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    if let Some(p) = exec_total_problem(size) {
+        errors.push(err(
+            "environment",
+            format!("takes {p}; every service's program is given it"),
+        ));
+    }
     TcpmuxSettings {
         default_credentials,
         listen,
@@ -314,13 +398,9 @@ pub(super) fn validate_msp(
     let deliver = raw.deliver.unwrap_or_default();
     let mut command = raw.command;
     if let Some(c) = &command {
-        let problem = match c.first() {
-            None => Some("is empty".to_string()),
-            Some(p) if !Path::new(p).is_absolute() => {
-                Some(format!("\"{p}\" is not an absolute path"))
-            }
-            Some(_) => None,
-        };
+        let problem = command_problem(c).or_else(|| {
+            exec_total_problem(exec_size(c, std::iter::empty())).map(|p| format!("takes {p}"))
+        });
         if let Some(p) = problem {
             errors.push(err("command", p));
             command = None;
@@ -580,17 +660,7 @@ pub(super) fn validate_service(
     }
     let mut command = raw.command;
     if let Some(c) = &command {
-        let problem = match c.first() {
-            None => Some("is empty".to_string()),
-            Some(program) if !Path::new(program).is_absolute() => {
-                Some(format!("\"{program}\" is not an absolute path"))
-            }
-            Some(_) if c.iter().any(|a| a.contains('\0')) => {
-                Some("contains a NUL character".to_string())
-            }
-            Some(_) => None,
-        };
-        if let Some(p) = problem {
+        if let Some(p) = command_problem(c) {
             errors.push(err("command", p));
             command = None;
         }
@@ -655,7 +725,32 @@ pub(super) fn validate_service(
     );
     let own_environment = environment(&raw.environment, errors, &err);
     let mut environment: BTreeMap<String, String> = defaults.environment.iter().cloned().collect();
+    let has_own_environment = !own_environment.is_empty();
     environment.extend(own_environment);
+    // Too much in [tcpmux] environment alone is its own error, said once.
+    let inherited = defaults.environment.iter();
+    let inherited_fits = exec_total_problem(exec_size(
+        &[],
+        inherited.map(|(k, v)| (k.as_str(), v.as_str())),
+    ))
+    .is_none();
+    let size = exec_size(
+        command.as_deref().unwrap_or_default(),
+        environment.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    if let Some(p) = exec_total_problem(size).filter(|_| inherited_fits) {
+        let (key, what) = match (command.is_some(), has_own_environment) {
+            (true, true) => ("environment", "command and environment"),
+            (false, true) => ("environment", "environment"),
+            _ => ("command", "command and environment"),
+        };
+        let inherited = if defaults.environment.is_empty() {
+            ""
+        } else {
+            " (with [tcpmux] environment)"
+        };
+        errors.push(err(key, format!("{what}{inherited} take {p}")));
+    }
     let (umask, own_limits) =
         umask_and_limits(raw.umask.as_ref(), raw.limits.as_ref(), errors, &err);
     // User and group go together: the service's own user with its own
@@ -808,7 +903,8 @@ pub fn apply_host(config: &mut Config, host: &Host, errors: &mut Vec<ConfigError
     }
 }
 
-/// Whether `path` names a regular file this process may execute.
+/// Whether `path` names a regular file this process may execute, in a
+/// format the kernel runs.
 pub fn check_program(path: &str) -> Result<(), String> {
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => "not found".to_string(),
@@ -818,5 +914,154 @@ pub fn check_program(path: &str) -> Result<(), String> {
         return Err("not a regular file".into());
     }
     rustix::fs::access(Path::new(path), rustix::fs::Access::EXEC_OK)
-        .map_err(|_| "not executable".to_string())
+        .map_err(|_| "not executable".to_string())?;
+    check_format(path)
+}
+
+/// How the files execve runs by itself begin: ELF binaries, and scripts
+/// naming their interpreter.
+const ELF_MAGIC: &[u8] = b"\x7fELF";
+const SCRIPT_MAGIC: &[u8] = b"#!";
+
+/// Where the kernel lists the further formats it was taught to run.
+const BINFMT_MISC: &str = "/proc/sys/fs/binfmt_misc";
+
+/// Whether the kernel can run the file at `path`: an executable file in
+/// no format it knows is refused by execve (ENOEXEC), after a plus-mode
+/// client was told `+`. One open, one read of 4 bytes and one close; a
+/// file tcpmuxd cannot read (execute-only, or opened by its owner with a
+/// lease) passes, and execve says.
+fn check_format(path: &str) -> Result<(), String> {
+    let mut head = [0u8; ELF_MAGIC.len()];
+    let Some(n) = read_head(path, &mut head) else {
+        return Ok(());
+    };
+    let head = &head[..n];
+    if head.starts_with(ELF_MAGIC) || head.starts_with(SCRIPT_MAGIC) || binfmt_misc_enabled() {
+        Ok(())
+    } else {
+        Err("not an executable: neither an ELF binary nor a #! script".into())
+    }
+}
+
+/// The first bytes of the file at `path`, as many as fit `buf` and it
+/// has; none when it cannot be read. Not blocking: a file swapped for a
+/// FIFO since it was looked at, or under a lease, is not waited for.
+fn read_head(path: &str, buf: &mut [u8]) -> Option<usize> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    let file = rustix::fs::open(path, flags, Mode::empty()).ok()?;
+    let mut n = 0;
+    while n < buf.len() {
+        match rustix::io::read(&file, &mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return None,
+        }
+    }
+    Some(n)
+}
+
+/// Whether the kernel has a further format enabled (binfmt_misc: foreign
+/// binaries, Java archives, ...), which may run what is neither ELF nor
+/// `#!`. Looked at only for such a file.
+fn binfmt_misc_enabled() -> bool {
+    let enabled = |file: &Path| std::fs::read(file).is_ok_and(|text| text.starts_with(b"enabled"));
+    let dir = Path::new(BINFMT_MISC);
+    if !enabled(&dir.join("status")) {
+        return false;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let name = entry.file_name();
+        name != "status" && name != "register" && enabled(&entry.path())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_string_may_take_execves_limit_with_its_nul() {
+        let most = limits::MAX_EXEC_STRING - 1;
+        assert_eq!(exec_string_problem(most), None);
+        assert!(exec_string_problem(most + 1).is_some());
+        let arg = |len| vec!["/bin/echo".to_string(), "x".repeat(len)];
+        assert_eq!(command_problem(&arg(most)), None);
+        assert_eq!(
+            command_problem(&arg(most + 1)).unwrap(),
+            "argument 1 is 131072 bytes long, more than the 131071 bytes the kernel lets a \
+             program be given in one argument or variable"
+        );
+        let program = format!("/{}", "p".repeat(most));
+        assert!(
+            command_problem(&[program])
+                .unwrap()
+                .starts_with("the program path is 131072 bytes long")
+        );
+    }
+
+    #[test]
+    fn a_variable_counts_its_name_and_equals_sign() {
+        let err = |key: &str, m: String| {
+            ConfigError::at(Path::new("t.toml"), None, format!("{key}: {m}"))
+        };
+        let fits = "v".repeat(limits::MAX_EXEC_STRING - 1 - "NAME=".len());
+        let mut errors = Vec::new();
+        let env = BTreeMap::from([("NAME".to_string(), fits.clone())]);
+        assert_eq!(environment(&env, &mut errors, &err).len(), 1);
+        assert!(errors.is_empty());
+        let env = BTreeMap::from([("NAME".to_string(), fits + "v")]);
+        assert!(environment(&env, &mut errors, &err).is_empty());
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0]
+                .message
+                .contains("NAME: \"NAME=...\" is 131072 bytes long"),
+            "{}",
+            errors[0].message
+        );
+    }
+
+    #[test]
+    fn the_total_counts_strings_their_ends_and_pointers() {
+        let command = ["/bin/cat".to_string(), "-u".to_string()];
+        // The path twice (the kernel's copy), then each string with its
+        // NUL and its 8-byte pointer.
+        assert_eq!(
+            exec_size(&command, [("A", "bc")].into_iter()),
+            9 + (9 + 8) + (3 + 8) + (5 + 8)
+        );
+        assert_eq!(exec_total_problem(EXEC_CONFIG_ROOM), None);
+        assert!(exec_total_problem(EXEC_CONFIG_ROOM + 1).is_some());
+        assert_eq!(
+            EXEC_CONFIG_ROOM + limits::EXEC_ENVIRONMENT_MARGIN,
+            limits::MAX_EXEC_TOTAL
+        );
+    }
+
+    #[test]
+    fn files_the_kernel_cannot_execute_are_told_apart() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            path.to_string_lossy().into_owned()
+        };
+        assert_eq!(check_program(&file("elf", b"\x7fELF\x02\x01")), Ok(()));
+        assert_eq!(check_program(&file("script", b"#!/bin/sh\n")), Ok(()));
+        assert_eq!(check_program("/bin/sh"), Ok(()));
+        if !binfmt_misc_enabled() {
+            let refused = Err("not an executable: neither an ELF binary nor a #! script".into());
+            assert_eq!(check_program(&file("text", b"echo hello\n")), refused);
+            assert_eq!(check_program(&file("empty", b"")), refused);
+            assert_eq!(check_program(&file("short", b"#")), refused);
+        }
+    }
 }

@@ -30,6 +30,60 @@ pub fn needs_switch(cred: &Credentials) -> bool {
 /// client was told `+` (as shells use it for a command that cannot run).
 pub const EXIT_CANNOT_EXECUTE: i32 = 127;
 
+/// Names and meanings of the errors execve fails with most, for the line
+/// a child writes when it cannot execute its program after `+` (others
+/// are given by number alone): a static table, as the child must not
+/// allocate or format.
+const EXEC_ERRORS: &[(Errno, &str)] = &[
+    (Errno::NOENT, "ENOENT: no such file or directory"),
+    (Errno::ACCESS, "EACCES: permission denied"),
+    (Errno::NOEXEC, "ENOEXEC: exec format error"),
+    (Errno::TOOBIG, "E2BIG: argument list too long"),
+    (Errno::TXTBSY, "ETXTBSY: text file busy"),
+    (Errno::NOMEM, "ENOMEM: cannot allocate memory"),
+    (Errno::LOOP, "ELOOP: too many levels of symbolic links"),
+    (Errno::ISDIR, "EISDIR: is a directory"),
+    (Errno::NOTDIR, "ENOTDIR: not a directory"),
+    (Errno::NAMETOOLONG, "ENAMETOOLONG: file name too long"),
+    (Errno::PERM, "EPERM: operation not permitted"),
+    (Errno::AGAIN, "EAGAIN: resource temporarily unavailable"),
+    (Errno::INVAL, "EINVAL: invalid argument"),
+    (Errno::IO, "EIO: input/output error"),
+];
+
+/// The name and meaning of `errno` from [`EXEC_ERRORS`], if there.
+fn exec_error_text(errno: Errno) -> Option<&'static str> {
+    EXEC_ERRORS
+        .iter()
+        .find(|(e, _)| *e == errno)
+        .map(|(_, text)| *text)
+}
+
+/// What begins the line a child writes on its stderr when it cannot
+/// execute its program after `+`, so that the daemon logs that line as
+/// its own warning, not as a line of the program's: random, made once,
+/// and known to nobody but tcpmuxd (the program never runs), so that no
+/// program can have a line of its own taken for it. None when the
+/// kernel gave no random bytes: the line is then logged as the
+/// program's.
+pub fn exec_failure_marker() -> Option<&'static [u8]> {
+    static MARKER: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+    MARKER
+        .get_or_init(|| {
+            let mut key = [0u8; 16];
+            let n =
+                rustix::rand::getrandom(&mut key, rustix::rand::GetRandomFlags::empty()).ok()?;
+            (n == key.len()).then(|| {
+                key.iter()
+                    .map(|b| format!("{b:02x}"))
+                    .chain(std::iter::once(" ".to_string()))
+                    .collect::<String>()
+                    .into_bytes()
+            })
+        })
+        .as_deref()
+}
+
 /// What a program starts with besides its command and environment: a
 /// service's `umask` and `limits`. The default changes nothing: the child
 /// keeps tcpmuxd's umask and limits (but open files, see the module).
@@ -60,7 +114,8 @@ pub struct ExecImage {
     argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
     greeting: Option<&'static [u8]>,
-    /// "cannot execute PATH: error ", followed by the errno in the child.
+    /// [`exec_failure_marker`], then "cannot execute PATH: error ",
+    /// followed in the child by the errno and its name and meaning.
     exec_failed: Vec<u8>,
     /// tcpmuxd's own limit on open files, when the service sets none.
     fd_limit: Option<Rlimit>,
@@ -122,7 +177,11 @@ impl ExecImage {
         let mut strings = args;
         strings.extend(vars);
         Ok(ExecImage {
-            exec_failed: format!("cannot execute {}: error ", command[0]).into_bytes(),
+            exec_failed: [
+                exec_failure_marker().unwrap_or_default(),
+                format!("cannot execute {}: error ", command[0]).as_bytes(),
+            ]
+            .concat(),
             path,
             _strings: strings,
             argv,
@@ -273,6 +332,11 @@ impl ExecImage {
         let mut digits = [0u8; 12];
         let _ = write_all(stderr, &self.exec_failed);
         let _ = write_all(stderr, decimal(errno.raw_os_error(), &mut digits));
+        if let Some(text) = exec_error_text(errno) {
+            let _ = write_all(stderr, b" (");
+            let _ = write_all(stderr, text.as_bytes());
+            let _ = write_all(stderr, b")");
+        }
         let _ = write_all(stderr, b"\n");
         // SAFETY: _exit ends the child without running anything of the
         // parent's (no atexit handlers, no buffered output).
@@ -365,5 +429,26 @@ mod tests {
         assert_eq!(decimal(8, &mut buf), b"8");
         assert_eq!(decimal(-2147483648, &mut buf), b"-2147483648");
         assert_eq!(decimal(1234, &mut buf), b"1234");
+    }
+
+    #[test]
+    fn exec_errors_have_their_names() {
+        assert_eq!(
+            exec_error_text(Errno::NOEXEC),
+            Some("ENOEXEC: exec format error")
+        );
+        assert_eq!(
+            exec_error_text(Errno::TOOBIG),
+            Some("E2BIG: argument list too long")
+        );
+        assert_eq!(exec_error_text(Errno::PIPE), None);
+    }
+
+    #[test]
+    fn the_exec_failure_marker_is_random_and_fixed() {
+        let marker = exec_failure_marker().unwrap();
+        assert_eq!(marker.len(), 33);
+        assert!(!marker.contains(&b'\n'));
+        assert_eq!(exec_failure_marker(), Some(marker));
     }
 }

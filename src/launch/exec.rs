@@ -428,7 +428,21 @@ async fn log_stderr(
 /// One line of a session's stderr: in the journal, an entry of the
 /// program's own (`SYSLOG_IDENTIFIER=tcpmux-NAME`, as under the systemd
 /// launcher); on stderr, `tcpmux-NAME[PID]: LINE`.
+///
+/// The line the child writes when its program cannot be executed after
+/// `+` (it begins with [`child::exec_failure_marker`], which no program
+/// can know) is tcpmuxd's own warning instead: the program never ran.
 fn emit_stderr_line(service: &str, pid: u32, client: std::net::IpAddr, line: &[u8]) {
+    if let Some(failure) = child::exec_failure_marker().and_then(|m| line.strip_prefix(m)) {
+        let failure = escaped(failure);
+        tracing::warn!(
+            tcpmux_service = %service,
+            remote_addr = %client,
+            pid,
+            "{service}[{pid}]: {failure}",
+        );
+        return;
+    }
     let line = escaped(line.strip_suffix(b"\r").unwrap_or(line));
     tracing::info!(
         target: crate::log::SESSION_STDERR,
