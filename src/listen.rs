@@ -161,15 +161,23 @@ pub async fn accept(
         };
         match accepted {
             Ok(conn) => return Some(conn),
-            Err(e) if is_per_connection_error(&e) => tracing::debug!("accept: {e}"),
-            Err(e) => {
-                tracing::warn!(
-                    "accept: {e}; pausing {} ms",
-                    crate::limits::ACCEPT_ERROR_BACKOFF.as_millis()
-                );
-                tokio::time::sleep(crate::limits::ACCEPT_ERROR_BACKOFF).await;
-            }
+            Err(e) => after_accept_error(&e).await,
         }
+    }
+}
+
+/// What an accept that failed with `e` is followed by: nothing for an
+/// error of that one connection, else a warning and a pause of
+/// [`crate::limits::ACCEPT_ERROR_BACKOFF`].
+async fn after_accept_error(e: &std::io::Error) {
+    if is_per_connection_error(e) {
+        tracing::debug!("accept: {e}");
+    } else {
+        tracing::warn!(
+            "accept: {e}; pausing {} ms",
+            crate::limits::ACCEPT_ERROR_BACKOFF.as_millis()
+        );
+        tokio::time::sleep(crate::limits::ACCEPT_ERROR_BACKOFF).await;
     }
 }
 
@@ -188,14 +196,7 @@ pub async fn accept_plain(
         };
         match accepted {
             Ok(conn) => return Some(conn),
-            Err(e) if is_per_connection_error(&e) => tracing::debug!("accept: {e}"),
-            Err(e) => {
-                tracing::warn!(
-                    "accept: {e}; pausing {} ms",
-                    crate::limits::ACCEPT_ERROR_BACKOFF.as_millis()
-                );
-                tokio::time::sleep(crate::limits::ACCEPT_ERROR_BACKOFF).await;
-            }
+            Err(e) => after_accept_error(&e).await,
         }
     }
 }

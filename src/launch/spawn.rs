@@ -539,9 +539,9 @@ struct Shared<'a> {
 
 /// The child, from `clone` to execve or `_exit`.
 extern "C" fn child_main(arg: *mut c_void) -> c_int {
-    // SAFETY: `arg` is the parent's `Shared` (or the child's copy of it),
+    // SAFETY: `arg` is the parent's `Shared`,
     // alive until the child has exec'd or exited (the parent waits in
-    // clone); its report is in memory shared with the parent either way.
+    // clone); it shares the parent's memory (CLONE_VM), its report too.
     let shared = unsafe { &*(arg as *const Shared<'_>) };
     reset_signals();
     let errno = shared
@@ -631,20 +631,20 @@ thread_local! {
     static STACK: RefCell<Option<Stack>> = const { RefCell::new(None) };
 }
 
-/// [`CHILD_STACK_SIZE`] bytes of stack above a guard page, and a page
-/// shared with every child for its [`Report`].
+/// [`CHILD_STACK_SIZE`] bytes of stack above a guard page, and where the
+/// child reports (it shares this memory: `CLONE_VM`).
 struct Stack {
     base: *mut c_void,
     len: usize,
-    report: *mut c_void,
+    report: Report,
 }
 
 impl Stack {
     fn new() -> io::Result<Stack> {
-        use rustix::mm::{MapFlags, MprotectFlags, ProtFlags, mmap_anonymous, mprotect, munmap};
-        let page = rustix::param::page_size();
-        let len = page + CHILD_STACK_SIZE;
-        // SAFETY: new private and shared mappings, owned by the `Stack`.
+        use rustix::mm::{MapFlags, MprotectFlags, ProtFlags, mmap_anonymous, mprotect};
+        let guard = rustix::param::page_size();
+        let len = guard + CHILD_STACK_SIZE;
+        // SAFETY: a new private mapping, owned by the `Stack`.
         unsafe {
             let base = mmap_anonymous(
                 std::ptr::null_mut(),
@@ -652,20 +652,15 @@ impl Stack {
                 ProtFlags::READ | ProtFlags::WRITE,
                 MapFlags::PRIVATE | MapFlags::STACK,
             )?;
-            let report = match mmap_anonymous(
-                std::ptr::null_mut(),
-                page,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-            ) {
-                Ok(report) => report,
-                Err(e) => {
-                    let _ = munmap(base, len);
-                    return Err(e.into());
-                }
+            let stack = Stack {
+                base,
+                len,
+                report: Report {
+                    errno: AtomicI32::new(0),
+                    reached: AtomicBool::new(false),
+                },
             };
-            let stack = Stack { base, len, report };
-            mprotect(base, page, MprotectFlags::empty())?;
+            mprotect(base, guard, MprotectFlags::empty())?;
             Ok(stack)
         }
     }
@@ -677,18 +672,15 @@ impl Stack {
     }
 
     fn report(&self) -> &Report {
-        // SAFETY: a zeroed, page-aligned page is a valid `Report` (atomics
-        // of zero), alive as long as the `Stack`.
-        unsafe { &*(self.report as *const Report) }
+        &self.report
     }
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        // SAFETY: the mappings made in `new`, used by no child any more.
+        // SAFETY: the mapping made in `new`, used by no child any more.
         unsafe {
             let _ = rustix::mm::munmap(self.base, self.len);
-            let _ = rustix::mm::munmap(self.report, rustix::param::page_size());
         }
     }
 }
