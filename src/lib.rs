@@ -5,6 +5,7 @@ pub mod acl;
 pub mod admission;
 pub mod cli;
 pub mod config;
+pub mod exec_format;
 pub mod launch;
 pub mod limits;
 pub mod listen;

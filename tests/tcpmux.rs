@@ -664,7 +664,7 @@ fn a_text_file_marked_executable_is_refused_before_plus() {
     }
     assert!(
         d.wait_log(&format!(
-            "program {}: not an executable: neither an ELF binary nor a #! script",
+            "program {}: not an executable format (neither an ELF binary nor a #! script)",
             text.display()
         )),
         "{}",

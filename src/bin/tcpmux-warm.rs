@@ -31,6 +31,9 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 #[allow(dead_code)]
 mod handover;
 use handover::{HANDOVER_FDS, LISTEN_FD, LISTEN_VARIABLES, MAX_MESSAGE, READY, VARIABLES};
+// What execve runs by itself, as tcpmuxd's own program check says it.
+#[path = "../exec_format.rs"]
+mod exec_format;
 
 /// Exit status when the program cannot be run here (sysexits EX_UNAVAILABLE).
 const EXIT_UNAVAILABLE: i32 = 69;
@@ -38,10 +41,6 @@ const EXIT_UNAVAILABLE: i32 = 69;
 const EXIT_PROTOCOL: i32 = 76;
 /// Exit status when exec failed, as a shell's for a command it cannot run.
 const EXIT_EXEC_FAILED: i32 = 127;
-
-/// The first bytes of the formats the kernel runs: ELF, and scripts.
-const ELF_MAGIC: &[u8] = b"\x7fELF";
-const SCRIPT_MAGIC: &[u8] = b"#!";
 
 fn main() {
     std::process::exit(run());
@@ -171,10 +170,10 @@ fn open_program(program: &OsString) -> Result<OwnedFd, String> {
     }
     rustix::fs::access(path, Access::EXEC_OK).map_err(|_| "not executable".to_string())?;
     if readable {
-        let mut head = [0u8; 4];
+        let mut head = [0u8; exec_format::HEAD_LEN];
         let n = rustix::io::pread(&fd, &mut head, 0).map_err(describe)?;
-        if !head[..n].starts_with(ELF_MAGIC) && !head[..n].starts_with(SCRIPT_MAGIC) {
-            return Err("not an executable format (neither ELF nor a #! script)".into());
+        if !exec_format::is_executable_format(&head[..n]) {
+            return Err(exec_format::NOT_EXECUTABLE_FORMAT.into());
         }
     }
     Ok(fd)

@@ -918,11 +918,6 @@ pub fn check_program(path: &str) -> Result<(), String> {
     check_format(path)
 }
 
-/// How the files execve runs by itself begin: ELF binaries, and scripts
-/// naming their interpreter.
-const ELF_MAGIC: &[u8] = b"\x7fELF";
-const SCRIPT_MAGIC: &[u8] = b"#!";
-
 /// Where the kernel lists the further formats it was taught to run.
 const BINFMT_MISC: &str = "/proc/sys/fs/binfmt_misc";
 
@@ -932,15 +927,15 @@ const BINFMT_MISC: &str = "/proc/sys/fs/binfmt_misc";
 /// file tcpmuxd cannot read (execute-only, or opened by its owner with a
 /// lease) passes, and execve says.
 fn check_format(path: &str) -> Result<(), String> {
-    let mut head = [0u8; ELF_MAGIC.len()];
+    let mut head = [0u8; crate::exec_format::HEAD_LEN];
     let Some(n) = read_head(path, &mut head) else {
         return Ok(());
     };
     let head = &head[..n];
-    if head.starts_with(ELF_MAGIC) || head.starts_with(SCRIPT_MAGIC) || binfmt_misc_enabled() {
+    if crate::exec_format::is_executable_format(head) || binfmt_misc_enabled() {
         Ok(())
     } else {
-        Err("not an executable: neither an ELF binary nor a #! script".into())
+        Err(crate::exec_format::NOT_EXECUTABLE_FORMAT.into())
     }
 }
 
@@ -1058,7 +1053,7 @@ mod tests {
         assert_eq!(check_program(&file("script", b"#!/bin/sh\n")), Ok(()));
         assert_eq!(check_program("/bin/sh"), Ok(()));
         if !binfmt_misc_enabled() {
-            let refused = Err("not an executable: neither an ELF binary nor a #! script".into());
+            let refused = Err(crate::exec_format::NOT_EXECUTABLE_FORMAT.to_string());
             assert_eq!(check_program(&file("text", b"echo hello\n")), refused);
             assert_eq!(check_program(&file("empty", b"")), refused);
             assert_eq!(check_program(&file("short", b"#")), refused);
