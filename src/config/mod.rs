@@ -19,8 +19,8 @@ pub use merge::build;
 pub use print::to_toml;
 pub use resources::{INFINITY, LimitKind, ResourceLimits, parse_size, show_size, show_umask};
 pub use validate::{
-    EXEC_CONFIG_ROOM, MAX_ESCAPED_NAME_LEN, RESERVED_ENVIRONMENT, apply_host, check_program,
-    check_service_name,
+    EXEC_CONFIG_ROOM, MAX_ESCAPED_NAME_LEN, RESERVED_ENVIRONMENT, apply_host, check_format,
+    check_program, check_service_name,
 };
 
 use crate::acl::Acl;

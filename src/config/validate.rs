@@ -903,8 +903,10 @@ pub fn apply_host(config: &mut Config, host: &Host, errors: &mut Vec<ConfigError
     }
 }
 
-/// Whether `path` names a regular file this process may execute, in a
-/// format the kernel runs.
+/// Whether `path` names a regular file this process may execute. (Whether
+/// it is in a format the kernel runs is [`check_format`]'s, for programs
+/// tcpmuxd starts itself: under the systemd launcher the unit's helper
+/// looks, in the unit's own view of the files.)
 pub fn check_program(path: &str) -> Result<(), String> {
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => "not found".to_string(),
@@ -914,8 +916,7 @@ pub fn check_program(path: &str) -> Result<(), String> {
         return Err("not a regular file".into());
     }
     rustix::fs::access(Path::new(path), rustix::fs::Access::EXEC_OK)
-        .map_err(|_| "not executable".to_string())?;
-    check_format(path)
+        .map_err(|_| "not executable".to_string())
 }
 
 /// Where the kernel lists the further formats it was taught to run.
@@ -926,7 +927,7 @@ const BINFMT_MISC: &str = "/proc/sys/fs/binfmt_misc";
 /// client was told `+`. One open, one read of 4 bytes and one close; a
 /// file tcpmuxd cannot read (execute-only, or opened by its owner with a
 /// lease) passes, and execve says.
-fn check_format(path: &str) -> Result<(), String> {
+pub fn check_format(path: &str) -> Result<(), String> {
     let mut head = [0u8; crate::exec_format::HEAD_LEN];
     let Some(n) = read_head(path, &mut head) else {
         return Ok(());
@@ -1049,14 +1050,14 @@ mod tests {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
             path.to_string_lossy().into_owned()
         };
-        assert_eq!(check_program(&file("elf", b"\x7fELF\x02\x01")), Ok(()));
-        assert_eq!(check_program(&file("script", b"#!/bin/sh\n")), Ok(()));
-        assert_eq!(check_program("/bin/sh"), Ok(()));
+        assert_eq!(check_format(&file("elf", b"\x7fELF\x02\x01")), Ok(()));
+        assert_eq!(check_format(&file("script", b"#!/bin/sh\n")), Ok(()));
+        assert_eq!(check_format("/bin/sh"), Ok(()));
         if !binfmt_misc_enabled() {
             let refused = Err(crate::exec_format::NOT_EXECUTABLE_FORMAT.to_string());
-            assert_eq!(check_program(&file("text", b"echo hello\n")), refused);
-            assert_eq!(check_program(&file("empty", b"")), refused);
-            assert_eq!(check_program(&file("short", b"#")), refused);
+            assert_eq!(check_format(&file("text", b"echo hello\n")), refused);
+            assert_eq!(check_format(&file("empty", b"")), refused);
+            assert_eq!(check_format(&file("short", b"#")), refused);
         }
     }
 }

@@ -7,6 +7,7 @@ use super::{
 };
 use crate::admission::FdGuard;
 use crate::config::Service;
+use crate::config::check_format;
 use crate::limits::{
     MAX_STDERR_BYTES_PER_SECOND, MAX_STDERR_LINE, MAX_STDERR_LINES_PER_SECOND,
     STDERR_DRAIN_TIMEOUT, STDERR_READ_CHUNK, STDERR_WINDOW,
@@ -43,10 +44,12 @@ pub struct ExecLauncher;
 impl Launcher for ExecLauncher {
     fn precheck(&self, service: &Service) -> Result<(), LaunchError> {
         let path = service.program().ok_or(LaunchError::NoCommand)?;
-        check_program(path).map_err(|cause| LaunchError::Program {
-            path: path.to_string(),
-            cause,
-        })?;
+        check_program(path)
+            .and_then(|()| check_format(path))
+            .map_err(|cause| LaunchError::Program {
+                path: path.to_string(),
+                cause,
+            })?;
         let switch = service
             .credentials
             .as_ref()
