@@ -310,7 +310,7 @@ async fn tcp_pair() -> (Connection, std::net::TcpStream) {
     let local = stream.local_addr().unwrap();
     (
         Connection {
-            stream,
+            stream: tcpmuxd::launch::ClientSocket::Registered(stream),
             peer,
             local,
             reply_timeout: std::time::Duration::from_secs(10),

@@ -21,10 +21,63 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+/// A client's connection: a plain non-blocking socket while nothing has
+/// had to wait on it, registered with the event loop from the first wait
+/// on. An exec session's connection that never waited is never registered:
+/// it goes from accept to the program without an epoll_ctl.
+#[derive(Debug)]
+pub enum ClientSocket {
+    Plain(std::net::TcpStream),
+    Registered(TcpStream),
+}
+
+impl ClientSocket {
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            ClientSocket::Plain(s) => s.local_addr(),
+            ClientSocket::Registered(s) => s.local_addr(),
+        }
+    }
+
+    /// Sends what fits now without waiting (a direct send(2): a socket just
+    /// put on the event loop may not have been seen writable by it yet, and
+    /// tokio's `try_write` would not even try). Returns how much was sent.
+    pub fn send_now(&self, text: &[u8]) -> std::io::Result<usize> {
+        use rustix::net::{SendFlags, send};
+        let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+        Ok(send(self, text, flags)?)
+    }
+
+    /// The connection on the event loop, for what has to wait on it.
+    pub fn registered(self) -> std::io::Result<TcpStream> {
+        match self {
+            ClientSocket::Plain(s) => TcpStream::from_std(s),
+            ClientSocket::Registered(s) => Ok(s),
+        }
+    }
+
+    /// The connection off the event loop (still non-blocking).
+    pub fn into_std(self) -> std::io::Result<std::net::TcpStream> {
+        match self {
+            ClientSocket::Plain(s) => Ok(s),
+            ClientSocket::Registered(s) => s.into_std(),
+        }
+    }
+}
+
+impl std::os::fd::AsFd for ClientSocket {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            ClientSocket::Plain(s) => s.as_fd(),
+            ClientSocket::Registered(s) => s.as_fd(),
+        }
+    }
+}
+
 /// A connection whose handshake is done, ready to be handed to a service.
 #[derive(Debug)]
 pub struct Connection {
-    pub stream: TcpStream,
+    pub stream: ClientSocket,
     pub peer: SocketAddr,
     pub local: SocketAddr,
     /// Time the client has to take the `+` line.
@@ -36,13 +89,30 @@ impl Connection {
     /// one, whose program answers itself. A launcher calls this once
     /// everything the start needs is in hand, so that no client is told
     /// `+` for a session that cannot be started.
-    pub async fn send_plus(&mut self, service: &Service) -> Result<(), Failed> {
+    ///
+    /// The line nearly always fits the empty send buffer at once; the
+    /// connection goes onto the event loop only when it does not.
+    pub async fn send_plus(self, service: &Service) -> Result<Self, Failed> {
         if !service.plus {
-            return Ok(());
+            return Ok(self);
         }
-        match tokio::time::timeout(self.reply_timeout, self.stream.write_all(reply::PLUS)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(LaunchError::ClientGone(e.to_string()).into()),
+        let gone = |e: std::io::Error| Failed::from(LaunchError::ClientGone(e.to_string()));
+        let sent = match self.stream.send_now(reply::PLUS) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(gone(e)),
+        };
+        let rest = &reply::PLUS[sent..];
+        if rest.is_empty() {
+            return Ok(self);
+        }
+        let mut stream = self.stream.registered().map_err(gone)?;
+        match tokio::time::timeout(self.reply_timeout, stream.write_all(rest)).await {
+            Ok(Ok(())) => Ok(Connection {
+                stream: ClientSocket::Registered(stream),
+                ..self
+            }),
+            Ok(Err(e)) => Err(gone(e)),
             Err(_) => Err(LaunchError::ClientGone("did not take the + line in time".into()).into()),
         }
     }

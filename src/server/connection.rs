@@ -6,7 +6,7 @@ use crate::admission::{FdGuard, Limit, WaitingPlace, source_key};
 use crate::config::{self, Service};
 use crate::launch::exec::ExecLauncher;
 use crate::launch::systemd::SystemdLauncher;
-use crate::launch::{Connection, Failed, LaunchError, Launcher};
+use crate::launch::{ClientSocket, Connection, Failed, LaunchError, Launcher};
 use crate::limits;
 use crate::log::escaped;
 use crate::sessions::{Full, SessionLimits};
@@ -355,10 +355,10 @@ async fn handshake(
                 line = timeout(limit, tcpmux::read_request_line(&mut stream)) => Some(line),
                 () = waiting.shed() => None,
             };
-            (Client::Registered(stream), read)
+            (ClientSocket::Registered(stream), read)
         }
         ready => (
-            Client::Plain(socket),
+            ClientSocket::Plain(socket),
             Some(Ok(ready.map(Option::unwrap_or_default))),
         ),
     };
@@ -366,7 +366,7 @@ async fn handshake(
     // (a new connection, a start short of descriptors) counts on its
     // descriptor.
     if let Some(shed) = waiting.leave() {
-        stream.try_write(reply::OVERLOADED);
+        let _ = stream.send_now(reply::OVERLOADED);
         // Closed and given back before whoever shed it is told.
         drop((stream, fds));
         drop(shed);
@@ -480,13 +480,6 @@ async fn handshake(
     let Ok(local) = stream.local_addr() else {
         return Outcome::Closed;
     };
-    let stream = match stream.registered() {
-        Ok(stream) => stream,
-        Err(e) => {
-            log_failure(service, peer, Outcome::SpawnFailed, &LaunchError::Socket(e));
-            return Outcome::SpawnFailed;
-        }
-    };
     let conn = Connection {
         stream,
         peer,
@@ -573,47 +566,10 @@ impl Launcher for Chosen<'_> {
 
 /// The connection a failed launch gave back, ready for an answer: only a
 /// client that has heard nothing yet, not even `+`, is told.
-fn answerable(conn: Option<std::net::TcpStream>) -> Option<Client> {
+fn answerable(conn: Option<std::net::TcpStream>) -> Option<ClientSocket> {
     let socket = conn?;
     socket.set_nonblocking(true).ok()?;
-    Some(Client::Plain(socket))
-}
-
-/// A client's connection during its handshake: a plain non-blocking
-/// socket while nothing has had to wait on it, registered with the event
-/// loop from the first wait on.
-enum Client {
-    Plain(std::net::TcpStream),
-    Registered(TcpStream),
-}
-
-impl Client {
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        match self {
-            Client::Plain(s) => s.local_addr(),
-            Client::Registered(s) => s.local_addr(),
-        }
-    }
-
-    /// Writes what fits now, ignoring errors: for a last word. A direct
-    /// send(2): a socket just put on the event loop may not have been seen
-    /// writable by it yet, and tokio's `try_write` would not even try.
-    fn try_write(&self, text: &[u8]) {
-        use rustix::net::{SendFlags, send};
-        let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
-        let _ = match self {
-            Client::Plain(s) => send(s, text, flags),
-            Client::Registered(s) => send(s, text, flags),
-        };
-    }
-
-    /// The connection on the event loop, for what has to wait on it.
-    fn registered(self) -> std::io::Result<TcpStream> {
-        match self {
-            Client::Plain(s) => TcpStream::from_std(s),
-            Client::Registered(s) => Ok(s),
-        }
-    }
+    Some(ClientSocket::Plain(socket))
 }
 
 /// Answers a connection refused as it is accepted, without a task: what the
@@ -640,10 +596,10 @@ fn refuse_at_once(stream: &std::net::TcpStream, text: &[u8]) {
 ///
 /// Returns `outcome`, or [`Outcome::Closed`] when the client was gone
 /// before it could be told.
-async fn refuse(client: Client, text: &[u8], limit: Duration, outcome: Outcome) -> Outcome {
+async fn refuse(client: ClientSocket, text: &[u8], limit: Duration, outcome: Outcome) -> Outcome {
     let (mut stream, rest, drained) = match client {
-        Client::Registered(stream) => (stream, text, None),
-        Client::Plain(socket) => match refuse_now(&socket, text) {
+        ClientSocket::Registered(stream) => (stream, text, None),
+        ClientSocket::Plain(socket) => match refuse_now(&socket, text) {
             Err(_) => return Outcome::Closed,
             Ok(Now::Done) => return outcome,
             Ok(Now::Unwritten(rest)) => match TcpStream::from_std(socket) {

@@ -29,7 +29,7 @@ impl SystemdLauncher {
     pub(super) async fn launch_cold(
         &self,
         service: Arc<Service>,
-        mut conn: Connection,
+        conn: Connection,
         slot: SessionSlot,
         plus_sent: bool,
     ) -> Result<(), Failed> {
@@ -71,9 +71,11 @@ impl SystemdLauncher {
                 });
             }
         };
-        if !plus_sent {
-            conn.send_plus(&service).await?;
-        }
+        let conn = if plus_sent {
+            conn
+        } else {
+            conn.send_plus(&service).await?
+        };
         let (socket, peer, _) = conn.into_blocking()?;
 
         // From here on the unit may own the connection: hand it back for an

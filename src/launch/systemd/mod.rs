@@ -29,7 +29,9 @@ use warm_start::*;
 
 use super::handover::{Status, VARIABLES};
 use super::warm::{self, Pools, Ready, Start, WarmFailure};
-use super::{Connection, Failed, LaunchError, Launcher, check_program, session_environment};
+use super::{
+    ClientSocket, Connection, Failed, LaunchError, Launcher, check_program, session_environment,
+};
 use crate::admission::FdGuard;
 use crate::config::{Config, Credentials, Service};
 use crate::limits;
@@ -447,14 +449,14 @@ impl Launcher for SystemdLauncher {
     async fn launch(
         &self,
         service: Arc<Service>,
-        mut conn: Connection,
+        conn: Connection,
         slot: SessionSlot,
         _fds: FdGuard,
     ) -> Result<(), Failed> {
         let taken = lock(&self.inner.warm).take(&service);
         if let Some(ready) = taken {
             self.inner.refill.notify_one();
-            conn.send_plus(&service).await?;
+            let conn = conn.send_plus(&service).await?;
             return match self.hand_over(&service, conn, slot, ready).await {
                 Handed::Done(result) => result,
                 Handed::Gone(conn, slot) => {

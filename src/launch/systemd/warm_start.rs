@@ -42,13 +42,11 @@ impl SystemdLauncher {
                     "warm unit {unit} did not take the connection ({e}); starting a unit for it"
                 );
                 let slot = lock(&inner.running).remove(&unit).map(|s| s._slot);
-                let back = socket
-                    .set_nonblocking(true)
-                    .and_then(|()| tokio::net::TcpStream::from_std(socket));
+                let back = socket.set_nonblocking(true).map(|()| socket);
                 return match (back, slot) {
-                    (Ok(stream), Some(slot)) => Handed::Gone(
+                    (Ok(socket), Some(slot)) => Handed::Gone(
                         Connection {
-                            stream,
+                            stream: ClientSocket::Plain(socket),
                             peer,
                             local,
                             reply_timeout: timeout,
