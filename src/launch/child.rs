@@ -248,6 +248,10 @@ impl ExecImage {
     /// `reached`, when given, is set once every step before the greeting
     /// has succeeded: whoever started the child can tell one that was
     /// killed before it from one that exec'd.
+    ///
+    /// Called with every signal blocked (they are unblocked after the
+    /// user switch, before the greeting): none is delivered while the
+    /// child runs as the service's user in memory that is still dumpable.
     pub fn start(&self, stdio: Option<[RawFd; 3]>, reached: Option<&AtomicBool>) -> Errno {
         match self.before_greeting(stdio) {
             Err(errno) => errno,
@@ -314,6 +318,14 @@ impl ExecImage {
             rustix::thread::set_thread_groups(&[])?;
             rustix::thread::set_thread_res_gid(gid, gid, gid)?;
             rustix::thread::set_thread_res_uid(uid, uid, uid)?;
+            // The change of user made the memory this child shares with
+            // tcpmuxd as dumpable as fs.suid_dumpable says (2 on many
+            // systems): tcpmuxd's own "not dumpable" undone, and a signal
+            // the new user sends that dumps core would write tcpmuxd's
+            // memory to disk (before Linux 5.16, and kill every process
+            // sharing it: tcpmuxd). Signals are still blocked here, so none
+            // is delivered before this.
+            rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)?;
         }
         // The limit on processes counts the user's processes at fork, not
         // at exec: the program starts, and its own forks are refused.
@@ -321,6 +333,15 @@ impl ExecImage {
             setrlimit(Resource::Nproc, limit)?;
         }
         rustix::process::chdir(c"/")?;
+        // The program starts with no signal blocked. One sent while they
+        // were is delivered now, before the greeting, to a child whose
+        // memory is not dumpable: its client hears no `+`.
+        // SAFETY: sigprocmask on a local, emptied set.
+        unsafe {
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        }
         Ok(())
     }
 

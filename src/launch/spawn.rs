@@ -26,10 +26,19 @@
 //! - Every signal is blocked in the spawning thread across `clone`, so the
 //!   child starts with all blocked: none of the daemon's handlers can run
 //!   on the child's stack in the daemon's memory. The child sets every
-//!   disposition to the default before it unblocks them (the handler
-//!   table is the child's own copy: without CLONE_SIGHAND, the daemon's
-//!   stay as they are). A fault is forced on it with the default action
-//!   whatever the mask: it dies, and the daemon sees it exit.
+//!   disposition to the default (the handler table is the child's own
+//!   copy: without CLONE_SIGHAND, the daemon's stay as they are), and
+//!   unblocks them only after its user switch, before the greeting. A
+//!   fault is forced on it with the default action whatever the mask: it
+//!   dies, and the daemon sees it exit.
+//! - A change of user makes the memory it shares with the daemon as
+//!   dumpable as `fs.suid_dumpable` says. The child makes it not dumpable
+//!   again right after its user switch, still with every signal blocked:
+//!   a signal the new user sends that dumps core finds memory that is not
+//!   dumpable and kills the child alone. (Dumpable, it would write the
+//!   daemon's memory to a core file, and before Linux 5.16 kill every
+//!   process sharing it, the daemon too; and the daemon itself would stay
+//!   dumpable.)
 //! - Its stack is [`CHILD_STACK_SIZE`] bytes mapped for this only, below
 //!   them a page with no access: an overflow kills the child, it cannot
 //!   reach the daemon's memory. One stack per spawning thread, kept for
@@ -543,7 +552,7 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
     // alive until the child has exec'd or exited (the parent waits in
     // clone); it shares the parent's memory (CLONE_VM), its report too.
     let shared = unsafe { &*(arg as *const Shared<'_>) };
-    reset_signals();
+    reset_dispositions();
     let errno = shared
         .image
         .start(Some(shared.stdio), Some(&shared.report.reached));
@@ -567,18 +576,22 @@ fn nonzero(errno: i32) -> i32 {
 
 /// In the child: every signal's disposition back to the default (a
 /// handler of the daemon's must never run in the child, and the program
-/// must not inherit a signal ignored, SIGPIPE among them), then no signal
-/// blocked. The kernel's rt_sigaction, not libc's sigaction: libc refuses
-/// to touch the signals it keeps for itself, and one of them may have
-/// been ignored by whoever started tcpmuxd.
-fn reset_signals() {
+/// must not inherit a signal ignored, SIGPIPE among them). Every signal
+/// stays blocked: [`ExecImage::start`] unblocks them after the user
+/// switch, once the shared memory is not dumpable again (see the module). The kernel's rt_sigaction, not libc's sigaction: libc
+/// refuses to touch the signals it keeps for itself, and one of them may
+/// have been ignored by whoever started tcpmuxd.
+fn reset_dispositions() {
     // The kernel's struct sigaction with every field zero is SIG_DFL, no
     // flags, empty mask, whatever the architecture's field order.
     let default = [0u64; 4];
     for signal in 1..=LAST_SIGNAL {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            // Refused (EINVAL), and errno is the spawning thread's.
+            continue;
+        }
         // SAFETY: a pointer to a zeroed kernel sigaction, no old one asked
-        // for, the kernel's sigset size. SIGKILL and SIGSTOP are refused
-        // with EINVAL, which changes nothing.
+        // for, the kernel's sigset size.
         unsafe {
             libc::syscall(
                 libc::SYS_rt_sigaction,
@@ -588,12 +601,6 @@ fn reset_signals() {
                 KERNEL_SIGSET_SIZE,
             );
         }
-    }
-    // SAFETY: sigprocmask on a local, emptied set.
-    unsafe {
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
     }
 }
 
@@ -811,6 +818,65 @@ mod tests {
         assert!(!users_kept_out(true, || None));
         // This machine's own setting is read.
         assert!(suid_dumpable().is_some());
+    }
+
+    /// fs.suid_dumpable set for a test, and set back on drop.
+    struct SuidDumpable(String);
+
+    impl SuidDumpable {
+        fn set(value: &str) -> Option<SuidDumpable> {
+            let path = "/proc/sys/fs/suid_dumpable";
+            let before = std::fs::read_to_string(path).ok()?;
+            std::fs::write(path, value).ok()?;
+            Some(SuidDumpable(before))
+        }
+    }
+
+    impl Drop for SuidDumpable {
+        fn drop(&mut self) {
+            let _ = std::fs::write("/proc/sys/fs/suid_dumpable", self.0.trim());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_start_as_another_user_leaves_the_daemons_memory_not_dumpable() {
+        use rustix::process::{DumpableBehavior, dumpable_behavior, set_dumpable_behavior};
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: switching users needs root");
+            return;
+        }
+        // At 2, as many systems have it, a change of user makes the memory
+        // dumpable (by root): the child shares the daemon's.
+        let Some(_restore) = SuidDumpable::set("2") else {
+            panic!("cannot set fs.suid_dumpable as root");
+        };
+        set_dumpable_behavior(DumpableBehavior::NotDumpable).unwrap();
+        let nobody = crate::config::Credentials {
+            user: "nobody".into(),
+            uid: 65534,
+            gid: 65534,
+        };
+        let resources = Resources {
+            umask: None,
+            limits: ResourceLimits::default(),
+        };
+        let command = vec!["/bin/true".to_string()];
+        let image = ExecImage::new(
+            &command,
+            std::iter::empty(),
+            None,
+            &resources,
+            Some(&nobody),
+        )
+        .unwrap();
+        let (spawned, _ours) = run(&image);
+        let status = spawned.unwrap().wait().await.unwrap();
+        assert!(status.success(), "{status:?}");
+        assert_eq!(
+            dumpable_behavior().unwrap(),
+            DumpableBehavior::NotDumpable,
+            "the child's user switch left tcpmuxd's memory dumpable"
+        );
     }
 
     #[test]
