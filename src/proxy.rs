@@ -166,16 +166,6 @@ fn parse_v1(buf: &[u8]) -> Result<Option<(ProxyHeader, usize)>, HeaderError> {
     Ok(Some((meaning, line.len())))
 }
 
-/// A header that was not complete when the connection ended, or when its
-/// time ran out, as the error it is: `Missing` when not one byte came.
-pub fn unfinished(received: usize, closed: bool) -> HeaderError {
-    match (received, closed) {
-        (0, true) => HeaderError::Missing,
-        (_, true) => HeaderError::Truncated,
-        (_, false) => HeaderError::Slow,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,12 +312,5 @@ mod tests {
         h[15] += 1;
         h.push(0);
         assert!(matches!(parse_header(&h), Err(HeaderError::Oversized(_))));
-    }
-
-    #[test]
-    fn unfinished_headers() {
-        assert_eq!(unfinished(0, true), HeaderError::Missing);
-        assert_eq!(unfinished(3, true), HeaderError::Truncated);
-        assert_eq!(unfinished(0, false), HeaderError::Slow);
     }
 }
