@@ -40,6 +40,24 @@ impl Acl {
     }
 }
 
+/// Load balancers whose connections begin with a PROXY protocol header
+/// (`trusted_proxies`): the address in it is then the client's. Matched as
+/// [`Acl`] matches, IPv4 peers on an IPv6 socket as IPv4.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(pub Vec<IpNet>);
+
+impl TrustedProxies {
+    /// Whether a connection from `addr` must begin with a PROXY header.
+    pub fn trusts(&self, addr: IpAddr) -> bool {
+        let addr = addr.to_canonical();
+        self.0.iter().any(|net| net.contains(&addr))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Parses one ACL entry: a network in CIDR notation or a single address.
 /// IPv4-mapped IPv6 entries (`::ffff:10.0.0.0/104`) are made IPv4
 /// (`10.0.0.0/8`), as client addresses are, so that they match.

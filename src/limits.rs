@@ -20,6 +20,14 @@ pub const MAX_LINE_END: usize = 4;
 /// line end. A longer line is answered `-Service name too long`.
 pub const MAX_LINE_LEN: usize = MAX_NAME_LEN + MAX_LINE_BLANKS + MAX_LINE_END;
 
+/// Longest PROXY protocol header accepted from a trusted proxy
+/// (`trusted_proxies`), in bytes: no more than a request line may take.
+/// HAProxy's version 1 header is at most 107 bytes and its version 2
+/// header 28 (IPv4) or 52 (IPv6) without TLVs; the rest leaves room for a
+/// few TLVs (a unique ID, a host name), which are skipped. A longer one is
+/// refused as soon as its length is known.
+pub const MAX_PROXY_HEADER_LEN: usize = MAX_LINE_LEN;
+
 /// Default for `[tcpmux] name_timeout`: time a client has to send its whole
 /// request line, and to take the reply.
 pub const DEFAULT_NAME_TIMEOUT: Duration = Duration::from_secs(10);

@@ -231,6 +231,73 @@ fn tcp_version_b_is_delivered_with_its_fields_and_acknowledged() {
 }
 
 #[test]
+fn tcp_from_a_trusted_proxy_takes_the_sender_from_its_proxy_header() {
+    let m = start("trusted_proxies = [\"127.0.0.2\"]\ndeny = [\"192.0.2.66\"]");
+    let msg = |text: &str| b(["chris", "", text, "sandy", "console", "c1", ""]);
+    // From the balancer: the header's client is the sender's address, for
+    // the delivery and the log.
+    let mut s = connect_from("127.0.0.2", m.tcp);
+    let mut sent = b"PROXY TCP4 192.0.2.9 127.0.0.1 4000 18\r\n".to_vec();
+    sent.extend_from_slice(&msg("via the balancer"));
+    s.write_all(&sent).unwrap();
+    assert_eq!(reply(&mut s), "+");
+    // Version 2, cut into single bytes.
+    let mut s = connect_from("127.0.0.2", m.tcp);
+    let mut sent = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    sent.extend_from_slice(&[192, 0, 2, 10, 127, 0, 0, 1, 0x0f, 0xa0, 0, 18]);
+    sent.extend_from_slice(&msg("byte by byte"));
+    for byte in sent {
+        s.write_all(&[byte]).unwrap();
+    }
+    assert_eq!(reply(&mut s), "+");
+    // The access list judges the client the header names.
+    let mut s = connect_from("127.0.0.2", m.tcp);
+    let mut sent = b"PROXY TCP4 192.0.2.66 127.0.0.1 4000 18\r\n".to_vec();
+    sent.extend_from_slice(&msg("denied"));
+    s.write_all(&sent).unwrap();
+    assert!(read_to_end(&mut s).is_empty());
+    // From the balancer without a header: closed, nothing delivered.
+    let mut s = connect_from("127.0.0.2", m.tcp);
+    s.write_all(&msg("no header")).unwrap();
+    assert!(read_to_end(&mut s).is_empty());
+    // From anyone else a header is not believed: not a message at all.
+    let mut s = connect_from("127.0.0.3", m.tcp);
+    let mut sent = b"PROXY TCP4 192.0.2.11 127.0.0.1 4000 18\r\n".to_vec();
+    sent.extend_from_slice(&msg("forged"));
+    s.write_all(&sent).unwrap();
+    assert!(read_to_end(&mut s).is_empty());
+    let mut s = connect_from("127.0.0.3", m.tcp);
+    s.write_all(&msg("direct")).unwrap();
+    assert_eq!(reply(&mut s), "+");
+    let addrs: Vec<String> = m
+        .delivered()
+        .iter()
+        .map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            format!("{} {}", f[8], f[9])
+        })
+        .collect();
+    assert_eq!(
+        addrs,
+        [
+            "192.0.2.9 via the balancer",
+            "192.0.2.10 byte by byte",
+            "127.0.0.3 direct"
+        ]
+    );
+    assert!(
+        m._daemon.wait_log("MSP from 127.0.0.2:") && m._daemon.wait_log("msp-bad-proxy-header"),
+        "{}",
+        m._daemon.log()
+    );
+    assert!(
+        m._daemon.wait_log("MSP from 192.0.2.66:4000: msp-denied"),
+        "{}",
+        m._daemon.log()
+    );
+}
+
+#[test]
 fn several_messages_on_one_connection_split_over_many_writes() {
     let m = start("");
     let mut s = m.tcp();

@@ -316,6 +316,29 @@ pub fn keys() -> Vec<Key> {
         ),
         key(
             "tcpmux",
+            "trusted_proxies",
+            "array of strings",
+            "[] (none)".into(),
+            NETS.into(),
+            Some(
+                "from these addresses, a connection without a valid PROXY protocol header is \
+                 closed without a reply (OUTCOME=bad-proxy-header)"
+                    .into(),
+            ),
+            "Load balancers (HAProxy, nginx stream, a cloud network load balancer) whose \
+             connections begin with a PROXY protocol header, version 1 or 2, before the \
+             service name. The client address in it is then the client for everything: allow \
+             and deny, every per-source limit, the start rates, REMOTE_ADDR and REMOTE_PORT \
+             (LOCAL_ADDR and LOCAL_PORT from the header's destination), the log and the \
+             summary. A version 2 LOCAL header (a health check) keeps the connection's own \
+             addresses. The header must come within name_timeout, is at most as long as a \
+             request line, and counts against the balancer's own max_handshakes_per_source \
+             until it is read. From any other address no header is looked for: it is an \
+             invalid service name. Name only balancers you run: whoever connects from these \
+             addresses chooses the client address tcpmuxd believes.",
+        ),
+        key(
+            "tcpmux",
             "user",
             "string",
             "none".into(),
@@ -592,6 +615,23 @@ pub fn keys() -> Vec<Key> {
             NETS.into(),
             Some("TCP: the connection is closed before anything is read; UDP: silence".into()),
             "Who may not send messages; deny wins over allow.",
+        ),
+        key(
+            "msp",
+            "trusted_proxies",
+            "array of strings",
+            "[] (none)".into(),
+            NETS.into(),
+            Some(
+                "from these addresses, a TCP connection without a valid PROXY protocol header \
+                 is closed (OUTCOME=msp-bad-proxy-header)"
+                    .into(),
+            ),
+            "As [tcpmux] trusted_proxies, for MSP over TCP: load balancers whose connections \
+             begin with a PROXY protocol header, whose client address is then the sender's for \
+             allow and deny, the rates, REMOTE_ADDR, the message's header and the log. The \
+             header must come within idle_timeout. MSP over UDP is never proxied: a \
+             datagram's source is its sender.",
         ),
         key(
             "service",

@@ -221,6 +221,13 @@ pub fn outcomes() -> Vec<(&'static str, &'static str)> {
             "source-sessions-full",
             "the source held `max_sessions_per_source` sessions",
         ),
+        (
+            "bad-proxy-header",
+            "from an address in `trusted_proxies`, the PROXY protocol header was missing, \
+             malformed, truncated, over the request line's size or not complete within \
+             `name_timeout`: closed without a reply; the entry gives the cause and names the \
+             balancer",
+        ),
         ("delivered", "MSP: the message was delivered"),
         (
             "refused",
@@ -266,6 +273,11 @@ pub fn outcomes() -> Vec<(&'static str, &'static str)> {
         (
             "msp-loop",
             "summary: MSP datagrams that were tcpmuxd's own answer come back",
+        ),
+        (
+            "msp-bad-proxy-header",
+            "summary: MSP connections from `[msp] trusted_proxies` closed for a missing or bad \
+             PROXY protocol header",
         ),
     ]
 }

@@ -135,10 +135,12 @@ pub(super) struct RawTcpmux {
     pub(super) max_sessions_per_source: Option<i64>,
     pub(super) max_warm: Option<i64>,
     pub(super) max_starting_units: Option<i64>,
-    #[serde(default, deserialize_with = "nets")]
+    #[serde(default, deserialize_with = "allow_nets")]
     pub(super) allow: Option<Vec<Net>>,
-    #[serde(default, deserialize_with = "nets")]
+    #[serde(default, deserialize_with = "deny_nets")]
     pub(super) deny: Option<Vec<Net>>,
+    #[serde(default, deserialize_with = "trusted_nets")]
+    pub(super) trusted_proxies: Option<Vec<Net>>,
     pub(super) user: Option<String>,
     /// The former name of `user`, still accepted.
     pub(super) default_user: Option<String>,
@@ -232,10 +234,12 @@ pub(super) struct RawMsp {
     #[serde(default, deserialize_with = "duration")]
     pub(super) dedup_window: Option<Duration>,
     pub(super) utmp: Option<PathBuf>,
-    #[serde(default, deserialize_with = "nets")]
+    #[serde(default, deserialize_with = "allow_nets")]
     pub(super) allow: Option<Vec<Net>>,
-    #[serde(default, deserialize_with = "nets")]
+    #[serde(default, deserialize_with = "deny_nets")]
     pub(super) deny: Option<Vec<Net>>,
+    #[serde(default, deserialize_with = "trusted_nets")]
+    pub(super) trusted_proxies: Option<Vec<Net>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -251,9 +255,9 @@ pub(super) struct RawService {
     pub(super) max_instances_per_source: Option<i64>,
     pub(super) max_starts_per_second: Option<i64>,
     pub(super) warm: Option<i64>,
-    #[serde(default, deserialize_with = "nets")]
+    #[serde(default, deserialize_with = "allow_nets")]
     pub(super) allow: Option<Vec<Net>>,
-    #[serde(default, deserialize_with = "nets")]
+    #[serde(default, deserialize_with = "deny_nets")]
     pub(super) deny: Option<Vec<Net>>,
     pub(super) user: Option<String>,
     pub(super) group: Option<String>,
@@ -278,14 +282,28 @@ pub(super) fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Durati
     })
 }
 
-pub(super) fn nets<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Vec<Net>>, D::Error> {
+/// The lists of networks, each one's errors naming its key (the TOML
+/// error shows the line, not which key of it).
+pub(super) fn allow_nets<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Vec<Net>>, D::Error> {
+    nets_of("allow: ", de)
+}
+
+pub(super) fn deny_nets<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Vec<Net>>, D::Error> {
+    nets_of("deny: ", de)
+}
+
+pub(super) fn trusted_nets<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Vec<Net>>, D::Error> {
+    nets_of("trusted_proxies: ", de)
+}
+
+fn nets_of<'de, D: Deserializer<'de>>(prefix: &str, de: D) -> Result<Option<Vec<Net>>, D::Error> {
     let texts = Vec::<String>::deserialize(de)?;
     texts
         .into_iter()
         .map(|written| {
             parse_net(&written)
                 .map(|net| Net { net, written })
-                .map_err(serde::de::Error::custom)
+                .map_err(|e| serde::de::Error::custom(format!("{prefix}{e}")))
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)

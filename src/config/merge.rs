@@ -97,6 +97,7 @@ pub(super) fn merge(files: Vec<(PathBuf, FileConfig)>, errors: &mut Vec<ConfigEr
             merged.max_starting_units = t.max_starting_units.or(merged.max_starting_units);
             merged.allow = t.allow.or(merged.allow);
             merged.deny = t.deny.or(merged.deny);
+            merged.trusted_proxies = t.trusted_proxies.or(merged.trusted_proxies);
             // default_user is user's former name: one key.
             if let Some(user) = t.user.or(t.default_user) {
                 merged.user = Some(user);
@@ -144,6 +145,7 @@ pub(super) fn merge(files: Vec<(PathBuf, FileConfig)>, errors: &mut Vec<ConfigEr
             msp.utmp = m.utmp.or(msp.utmp);
             msp.allow = m.allow.or(msp.allow);
             msp.deny = m.deny.or(msp.deny);
+            msp.trusted_proxies = m.trusted_proxies.or(msp.trusted_proxies);
         }
         let mut lines = file.lines.services.into_iter();
         for raw in file.services {

@@ -23,7 +23,7 @@ pub use validate::{
     check_program, check_service_name,
 };
 
-use crate::acl::Acl;
+use crate::acl::{Acl, TrustedProxies};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -262,6 +262,9 @@ pub struct MspSettings {
     pub utmp: PathBuf,
     /// Who may send messages, over TCP and UDP alike.
     pub acl: Acl,
+    /// Load balancers whose TCP connections begin with a PROXY protocol
+    /// header naming the client (`trusted_proxies`; UDP is never proxied).
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// The validated configuration the daemon serves with.
@@ -305,6 +308,9 @@ pub struct TcpmuxSettings {
     pub max_starting_units: usize,
     /// Master access list, checked before each service's own.
     pub acl: Acl,
+    /// Load balancers whose connections begin with a PROXY protocol
+    /// header naming the client (`trusted_proxies`; default none).
+    pub trusted_proxies: TrustedProxies,
     /// `user` and `group`: who programs run as whose service (or `[msp]`)
     /// names no user: under the systemd launcher, and for programs
     /// tcpmuxd starts itself when it runs as root.

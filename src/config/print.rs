@@ -39,6 +39,7 @@ pub fn to_toml(config: &Config) -> String {
     kv(&mut out, "max_warm", number(t.max_warm));
     kv(&mut out, "max_starting_units", number(t.max_starting_units));
     acl(&mut out, &t.acl);
+    nets(&mut out, "trusted_proxies", &t.trusted_proxies.0);
     credentials(&mut out, t.default_credentials.as_ref());
     kv(&mut out, "umask", Value::String(show_umask(t.umask)));
     environment(&mut out, "tcpmux.environment", &t.environment);
@@ -94,6 +95,7 @@ pub fn to_toml(config: &Config) -> String {
         Value::String(m.utmp.to_string_lossy().into_owned()),
     );
     acl(&mut out, &m.acl);
+    nets(&mut out, "trusted_proxies", &m.trusted_proxies.0);
 
     for s in &config.services {
         let _ = writeln!(
@@ -163,10 +165,13 @@ fn addresses(addrs: &[std::net::SocketAddr]) -> Value {
 }
 
 fn acl(out: &mut String, acl: &Acl) {
-    for (key, nets) in [("allow", &acl.allow), ("deny", &acl.deny)] {
-        let list = nets.iter().map(|n| Value::String(n.to_string())).collect();
-        kv(out, key, Value::Array(list));
-    }
+    nets(out, "allow", &acl.allow);
+    nets(out, "deny", &acl.deny);
+}
+
+fn nets(out: &mut String, key: &str, nets: &[ipnet::IpNet]) {
+    let list = nets.iter().map(|n| Value::String(n.to_string())).collect();
+    kv(out, key, Value::Array(list));
 }
 
 fn credentials(out: &mut String, cred: Option<&Credentials>) {

@@ -168,7 +168,18 @@ fn invalid_values_are_named() {
             "[msp]\nmax_messages_per_connection = 0\n",
             "[msp] max_messages_per_connection: 0 is out of range (1 to 1000000)",
         ),
-        ("[msp]\nallow = [\"10.0.0.0/33\"]\n", "10.0.0.0/33"),
+        (
+            "[msp]\nallow = [\"10.0.0.0/33\"]\n",
+            "allow: \"10.0.0.0/33\"",
+        ),
+        (
+            "[tcpmux]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
+            "trusted_proxies: \"10.0.0.0/33\" is neither an address nor a network",
+        ),
+        (
+            "[msp]\ntrusted_proxies = [\"haproxy\"]\n",
+            "trusted_proxies: \"haproxy\" is neither an address nor a network",
+        ),
         (
             "[[service]]\nname = \"x\"\ncommand = [\"/bin/cat\"]\nwarm = 100000\n",
             "warm: 100000",
@@ -201,6 +212,33 @@ fn msp_has_its_own_access_list() {
     assert!(!c.msp.acl.permits("198.51.100.1".parse().unwrap()));
     let open = build_from(&[("main.toml", "")]).unwrap();
     assert!(open.msp.acl.permits("198.51.100.1".parse().unwrap()));
+}
+
+#[test]
+fn trusted_proxies_are_none_by_default_and_per_protocol() {
+    let none = build_from(&[("main.toml", "")]).unwrap();
+    assert!(none.tcpmux.trusted_proxies.is_empty() && none.msp.trusted_proxies.is_empty());
+    let c = build_from(&[
+        (
+            "main.toml",
+            "[tcpmux]\ntrusted_proxies = [\"10.0.0.0/8\"]\n",
+        ),
+        (
+            "conf.d/10.toml",
+            "[tcpmux]\ntrusted_proxies = [\"192.0.2.2\", \"2001:db8::/64\"]\n\
+             [msp]\ntrusted_proxies = [\"192.0.2.3\"]\n",
+        ),
+    ])
+    .unwrap();
+    // A later file's list replaces an earlier one's, as allow and deny.
+    let t = &c.tcpmux.trusted_proxies;
+    assert!(t.trusts("192.0.2.2".parse().unwrap()));
+    assert!(t.trusts("::ffff:192.0.2.2".parse().unwrap()));
+    assert!(t.trusts("2001:db8::9".parse().unwrap()));
+    assert!(!t.trusts("10.0.0.1".parse().unwrap()));
+    assert!(!t.trusts("192.0.2.3".parse().unwrap()));
+    assert!(c.msp.trusted_proxies.trusts("192.0.2.3".parse().unwrap()));
+    assert!(!c.msp.trusted_proxies.trusts("192.0.2.2".parse().unwrap()));
 }
 
 #[test]

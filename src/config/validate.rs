@@ -9,7 +9,7 @@ use super::{
     Config, ConfigError, Credentials, DEFAULT_LISTEN, DEFAULT_UTMP, Delivery, HELP_NAME, Host,
     LauncherKind, MSP_UNIT_NAME, MspSettings, Service, TcpmuxSettings,
 };
-use crate::acl::Acl;
+use crate::acl::{Acl, TrustedProxies};
 use crate::limits;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -64,32 +64,40 @@ fn bounded(
     }
 }
 
+/// The networks of list `key`, with a warning for each entry written with
+/// host bits set ("10.0.0.1/8" means 10.0.0.0/8).
+fn net_list(
+    key: &str,
+    nets: Option<Vec<Net>>,
+    warn: &dyn Fn(&str, String) -> String,
+    warnings: &mut Vec<String>,
+) -> Vec<ipnet::IpNet> {
+    let nets = nets.unwrap_or_default();
+    for n in &nets {
+        if let Some(meant) = n.host_bits_set() {
+            warnings.push(warn(
+                key,
+                format!(
+                    "\"{}\" has host bits set: it means {meant} (write \"{meant}\", or the \
+                     address alone for one host)",
+                    n.written
+                ),
+            ));
+        }
+    }
+    nets.into_iter().map(|n| n.net).collect()
+}
+
 /// An access list, with a warning for each entry written with host bits
-/// set ("10.0.0.1/8" means 10.0.0.0/8).
+/// set.
 fn acl(
     allow: Option<Vec<Net>>,
     deny: Option<Vec<Net>>,
     warn: &dyn Fn(&str, String) -> String,
     warnings: &mut Vec<String>,
 ) -> Acl {
-    let mut list = |key: &str, nets: Option<Vec<Net>>| -> Vec<ipnet::IpNet> {
-        let nets = nets.unwrap_or_default();
-        for n in &nets {
-            if let Some(meant) = n.host_bits_set() {
-                warnings.push(warn(
-                    key,
-                    format!(
-                        "\"{}\" has host bits set: it means {meant} (write \"{meant}\", or the \
-                         address alone for one host)",
-                        n.written
-                    ),
-                ));
-            }
-        }
-        nets.into_iter().map(|n| n.net).collect()
-    };
-    let allow = list("allow", allow);
-    let deny = list("deny", deny);
+    let allow = net_list("allow", allow, warn, warnings);
+    let deny = net_list("deny", deny, warn, warnings);
     Acl::new(allow, deny)
 }
 
@@ -380,6 +388,12 @@ pub(super) fn validate_tcpmux(
         max_warm,
         max_starting_units,
         acl: acl(raw.allow, raw.deny, &warn, warnings),
+        trusted_proxies: TrustedProxies(net_list(
+            "trusted_proxies",
+            raw.trusted_proxies,
+            &warn,
+            warnings,
+        )),
         umask: umask.unwrap_or(limits::DEFAULT_UMASK),
         environment: environment.into_iter().collect(),
         limits,
@@ -521,6 +535,12 @@ pub(super) fn validate_msp(
         dedup_window,
         utmp: raw.utmp.unwrap_or_else(|| PathBuf::from(DEFAULT_UTMP)),
         acl: acl(raw.allow, raw.deny, &warn, warnings),
+        trusted_proxies: TrustedProxies(net_list(
+            "trusted_proxies",
+            raw.trusted_proxies,
+            &warn,
+            warnings,
+        )),
     }
 }
 

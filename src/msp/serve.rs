@@ -16,9 +16,10 @@ use super::guard::{
     Answers, Claim, Dedup, KeyedRate, answerable_source, retransmission_key, source_key,
 };
 use super::message::{self, Message, Version, decode};
-use crate::admission::{Gauge, Limit, PerSource, Waiting, WaitingPlace};
+use crate::admission::{Gauge, Limit, PerSource, SourceGuard, Waiting, WaitingPlace};
 use crate::limits;
 use crate::log::escaped;
+use crate::proxy::{HeaderError, ProxyHeader};
 use crate::server::State;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -158,6 +159,9 @@ enum Summed {
     /// A datagram equal to the answer sent to its source: that answer
     /// come back.
     Loop,
+    /// From `trusted_proxies`, a PROXY header missing, malformed,
+    /// truncated, oversized or not complete within `idle_timeout`.
+    BadProxyHeader,
 }
 
 impl Summed {
@@ -178,6 +182,7 @@ impl Summed {
             Summed::Shed => "msp-shed",
             Summed::ServicePort => "msp-service-port",
             Summed::Loop => "msp-loop",
+            Summed::BadProxyHeader => "msp-bad-proxy-header",
         }
     }
 }
@@ -481,9 +486,13 @@ pub async fn serve_tcp(
     shutdown: CancellationToken,
 ) {
     while let Some((stream, peer)) = crate::listen::accept(&listener, &shutdown).await {
+        // A trusted balancer's connection counts as its own until its
+        // PROXY header names the client (read by handle_tcp), who is then
+        // judged by the access list and held to its own share.
+        let trusted = state.config.load().msp.trusted_proxies.trusts(peer.ip());
         // Each refusal is decided before anything is taken or shed: a
         // connection that is refused must not make others give way.
-        if !state.config.load().msp.acl.permits(peer.ip()) {
+        if !trusted && !state.config.load().msp.acl.permits(peer.ip()) {
             // Closed before a byte is read: nothing to answer to.
             sum_up(&state, Summed::Denied, peer);
             continue;
@@ -514,10 +523,26 @@ pub async fn serve_tcp(
         let waiting = state.msp.tcp_waiting.enter();
         let state = Arc::clone(&state);
         tracker.spawn(async move {
-            let _places = (place, connection);
-            handle_tcp(stream, peer, &state, waiting).await;
+            let _connection = connection;
+            let client = TcpClient {
+                peer,
+                trusted,
+                source_place: place,
+            };
+            handle_tcp(stream, client, &state, waiting).await;
         });
     }
+}
+
+/// An MSP connection's client: the peer, until a trusted proxy's header
+/// names another.
+struct TcpClient {
+    peer: SocketAddr,
+    /// The peer is in `[msp] trusted_proxies`: a PROXY header comes first.
+    trusted: bool,
+    /// The place under `max_connections_per_source` of the client's
+    /// source: the balancer's until its header is read.
+    source_place: SourceGuard,
 }
 
 /// What ended a wait for more of a message.
@@ -532,7 +557,12 @@ enum Read {
 /// `connection_timeout` or `max_messages_per_connection` messages. While
 /// it has no whole message in hand it holds a place among the waiting
 /// (`waiting` to begin with), and gives way when shed.
-async fn handle_tcp(mut stream: TcpStream, peer: SocketAddr, state: &State, waiting: WaitingPlace) {
+async fn handle_tcp(
+    mut stream: TcpStream,
+    mut client: TcpClient,
+    state: &State,
+    waiting: WaitingPlace,
+) {
     use tokio::time::timeout_at;
     let config = state.config.load_full();
     let settings = &config.msp;
@@ -540,8 +570,65 @@ async fn handle_tcp(mut stream: TcpStream, peer: SocketAddr, state: &State, wait
     let mut message_deadline = limits::deadline_in(settings.idle_timeout).min(deadline);
     let mut buf: Vec<u8> = Vec::with_capacity(2 * message::MAX_MESSAGE_LEN);
     let mut chunk = [0u8; 1024];
-    let mut waiting = Some(waiting);
     let mut messages = 0usize;
+    if client.trusted {
+        let header = loop {
+            match crate::proxy::parse_header(&buf) {
+                Ok(Some((header, len))) => {
+                    // What follows it is the first message's.
+                    buf.drain(..len);
+                    break header;
+                }
+                Ok(None) => {}
+                Err(e) => return bad_proxy_header(state, client.peer, &e),
+            }
+            let read = tokio::select! {
+                r = timeout_at(message_deadline, stream.read(&mut chunk)) => Read::Data(r),
+                () = waiting.shed() => Read::Shed,
+            };
+            match read {
+                Read::Shed => {
+                    state.stats.hits.hit(Limit::MspConnections);
+                    sum_up(state, Summed::Shed, client.peer);
+                    return;
+                }
+                Read::Data(Ok(Ok(0))) if buf.is_empty() => return,
+                Read::Data(Ok(Ok(0))) => {
+                    return bad_proxy_header(state, client.peer, &HeaderError::Truncated);
+                }
+                Read::Data(Ok(Err(_))) => return,
+                Read::Data(Err(_)) => {
+                    return bad_proxy_header(state, client.peer, &HeaderError::Slow);
+                }
+                Read::Data(Ok(Ok(n))) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        // The one place where the client a trusted proxy names takes the
+        // peer's: for the access list, the rates, the delivery's
+        // REMOTE_ADDR and the log.
+        if let ProxyHeader::Proxied { source, .. } = header {
+            let source = SocketAddr::new(source.ip().to_canonical(), source.port());
+            let key = source_key(source.ip(), config.tcpmux.ipv6_source_prefix);
+            let Some(place) = state
+                .msp
+                .tcp_per_source
+                .try_enter(key, settings.max_connections_per_source)
+            else {
+                state.stats.hits.hit(Limit::MspConnectionsPerSource);
+                sum_up(state, Summed::SourceLimit, source);
+                return;
+            };
+            // The balancer's place is given back: the client holds its own.
+            client.source_place = place;
+            client.peer = source;
+        }
+        if !settings.acl.permits(client.peer.ip()) {
+            sum_up(state, Summed::Denied, client.peer);
+            return;
+        }
+    }
+    let peer = client.peer;
+    let mut waiting = Some(waiting);
     loop {
         // A known client ends each message with one extra NUL.
         if buf.first() == Some(&0) {
@@ -611,6 +698,16 @@ async fn handle_tcp(mut stream: TcpStream, peer: SocketAddr, state: &State, wait
             Read::Data(Ok(Ok(n))) => buf.extend_from_slice(&chunk[..n]),
         }
     }
+}
+
+/// Closes a trusted proxy's connection whose header is refused: counted,
+/// and logged with the cause.
+fn bad_proxy_header(state: &State, peer: SocketAddr, cause: &HeaderError) {
+    tracing::debug!(
+        remote_addr = %peer.ip().to_canonical(),
+        "MSP connection from {peer}: {cause}"
+    );
+    sum_up(state, Summed::BadProxyHeader, peer);
 }
 
 /// Serves MSP datagrams until `shutdown`.

@@ -2,13 +2,14 @@
 //! hand-off to a launcher, and how it ended.
 
 use super::State;
-use crate::admission::{FdGuard, Limit, WaitingPlace, source_key};
+use crate::admission::{FdGuard, Limit, SourceGuard, WaitingPlace, source_key};
 use crate::config::{self, Service};
 use crate::launch::exec::ExecLauncher;
 use crate::launch::systemd::SystemdLauncher;
 use crate::launch::{ClientSocket, Connection, Failed, LaunchError, Launcher};
 use crate::limits;
 use crate::log::escaped;
+use crate::proxy::{HeaderError, ProxyHeader};
 use crate::sessions::{Full, SessionLimits};
 use crate::tcpmux::{self, HandshakeError, Request, RequestError, reply};
 use std::io::{Read, Write};
@@ -60,13 +61,52 @@ async fn accept_loop(
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    while let Some((stream, peer)) = crate::listen::accept_plain(&listener, &shutdown).await {
+    while let Some((stream, accepted)) = crate::listen::accept_plain(&listener, &shutdown).await {
         let config = state.config.load();
+        // A trusted balancer's connection begins with a PROXY header that
+        // names its client. When it came with the connection (HAProxy
+        // sends it at once), the client takes the peer's place here, for
+        // every check below and everything after; otherwise the
+        // connection counts as the balancer's own until the handshake has
+        // read it.
+        let mut who = Arrival {
+            peer: accepted,
+            local: None,
+            early: None,
+            header_pending: false,
+        };
+        if config.tcpmux.trusted_proxies.trusts(accepted.ip()) {
+            match tcpmux::take_ready_header_and_line(&stream) {
+                Ok(Some((header, line))) => {
+                    who.believe(header);
+                    who.early = Some(line);
+                }
+                Ok(None) => who.header_pending = true,
+                Err(HandshakeError::ProxyHeader(e)) => {
+                    drop(stream);
+                    record_with(
+                        &state,
+                        accepted,
+                        None,
+                        Outcome::BadProxyHeader,
+                        Some(e.to_string()),
+                    );
+                    continue;
+                }
+                Err(_) => {
+                    record(&state, accepted, None, Outcome::Closed);
+                    continue;
+                }
+            }
+        }
+        let peer = who.peer;
         // Refusals here never wait on the client: the reply fits the empty
         // send buffer of a new connection, and the accept loop moves on.
         // Each is checked before anything is taken or shed: a client that
-        // is refused must not make others give way.
-        if !config.tcpmux.acl.permits(peer.ip()) {
+        // is refused must not make others give way. (A balancer whose
+        // header is still to come is not judged by the access lists: its
+        // client will be.)
+        if !who.header_pending && !config.tcpmux.acl.permits(peer.ip()) {
             refuse_at_once(&stream, reply::DENIED);
             record(&state, peer, None, Outcome::Denied);
             continue;
@@ -107,14 +147,24 @@ async fn accept_loop(
         let state = Arc::clone(&state);
         // The request line often came with the connection: taken now, off
         // the event loop.
-        let ready = tcpmux::take_ready_request_line(&stream);
-        let help =
-            matches!(&ready, Ok(Some(line)) if tcpmux::parse_request(line) == Ok(Request::Help));
+        let early = match (who.header_pending, who.early) {
+            (true, _) => Early::HeaderPending,
+            (false, Some(line)) => Early::Line(line),
+            (false, None) => Early::Line(tcpmux::take_ready_request_line(&stream)),
+        };
+        let help = matches!(&early, Early::Line(Ok(Some(line))) if tcpmux::parse_request(line) == Ok(Request::Help));
+        let local = who.local;
         let task = async move {
-            let _places = (place, source_place);
-            let mut name = None;
-            let outcome = handshake(stream, ready, peer, &state, fds, waiting, &mut name).await;
-            record(&state, peer, name.as_deref(), outcome);
+            let _place = place;
+            let mut who = Who {
+                peer,
+                local,
+                source_place,
+                name: None,
+                cause: None,
+            };
+            let outcome = handshake(stream, early, &mut who, &state, fds, waiting).await;
+            record_with(&state, who.peer, who.name.as_deref(), outcome, who.cause);
         };
         if help {
             // HELP is answered here, before the next accept, as far as
@@ -131,6 +181,60 @@ async fn accept_loop(
             tracker.spawn(task);
         }
     }
+}
+
+/// A connection as accepted: its client, and what came with it.
+struct Arrival {
+    /// The peer, or the client a trusted proxy's header names.
+    peer: SocketAddr,
+    /// The address the client connected to, when a header says it.
+    local: Option<SocketAddr>,
+    /// What there is of the request line, when it was looked for.
+    early: Option<tcpmux::ReadyLine>,
+    /// A trusted proxy's header is not all there yet.
+    header_pending: bool,
+}
+
+impl Arrival {
+    /// Takes the client a trusted proxy's header names as the client;
+    /// a `LOCAL` header (a health check) leaves the connection's own.
+    fn believe(&mut self, header: ProxyHeader) {
+        if let ProxyHeader::Proxied {
+            source,
+            destination,
+        } = header
+        {
+            self.peer = SocketAddr::new(source.ip().to_canonical(), source.port());
+            self.local = Some(destination);
+        }
+    }
+}
+
+/// What a look at a new connection found without waiting.
+enum Early {
+    /// What there is of the request line.
+    Line(tcpmux::ReadyLine),
+    /// A trusted proxy's header is not all there: it is read first.
+    HeaderPending,
+}
+
+/// Who a connection's client is, as far as it is known: the peer, and
+/// after a trusted proxy's header the client it names. What the handshake
+/// learns of it is logged when it ends.
+struct Who {
+    /// The client: from accept, replaced by a PROXY header's source.
+    peer: SocketAddr,
+    /// The address the client connected to, when a PROXY header says it;
+    /// else the connection's own.
+    local: Option<SocketAddr>,
+    /// The client's place under `max_handshakes_per_source`: the
+    /// balancer's until its header names the client.
+    source_place: SourceGuard,
+    /// The service the client asked for, once known.
+    name: Option<String>,
+    /// Why the connection was refused, where the outcome alone does not
+    /// say it.
+    cause: Option<String>,
 }
 
 /// How a connection's handshake ended, for the log and the counters.
@@ -165,6 +269,9 @@ pub enum Outcome {
     /// Nothing is served: the configuration was invalid at startup and
     /// no valid one has been loaded since.
     InvalidConfig,
+    /// From a trusted proxy, a PROXY protocol header that is missing,
+    /// malformed, truncated, oversized or slow: closed without a reply.
+    BadProxyHeader,
 }
 
 impl Outcome {
@@ -229,6 +336,7 @@ impl Outcome {
             Outcome::SourceBusy => "source-busy",
             Outcome::SourceSessionsFull => "source-sessions-full",
             Outcome::InvalidConfig => "invalid-config",
+            Outcome::BadProxyHeader => "bad-proxy-header",
         }
     }
 }
@@ -241,6 +349,17 @@ impl Outcome {
 /// periodic summary either way; help and closed connections are only
 /// counted.
 fn record(state: &State, peer: SocketAddr, service: Option<&str>, outcome: Outcome) {
+    record_with(state, peer, service, outcome, None);
+}
+
+/// As [`record`], with the cause of a refusal for its entry.
+fn record_with(
+    state: &State,
+    peer: SocketAddr,
+    service: Option<&str>,
+    outcome: Outcome,
+    cause: Option<String>,
+) {
     match outcome {
         Outcome::Served => state.stats.served.fetch_add(1, Ordering::Relaxed),
         Outcome::Help | Outcome::Closed => 0,
@@ -266,6 +385,7 @@ fn record(state: &State, peer: SocketAddr, service: Option<&str>, outcome: Outco
         &service
     };
     let limit = LimitNote(outcome.limit());
+    let cause = cause.map(|c| format!(": {c}")).unwrap_or_default();
     macro_rules! entry {
         ($level:ident) => {
             tracing::$level!(
@@ -273,7 +393,7 @@ fn record(state: &State, peer: SocketAddr, service: Option<&str>, outcome: Outco
                 remote_addr = %peer.ip(),
                 remote_port = peer.port(),
                 outcome = %outcome_str,
-                "{what} from {peer}: {outcome_str}{limit}"
+                "{what} from {peer}: {outcome_str}{limit}{cause}"
             )
         };
     }
@@ -325,26 +445,109 @@ fn log_failure(
     }
 }
 
-/// Runs one handshake to its end. `ready` is what a look at the socket
-/// without waiting found of the request line (`Ok(None)`: not all of it
-/// yet). `name` is set to the service the client asked for, once known.
+/// Runs one handshake to its end. `early` is what a look at the socket
+/// without waiting found of a trusted proxy's header and of the request
+/// line. `who` is the client: a trusted proxy's header replaces it, here
+/// and only here, for everything after (limits, access lists, the
+/// session's variables, the log).
 async fn handshake(
     socket: std::net::TcpStream,
-    ready: Result<Option<Vec<u8>>, HandshakeError>,
-    peer: SocketAddr,
+    early: Early,
+    who: &mut Who,
     state: &State,
     mut fds: FdGuard,
     waiting: WaitingPlace,
-    name: &mut Option<String>,
 ) -> Outcome {
     let config = state.config.load_full();
     let limit = config.tcpmux.name_timeout;
+    // The header and the line together must come within name_timeout.
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut client = ClientSocket::Plain(socket);
+    let ready = match early {
+        Early::Line(ready) => ready,
+        // The header is waited for on the event loop; then the client it
+        // names takes the balancer's place, as at accept.
+        Early::HeaderPending => {
+            let mut stream = match client.registered() {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::warn!(
+                        "connection from {}: cannot wait for its PROXY header: {e}",
+                        who.peer
+                    );
+                    return Outcome::Closed;
+                }
+            };
+            let read = tokio::select! {
+                read = tokio::time::timeout_at(deadline, tcpmux::read_proxy_header(&mut stream)) => Some(read),
+                () = waiting.shed() => None,
+            };
+            client = ClientSocket::Registered(stream);
+            let header = match read {
+                None => return leave_or_shed(client, fds, waiting, Outcome::Shed),
+                Some(Ok(Ok(header))) => header,
+                Some(Ok(Err(HandshakeError::ProxyHeader(e)))) => {
+                    who.cause = Some(e.to_string());
+                    return leave_or_shed(client, fds, waiting, Outcome::BadProxyHeader);
+                }
+                Some(Ok(Err(_))) => return Outcome::Closed,
+                Some(Err(_)) => {
+                    who.cause = Some(HeaderError::Slow.to_string());
+                    return leave_or_shed(client, fds, waiting, Outcome::BadProxyHeader);
+                }
+            };
+            let mut arrival = Arrival {
+                peer: who.peer,
+                local: None,
+                early: None,
+                header_pending: false,
+            };
+            arrival.believe(header);
+            if arrival.peer != who.peer {
+                let key = source_key(arrival.peer.ip(), config.tcpmux.ipv6_source_prefix);
+                who.peer = arrival.peer;
+                who.local = arrival.local;
+                let Some(place) = state
+                    .sources
+                    .try_enter(key, config.tcpmux.max_handshakes_per_source)
+                else {
+                    let outcome = Outcome::SourceLimit;
+                    return leave_then_refuse(
+                        client,
+                        fds,
+                        waiting,
+                        reply::SOURCE_LIMIT,
+                        limit,
+                        outcome,
+                    )
+                    .await;
+                };
+                // The balancer's place is given back: the client holds its own.
+                who.source_place = place;
+            }
+            // The master list, skipped at accept for the balancer, judges
+            // the client before its line is waited for.
+            if !config.tcpmux.acl.permits(who.peer.ip()) {
+                return leave_then_refuse(
+                    client,
+                    fds,
+                    waiting,
+                    reply::DENIED,
+                    limit,
+                    Outcome::Denied,
+                )
+                .await;
+            }
+            Ok(None)
+        }
+    };
+    let peer = who.peer;
     let ip = peer.ip().to_canonical();
     // A line already there is taken at once, and the socket stays off the
     // event loop; otherwise it waits there for the rest.
     let (stream, read) = match ready {
         Ok(None) => {
-            let mut stream = match TcpStream::from_std(socket) {
+            let mut stream = match client.registered() {
                 Ok(stream) => stream,
                 Err(e) => {
                     tracing::warn!(%ip, "connection from {peer}: cannot wait for its name: {e}");
@@ -352,15 +555,12 @@ async fn handshake(
                 }
             };
             let read = tokio::select! {
-                line = timeout(limit, tcpmux::read_request_line(&mut stream)) => Some(line),
+                line = tokio::time::timeout_at(deadline, tcpmux::read_request_line(&mut stream)) => Some(line),
                 () = waiting.shed() => None,
             };
             (ClientSocket::Registered(stream), read)
         }
-        ready => (
-            ClientSocket::Plain(socket),
-            Some(Ok(ready.map(Option::unwrap_or_default))),
-        ),
+        ready => (client, Some(Ok(ready.map(Option::unwrap_or_default)))),
     };
     // Shed even when its name came at the same moment: whoever shed it
     // (a new connection, a start short of descriptors) counts on its
@@ -381,7 +581,9 @@ async fn handshake(
         Ok(Err(HandshakeError::TooLong)) => {
             return refuse(stream, reply::TOO_LONG, limit, Outcome::TooLong).await;
         }
-        Ok(Err(HandshakeError::Closed | HandshakeError::Io(_))) => {
+        Ok(Err(
+            HandshakeError::Closed | HandshakeError::Io(_) | HandshakeError::ProxyHeader(_),
+        )) => {
             return Outcome::Closed;
         }
         Ok(Ok(line)) => line,
@@ -399,7 +601,7 @@ async fn handshake(
     }
     let requested = match tcpmux::parse_request(&line) {
         Ok(Request::Help) => {
-            *name = Some(config::HELP_NAME.to_string());
+            who.name = Some(config::HELP_NAME.to_string());
             let names = config
                 .services
                 .iter()
@@ -418,10 +620,10 @@ async fn handshake(
         }
     };
     let Some(service) = config.service(&requested) else {
-        *name = Some(requested);
+        who.name = Some(requested);
         return refuse(stream, reply::UNKNOWN, limit, Outcome::Unknown).await;
     };
-    *name = Some(service.name.clone());
+    who.name = Some(service.name.clone());
     if !service.acl.permits(ip) {
         // HELP hides this service from this client; so does the answer.
         return refuse(stream, reply::UNKNOWN, limit, Outcome::Denied).await;
@@ -477,8 +679,12 @@ async fn handshake(
     {
         return refuse(stream, reply::SESSIONS_FULL, limit, Outcome::NoDescriptors).await;
     }
-    let Ok(local) = stream.local_addr() else {
-        return Outcome::Closed;
+    let local = match who.local {
+        Some(local) => local,
+        None => match stream.local_addr() {
+            Ok(local) => local,
+            Err(_) => return Outcome::Closed,
+        },
     };
     let conn = Connection {
         stream,
@@ -509,6 +715,55 @@ async fn handshake(
                 refuse(stream, reply::UNAVAILABLE, limit, Outcome::SpawnFailed).await;
             }
             Outcome::SpawnFailed
+        }
+    }
+}
+
+/// Ends a handshake that is not answered (a bad PROXY header: closed
+/// without a reply), or, when it was shed meanwhile, as a shed one.
+fn leave_or_shed(
+    client: ClientSocket,
+    fds: FdGuard,
+    waiting: WaitingPlace,
+    outcome: Outcome,
+) -> Outcome {
+    let shed = waiting.leave();
+    if shed.is_some() {
+        let _ = client.send_now(reply::OVERLOADED);
+    }
+    // Closed and given back before whoever shed it is told.
+    drop((client, fds));
+    match shed {
+        Some(shed) => {
+            drop(shed);
+            Outcome::Shed
+        }
+        None => outcome,
+    }
+}
+
+/// Refuses a handshake with `text` before its line was waited for, or,
+/// when it was shed meanwhile, ends it as a shed one.
+async fn leave_then_refuse(
+    client: ClientSocket,
+    fds: FdGuard,
+    waiting: WaitingPlace,
+    text: &[u8],
+    limit: Duration,
+    outcome: Outcome,
+) -> Outcome {
+    match waiting.leave() {
+        Some(shed) => {
+            let _ = client.send_now(reply::OVERLOADED);
+            drop((client, fds));
+            drop(shed);
+            Outcome::Shed
+        }
+        None => {
+            // The descriptor is held until the answer is given.
+            let outcome = refuse(client, text, limit, outcome).await;
+            drop(fds);
+            outcome
         }
     }
 }

@@ -3,7 +3,10 @@
 pub mod handshake;
 pub mod request;
 
-pub use handshake::{HandshakeError, read_request_line, take_ready_request_line};
+pub use handshake::{
+    HandshakeError, ReadyLine, read_proxy_header, read_request_line, take_ready_header_and_line,
+    take_ready_request_line,
+};
 pub use request::{Request, RequestError, find_line_end, parse_request};
 
 /// The replies tcpmuxd itself sends. Each is one line ending in CRLF and
