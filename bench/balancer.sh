@@ -102,7 +102,7 @@ EOF
 
 cat >"$WORK/haproxy.cfg" <<EOF
 global
-    maxconn 100000
+    maxconn 8000
 defaults
     mode tcp
     timeout connect 5s
