@@ -841,6 +841,64 @@ if [ "$E2E_SYSTEMD_LAUNCHER" = 1 ]; then
     resources_checks
 fi
 
+# Behind a load balancer: from a trusted address, the client a PROXY header
+# names is the session's REMOTE_ADDR and REMOTE_PORT, in its unit too.
+proxy_checks() {
+    section "a client named by a trusted balancer's PROXY header (systemd launcher)"
+    local out want
+    cat >"$etc/tcpmuxd/conf.d/86-proxy.toml" <<'EOF'
+[tcpmux]
+trusted_proxies = ["127.0.0.2"]
+
+[[service]]
+name = "remote"
+command = ["/usr/bin/printenv", "REMOTE_ADDR", "REMOTE_PORT"]
+launcher = "systemd"
+warm = 0
+EOF
+    if ! ct systemctl reload tcpmuxd.service || ! wait_until "$WAIT_TIMEOUT" lists remote; then
+        fail "reload serves \"remote\"" "$(ct journalctl -u tcpmuxd.service --no-pager -n 10)"
+    else
+        # A balancer at 127.0.0.2 (python3 binds the source address).
+        out=$(ct timeout 20 python3 -c '
+import socket
+s = socket.socket()
+s.settimeout(15)
+s.bind(("127.0.0.2", 0))
+s.connect(("127.0.0.1", 1))
+s.sendall(b"PROXY TCP4 203.0.113.7 127.0.0.1 40001 1\r\nremote\r\n")
+got = b""
+while True:
+    b = s.recv(4096)
+    if not b:
+        break
+    got += b
+print(got.decode(errors="replace"), end="")
+' 2>&1 | tr -d '\r')
+        want=$(printf '+\n203.0.113.7\n40001')
+        if [ "$out" = "$want" ]; then
+            pass "a unit's session sees REMOTE_ADDR and REMOTE_PORT from a trusted PROXY header"
+        else
+            fail "the session of \"remote\" behind 127.0.0.2 prints the client the header names" \
+                "got: $(printf '%s' "$out" | tr '\n' ' ')" "want: $(printf '%s' "$want" | tr '\n' ' ')" \
+                "$(ct journalctl --no-pager -n 10 -u tcpmuxd.service 2>&1)"
+        fi
+        if ct journalctl -u tcpmuxd.service -o json --no-pager |
+            grep -F '"TCPMUX_SERVICE":"remote"' | grep -F '"OUTCOME":"served"' |
+            grep -qF '"REMOTE_ADDR":"203.0.113.7"'; then
+            pass "journal: the session of \"remote\" is logged with the client's REMOTE_ADDR"
+        else
+            fail "journalctl -u tcpmuxd has OUTCOME=served, REMOTE_ADDR=203.0.113.7 for \"remote\"" \
+                "$(ct journalctl -u tcpmuxd.service --no-pager -n 10)"
+        fi
+    fi
+    rm -f "$etc/tcpmuxd/conf.d/86-proxy.toml"
+    ct systemctl reload tcpmuxd.service
+}
+if [ "$E2E_SYSTEMD_LAUNCHER" = 1 ]; then
+    proxy_checks
+fi
+
 # ---- the end ------------------------------------------------------------------
 
 section "result"
