@@ -183,6 +183,11 @@ pub const HELP_CHUNK: usize = 4 * 1024;
 /// connection up to `net.ipv4.tcp_wmem`'s maximum (4 MiB).
 pub const LONG_REPLY_SEND_BUFFER: usize = 16 * 1024;
 
+/// How often a connection closed by its client while the kernel still
+/// holds some of a long reply for it is asked whether the client took the
+/// rest; until `name_timeout`, when it is reset.
+pub const UNTAKEN_REPLY_POLL: Duration = Duration::from_millis(100);
+
 /// Time an exec session's program has to start: from the child's creation
 /// to its execve. A start takes milliseconds; one held longer (the
 /// program's owner can hold execve with a write lease on the file, or stop

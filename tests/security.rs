@@ -1493,3 +1493,48 @@ fn a_large_help_to_clients_that_never_read_is_bounded_and_leaves_no_orphans() {
     // A client that reads gets every byte, in order.
     assert!(help_from(&d, "127.0.0.3") == help, "{}", d.log());
 }
+
+/// A client that takes most of a long HELP list, then closes its side and
+/// reads no more: once `name_timeout` has passed the rest is not left to
+/// the kernel (an orphan socket in FIN-WAIT-1), although the client's end
+/// came.
+#[test]
+fn a_client_that_closes_with_part_of_a_large_help_untaken_leaves_no_orphan() {
+    const CLIENTS: usize = 4;
+    // Left unread: less than the capped send buffer holds, so that all
+    // of the list gets written out.
+    const UNREAD: usize = 8 * 1024;
+    let name_timeout = Duration::from_secs(2);
+    let (config, help) = many_services("[tcpmux]\nname_timeout = \"2s\"", 2000, 200);
+    let d = Daemon::start(&config);
+    let port = d.addr.port();
+    let started = Instant::now();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let mut s = connect_tiny_window("127.0.0.2", d.addr);
+            s.set_read_timeout(Some(WAIT)).unwrap();
+            s.write_all(b"HELP\r\n").unwrap();
+            let taken = read_n(&mut s, help.len() - UNREAD);
+            assert!(taken == help[..taken.len()], "{}", d.log());
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            s
+        })
+        .collect();
+    let deadline = started + name_timeout + Duration::from_secs(5);
+    let left = || {
+        sockets_on_port(port)
+            .into_iter()
+            .filter(|s| s.tx_queue > 0 || s.state == TCP_FIN_WAIT1)
+            .count()
+    };
+    while left() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        left(),
+        0,
+        "sockets still holding unsent data {:?} after name_timeout",
+        started.elapsed()
+    );
+    drop(clients);
+}

@@ -627,18 +627,34 @@ async fn refuse(client: ClientSocket, text: &[u8], limit: Duration, outcome: Out
         }
     };
     let until = limits::deadline_in(limits::DRAIN_TIMEOUT.min(limit));
-    drain_and_close(stream, total, until).await;
+    drain_and_close(stream, total, until, AfterEnd::Close).await;
     outcome
+}
+
+/// What [`drain_and_close`] does once the client's end came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterEnd {
+    /// Close: the reply was short, and the client took it before it
+    /// closed (the usual case, and no syscall more for it).
+    Close,
+    /// Wait, until the deadline, for the client to take the rest of a long
+    /// reply: a client may close its side and still not read.
+    AwaitTaken,
 }
 
 /// Reads what the client still sends once our side is shut down (at most
 /// [`limits::DRAIN_LIMIT`] in all, `total` of it read already) until it
-/// closes its side or `until`, then closes. A client whose end has not
-/// come by then and that has not taken all of the reply (the kernel still
-/// holds bytes of it, unsent or unacknowledged) is reset: closed
-/// gracefully, the connection would live on in the kernel, with the
-/// rest, for as long as the client kept its window shut.
-async fn drain_and_close(mut stream: TcpStream, mut total: usize, until: tokio::time::Instant) {
+/// closes its side or `until`, then closes. A client that has not taken
+/// all of the reply by then (the kernel still holds bytes of it, unsent
+/// or unacknowledged) is reset: closed gracefully, the connection would
+/// live on in the kernel, with the rest, for as long as the client kept
+/// its window shut.
+async fn drain_and_close(
+    mut stream: TcpStream,
+    mut total: usize,
+    until: tokio::time::Instant,
+    after_end: AfterEnd,
+) {
     let drain = async {
         // On the heap (every waiting handshake future would carry it), and
         // never zeroed: read_buf fills the spare capacity.
@@ -651,8 +667,18 @@ async fn drain_and_close(mut stream: TcpStream, mut total: usize, until: tokio::
             }
         }
     };
-    if timeout_at(until, drain).await.is_err() && holds_unsent(&stream) {
-        reset(&stream);
+    let ended = timeout_at(until, drain).await.is_ok();
+    if ended && after_end == AfterEnd::Close {
+        return;
+    }
+    // No event says that the client took it: asked again now and then.
+    while holds_unsent(&stream) {
+        let now = tokio::time::Instant::now();
+        if now >= until {
+            reset(&stream);
+            return;
+        }
+        tokio::time::sleep_until(until.min(now + limits::UNTAKEN_REPLY_POLL)).await;
     }
 }
 
@@ -748,7 +774,7 @@ async fn write_long_help<'a>(
     if stream.shutdown().await.is_err() {
         return Outcome::Help;
     }
-    drain_and_close(stream, 0, until).await;
+    drain_and_close(stream, 0, until, AfterEnd::AwaitTaken).await;
     Outcome::Help
 }
 
