@@ -177,6 +177,25 @@ pub const DRAIN_LIMIT: usize = 64 * 1024;
 /// How long that draining may take at most.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Most of the HELP list generated at a time, and the longest list
+/// answered in the accept loop. A longer list (a configuration of many
+/// services) is written by its connection's task, a chunk at a time as
+/// the client takes it, each generated from the configuration: never the
+/// whole list per connection.
+pub const HELP_CHUNK: usize = 4 * 1024;
+
+/// The send buffer (SO_SNDBUF) of a connection whose reply is longer than
+/// [`HELP_CHUNK`], set before its first byte: the kernel holds at most this
+/// much of the reply for the connection at a time (Linux allots twice the
+/// value, for its bookkeeping), instead of a buffer that grows with the
+/// connection up to `net.ipv4.tcp_wmem`'s maximum (4 MiB).
+pub const LONG_REPLY_SEND_BUFFER: usize = 16 * 1024;
+
+/// How often a connection closed by its client while the kernel still
+/// holds some of a long reply for it is asked whether the client took the
+/// rest; until `name_timeout`, when it is reset.
+pub const UNTAKEN_REPLY_POLL: Duration = Duration::from_millis(100);
+
 /// Time an exec session's program has to start: from the child's creation
 /// to its execve. A start takes milliseconds; one held longer (the
 /// program's owner can hold execve with a write lease on the file, or stop

@@ -345,3 +345,63 @@ fn crashing_hanging_and_flooding_services_do_not_hurt_the_daemon() {
     let after = d.rss_kib();
     assert!(after < before + 8 * 1024, "RSS {before} KiB -> {after} KiB");
 }
+
+/// Sends `PER_SOURCE` HELPs from each of `SOURCES` sources (each within
+/// its share of handshakes) on connections that never read, then asks
+/// for `echo` from another source: returns that client's wait for `+`,
+/// the burst's connections, and the server's sockets as they were when
+/// `+` came.
+fn burst_then_plus(d: &Daemon) -> (Duration, Vec<TcpStream>, Vec<KernelSocket>) {
+    const SOURCES: usize = 4;
+    const PER_SOURCE: usize = 64;
+    let mut burst = Vec::with_capacity(SOURCES * PER_SOURCE);
+    for i in 0..SOURCES * PER_SOURCE {
+        let source = format!("127.0.0.{}", 10 + i % SOURCES);
+        let mut s = connect_tiny_window(&source, d.addr);
+        s.write_all(b"HELP\r\n").unwrap();
+        burst.push(s);
+    }
+    let started = Instant::now();
+    let mut other = connect_from("127.0.0.3", d.addr);
+    other.write_all(b"echo\r\n").unwrap();
+    assert_eq!(read_line(&mut other), b"+\r\n", "{}", d.log());
+    let waited = started.elapsed();
+    let sockets = sockets_on_port(d.addr.port());
+    (waited, burst, sockets)
+}
+
+/// A burst of large HELPs (about 400 KiB each, 2000 services) from
+/// clients that never read is answered by the connections' tasks, not by
+/// the accept loop: another source's `+` comes while not one of the
+/// burst's lists has been written out whole, as a burst of small HELPs
+/// holds it up. (The old accept loop copied every list into the kernel
+/// before it took the next connection.)
+#[test]
+fn a_burst_of_large_helps_does_not_hold_up_another_sources_plus() {
+    raise_fd_limit();
+    let small = Daemon::start(&config("name_timeout = \"5s\""));
+    let (small_wait, small_burst, _) = burst_then_plus(&small);
+    drop(small_burst);
+    drop(small);
+
+    let (mut text, help) = many_services("[tcpmux]\nname_timeout = \"5s\"", 2000, 200);
+    text.push_str("\n[[service]]\nname = \"echo\"\ncommand = [\"/bin/cat\"]\n");
+    let d = Daemon::start(&text);
+    let (large_wait, burst, sockets) = burst_then_plus(&d);
+    // The burst's connections whose whole list the kernel had in hand (all
+    // but what the client's tiny window took) when `+` came.
+    let whole = sockets
+        .iter()
+        .filter(|s| s.remote.octets()[3] >= 10)
+        .filter(|s| s.tx_queue as usize + 64 * 1024 >= help.len())
+        .count();
+    let held: u64 = sockets.iter().map(|s| s.tx_queue).sum();
+    eprintln!(
+        "`+` after a burst of {} HELPs: {small_wait:?} (small list), {large_wait:?} (list of {} \
+         bytes; {whole} written whole, {held} bytes in the kernel)",
+        burst.len(),
+        help.len()
+    );
+    assert_eq!(whole, 0, "lists written whole before another source's `+`");
+    drop(burst);
+}

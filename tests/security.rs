@@ -1418,3 +1418,123 @@ fn a_user_at_its_process_limit_still_gets_its_program_started() {
         over.push(s);
     }
 }
+
+/// A HELP list of about 400 KiB (2000 services), asked for by 200 clients
+/// of one source that never read and offer the smallest window: what
+/// tcpmuxd holds for them, and what it leaves the kernel holding, stays
+/// within the source's handshake places and the send-buffer cap of a long
+/// reply; once `name_timeout` has passed nothing of theirs is left, not
+/// even as an orphan socket with the list unsent. A client that reads
+/// still gets the whole list.
+#[test]
+fn a_large_help_to_clients_that_never_read_is_bounded_and_leaves_no_orphans() {
+    const CLIENTS: usize = 200;
+    // The source's share: the default max_handshakes_per_source.
+    const PLACES: u64 = 64;
+    let name_timeout = Duration::from_secs(2);
+    let (config, help) = many_services("[tcpmux]\nname_timeout = \"2s\"", 2000, 200);
+    assert!(help.len() > 400_000);
+    let d = Daemon::start(&config);
+    let port = d.addr.port();
+    let before = d.rss_kib();
+    let started = Instant::now();
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        let mut s = connect_tiny_window("127.0.0.2", d.addr);
+        // Refused ones may be closed already.
+        let _ = s.write_all(b"HELP\r\n");
+        clients.push(s);
+    }
+    // While the clients still hold their places (half of name_timeout).
+    let (mut peak_rss, mut peak_held, mut peak_holding) = (before, 0, 0);
+    while started.elapsed() < name_timeout / 2 {
+        peak_rss = peak_rss.max(d.rss_kib());
+        let sockets = sockets_on_port(port);
+        peak_held = peak_held.max(sockets.iter().map(|s| s.tx_queue).sum::<u64>());
+        peak_holding = peak_holding.max(sockets.iter().filter(|s| s.tx_queue > 0).count());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "{CLIENTS} HELPs of {} bytes never read: RSS {before} KiB -> peak {peak_rss} KiB; \
+         kernel held at most {peak_held} bytes for {peak_holding} connections",
+        help.len()
+    );
+    // Generous: the places' futures take a few KiB each.
+    assert!(
+        peak_rss < before + 16 * 1024,
+        "RSS {before} KiB -> {peak_rss} KiB"
+    );
+    // Each place's send buffer is capped (the kernel doubles what it is
+    // given, for its bookkeeping): a few dozen KiB each, far from the list.
+    assert!(
+        peak_held <= PLACES * 64 * 1024,
+        "the kernel held {peak_held} bytes for {peak_holding} connections"
+    );
+    // name_timeout, the drain after it, and a margin: then no socket of
+    // the daemon's port holds anything unsent or unacknowledged, and none
+    // lingers in FIN-WAIT-1.
+    let deadline = started + name_timeout + Duration::from_secs(5);
+    let left = || {
+        sockets_on_port(port)
+            .into_iter()
+            .filter(|s| s.tx_queue > 0 || s.state == TCP_FIN_WAIT1)
+            .count()
+    };
+    while left() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        left(),
+        0,
+        "sockets still holding unsent data {:?} after name_timeout",
+        started.elapsed()
+    );
+    drop(clients);
+    // A client that reads gets every byte, in order.
+    assert!(help_from(&d, "127.0.0.3") == help, "{}", d.log());
+}
+
+/// A client that takes most of a long HELP list, then closes its side and
+/// reads no more: once `name_timeout` has passed the rest is not left to
+/// the kernel (an orphan socket in FIN-WAIT-1), although the client's end
+/// came.
+#[test]
+fn a_client_that_closes_with_part_of_a_large_help_untaken_leaves_no_orphan() {
+    const CLIENTS: usize = 4;
+    // Left unread: less than the capped send buffer holds, so that all
+    // of the list gets written out.
+    const UNREAD: usize = 8 * 1024;
+    let name_timeout = Duration::from_secs(2);
+    let (config, help) = many_services("[tcpmux]\nname_timeout = \"2s\"", 2000, 200);
+    let d = Daemon::start(&config);
+    let port = d.addr.port();
+    let started = Instant::now();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let mut s = connect_tiny_window("127.0.0.2", d.addr);
+            s.set_read_timeout(Some(WAIT)).unwrap();
+            s.write_all(b"HELP\r\n").unwrap();
+            let taken = read_n(&mut s, help.len() - UNREAD);
+            assert!(taken == help[..taken.len()], "{}", d.log());
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            s
+        })
+        .collect();
+    let deadline = started + name_timeout + Duration::from_secs(5);
+    let left = || {
+        sockets_on_port(port)
+            .into_iter()
+            .filter(|s| s.tx_queue > 0 || s.state == TCP_FIN_WAIT1)
+            .count()
+    };
+    while left() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        left(),
+        0,
+        "sockets still holding unsent data {:?} after name_timeout",
+        started.elapsed()
+    );
+    drop(clients);
+}

@@ -909,6 +909,21 @@ pub fn limits_table() -> Vec<Limit> {
             "the reply arrives before the close".into(),
         ),
         row(
+            &format!(
+                "a `HELP` list longer than {} KiB (many services)",
+                kib(limits::HELP_CHUNK)
+            ),
+            format!(
+                "written {} KiB at a time as the client takes it, never held whole, by the \
+                 connection's task; the connection's send buffer capped at {} KiB (the kernel \
+                 allots twice that); all within `name_timeout`, the connection keeping its \
+                 place in the handshake meanwhile",
+                kib(limits::HELP_CHUNK),
+                kib(limits::LONG_REPLY_SEND_BUFFER)
+            ),
+            "a client that has not taken the whole list by then is reset".into(),
+        ),
+        row(
             "a session's stderr (exec launcher)",
             format!(
                 "{} KiB read a second, lines of {} bytes, {} lines a second from one session, \

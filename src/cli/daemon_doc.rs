@@ -71,7 +71,9 @@ pub fn replies() -> Vec<Reply> {
         ),
         row(
             "list of names, one per CRLF line, then close",
-            "reply to `HELP` (any case): the services this client may use",
+            "reply to `HELP` (any case): the services this client may use; the client has \
+             `name_timeout` to take it (a connection with some of the list still unsent then is \
+             reset)",
         ),
         row(
             "`-Unknown service`",

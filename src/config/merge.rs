@@ -197,11 +197,13 @@ pub(super) fn merge(files: Vec<(PathBuf, FileConfig)>, errors: &mut Vec<ConfigEr
         .keys
         .get("msp.command")
         .map(|(path, line)| (path.clone(), Some(*line)));
+    let help_len = crate::tcpmux::help_len(services.iter().map(|s| s.name.as_str()));
     Config {
         tcpmux,
         msp,
         services,
         by_name,
+        help_len,
         files: paths,
         warnings,
         msp_command_origin,

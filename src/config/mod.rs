@@ -274,6 +274,8 @@ pub struct Config {
     pub msp: MspSettings,
     pub services: Vec<Arc<Service>>,
     by_name: HashMap<String, usize>,
+    /// The length of the HELP list of every service.
+    help_len: usize,
     /// Files this configuration was read from, main file first.
     pub files: Vec<PathBuf>,
     /// Problems that do not stop the daemon (a service's program missing).
@@ -392,6 +394,12 @@ impl Config {
         self.by_name
             .get(&name.to_ascii_lowercase())
             .map(|&i| &self.services[i])
+    }
+
+    /// The length of the HELP list of every service: no client's list,
+    /// whatever the access lists hide from it, is longer.
+    pub fn help_len(&self) -> usize {
+        self.help_len
     }
 }
 

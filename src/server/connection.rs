@@ -3,7 +3,7 @@
 
 use super::State;
 use crate::admission::{FdGuard, Limit, SourceGuard, WaitingPlace, source_key};
-use crate::config::{self, Service};
+use crate::config::{self, Config, Service};
 use crate::launch::exec::ExecLauncher;
 use crate::launch::systemd::SystemdLauncher;
 use crate::launch::{ClientSocket, Connection, Failed, LaunchError, Launcher};
@@ -11,16 +11,16 @@ use crate::limits;
 use crate::log::escaped;
 use crate::proxy::{HeaderError, ProxyHeader};
 use crate::sessions::{Full, SessionLimits};
-use crate::tcpmux::{self, HandshakeError, Request, RequestError, reply};
+use crate::tcpmux::{self, HandshakeError, HelpCursor, Request, RequestError, reply};
 use std::io::{Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -142,6 +142,9 @@ async fn accept_loop(
             record(&state, peer, None, Outcome::Overloaded);
             continue;
         }
+        // Only a HELP list that fits one chunk, whatever the client may
+        // see of it, is answered here; a longer one is its task's to write.
+        let help_fits = config.help_len() <= limits::HELP_CHUNK;
         drop(config);
         let waiting = state.waiting.enter();
         let state = Arc::clone(&state);
@@ -152,7 +155,8 @@ async fn accept_loop(
             (false, Some(line)) => Early::Line(line),
             (false, None) => Early::Line(tcpmux::take_ready_request_line(&stream)),
         };
-        let help = matches!(&early, Early::Line(Ok(Some(line))) if tcpmux::parse_request(line) == Ok(Request::Help));
+        let help = help_fits
+            && matches!(&early, Early::Line(Ok(Some(line))) if tcpmux::parse_request(line) == Ok(Request::Help));
         let local = who.local;
         let task = async move {
             let _place = place;
@@ -602,13 +606,7 @@ async fn handshake(
     let requested = match tcpmux::parse_request(&line) {
         Ok(Request::Help) => {
             who.name = Some(config::HELP_NAME.to_string());
-            let names = config
-                .services
-                .iter()
-                .filter(|s| s.acl.permits(ip))
-                .map(|s| s.name.as_str());
-            let text = tcpmux::help_text(names);
-            return refuse(stream, &text, limit, Outcome::Help).await;
+            return help(stream, &config, ip, limit).await;
         }
         Ok(Request::Service(requested)) => requested,
         Err(RequestError::TooLong) => {
@@ -867,12 +865,16 @@ async fn refuse(client: ClientSocket, text: &[u8], limit: Duration, outcome: Out
             },
         },
     };
-    let mut total = match drained {
+    let total = match drained {
         Some(n) => n,
         None => {
             match timeout(limit, stream.write_all(rest)).await {
                 Ok(Ok(())) => {}
-                _ => return Outcome::Closed,
+                Ok(Err(_)) => return Outcome::Closed,
+                Err(_) => {
+                    reset(&stream);
+                    return Outcome::Closed;
+                }
             }
             if stream.shutdown().await.is_err() {
                 return outcome;
@@ -880,6 +882,35 @@ async fn refuse(client: ClientSocket, text: &[u8], limit: Duration, outcome: Out
             0
         }
     };
+    let until = limits::deadline_in(limits::DRAIN_TIMEOUT.min(limit));
+    drain_and_close(stream, total, until, AfterEnd::Close).await;
+    outcome
+}
+
+/// What [`drain_and_close`] does once the client's end came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterEnd {
+    /// Close: the reply was short, and the client took it before it
+    /// closed (the usual case, and no syscall more for it).
+    Close,
+    /// Wait, until the deadline, for the client to take the rest of a long
+    /// reply: a client may close its side and still not read.
+    AwaitTaken,
+}
+
+/// Reads what the client still sends once our side is shut down (at most
+/// [`limits::DRAIN_LIMIT`] in all, `total` of it read already) until it
+/// closes its side or `until`, then closes. A client that has not taken
+/// all of the reply by then (the kernel still holds bytes of it, unsent
+/// or unacknowledged) is reset: closed gracefully, the connection would
+/// live on in the kernel, with the rest, for as long as the client kept
+/// its window shut.
+async fn drain_and_close(
+    mut stream: TcpStream,
+    mut total: usize,
+    until: tokio::time::Instant,
+    after_end: AfterEnd,
+) {
     let drain = async {
         // On the heap (every waiting handshake future would carry it), and
         // never zeroed: read_buf fills the spare capacity.
@@ -892,8 +923,138 @@ async fn refuse(client: ClientSocket, text: &[u8], limit: Duration, outcome: Out
             }
         }
     };
-    let _ = timeout(limits::DRAIN_TIMEOUT.min(limit), drain).await;
-    outcome
+    let ended = timeout_at(until, drain).await.is_ok();
+    if ended && after_end == AfterEnd::Close {
+        return;
+    }
+    // No event says that the client took it: asked again now and then.
+    while holds_unsent(&stream) {
+        let now = tokio::time::Instant::now();
+        if now >= until {
+            reset(&stream);
+            return;
+        }
+        tokio::time::sleep_until(until.min(now + limits::UNTAKEN_REPLY_POLL)).await;
+    }
+}
+
+/// Whether the kernel still holds bytes we wrote to the connection: not
+/// yet sent, or sent and not acknowledged (our FIN too). Asked only when
+/// a client did not close in time, never on the way of a prompt one.
+fn holds_unsent(socket: &impl std::os::fd::AsFd) -> bool {
+    use rustix::ioctl::{Getter, Opcode, ioctl};
+    // SIOCOUTQ, which Linux numbers as TIOCOUTQ.
+    const OUTQ: Opcode = libc::TIOCOUTQ as Opcode;
+    // SAFETY: SIOCOUTQ on a TCP socket writes one int, which Getter
+    // provides.
+    let queued = unsafe { ioctl(socket, Getter::<OUTQ, libc::c_int>::new()) };
+    // Unknown: as if it did, so that nothing is left to the kernel.
+    !matches!(queued, Ok(0))
+}
+
+/// Makes the coming close of the connection a reset (SO_LINGER 0), so
+/// that the kernel drops what it still holds for a client that did not
+/// take it, instead of keeping the socket as an orphan.
+fn reset(socket: &impl std::os::fd::AsFd) {
+    let _ = rustix::net::sockopt::set_socket_linger(socket, Some(Duration::ZERO));
+}
+
+/// The HELP list's lines `ip` may see: the names of the services whose
+/// own access list lets it in.
+fn visible_to(ip: IpAddr) -> impl Fn(&Arc<Service>) -> Option<&str> {
+    move |service| service.acl.permits(ip).then_some(service.name.as_str())
+}
+
+/// Answers HELP with the services `ip` may use. A list that fits one
+/// chunk (as every list does when the whole one does) is written like a
+/// refusal; a longer one by [`write_long_help`], never built whole.
+async fn help(stream: ClientSocket, config: &Config, ip: IpAddr, limit: Duration) -> Outcome {
+    let visible = visible_to(ip);
+    let len = match config.help_len() {
+        all if all <= limits::HELP_CHUNK => all,
+        _ => tcpmux::help_len(config.services.iter().filter_map(&visible)),
+    };
+    if len > limits::HELP_CHUNK {
+        return write_long_help(stream, &config.services, &visible, limit).await;
+    }
+    let mut text = vec![0u8; len];
+    let (n, _) = HelpCursor::default().fill(&config.services, &visible, &mut text);
+    text.truncate(n);
+    refuse(stream, &text, limit, Outcome::Help).await
+}
+
+/// Writes a HELP list longer than [`limits::HELP_CHUNK`]. The send buffer
+/// is capped first (the kernel holds at most
+/// [`limits::LONG_REPLY_SEND_BUFFER`] of the list, not a buffer grown to
+/// megabytes), then each chunk is generated from the configuration once
+/// the client has taken the last: the connection holds no buffer while it
+/// waits. All of it, the wait for the client's end too, within `limit`,
+/// while the handshake keeps its places (the source's share among them);
+/// a client that has not taken it all by then is reset.
+async fn write_long_help<'a>(
+    stream: ClientSocket,
+    services: &'a [Arc<Service>],
+    visible: &impl Fn(&'a Arc<Service>) -> Option<&'a str>,
+    limit: Duration,
+) -> Outcome {
+    let until = limits::deadline_in(limit);
+    if let Err(e) =
+        rustix::net::sockopt::set_socket_send_buffer_size(&stream, limits::LONG_REPLY_SEND_BUFFER)
+    {
+        // Without the cap, the kernel could take the whole list for a
+        // client that never reads it.
+        tracing::debug!("HELP list not sent: cannot cap the connection's send buffer: {e}");
+        return Outcome::Closed;
+    }
+    let Ok(mut stream) = stream.registered() else {
+        return Outcome::Closed;
+    };
+    let mut cursor = HelpCursor::default();
+    loop {
+        match send_help_chunk(&stream, cursor, services, visible) {
+            Ok(Some(next)) => cursor = next,
+            Ok(None) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                match timeout_at(until, stream.writable()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Outcome::Closed,
+                    Err(_) => {
+                        reset(&stream);
+                        return Outcome::Closed;
+                    }
+                }
+            }
+            Err(_) => return Outcome::Closed,
+        }
+    }
+    if stream.shutdown().await.is_err() {
+        return Outcome::Help;
+    }
+    drain_and_close(stream, 0, until, AfterEnd::AwaitTaken).await;
+    Outcome::Help
+}
+
+/// Sends the list's next chunk from `cursor` as far as the send buffer
+/// takes it, without waiting: the cursor past what was sent, or `None`
+/// once the list is all sent. The chunk lives on the stack for this call
+/// only.
+fn send_help_chunk<'a>(
+    stream: &TcpStream,
+    cursor: HelpCursor,
+    services: &'a [Arc<Service>],
+    visible: &impl Fn(&'a Arc<Service>) -> Option<&'a str>,
+) -> std::io::Result<Option<HelpCursor>> {
+    let mut chunk = [0u8; limits::HELP_CHUNK];
+    let (n, after) = cursor.fill(services, visible, &mut chunk);
+    if n == 0 {
+        return Ok(None);
+    }
+    let sent = stream.try_write(&chunk[..n])?;
+    Ok(Some(if sent == n {
+        after
+    } else {
+        cursor.advance(services, visible, sent)
+    }))
 }
 
 /// How far [`refuse_now`] got without waiting.
@@ -929,18 +1090,18 @@ fn refuse_now(socket: &std::net::TcpStream, text: &[u8]) -> std::io::Result<Now>
         return Ok(Now::Done);
     }
     // Usually nothing yet: the client reads the reply before it closes.
+    // One buffer at most here (this may run in the accept loop): whatever
+    // more the client sent is for its task to drain.
     let mut sink = [0u8; limits::MAX_LINE_LEN];
-    let mut total = 0;
-    while total < limits::DRAIN_LIMIT {
+    loop {
         match recv(socket, &mut sink[..], RecvFlags::DONTWAIT) {
             Ok((0, _)) => return Ok(Now::Done),
-            Ok((n, _)) => total += n,
+            Ok((n, _)) => return Ok(Now::Draining(n)),
             Err(Errno::INTR) => {}
-            Err(Errno::AGAIN) => return Ok(Now::Draining(total)),
+            Err(Errno::AGAIN) => return Ok(Now::Draining(0)),
             Err(_) => return Ok(Now::Done),
         }
     }
-    Ok(Now::Done)
 }
 
 #[cfg(test)]

@@ -582,3 +582,108 @@ pub fn check_exactly(files: &[(&str, &str)]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A configuration of `count` services with long names (`svc0000-xxx...`,
+/// `name_len` bytes each) running /bin/true, after `head` (TOML text):
+/// a HELP list of `count * (name_len + 2)` bytes.
+pub fn many_services(head: &str, count: usize, name_len: usize) -> (String, Vec<u8>) {
+    let mut config = format!("{head}\n");
+    let mut help = Vec::new();
+    for i in 0..count {
+        let prefix = format!("svc{i:04}-");
+        let name = format!("{prefix}{}", "x".repeat(name_len - prefix.len()));
+        config.push_str(&format!(
+            "\n[[service]]\nname = \"{name}\"\ncommand = [\"/bin/true\"]\n"
+        ));
+        help.extend_from_slice(name.as_bytes());
+        help.extend_from_slice(b"\r\n");
+    }
+    (config, help)
+}
+
+/// A connection from `source` whose receive buffer is as small as the
+/// kernel allows (asked for before the connection, so that the window it
+/// offers stays tiny): a client that takes a reply as slowly as it can.
+pub fn connect_tiny_window(source: &str, addr: SocketAddr) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let src: std::net::Ipv4Addr = source.parse().unwrap();
+    let SocketAddr::V4(dst) = addr else {
+        panic!("IPv4 only")
+    };
+    // SAFETY: plain socket calls on a descriptor we own.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let size: libc::c_int = 1024;
+        assert_eq!(
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            ),
+            0
+        );
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_addr.s_addr = u32::from(src).to_be();
+        let len = std::mem::size_of_val(&sa) as u32;
+        assert_eq!(
+            libc::bind(fd, &sa as *const _ as *const libc::sockaddr, len),
+            0
+        );
+        sa.sin_addr.s_addr = u32::from(*dst.ip()).to_be();
+        sa.sin_port = dst.port().to_be();
+        assert_eq!(
+            libc::connect(fd, &sa as *const _ as *const libc::sockaddr, len),
+            0,
+            "connect: {}",
+            std::io::Error::last_os_error()
+        );
+        TcpStream::from_raw_fd(fd)
+    }
+}
+
+/// TCP states as /proc/net/tcp numbers them.
+pub const TCP_ESTABLISHED: u8 = 1;
+pub const TCP_FIN_WAIT1: u8 = 4;
+
+/// One IPv4 TCP socket of this network namespace, from /proc/net/tcp.
+#[derive(Debug, Clone)]
+pub struct KernelSocket {
+    pub local_port: u16,
+    pub remote: std::net::Ipv4Addr,
+    pub state: u8,
+    /// Bytes sent and not yet acknowledged, or not yet sent.
+    pub tx_queue: u64,
+}
+
+/// The IPv4 TCP sockets whose local port is `port` (a server's side of
+/// its connections, listener included), orphans too.
+pub fn sockets_on_port(port: u16) -> Vec<KernelSocket> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let hex_port = |field: &str| field.rsplit_once(':').map(|(_, p)| p.to_string());
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port = u16::from_str_radix(&hex_port(f.get(1)?)?, 16).ok()?;
+            let (remote_ip, _) = f.get(2)?.split_once(':')?;
+            // Written as the host's u32 in hex.
+            let remote =
+                std::net::Ipv4Addr::from(u32::from_be(u32::from_str_radix(remote_ip, 16).ok()?));
+            let state = u8::from_str_radix(f.get(3)?, 16).ok()?;
+            let (tx, _) = f.get(4)?.split_once(':')?;
+            let tx_queue = u64::from_str_radix(tx, 16).ok()?;
+            Some(KernelSocket {
+                local_port,
+                remote,
+                state,
+                tx_queue,
+            })
+        })
+        .filter(|s| s.local_port == port)
+        .collect()
+}
