@@ -1955,3 +1955,61 @@ fn the_delivery_command_gets_the_umask_of_tcpmux() {
     let mode = std::fs::metadata(&m.log).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o640, "{mode:o}");
 }
+
+#[test]
+fn a_burst_through_a_trusted_proxy_is_held_to_each_clients_share_not_the_balancers() {
+    // Many clients behind one balancer, each connection's header and
+    // message in one write, all queued before the daemon reads any: each
+    // client has a share of its own, so none is refused for the
+    // balancer's (max_connections_per_source = 4 here).
+    let m = start(
+        "trusted_proxies = [\"127.0.0.2\"]\nmax_connections_per_source = 4\n\
+         rate_per_minute = 100000\ntotal_rate_per_minute = 100000\n\
+         recipient_rate_per_minute = 100000",
+    );
+    let msg = |text: &str| b(["chris", "", text, "sandy", "console", "c1", ""]);
+    let mut conns: Vec<TcpStream> = (0..32)
+        .map(|i| {
+            let mut s = connect_from("127.0.0.2", m.tcp);
+            let mut sent =
+                format!("PROXY TCP4 192.0.2.{} 127.0.0.1 4000 18\r\n", i + 1).into_bytes();
+            sent.extend_from_slice(&msg(&format!("burst {i}")));
+            s.write_all(&sent).unwrap();
+            s
+        })
+        .collect();
+    let answered = conns
+        .iter_mut()
+        .map(|s| {
+            let mut out = [0u8; 2];
+            s.read_exact(&mut out).is_ok() && &out == b"+\0"
+        })
+        .filter(|&ok| ok)
+        .count();
+    assert_eq!(answered, 32, "{}", m._daemon.log());
+}
+
+#[test]
+fn an_msp_header_completed_after_a_reload_that_removed_the_trust_is_not_believed() {
+    let m = start("trusted_proxies = [\"127.0.0.2\"]");
+    let msg = |text: &str| b(["chris", "", text, "sandy", "console", "c1", ""]);
+    let header = b"PROXY TCP4 192.0.2.9 127.0.0.1 4000 18\r\n";
+    let mut s = connect_from("127.0.0.2", m.tcp);
+    s.write_all(&header[..10]).unwrap();
+    let config = std::fs::read_to_string(m._daemon.config_path()).unwrap();
+    m._daemon
+        .rewrite_config(&config.replace("trusted_proxies = [\"127.0.0.2\"]", ""));
+    m._daemon.reload();
+    s.write_all(&header[10..]).unwrap();
+    s.write_all(&msg("after the reload")).unwrap();
+    // Closed without a reply (the daemon keeps the connection open after
+    // a message it answered: then the read times out).
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    assert!(out.is_empty(), "{out:?}");
+    assert!(
+        !m.delivered().iter().any(|l| l.contains("192.0.2.9")),
+        "a header from an address no longer trusted was believed: {:?}",
+        m.delivered()
+    );
+}

@@ -528,3 +528,28 @@ fn the_client_from_the_header_is_held_to_its_own_limits() {
         d.log()
     );
 }
+
+#[test]
+fn a_header_completed_after_a_reload_that_removed_the_trust_is_not_believed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = direct_daemon(dir.path(), "");
+    let client: SocketAddr = "192.0.2.9:40009".parse().unwrap();
+    let header = v2_header(client, d.addr);
+    // Trusted when it connects; half its header before the reload.
+    let mut s = connect_from("127.0.0.2", d.addr);
+    s.write_all(&header[..10]).unwrap();
+    let probe = probe(dir.path());
+    d.rewrite_config(&format!(
+        "[[service]]\nname = \"probe\"\ncommand = [\"{probe}\"]\n"
+    ));
+    d.reload();
+    s.write_all(&header[10..]).unwrap();
+    s.write_all(b"probe\r\n").unwrap();
+    let out = read_to_end(&mut s);
+    assert!(
+        !String::from_utf8_lossy(&out).contains("192.0.2.9"),
+        "a header from an address no longer trusted was believed: {:?}",
+        String::from_utf8_lossy(&out)
+    );
+    assert!(d.wait_log("bad-proxy-header"), "{}", d.log());
+}

@@ -485,11 +485,30 @@ pub async fn serve_tcp(
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    while let Some((stream, peer)) = crate::listen::accept(&listener, &shutdown).await {
-        // A trusted balancer's connection counts as its own until its
-        // PROXY header names the client (read by handle_tcp), who is then
-        // judged by the access list and held to its own share.
-        let trusted = state.config.load().msp.trusted_proxies.trusts(peer.ip());
+    while let Some((stream, accepted)) = crate::listen::accept(&listener, &shutdown).await {
+        // A trusted balancer's connection begins with a PROXY header that
+        // names its client. When it came with the connection, the client
+        // takes the peer's place here, for every check below; otherwise
+        // the connection counts as the balancer's own until handle_tcp has
+        // read it, and the client is judged then.
+        let mut peer = accepted;
+        let mut trusted = state.config.load().msp.trusted_proxies.trusts(peer.ip());
+        if trusted {
+            match take_ready_header(&stream) {
+                Ok(None) => {}
+                Ok(Some(header)) => {
+                    trusted = false;
+                    if let ProxyHeader::Proxied { source, .. } = header {
+                        peer = SocketAddr::new(source.ip().to_canonical(), source.port());
+                    }
+                }
+                Err(Some(e)) => {
+                    bad_proxy_header(&state, peer, &e);
+                    continue;
+                }
+                Err(None) => continue,
+            }
+        }
         // Each refusal is decided before anything is taken or shed: a
         // connection that is refused must not make others give way.
         if !trusted && !state.config.load().msp.acl.permits(peer.ip()) {
@@ -534,6 +553,36 @@ pub async fn serve_tcp(
     }
 }
 
+/// Takes a trusted proxy's header if all of it is already in the
+/// connection's receive queue, without waiting and without a byte past it:
+/// `Ok(None)` when it is not all there (nothing taken), `Err(Some(_))`
+/// when it is refused, `Err(None)` when the connection failed or ended.
+fn take_ready_header(stream: &TcpStream) -> Result<Option<ProxyHeader>, Option<HeaderError>> {
+    use rustix::io::Errno;
+    use rustix::net::{RecvFlags, recv};
+    let mut peeked = [0u8; limits::MAX_PROXY_HEADER_LEN];
+    let n = match recv(
+        stream,
+        &mut peeked[..],
+        RecvFlags::PEEK | RecvFlags::DONTWAIT,
+    ) {
+        Ok((0, _)) => return Err(None),
+        Ok((n, _)) => n,
+        Err(Errno::AGAIN | Errno::INTR) => return Ok(None),
+        Err(_) => return Err(None),
+    };
+    let (header, len) = match crate::proxy::parse_header(&peeked[..n]) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(Some(e)),
+    };
+    // The peeked bytes are in the queue, and nothing else reads it yet.
+    match recv(stream, &mut peeked[..len], RecvFlags::DONTWAIT) {
+        Ok((got, _)) if got == len => Ok(Some(header)),
+        _ => Err(None),
+    }
+}
+
 /// An MSP connection's client: the peer, until a trusted proxy's header
 /// names another.
 struct TcpClient {
@@ -572,6 +621,7 @@ async fn handle_tcp(
     let mut chunk = [0u8; 1024];
     let mut messages = 0usize;
     if client.trusted {
+        let balancer = client.peer;
         let header = loop {
             match crate::proxy::parse_header(&buf) {
                 Ok(Some((header, len))) => {
@@ -603,9 +653,24 @@ async fn handle_tcp(
                 Read::Data(Ok(Ok(n))) => buf.extend_from_slice(&chunk[..n]),
             }
         };
-        // The one place where the client a trusted proxy names takes the
-        // peer's: for the access list, the rates, the delivery's
-        // REMOTE_ADDR and the log.
+        // Judged by the configuration in force now that it is here: a
+        // reload may have taken the balancer out of trusted_proxies.
+        if !state
+            .config
+            .load()
+            .msp
+            .trusted_proxies
+            .trusts(balancer.ip())
+        {
+            let cause = format!(
+                "{} is no longer in trusted_proxies (the configuration was reloaded)",
+                balancer.ip()
+            );
+            return bad_proxy_header(state, balancer, &HeaderError::Malformed(cause));
+        }
+        // Where the client a trusted proxy names takes the peer's (when its
+        // header did not come with the connection): for the access list,
+        // the rates, the delivery's REMOTE_ADDR and the log.
         if let ProxyHeader::Proxied { source, .. } = header {
             let source = SocketAddr::new(source.ip().to_canonical(), source.port());
             let key = source_key(source.ip(), config.tcpmux.ipv6_source_prefix);

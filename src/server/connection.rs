@@ -500,6 +500,21 @@ async fn handshake(
                     return leave_or_shed(client, fds, waiting, Outcome::BadProxyHeader);
                 }
             };
+            // Judged by the configuration in force now that it is here: a
+            // reload may have taken the balancer out of trusted_proxies.
+            if !state
+                .config
+                .load()
+                .tcpmux
+                .trusted_proxies
+                .trusts(who.peer.ip())
+            {
+                who.cause = Some(format!(
+                    "{} is no longer in trusted_proxies (the configuration was reloaded)",
+                    who.peer.ip()
+                ));
+                return leave_or_shed(client, fds, waiting, Outcome::BadProxyHeader);
+            }
             let mut arrival = Arrival {
                 peer: who.peer,
                 local: None,
