@@ -564,10 +564,13 @@ fn exec_launcher() -> Section {
                 "The child is made as posix_spawn(3) makes one: it runs in tcpmuxd's memory \
                  (not a copy of it) until it executes the program, and a plus-mode service's \
                  `+` is written by the child itself just before, once every step that can fail \
-                 has succeeded, and holds no descriptor but 0, 1 and 2. With `fs.suid_dumpable` \
-                 at 1 (or unreadable), a start that switches users is refused with the cause in \
-                 the log: that setting would let the user trace the child in tcpmuxd's memory; \
-                 set it to 0 or 2. At most 64 programs are being started at once, 16 of one \
+                 has succeeded, and holds no descriptor but 0, 1 and 2. A start that switches \
+                 users does so only while `fs.suid_dumpable` is 0; at 2 (core files by root, as \
+                 systemd-coredump and apport set it) its child runs in a copy of tcpmuxd's \
+                 memory instead (slower, as fork is), so that no signal from the service's user \
+                 can have tcpmuxd's memory dumped; at 1 (or unreadable) it is refused with the \
+                 cause in the log: that setting would let the user trace the child. Set it to 0 \
+                 for the fast start. At most 64 programs are being started at once, 16 of one \
                  service; a start waits up to 2 seconds for room, then its client is told \
                  `-Server busy, try again later`. A start not done within {} (the program's owner can \
                  hold its execve with a file lease, the service's user can stop the child) is \

@@ -318,13 +318,11 @@ impl ExecImage {
             rustix::thread::set_thread_groups(&[])?;
             rustix::thread::set_thread_res_gid(gid, gid, gid)?;
             rustix::thread::set_thread_res_uid(uid, uid, uid)?;
-            // The change of user made the memory this child shares with
-            // tcpmuxd as dumpable as fs.suid_dumpable says (2 on many
-            // systems): tcpmuxd's own "not dumpable" undone, and a signal
-            // the new user sends that dumps core would write tcpmuxd's
-            // memory to disk (before Linux 5.16, and kill every process
-            // sharing it: tcpmuxd). Signals are still blocked here, so none
-            // is delivered before this.
+            // The change of user made the memory this child runs in (a
+            // copy of tcpmuxd's unless fs.suid_dumpable is 0: launch::spawn)
+            // as dumpable as fs.suid_dumpable says: a signal the new user
+            // sends that dumps core would write it to disk. Signals are
+            // still blocked here, so none is delivered before this.
             rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)?;
         }
         // The limit on processes counts the user's processes at fork, not

@@ -14,7 +14,7 @@
 //!
 //! Why nothing the child does can corrupt the daemon:
 //! - It only reads memory prepared before (the [`ExecImage`], the
-//!   descriptors to use), and writes one atomic the parent reads after
+//!   descriptors to use), and writes two atomics the parent reads after
 //!   `clone` returns. It allocates nothing, takes no lock and runs no
 //!   destructor: [`child_main`] ends in execve or `_exit`, never returns
 //!   into Rust code of the parent's. Its system calls are rustix's raw
@@ -31,29 +31,37 @@
 //!   unblocks them only after its user switch, before the greeting. A
 //!   fault is forced on it with the default action whatever the mask: it
 //!   dies, and the daemon sees it exit.
-//! - A change of user makes the memory it shares with the daemon as
-//!   dumpable as `fs.suid_dumpable` says. The child makes it not dumpable
-//!   again right after its user switch, still with every signal blocked:
-//!   a signal the new user sends that dumps core finds memory that is not
-//!   dumpable and kills the child alone. (Dumpable, it would write the
-//!   daemon's memory to a core file, and before Linux 5.16 kill every
-//!   process sharing it, the daemon too; and the daemon itself would stay
-//!   dumpable.)
 //! - Its stack is [`CHILD_STACK_SIZE`] bytes mapped for this only, below
 //!   them a page with no access: an overflow kills the child, it cannot
 //!   reach the daemon's memory. One stack per spawning thread, kept for
 //!   the next spawn: a thread runs one child at a time and the child is
-//!   done with the stack when `clone` returns.
+//!   done with the stack when `clone` returns. It writes its report in
+//!   the mapping's first page, which is shared (`MAP_SHARED`), so that the
+//!   parent sees it also from a child in a copy (below).
 //!
-//! - Between the user switch and execve the child runs as the service's
-//!   user in the daemon's memory. The kernel makes that memory as
-//!   dumpable as `fs.suid_dumpable` says at any change of user: at 0 or 2
-//!   ptrace, /proc/PID/mem and process_vm_writev need CAP_SYS_PTRACE, and
-//!   that user cannot reach it. At 1 (a debugging setting) that user could
-//!   trace the child and read or write the daemon's memory; a copy of it,
-//!   as fork would make, would still give away every secret in it (other
-//!   services' environments, clients' data). Starts that switch users are
-//!   then refused ([`users_kept_out`]).
+//! What a child that switches users runs in ([`child_memory`]): a change
+//! of user makes the memory of the process that changes as dumpable as
+//! `fs.suid_dumpable` says, and between that switch and execve the child
+//! runs as the service's user, who may signal it.
+//! - At 0 that memory stays not dumpable: the child runs in the daemon's,
+//!   and the service's user can neither trace it (ptrace, /proc/PID/mem
+//!   and process_vm_writev need CAP_SYS_PTRACE) nor have it dump core.
+//! - At 2 (core files by root, as systemd-coredump and apport set it) a
+//!   child in the daemon's memory would make it dumpable until it made it
+//!   not dumpable again, and in that moment any other child that can take
+//!   a signal could dump it (the daemon's memory in a core file; before
+//!   Linux 5.16 the dump kills every process sharing that memory, the
+//!   daemon too). The child runs in a copy instead (clone without
+//!   CLONE_VM, still CLONE_VFORK: slower, as fork is), and makes that
+//!   copy not dumpable right after its switch, with every signal still
+//!   blocked: a signal from the new user then kills the child alone,
+//!   without a core.
+//! - At 1 (a debugging setting), or unreadable, the new user could trace
+//!   the child and read even a copy of the daemon's memory (other
+//!   services' environments, clients' data): starts that switch users
+//!   are refused.
+//!
+//! What holds a start, never the daemon:
 //! - That user may signal the child, and whoever owns the program file
 //!   may hold its execve with a write lease: either holds the start, never
 //!   the daemon. A thread that starts a child first hands the connections
@@ -379,13 +387,40 @@ impl Watchdog {
     }
 }
 
-/// Whether a child that switches users (`switches_user`) keeps that user
-/// out of the daemon's memory before its exec: `fs.suid_dumpable`
-/// (`suid_dumpable`, None when unreadable, only read for a switch) is 0
-/// (not dumpable) or 2 (dumpable by root only). At 1, or unknown, the new
-/// user could trace the child.
-fn users_kept_out(switches_user: bool, suid_dumpable: impl FnOnce() -> Option<u8>) -> bool {
-    !switches_user || matches!(suid_dumpable(), Some(0 | 2))
+/// Where a child runs until its exec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChildMemory {
+    /// In tcpmuxd's own memory (`CLONE_VM`): no copy, the fast start.
+    Shared,
+    /// In a copy of it, as fork makes (the page tables copied: slower).
+    Copied,
+}
+
+/// Where a child that switches users (`switches_user`) may run, given
+/// `fs.suid_dumpable` (`suid_dumpable`, None when unreadable, only read
+/// for a switch); None when it may not be started at all.
+///
+/// A change of user makes the memory of the process that changes as
+/// dumpable as `fs.suid_dumpable` says. At 0 it stays not dumpable:
+/// shared, the fast start. At 2 (dumpable by root: core files), a child
+/// in shared memory would make tcpmuxd's memory dumpable for every other
+/// child that can take a signal at that moment, whatever it does after
+/// its own switch: it runs in a copy, which it makes not dumpable again
+/// right after its switch, before any signal can reach it. At 1, or
+/// unknown, the new user could trace the child and read even a copy of
+/// tcpmuxd's memory: refused.
+fn child_memory(
+    switches_user: bool,
+    suid_dumpable: impl FnOnce() -> Option<u8>,
+) -> Option<ChildMemory> {
+    if !switches_user {
+        return Some(ChildMemory::Shared);
+    }
+    match suid_dumpable() {
+        Some(0) => Some(ChildMemory::Shared),
+        Some(2) => Some(ChildMemory::Copied),
+        _ => None,
+    }
 }
 
 /// `fs.suid_dumpable`, read at every start that switches users (the
@@ -410,13 +445,13 @@ fn suid_dumpable() -> Option<u8> {
 /// failure after the greeting is the child's to report (see
 /// [`ExecImage::start`]).
 fn spawn(image: &ExecImage, stdio: [BorrowedFd<'_>; 3], watch: &Watch) -> io::Result<Spawned> {
-    if !users_kept_out(image.switches_user(), suid_dumpable) {
+    let Some(memory) = child_memory(image.switches_user(), suid_dumpable) else {
         return Err(io::Error::other(
             "fs.suid_dumpable is 1 or cannot be read: a program started as another user \
-             could read tcpmuxd's memory before its exec; set it to 0 or 2 (sysctl \
-             fs.suid_dumpable=0)",
+             could read tcpmuxd's memory before its exec; set it to 0 (sysctl \
+             fs.suid_dumpable=0), or 2",
         ));
-    }
+    };
     let (pid, errno, reached) = STACK.with(|cell| -> io::Result<(c_int, i32, bool)> {
         let mut cell = cell.borrow_mut();
         let stack = match &mut *cell {
@@ -431,12 +466,18 @@ fn spawn(image: &ExecImage, stdio: [BorrowedFd<'_>; 3], watch: &Watch) -> io::Re
             stdio: stdio.map(|fd| fd.as_raw_fd()),
             report,
         };
-        let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT_SETTID | libc::SIGCHLD;
+        let shared_memory = match memory {
+            ChildMemory::Shared => libc::CLONE_VM,
+            ChildMemory::Copied => 0,
+        };
+        let flags = shared_memory | libc::CLONE_VFORK | libc::CLONE_PARENT_SETTID | libc::SIGCHLD;
         let blocked = BlockedSignals::all()?;
         // SAFETY: see the module: the child runs `child_main` on its own
         // stack and reads `shared`, which outlives it (this thread waits
-        // in clone until the child has exec'd or exited); the kernel
-        // writes the child's pid into `watch.pid`, an aligned int.
+        // in clone until the child has exec'd or exited), in this memory
+        // or a copy of it; its report is in a shared mapping, seen here
+        // either way; the kernel writes the child's pid into `watch.pid`,
+        // an aligned int.
         let pid = unsafe {
             libc::clone(
                 child_main,
@@ -638,36 +679,32 @@ thread_local! {
     static STACK: RefCell<Option<Stack>> = const { RefCell::new(None) };
 }
 
-/// [`CHILD_STACK_SIZE`] bytes of stack above a guard page, and where the
-/// child reports (it shares this memory: `CLONE_VM`).
+/// [`CHILD_STACK_SIZE`] bytes of stack above a guard page, below that a
+/// page where the child reports. One shared mapping (`MAP_SHARED`): a
+/// child in a copy of tcpmuxd's memory writes its report where tcpmuxd
+/// reads it too.
 struct Stack {
     base: *mut c_void,
     len: usize,
-    report: Report,
 }
 
 impl Stack {
     fn new() -> io::Result<Stack> {
         use rustix::mm::{MapFlags, MprotectFlags, ProtFlags, mmap_anonymous, mprotect};
-        let guard = rustix::param::page_size();
-        let len = guard + CHILD_STACK_SIZE;
-        // SAFETY: a new private mapping, owned by the `Stack`.
+        let page = rustix::param::page_size();
+        let len = 2 * page + CHILD_STACK_SIZE;
+        // SAFETY: a new mapping, owned by the `Stack`; its first page holds
+        // the report (zeroed: no errno, not reached), the second is the
+        // guard.
         unsafe {
             let base = mmap_anonymous(
                 std::ptr::null_mut(),
                 len,
                 ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::PRIVATE | MapFlags::STACK,
+                MapFlags::SHARED | MapFlags::STACK,
             )?;
-            let stack = Stack {
-                base,
-                len,
-                report: Report {
-                    errno: AtomicI32::new(0),
-                    reached: AtomicBool::new(false),
-                },
-            };
-            mprotect(base, guard, MprotectFlags::empty())?;
+            let stack = Stack { base, len };
+            mprotect(base.wrapping_byte_add(page), page, MprotectFlags::empty())?;
             Ok(stack)
         }
     }
@@ -679,7 +716,10 @@ impl Stack {
     }
 
     fn report(&self) -> &Report {
-        &self.report
+        // SAFETY: the first page of the mapping, zeroed at first (a valid
+        // Report: both atomics zero), aligned, and alive as long as self;
+        // written by the child only through the atomics.
+        unsafe { &*(self.base as *const Report) }
     }
 }
 
@@ -809,32 +849,41 @@ mod tests {
     }
 
     #[test]
-    fn a_user_switch_needs_suid_dumpable_0_or_2() {
+    fn a_user_switch_needs_suid_dumpable_0_or_2_and_at_2_a_copy() {
         let never = || -> Option<u8> { panic!("read only for a user switch") };
-        assert!(users_kept_out(false, never));
-        assert!(users_kept_out(true, || Some(0)));
-        assert!(users_kept_out(true, || Some(2)));
-        assert!(!users_kept_out(true, || Some(1)));
-        assert!(!users_kept_out(true, || None));
+        assert_eq!(child_memory(false, never), Some(ChildMemory::Shared));
+        assert_eq!(child_memory(true, || Some(0)), Some(ChildMemory::Shared));
+        assert_eq!(child_memory(true, || Some(2)), Some(ChildMemory::Copied));
+        assert_eq!(child_memory(true, || Some(1)), None);
+        assert_eq!(child_memory(true, || None), None);
         // This machine's own setting is read.
         assert!(suid_dumpable().is_some());
     }
 
-    /// fs.suid_dumpable set for a test, and set back on drop.
-    struct SuidDumpable(String);
+    /// fs.suid_dumpable set for a test, and set back on drop; one test at
+    /// a time, so that each sets back the machine's own value.
+    struct SuidDumpable {
+        before: String,
+        _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+    }
 
     impl SuidDumpable {
         fn set(value: &str) -> Option<SuidDumpable> {
+            static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+            let held = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
             let path = "/proc/sys/fs/suid_dumpable";
             let before = std::fs::read_to_string(path).ok()?;
             std::fs::write(path, value).ok()?;
-            Some(SuidDumpable(before))
+            Some(SuidDumpable {
+                before,
+                _one_at_a_time: held,
+            })
         }
     }
 
     impl Drop for SuidDumpable {
         fn drop(&mut self) {
-            let _ = std::fs::write("/proc/sys/fs/suid_dumpable", self.0.trim());
+            let _ = std::fs::write("/proc/sys/fs/suid_dumpable", self.before.trim());
         }
     }
 
@@ -877,6 +926,71 @@ mod tests {
             DumpableBehavior::NotDumpable,
             "the child's user switch left tcpmuxd's memory dumpable"
         );
+    }
+
+    #[test]
+    fn starts_as_another_user_at_once_never_make_the_daemons_memory_dumpable() {
+        use rustix::process::{DumpableBehavior, dumpable_behavior, set_dumpable_behavior};
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: switching users needs root");
+            return;
+        }
+        // At 2, a child's change of user makes the memory it runs in
+        // dumpable until it makes it not dumpable again: were that
+        // tcpmuxd's own, every other child able to take a signal then
+        // could dump it (or, before Linux 5.16, kill tcpmuxd).
+        let Some(_restore) = SuidDumpable::set("2") else {
+            panic!("cannot set fs.suid_dumpable as root");
+        };
+        set_dumpable_behavior(DumpableBehavior::NotDumpable).unwrap();
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let done = std::sync::Arc::clone(&done);
+            std::thread::spawn(move || {
+                let mut seen = 0u32;
+                while !done.load(Ordering::Relaxed) {
+                    if dumpable_behavior().ok() != Some(DumpableBehavior::NotDumpable) {
+                        seen += 1;
+                    }
+                }
+                seen
+            })
+        };
+        let starters: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    let nobody = crate::config::Credentials {
+                        user: "nobody".into(),
+                        uid: 65534,
+                        gid: 65534,
+                    };
+                    let resources = Resources {
+                        umask: None,
+                        limits: ResourceLimits::default(),
+                    };
+                    let command = vec!["/bin/true".to_string()];
+                    let image = ExecImage::new(
+                        &command,
+                        std::iter::empty(),
+                        None,
+                        &resources,
+                        Some(&nobody),
+                    )
+                    .unwrap();
+                    for _ in 0..200 {
+                        let (spawned, _ours) = run(&image);
+                        let pid = spawned.unwrap().pid;
+                        let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
+                    }
+                })
+            })
+            .collect();
+        for s in starters {
+            s.join().unwrap();
+        }
+        done.store(true, Ordering::Relaxed);
+        let seen = watcher.join().unwrap();
+        assert_eq!(seen, 0, "tcpmuxd's memory was dumpable {seen} times");
     }
 
     #[test]
