@@ -56,6 +56,32 @@ impl TrustedProxies {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Why entries do not do what they seem to: one of prefix 0 trusts
+    /// every client of its family to name any address it likes; an IPv6
+    /// one that would cover IPv4 clients covers none (they are matched as
+    /// IPv4, as in the access lists).
+    pub fn warnings(&self) -> Vec<String> {
+        let mapped: IpAddr = IpAddr::V6(std::net::Ipv4Addr::UNSPECIFIED.to_ipv6_mapped());
+        self.0
+            .iter()
+            .filter_map(|net| {
+                if net.prefix_len() == 0 {
+                    Some(format!(
+                        "\"{net}\" trusts every address of its family: any client there can \
+                         claim to be any other with a PROXY header; list only the balancers"
+                    ))
+                } else if matches!(net, IpNet::V6(_)) && net.contains(&mapped) {
+                    Some(format!(
+                        "\"{net}\" is IPv6 and covers no IPv4 balancer, not even one seen on an \
+                         IPv6 socket (IPv4 balancers are matched by IPv4 entries)"
+                    ))
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
 }
 
 /// Parses one ACL entry: a network in CIDR notation or a single address.

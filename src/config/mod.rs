@@ -531,7 +531,8 @@ pub fn serving_nothing(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Warnings for access-list entries that do not do what they seem to:
 /// `deny = ["::/0"]` lets every IPv4 client in, `allow = ["::/0"]` keeps
-/// every one out.
+/// every one out; and for `trusted_proxies` that trust everyone, or no
+/// IPv4 balancer.
 fn acl_warnings(config: &Config) -> Vec<String> {
     let lists = [
         ("[tcpmux]".to_string(), &config.tcpmux.acl),
@@ -556,5 +557,18 @@ fn acl_warnings(config: &Config) -> Vec<String> {
                     )
                 })
         })
+        .chain(
+            [
+                ("[tcpmux]", &config.tcpmux.trusted_proxies),
+                ("[msp]", &config.msp.trusted_proxies),
+            ]
+            .into_iter()
+            .flat_map(|(owner, trusted)| {
+                trusted
+                    .warnings()
+                    .into_iter()
+                    .map(move |w| format!("{owner} trusted_proxies: {w}"))
+            }),
+        )
         .collect()
 }

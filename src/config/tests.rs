@@ -715,3 +715,37 @@ fn defer_accept_is_whole_seconds_rounded_up_and_unset_by_default() {
         assert_eq!(c.tcpmux.defer_accept, Some(secs), "{value}");
     }
 }
+
+#[test]
+fn trusted_proxies_that_trust_everyone_or_no_ipv4_balancer_are_warned_of() {
+    let c = build_from(&[(
+        "main.toml",
+        "[tcpmux]\ntrusted_proxies = [\"0.0.0.0/0\", \"192.0.2.2\"]\n\
+         [msp]\ntrusted_proxies = [\"::/0\"]\n",
+    )])
+    .unwrap();
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.starts_with("[tcpmux] trusted_proxies: \"0.0.0.0/0\" trusts every address")),
+        "{:?}",
+        c.warnings
+    );
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.starts_with("[msp] trusted_proxies: \"::/0\" trusts every")),
+        "{:?}",
+        c.warnings
+    );
+    let c = build_from(&[("main.toml", "[tcpmux]\ntrusted_proxies = [\"::/64\"]\n")]).unwrap();
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("covers no IPv4 balancer")),
+        "{:?}",
+        c.warnings
+    );
+    let quiet = build_from(&[("main.toml", "[tcpmux]\ntrusted_proxies = [\"192.0.2.2\"]\n")]);
+    assert!(quiet.unwrap().warnings.is_empty());
+}
