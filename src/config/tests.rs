@@ -725,27 +725,27 @@ fn trusted_proxies_that_trust_everyone_or_no_ipv4_balancer_are_warned_of() {
     )])
     .unwrap();
     assert!(
-        c.warnings
+        acl_warnings(&c)
             .iter()
             .any(|w| w.starts_with("[tcpmux] trusted_proxies: \"0.0.0.0/0\" trusts every address")),
         "{:?}",
-        c.warnings
+        acl_warnings(&c)
     );
     assert!(
-        c.warnings
+        acl_warnings(&c)
             .iter()
             .any(|w| w.starts_with("[msp] trusted_proxies: \"::/0\" trusts every")),
         "{:?}",
-        c.warnings
+        acl_warnings(&c)
     );
     let c = build_from(&[("main.toml", "[tcpmux]\ntrusted_proxies = [\"::/64\"]\n")]).unwrap();
     assert!(
-        c.warnings
+        acl_warnings(&c)
             .iter()
             .any(|w| w.contains("covers no IPv4 balancer")),
         "{:?}",
-        c.warnings
+        acl_warnings(&c)
     );
     let quiet = build_from(&[("main.toml", "[tcpmux]\ntrusted_proxies = [\"192.0.2.2\"]\n")]);
-    assert!(quiet.unwrap().warnings.is_empty());
+    assert!(acl_warnings(&quiet.unwrap()).is_empty());
 }
