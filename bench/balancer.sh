@@ -4,6 +4,8 @@
 # measured three ways in alternating cells on loopback:
 #   direct       client -> tcpmuxd
 #   haproxy      client -> HAProxy (mode tcp) -> tcpmuxd, no header
+#                (both frontends as README's: HAProxy connects to tcpmuxd once
+#                the client has sent its first bytes)
 #   haproxy-v2   client -> HAProxy (mode tcp, send-proxy-v2) -> tcpmuxd,
 #                which trusts HAProxy's source address
 # and prints a table of medians and the ratios haproxy-v2 / haproxy (the
@@ -110,9 +112,13 @@ defaults
     timeout server 30s
 frontend plain
     bind $P_PLAIN
+    tcp-request inspect-delay 10s
+    tcp-request content accept if { req.len gt 0 }
     default_backend tcpmuxd-plain
 frontend v2
     bind $P_V2
+    tcp-request inspect-delay 10s
+    tcp-request content accept if { req.len gt 0 }
     default_backend tcpmuxd-v2
 backend tcpmuxd-plain
     server t1 $P_TCPMUXD source 127.0.0.3

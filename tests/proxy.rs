@@ -289,14 +289,22 @@ fn a_service_deny_applies_to_the_real_client_behind_haproxy() {
 fn silent_clients_behind_haproxy_leave_another_client_served() {
     let Some(binary) = haproxy() else { return };
     let dir = tempfile::tempdir().unwrap();
-    // 64 silent connections from one client, spread over two hosts that
-    // allow 16 handshakes per source: the balancer's addresses would be
-    // full on both, were they the source.
+    // 64 connections from one client that never finish their name,
+    // spread over two hosts that allow 16 handshakes per source: the
+    // balancer's addresses would be full on both, were they the source.
+    // (A first byte each: HAProxy connects to a host once the client has
+    // sent something.)
     let (a, b) = two_hosts(dir.path(), "max_handshakes_per_source = 16", "");
     let (config, frontend) = readme_config([a.addr, b.addr], "send-proxy-v2");
     let h = HaProxy::start(&binary, &config, frontend);
     h.wait_all_up();
-    let silent: Vec<TcpStream> = (0..64).map(|_| h.connect_from("127.0.0.7")).collect();
+    let silent: Vec<TcpStream> = (0..64)
+        .map(|_| {
+            let mut s = h.connect_from("127.0.0.7");
+            s.write_all(b"e").unwrap();
+            s
+        })
+        .collect();
     // The client's own connections beyond its share are refused, on both
     // hosts.
     let limit = "connection from 127.0.0.7:";
