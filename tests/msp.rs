@@ -2013,3 +2013,28 @@ fn an_msp_header_completed_after_a_reload_that_removed_the_trust_is_not_believed
         m.delivered()
     );
 }
+
+#[test]
+fn an_msp_deny_added_while_a_header_was_on_its_way_applies_to_its_client() {
+    let m = start("trusted_proxies = [\"127.0.0.2\"]");
+    let msg = |text: &str| b(["chris", "", text, "sandy", "console", "c1", ""]);
+    let header = b"PROXY TCP4 192.0.2.51 127.0.0.1 4000 18\r\n";
+    let mut s = connect_from("127.0.0.2", m.tcp);
+    s.write_all(&header[..10]).unwrap();
+    let config = std::fs::read_to_string(m._daemon.config_path()).unwrap();
+    m._daemon.rewrite_config(&config.replace(
+        "trusted_proxies = [\"127.0.0.2\"]",
+        "trusted_proxies = [\"127.0.0.2\"]\ndeny = [\"192.0.2.51\"]",
+    ));
+    m._daemon.reload();
+    s.write_all(&header[10..]).unwrap();
+    s.write_all(&msg("denied after the reload")).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    assert!(out.is_empty(), "{out:?}");
+    assert!(
+        !m.delivered().iter().any(|l| l.contains("192.0.2.51")),
+        "{:?}",
+        m.delivered()
+    );
+}

@@ -561,3 +561,24 @@ fn a_header_completed_after_a_reload_that_removed_the_trust_is_not_believed() {
     );
     assert!(d.wait_log("bad-proxy-header"), "{}", d.log());
 }
+
+#[test]
+fn a_deny_added_while_a_header_was_on_its_way_applies_to_its_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = direct_daemon(dir.path(), "");
+    let client: SocketAddr = "192.0.2.50:40050".parse().unwrap();
+    let header = v2_header(client, d.addr);
+    let mut s = connect_from("127.0.0.2", d.addr);
+    s.write_all(&header[..10]).unwrap();
+    let probe = probe(dir.path());
+    d.rewrite_config(&format!(
+        "[tcpmux]\ntrusted_proxies = [\"127.0.0.2\"]\ndeny = [\"192.0.2.50\"]\n\
+         [[service]]\nname = \"probe\"\ncommand = [\"{probe}\"]\n"
+    ));
+    d.reload();
+    s.write_all(&header[10..]).unwrap();
+    s.write_all(b"probe\r\n").unwrap();
+    let out = String::from_utf8_lossy(&read_to_end(&mut s)).to_string();
+    assert!(out.starts_with('-'), "{out:?}");
+    assert!(d.wait_log("192.0.2.50:40050: denied"), "{}", d.log());
+}

@@ -687,7 +687,8 @@ async fn handle_tcp(
             client.source_place = place;
             client.peer = source;
         }
-        if !settings.acl.permits(client.peer.ip()) {
+        // The access list in force now that the header has come.
+        if !state.config.load().msp.acl.permits(client.peer.ip()) {
             sum_up(state, Summed::Denied, client.peer);
             return;
         }

@@ -544,9 +544,9 @@ async fn handshake(
                 // The balancer's place is given back: the client holds its own.
                 who.source_place = place;
             }
-            // The master list, skipped at accept for the balancer, judges
-            // the client before its line is waited for.
-            if !config.tcpmux.acl.permits(who.peer.ip()) {
+            // The master list in force now, skipped at accept for the
+            // balancer, judges the client before its line is waited for.
+            if !state.config.load().tcpmux.acl.permits(who.peer.ip()) {
                 return leave_then_refuse(
                     client,
                     fds,
