@@ -227,6 +227,23 @@ async fn accept4(listener: &AsyncFd<TcpListener>) -> std::io::Result<(TcpStream,
     }
 }
 
+/// What a new connection has already sent, looked at without waiting and
+/// without taking it: `Ok(Some(n))` with `n` bytes copied into `buf`,
+/// `Ok(None)` when nothing has come yet, `Ok(Some(0))` when the client
+/// has closed its side already.
+pub fn peek_queued(
+    socket: &impl std::os::fd::AsFd,
+    buf: &mut [u8],
+) -> std::io::Result<Option<usize>> {
+    use rustix::io::Errno;
+    use rustix::net::{RecvFlags, recv};
+    match recv(socket, buf, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+        Ok((n, _)) => Ok(Some(n)),
+        Err(Errno::AGAIN | Errno::INTR) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn is_per_connection_error(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),

@@ -1473,22 +1473,7 @@ fn a_large_help_to_clients_that_never_read_is_bounded_and_leaves_no_orphans() {
     // name_timeout, the drain after it, and a margin: then no socket of
     // the daemon's port holds anything unsent or unacknowledged, and none
     // lingers in FIN-WAIT-1.
-    let deadline = started + name_timeout + Duration::from_secs(5);
-    let left = || {
-        sockets_on_port(port)
-            .into_iter()
-            .filter(|s| s.tx_queue > 0 || s.state == TCP_FIN_WAIT1)
-            .count()
-    };
-    while left() > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(
-        left(),
-        0,
-        "sockets still holding unsent data {:?} after name_timeout",
-        started.elapsed()
-    );
+    assert_nothing_left_to_the_kernel(port, started, name_timeout);
     drop(clients);
     // A client that reads gets every byte, in order.
     assert!(help_from(&d, "127.0.0.3") == help, "{}", d.log());
@@ -1520,6 +1505,15 @@ fn a_client_that_closes_with_part_of_a_large_help_untaken_leaves_no_orphan() {
             s
         })
         .collect();
+    assert_nothing_left_to_the_kernel(port, started, name_timeout);
+    drop(clients);
+}
+
+/// Waits until name_timeout, the drain after it and a margin have passed
+/// since `started`, or until no socket of the daemon's `port` holds
+/// anything unsent or unacknowledged and none lingers in FIN-WAIT-1; the
+/// latter must come.
+fn assert_nothing_left_to_the_kernel(port: u16, started: Instant, name_timeout: Duration) {
     let deadline = started + name_timeout + Duration::from_secs(5);
     let left = || {
         sockets_on_port(port)
@@ -1536,5 +1530,4 @@ fn a_client_that_closes_with_part_of_a_large_help_untaken_leaves_no_orphan() {
         "sockets still holding unsent data {:?} after name_timeout",
         started.elapsed()
     );
-    drop(clients);
 }

@@ -860,6 +860,28 @@ mod tests {
         assert!(suid_dumpable().is_some());
     }
 
+    /// /bin/true, started as nobody (a user switch when run as root).
+    fn true_as_nobody() -> ExecImage {
+        let nobody = crate::config::Credentials {
+            user: "nobody".into(),
+            uid: 65534,
+            gid: 65534,
+        };
+        let resources = Resources {
+            umask: None,
+            limits: ResourceLimits::default(),
+        };
+        let command = vec!["/bin/true".to_string()];
+        ExecImage::new(
+            &command,
+            std::iter::empty(),
+            None,
+            &resources,
+            Some(&nobody),
+        )
+        .unwrap()
+    }
+
     /// fs.suid_dumpable set for a test, and set back on drop; one test at
     /// a time, so that each sets back the machine's own value.
     struct SuidDumpable {
@@ -900,25 +922,7 @@ mod tests {
             panic!("cannot set fs.suid_dumpable as root");
         };
         set_dumpable_behavior(DumpableBehavior::NotDumpable).unwrap();
-        let nobody = crate::config::Credentials {
-            user: "nobody".into(),
-            uid: 65534,
-            gid: 65534,
-        };
-        let resources = Resources {
-            umask: None,
-            limits: ResourceLimits::default(),
-        };
-        let command = vec!["/bin/true".to_string()];
-        let image = ExecImage::new(
-            &command,
-            std::iter::empty(),
-            None,
-            &resources,
-            Some(&nobody),
-        )
-        .unwrap();
-        let (spawned, _ours) = run(&image);
+        let (spawned, _ours) = run(&true_as_nobody());
         let status = spawned.unwrap().wait().await.unwrap();
         assert!(status.success(), "{status:?}");
         assert_eq!(
@@ -959,24 +963,7 @@ mod tests {
         let starters: Vec<_> = (0..4)
             .map(|_| {
                 std::thread::spawn(|| {
-                    let nobody = crate::config::Credentials {
-                        user: "nobody".into(),
-                        uid: 65534,
-                        gid: 65534,
-                    };
-                    let resources = Resources {
-                        umask: None,
-                        limits: ResourceLimits::default(),
-                    };
-                    let command = vec!["/bin/true".to_string()];
-                    let image = ExecImage::new(
-                        &command,
-                        std::iter::empty(),
-                        None,
-                        &resources,
-                        Some(&nobody),
-                    )
-                    .unwrap();
+                    let image = true_as_nobody();
                     for _ in 0..200 {
                         let (spawned, _ours) = run(&image);
                         let pid = spawned.unwrap().pid;

@@ -558,18 +558,12 @@ pub async fn serve_tcp(
 /// `Ok(None)` when it is not all there (nothing taken), `Err(Some(_))`
 /// when it is refused, `Err(None)` when the connection failed or ended.
 fn take_ready_header(stream: &TcpStream) -> Result<Option<ProxyHeader>, Option<HeaderError>> {
-    use rustix::io::Errno;
     use rustix::net::{RecvFlags, recv};
     let mut peeked = [0u8; limits::MAX_PROXY_HEADER_LEN];
-    let n = match recv(
-        stream,
-        &mut peeked[..],
-        RecvFlags::PEEK | RecvFlags::DONTWAIT,
-    ) {
-        Ok((0, _)) => return Err(None),
-        Ok((n, _)) => n,
-        Err(Errno::AGAIN | Errno::INTR) => return Ok(None),
-        Err(_) => return Err(None),
+    let n = match crate::listen::peek_queued(stream, &mut peeked) {
+        Ok(Some(0)) | Err(_) => return Err(None),
+        Ok(Some(n)) => n,
+        Ok(None) => return Ok(None),
     };
     let (header, len) = match crate::proxy::parse_header(&peeked[..n]) {
         Ok(Some(parsed)) => parsed,

@@ -43,18 +43,12 @@ pub type ReadyLine = Result<Option<Vec<u8>>, HandshakeError>;
 pub fn take_ready_header_and_line(
     socket: &std::net::TcpStream,
 ) -> Result<Option<(ProxyHeader, ReadyLine)>, HandshakeError> {
-    use rustix::io::Errno;
     use rustix::net::{RecvFlags, recv};
     let mut peeked = [0u8; MAX_PROXY_HEADER_LEN + MAX_LINE_LEN];
-    let n = match recv(
-        socket,
-        &mut peeked[..],
-        RecvFlags::PEEK | RecvFlags::DONTWAIT,
-    ) {
-        Ok((0, _)) => return Err(HandshakeError::Closed),
-        Ok((n, _)) => n,
-        Err(Errno::AGAIN | Errno::INTR) => return Ok(None),
-        Err(e) => return Err(HandshakeError::Io(e.into())),
+    let n = match crate::listen::peek_queued(socket, &mut peeked)? {
+        Some(0) => return Err(HandshakeError::Closed),
+        Some(n) => n,
+        None => return Ok(None),
     };
     let (header, len) = match parse_header(&peeked[..n]) {
         Ok(Some(parsed)) => parsed,
@@ -123,18 +117,12 @@ pub async fn read_proxy_header(stream: &mut TcpStream) -> Result<ProxyHeader, Ha
 pub fn take_ready_request_line(
     socket: &std::net::TcpStream,
 ) -> Result<Option<Vec<u8>>, HandshakeError> {
-    use rustix::io::Errno;
     use rustix::net::{RecvFlags, recv};
     let mut peeked = [0u8; MAX_LINE_LEN];
-    let n = match recv(
-        socket,
-        &mut peeked[..],
-        RecvFlags::PEEK | RecvFlags::DONTWAIT,
-    ) {
-        Ok((0, _)) => return Err(HandshakeError::Closed),
-        Ok((n, _)) => n,
-        Err(Errno::AGAIN | Errno::INTR) => return Ok(None),
-        Err(e) => return Err(HandshakeError::Io(e.into())),
+    let n = match crate::listen::peek_queued(socket, &mut peeked)? {
+        Some(0) => return Err(HandshakeError::Closed),
+        Some(n) => n,
+        None => return Ok(None),
     };
     let take = match find_line_end(&peeked[..n]) {
         Some(lf) => lf + 1,
