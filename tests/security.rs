@@ -1531,3 +1531,32 @@ fn assert_nothing_left_to_the_kernel(port: u16, started: Instant, name_timeout: 
         started.elapsed()
     );
 }
+
+#[test]
+fn at_suid_dumpable_2_starts_as_another_user_are_announced_as_copies_and_work() {
+    if !is_root() {
+        eprintln!("skipped: switching users needs root");
+        return;
+    }
+    // fs.suid_dumpable at 2 for this test, set back after it.
+    struct Restore(String);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::fs::write("/proc/sys/fs/suid_dumpable", self.0.trim());
+        }
+    }
+    let before = std::fs::read_to_string("/proc/sys/fs/suid_dumpable").unwrap();
+    let _restore = Restore(before);
+    std::fs::write("/proc/sys/fs/suid_dumpable", "2").unwrap();
+    let config = one_service("id", r#"["/usr/bin/id", "-u"]"#, "user = \"nobody\"");
+    let d = Daemon::start(&config);
+    assert!(
+        d.wait_log(
+            "fs.suid_dumpable is 2: the programs of id (started as other users) start in a copy"
+        ),
+        "{}",
+        d.log()
+    );
+    let out = session_output(&d, "id");
+    assert!(out.contains("65534"), "{out}");
+}

@@ -423,6 +423,50 @@ fn child_memory(
     }
 }
 
+/// What an administrator should hear when the configuration is loaded:
+/// the services tcpmuxd starts itself as another user (`switching`, their
+/// names) are refused while `fs.suid_dumpable` (`suid_dumpable`) is 1 or
+/// unreadable, and start in a copy of tcpmuxd's memory (slower) at 2.
+pub fn user_switch_warning(switching: &[&str], suid_dumpable: Option<u8>) -> Option<String> {
+    let names = || switching.join(", ");
+    match (switching.is_empty(), suid_dumpable) {
+        (true, _) | (false, Some(0)) => None,
+        (false, Some(2)) => Some(format!(
+            "fs.suid_dumpable is 2: the programs of {} (started as other users) start in a copy \
+             of tcpmuxd's memory, as fork makes, which is slower; set it to 0 for the fast start",
+            names()
+        )),
+        (false, _) => Some(format!(
+            "fs.suid_dumpable is 1 or cannot be read: the programs of {} (started as other \
+             users) will be refused (their user could read tcpmuxd's memory before their exec); \
+             set it to 0 (sysctl fs.suid_dumpable=0)",
+            names()
+        )),
+    }
+}
+
+/// [`user_switch_warning`] for `config` as it would run on `host`.
+pub fn user_switch_warning_for(
+    config: &crate::config::Config,
+    host: &crate::config::Host,
+) -> Option<String> {
+    let switching: Vec<&str> = config
+        .services
+        .iter()
+        .filter(|s| s.launcher.runs_exec(host))
+        .filter(|s| {
+            s.credentials
+                .as_ref()
+                .is_some_and(super::child::needs_switch)
+        })
+        .map(|s| s.name.as_str())
+        .collect();
+    if switching.is_empty() {
+        return None;
+    }
+    user_switch_warning(&switching, suid_dumpable())
+}
+
 /// `fs.suid_dumpable`, read at every start that switches users (the
 /// administrator may change it at any time).
 fn suid_dumpable() -> Option<u8> {
@@ -978,6 +1022,21 @@ mod tests {
         done.store(true, Ordering::Relaxed);
         let seen = watcher.join().unwrap();
         assert_eq!(seen, 0, "tcpmuxd's memory was dumpable {seen} times");
+    }
+
+    #[test]
+    fn a_load_warns_of_starts_as_other_users_that_suid_dumpable_refuses_or_slows() {
+        assert_eq!(user_switch_warning(&[], None), None);
+        assert_eq!(user_switch_warning(&["a"], Some(0)), None);
+        let slow = user_switch_warning(&["a", "b"], Some(2)).unwrap();
+        assert!(slow.contains("of a, b") && slow.contains("copy"), "{slow}");
+        let refused = user_switch_warning(&["a"], Some(1)).unwrap();
+        assert!(refused.contains("will be refused"), "{refused}");
+        assert!(
+            user_switch_warning(&["a"], None)
+                .unwrap()
+                .contains("will be refused")
+        );
     }
 
     #[test]

@@ -151,6 +151,9 @@ impl State {
         if let Some(w) = startup::fd_warning(&config, fd_limit) {
             tracing::warn!("{w}");
         }
+        if let Some(w) = crate::launch::spawn::user_switch_warning_for(&config, &host) {
+            tracing::warn!("{w}");
+        }
         let summary = Summary::default();
         summary.set_ipv6_source_prefix(config.tcpmux.ipv6_source_prefix);
         crate::log::budget::BUDGET.set_ipv6_source_prefix(config.tcpmux.ipv6_source_prefix);
@@ -261,6 +264,9 @@ impl State {
                 );
             }
             if let Some(w) = startup::fd_warning(&new, self.fd_limit) {
+                tracing::warn!("{w}");
+            }
+            if let Some(w) = crate::launch::spawn::user_switch_warning_for(&new, &self.host) {
                 tracing::warn!("{w}");
             }
             self.fds
