@@ -953,19 +953,28 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_start_as_another_user_leaves_the_daemons_memory_not_dumpable() {
-        use rustix::process::{DumpableBehavior, dumpable_behavior, set_dumpable_behavior};
+    /// For the tests of a user switch at fs.suid_dumpable=2: as root, sets
+    /// it to 2 (until the guard is dropped) and this process not dumpable,
+    /// as tcpmuxd is; None (the test is skipped) when not root.
+    fn at_suid_dumpable_2_not_dumpable() -> Option<SuidDumpable> {
+        use rustix::process::{DumpableBehavior, set_dumpable_behavior};
         if !rustix::process::geteuid().is_root() {
             eprintln!("skipped: switching users needs root");
-            return;
+            return None;
         }
-        // At 2, as many systems have it, a change of user makes the memory
-        // dumpable (by root): the child shares the daemon's.
-        let Some(_restore) = SuidDumpable::set("2") else {
-            panic!("cannot set fs.suid_dumpable as root");
-        };
+        let restore = SuidDumpable::set("2").expect("cannot set fs.suid_dumpable as root");
         set_dumpable_behavior(DumpableBehavior::NotDumpable).unwrap();
+        Some(restore)
+    }
+
+    #[tokio::test]
+    async fn a_start_as_another_user_leaves_the_daemons_memory_not_dumpable() {
+        use rustix::process::{DumpableBehavior, dumpable_behavior};
+        // At 2, as many systems have it, a change of user makes the memory
+        // it happens in dumpable (by root).
+        let Some(_restore) = at_suid_dumpable_2_not_dumpable() else {
+            return;
+        };
         let (spawned, _ours) = run(&true_as_nobody());
         let status = spawned.unwrap().wait().await.unwrap();
         assert!(status.success(), "{status:?}");
@@ -978,19 +987,14 @@ mod tests {
 
     #[test]
     fn starts_as_another_user_at_once_never_make_the_daemons_memory_dumpable() {
-        use rustix::process::{DumpableBehavior, dumpable_behavior, set_dumpable_behavior};
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("skipped: switching users needs root");
-            return;
-        }
+        use rustix::process::{DumpableBehavior, dumpable_behavior};
         // At 2, a child's change of user makes the memory it runs in
         // dumpable until it makes it not dumpable again: were that
         // tcpmuxd's own, every other child able to take a signal then
         // could dump it (or, before Linux 5.16, kill tcpmuxd).
-        let Some(_restore) = SuidDumpable::set("2") else {
-            panic!("cannot set fs.suid_dumpable as root");
+        let Some(_restore) = at_suid_dumpable_2_not_dumpable() else {
+            return;
         };
-        set_dumpable_behavior(DumpableBehavior::NotDumpable).unwrap();
         let done = std::sync::Arc::new(AtomicBool::new(false));
         let watcher = {
             let done = std::sync::Arc::clone(&done);

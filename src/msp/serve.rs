@@ -491,8 +491,9 @@ pub async fn serve_tcp(
         // takes the peer's place here, for every check below; otherwise
         // the connection counts as the balancer's own until handle_tcp has
         // read it, and the client is judged then.
+        let config = state.config.load();
         let mut peer = accepted;
-        let mut trusted = state.config.load().msp.trusted_proxies.trusts(peer.ip());
+        let mut trusted = config.msp.trusted_proxies.trusts(peer.ip());
         if trusted {
             match take_ready_header(&stream) {
                 Ok(None) => {}
@@ -511,12 +512,11 @@ pub async fn serve_tcp(
         }
         // Each refusal is decided before anything is taken or shed: a
         // connection that is refused must not make others give way.
-        if !trusted && !state.config.load().msp.acl.permits(peer.ip()) {
+        if !trusted && !config.msp.acl.permits(peer.ip()) {
             // Closed before a byte is read: nothing to answer to.
             sum_up(&state, Summed::Denied, peer);
             continue;
         }
-        let config = state.config.load();
         let source = source_key(peer.ip(), config.tcpmux.ipv6_source_prefix);
         let Some(place) = state
             .msp

@@ -462,8 +462,16 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
 
 /// Connects to `addr` from the given local source address.
 pub fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
+    let s = connect_bound(source, addr, None);
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s
+}
+
+/// A socket bound to `source` (with `receive_buffer` set before the
+/// connection, when given), connected to `addr`. std has no
+/// bind-before-connect; done with libc.
+fn connect_bound(source: &str, addr: SocketAddr, receive_buffer: Option<libc::c_int>) -> TcpStream {
     use std::os::fd::FromRawFd;
-    // std has no bind-before-connect; do it with libc.
     let src: std::net::Ipv4Addr = source.parse().unwrap();
     let SocketAddr::V4(dst) = addr else {
         panic!("IPv4 only")
@@ -472,33 +480,36 @@ pub fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
         assert!(fd >= 0);
+        if let Some(size) = receive_buffer {
+            assert_eq!(
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUF,
+                    (&size as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as u32,
+                ),
+                0
+            );
+        }
         let mut sa: libc::sockaddr_in = std::mem::zeroed();
         sa.sin_family = libc::AF_INET as libc::sa_family_t;
         sa.sin_addr.s_addr = u32::from(src).to_be();
+        let len = std::mem::size_of_val(&sa) as u32;
         assert_eq!(
-            libc::bind(
-                fd,
-                &sa as *const _ as *const libc::sockaddr,
-                std::mem::size_of_val(&sa) as u32
-            ),
+            libc::bind(fd, &sa as *const _ as *const libc::sockaddr, len),
             0,
             "bind {source}"
         );
         sa.sin_addr.s_addr = u32::from(*dst.ip()).to_be();
         sa.sin_port = dst.port().to_be();
         assert_eq!(
-            libc::connect(
-                fd,
-                &sa as *const _ as *const libc::sockaddr,
-                std::mem::size_of_val(&sa) as u32
-            ),
+            libc::connect(fd, &sa as *const _ as *const libc::sockaddr, len),
             0,
             "connect: {}",
             std::io::Error::last_os_error()
         );
-        let s = TcpStream::from_raw_fd(fd);
-        s.set_read_timeout(Some(WAIT)).unwrap();
-        s
+        TcpStream::from_raw_fd(fd)
     }
 }
 
@@ -605,44 +616,7 @@ pub fn many_services(head: &str, count: usize, name_len: usize) -> (String, Vec<
 /// kernel allows (asked for before the connection, so that the window it
 /// offers stays tiny): a client that takes a reply as slowly as it can.
 pub fn connect_tiny_window(source: &str, addr: SocketAddr) -> TcpStream {
-    use std::os::fd::FromRawFd;
-    let src: std::net::Ipv4Addr = source.parse().unwrap();
-    let SocketAddr::V4(dst) = addr else {
-        panic!("IPv4 only")
-    };
-    // SAFETY: plain socket calls on a descriptor we own.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0);
-        let size: libc::c_int = 1024;
-        assert_eq!(
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as u32,
-            ),
-            0
-        );
-        let mut sa: libc::sockaddr_in = std::mem::zeroed();
-        sa.sin_family = libc::AF_INET as libc::sa_family_t;
-        sa.sin_addr.s_addr = u32::from(src).to_be();
-        let len = std::mem::size_of_val(&sa) as u32;
-        assert_eq!(
-            libc::bind(fd, &sa as *const _ as *const libc::sockaddr, len),
-            0
-        );
-        sa.sin_addr.s_addr = u32::from(*dst.ip()).to_be();
-        sa.sin_port = dst.port().to_be();
-        assert_eq!(
-            libc::connect(fd, &sa as *const _ as *const libc::sockaddr, len),
-            0,
-            "connect: {}",
-            std::io::Error::last_os_error()
-        );
-        TcpStream::from_raw_fd(fd)
-    }
+    connect_bound(source, addr, Some(1024))
 }
 
 /// TCP states as /proc/net/tcp numbers them.
