@@ -497,7 +497,11 @@ fn the_client_from_the_header_is_held_to_its_own_limits() {
     let dir = tempfile::tempdir().unwrap();
     let d = direct_daemon(
         dir.path(),
-        "max_handshakes_per_source = 2\nallow = [\"127.0.0.0/8\", \"192.0.2.0/24\"]\ndeny = [\"192.0.2.66\"]",
+        // The kernel hands each connection over with its header (as
+        // HAProxy sends it), so that no header is still to come and
+        // counted against the balancer's own share of 2.
+        "max_handshakes_per_source = 2\ndefer_accept = \"10s\"\n\
+         allow = [\"127.0.0.0/8\", \"192.0.2.0/24\"]\ndeny = [\"192.0.2.66\"]",
     );
     let front: SocketAddr = "198.51.100.1:1".parse().unwrap();
     let from = |client: &str| {

@@ -466,38 +466,62 @@ async fn handshake(
     let limit = config.tcpmux.name_timeout;
     // The header and the line together must come within name_timeout.
     let deadline = tokio::time::Instant::now() + limit;
+    // What was not all there at accept is looked for once more before the
+    // socket goes on the event loop: a balancer writes its header and its
+    // client's line apart, and the rest has often come by the time the
+    // task runs.
+    let header_here = match early {
+        Early::HeaderPending => tcpmux::take_ready_header_and_line(&socket),
+        Early::Line(_) => Ok(None),
+    };
+    let early = match early {
+        Early::Line(Ok(None)) => Early::Line(tcpmux::take_ready_request_line(&socket)),
+        early => early,
+    };
     let mut client = ClientSocket::Plain(socket);
     let ready = match early {
         Early::Line(ready) => ready,
-        // The header is waited for on the event loop; then the client it
-        // names takes the balancer's place, as at accept.
+        // The header is waited for on the event loop unless it is here
+        // now; then the client it names takes the balancer's place, as at
+        // accept.
         Early::HeaderPending => {
-            let mut stream = match client.registered() {
-                Ok(stream) => stream,
-                Err(e) => {
-                    tracing::warn!(
-                        "connection from {}: cannot wait for its PROXY header: {e}",
-                        who.peer
-                    );
-                    return Outcome::Closed;
-                }
-            };
-            let read = tokio::select! {
-                read = tokio::time::timeout_at(deadline, tcpmux::read_proxy_header(&mut stream)) => Some(read),
-                () = waiting.shed() => None,
-            };
-            client = ClientSocket::Registered(stream);
-            let header = match read {
-                None => return leave_or_shed(client, fds, waiting, Outcome::Shed),
-                Some(Ok(Ok(header))) => header,
-                Some(Ok(Err(HandshakeError::ProxyHeader(e)))) => {
+            let (header, line) = match header_here {
+                Ok(Some(both)) => both,
+                Err(HandshakeError::ProxyHeader(e)) => {
                     who.cause = Some(e.to_string());
                     return leave_or_shed(client, fds, waiting, Outcome::BadProxyHeader);
                 }
-                Some(Ok(Err(_))) => return Outcome::Closed,
-                Some(Err(_)) => {
-                    who.cause = Some(HeaderError::Slow.to_string());
-                    return leave_or_shed(client, fds, waiting, Outcome::BadProxyHeader);
+                Err(_) => return Outcome::Closed,
+                Ok(None) => {
+                    let mut stream = match client.registered() {
+                        Ok(stream) => stream,
+                        Err(e) => {
+                            tracing::warn!(
+                                "connection from {}: cannot wait for its PROXY header: {e}",
+                                who.peer
+                            );
+                            return Outcome::Closed;
+                        }
+                    };
+                    let read = tokio::select! {
+                        read = tokio::time::timeout_at(deadline, tcpmux::read_proxy_header(&mut stream)) => Some(read),
+                        () = waiting.shed() => None,
+                    };
+                    client = ClientSocket::Registered(stream);
+                    let header = match read {
+                        None => return leave_or_shed(client, fds, waiting, Outcome::Shed),
+                        Some(Ok(Ok(header))) => header,
+                        Some(Ok(Err(HandshakeError::ProxyHeader(e)))) => {
+                            who.cause = Some(e.to_string());
+                            return leave_or_shed(client, fds, waiting, Outcome::BadProxyHeader);
+                        }
+                        Some(Ok(Err(_))) => return Outcome::Closed,
+                        Some(Err(_)) => {
+                            who.cause = Some(HeaderError::Slow.to_string());
+                            return leave_or_shed(client, fds, waiting, Outcome::BadProxyHeader);
+                        }
+                    };
+                    (header, Ok(None))
                 }
             };
             // Judged by the configuration in force now that it is here: a
@@ -557,7 +581,7 @@ async fn handshake(
                 )
                 .await;
             }
-            Ok(None)
+            line
         }
     };
     let peer = who.peer;
