@@ -427,3 +427,18 @@ pub const MAX_EXEC_TOTAL: usize = 1024 * 1024;
 /// `REMOTE_ADDR`, ..., under 1 KiB), MSP's message fields (under 2 KiB),
 /// and those the service manager adds under the systemd launcher.
 pub const EXEC_ENVIRONMENT_MARGIN: usize = 16 * 1024;
+
+/// Default for a forwarded service's `idle_timeout`: a pair of connections
+/// on which neither side has sent a byte for this long is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Upper bound for `idle_timeout`, so that a typo cannot keep silent pairs
+/// (and their descriptors and session slots) for ever.
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Time a forwarded service's backend has to accept a connection before
+/// the client is told `-Service unavailable`.
+pub const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest path of a Unix socket: `sun_path` holds 108 bytes with the NUL.
+pub const MAX_UNIX_PATH: usize = 107;

@@ -278,7 +278,12 @@ fn check(args: &Args) -> ExitCode {
             }
             println!("{summary}");
             for service in &config.services {
-                if service.command.is_none() && service.launcher != config::LauncherKind::Exec {
+                if service.command.is_none()
+                    && matches!(
+                        service.launcher,
+                        config::LauncherKind::Auto | config::LauncherKind::Systemd
+                    )
+                {
                     println!(
                         "service \"{}\": no command (ExecStart= from its unit's drop-ins): no \
                          warm units; under the systemd launcher each session's unit starts cold, \

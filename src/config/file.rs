@@ -265,6 +265,11 @@ pub(super) struct RawService {
     #[serde(default)]
     pub(super) environment: BTreeMap<String, String>,
     pub(super) limits: Option<RawLimits>,
+    pub(super) forward: Option<String>,
+    pub(super) proxy_protocol: Option<String>,
+    #[serde(default, deserialize_with = "duration")]
+    pub(super) idle_timeout: Option<Duration>,
+    pub(super) pass: Option<String>,
 }
 
 pub(super) fn default_plus() -> bool {

@@ -6,6 +6,7 @@
 //! for looking up users); [`load`] adds the file system. Configuration
 //! depends on no launcher and no protocol: they depend on it.
 
+mod backend;
 mod file;
 mod merge;
 mod print;
@@ -14,6 +15,7 @@ mod resources;
 mod tests;
 mod validate;
 
+pub use backend::{Backend, Forward, ForwardAddress, ProxyVersion, parse_forward};
 pub use file::{FileConfig, KeyLines, MAX_ERRORS_PER_FILE, parse_file};
 pub use merge::build;
 pub use print::to_toml;
@@ -164,6 +166,10 @@ pub enum LauncherKind {
     Exec,
     /// Start a transient unit `tcpmux-NAME@INSTANCE.service` per connection.
     Systemd,
+    /// Relay each connection to a daemon at a fixed address (`forward`).
+    Forward,
+    /// Hand each connection, as a descriptor, to a running daemon (`pass`).
+    Pass,
 }
 
 impl LauncherKind {
@@ -176,6 +182,32 @@ impl LauncherKind {
             LauncherKind::Exec => true,
             LauncherKind::Systemd => false,
             LauncherKind::Auto => !host.under_systemd,
+            LauncherKind::Forward | LauncherKind::Pass => false,
+        }
+    }
+
+    /// Whether a service with this launcher starts each session as a
+    /// systemd unit on `host`.
+    pub fn runs_systemd(self, host: &Host) -> bool {
+        match self {
+            LauncherKind::Systemd => true,
+            LauncherKind::Auto => host.under_systemd,
+            LauncherKind::Exec | LauncherKind::Forward | LauncherKind::Pass => false,
+        }
+    }
+
+    /// Whether a service with this launcher starts a program at all.
+    pub fn starts_programs(self) -> bool {
+        !matches!(self, LauncherKind::Forward | LauncherKind::Pass)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LauncherKind::Auto => "auto",
+            LauncherKind::Exec => "exec",
+            LauncherKind::Systemd => "systemd",
+            LauncherKind::Forward => "forward",
+            LauncherKind::Pass => "pass",
         }
     }
 }
@@ -339,6 +371,9 @@ pub struct Service {
     /// Whether tcpmuxd sends the `+` line (true) or the program does (false).
     pub plus: bool,
     pub launcher: LauncherKind,
+    /// Where the connections go, for a service that starts no program
+    /// (`launcher = "forward"` or `"pass"`).
+    pub backend: Option<Backend>,
     pub max_instances: usize,
     /// Of those, held by one source (an IPv4 address, or an IPv6 prefix).
     pub max_instances_per_source: usize,

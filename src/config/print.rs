@@ -3,7 +3,7 @@
 //! the drop-ins merged, in TOML that tcpmuxd reads back to the same
 //! configuration.
 
-use super::{Config, Credentials, Delivery, LauncherKind, LimitKind, ResourceLimits, show_umask};
+use super::{Backend, Config, Credentials, Delivery, LimitKind, ResourceLimits, show_umask};
 use crate::acl::Acl;
 use std::fmt::Write;
 use std::time::Duration;
@@ -108,15 +108,30 @@ pub fn to_toml(config: &Config) -> String {
         kv(&mut out, "name", Value::String(s.name.clone()));
         match &s.command {
             Some(command) => kv(&mut out, "command", strings(command)),
-            None => out.push_str("# command: ExecStart= of the unit's drop-ins\n"),
+            None if s.launcher.starts_programs() => {
+                out.push_str("# command: ExecStart= of the unit's drop-ins\n")
+            }
+            None => {}
         }
         kv(&mut out, "plus", Value::Boolean(s.plus));
-        let launcher = match s.launcher {
-            LauncherKind::Auto => "auto",
-            LauncherKind::Exec => "exec",
-            LauncherKind::Systemd => "systemd",
-        };
-        kv(&mut out, "launcher", Value::String(launcher.into()));
+        kv(
+            &mut out,
+            "launcher",
+            Value::String(s.launcher.as_str().into()),
+        );
+        match &s.backend {
+            Some(Backend::Forward(f)) => {
+                kv(&mut out, "forward", Value::String(f.to.to_string()));
+                if let Some(v) = f.proxy_protocol {
+                    kv(&mut out, "proxy_protocol", Value::String(v.as_str().into()));
+                }
+                kv(&mut out, "idle_timeout", duration(f.idle_timeout));
+            }
+            Some(Backend::Pass(path)) => {
+                kv(&mut out, "pass", Value::String(path.display().to_string()));
+            }
+            None => {}
+        }
         kv(&mut out, "max_instances", number(s.max_instances));
         kv(
             &mut out,
@@ -128,8 +143,11 @@ pub fn to_toml(config: &Config) -> String {
             "max_starts_per_second",
             number(s.max_starts_per_second),
         );
-        kv(&mut out, "warm", number(s.warm));
         acl(&mut out, &s.acl);
+        if !s.launcher.starts_programs() {
+            continue;
+        }
+        kv(&mut out, "warm", number(s.warm));
         if s.credentials.is_none() {
             out.push_str(
                 "# user: none (exec launcher: tcpmuxd's own user; systemd launcher: the unit's \

@@ -749,3 +749,85 @@ fn trusted_proxies_that_trust_everyone_or_no_ipv4_balancer_are_warned_of() {
     let quiet = build_from(&[("main.toml", "[tcpmux]\ntrusted_proxies = [\"192.0.2.2\"]\n")]);
     assert!(acl_warnings(&quiet.unwrap()).is_empty());
 }
+
+#[test]
+fn forward_and_pass_services() {
+    let c = build_from(&[(
+        "main.toml",
+        "[tcpmux]\nuser = \"nobody\"\n\
+         [[service]]\nname = \"ssh\"\nlauncher = \"forward\"\nforward = \"127.0.0.1:22\"\n\
+         proxy_protocol = \"v2\"\nidle_timeout = \"10min\"\n\
+         [[service]]\nname = \"app\"\nlauncher = \"pass\"\npass = \"/run/app/tcpmux.sock\"\n",
+    )])
+    .unwrap();
+    let ssh = c.service("ssh").unwrap();
+    assert_eq!(
+        ssh.backend,
+        Some(Backend::Forward(Forward {
+            to: ForwardAddress::Tcp("127.0.0.1:22".parse().unwrap()),
+            proxy_protocol: Some(ProxyVersion::V2),
+            idle_timeout: Duration::from_secs(600),
+        }))
+    );
+    // No program runs, so no one's credentials apply.
+    assert_eq!(ssh.credentials, None);
+    let app = c.service("app").unwrap();
+    assert_eq!(
+        app.backend,
+        Some(Backend::Pass("/run/app/tcpmux.sock".into()))
+    );
+    let Some(Backend::Forward(f)) = build_from(&[(
+        "main.toml",
+        "[[service]]\nname = \"s\"\nlauncher = \"forward\"\nforward = \"/run/s.sock\"\n",
+    )])
+    .unwrap()
+    .service("s")
+    .unwrap()
+    .backend
+    .clone() else {
+        panic!("not forwarded");
+    };
+    assert_eq!(f.to, ForwardAddress::Unix("/run/s.sock".into()));
+    assert_eq!(f.idle_timeout, limits::DEFAULT_IDLE_TIMEOUT);
+    assert_eq!(f.proxy_protocol, None);
+}
+
+#[test]
+fn forward_and_pass_keys_are_checked_against_the_launcher() {
+    let bad = |service: &str| {
+        build_from(&[(
+            "main.toml",
+            &format!("[[service]]\nname = \"s\"\n{service}"),
+        )])
+        .unwrap_err()
+        .to_string()
+    };
+    let e = bad("launcher = \"forward\"\n");
+    assert!(e.contains("forward: missing"), "{e}");
+    let e = bad("launcher = \"pass\"\n");
+    assert!(e.contains("pass: missing"), "{e}");
+    let e = bad("launcher = \"forward\"\nforward = \"localhost:22\"\n");
+    assert!(e.contains("not a host name"), "{e}");
+    let e = bad("launcher = \"pass\"\npass = \"tcpmux.sock\"\n");
+    assert!(e.contains("absolute"), "{e}");
+    let e = bad("command = [\"/bin/cat\"]\nforward = \"127.0.0.1:22\"\n");
+    assert!(
+        e.contains("forward: is only for launcher = \"forward\""),
+        "{e}"
+    );
+    let e = bad("launcher = \"pass\"\npass = \"/a.sock\"\nproxy_protocol = \"v1\"\n");
+    assert!(e.contains("proxy_protocol: is only for"), "{e}");
+    let e = bad("launcher = \"forward\"\nforward = \"127.0.0.1:22\"\nproxy_protocol = \"2\"\n");
+    assert!(e.contains("write \"v1\" or \"v2\""), "{e}");
+    let e = bad("launcher = \"forward\"\nforward = \"127.0.0.1:22\"\nidle_timeout = \"30d\"\n");
+    assert!(e.contains("idle_timeout: 30days is out of range"), "{e}");
+    let e = bad(
+        "launcher = \"forward\"\nforward = \"127.0.0.1:22\"\ncommand = [\"/bin/cat\"]\n\
+         user = \"nobody\"\n",
+    );
+    assert!(
+        e.contains("command: has no effect with launcher = \"forward\""),
+        "{e}"
+    );
+    assert!(e.contains("user: has no effect"), "{e}");
+}

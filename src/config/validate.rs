@@ -664,7 +664,7 @@ pub(super) fn validate_service(
     errors: &mut Vec<ConfigError>,
     warnings: &mut Vec<String>,
 ) -> Option<Service> {
-    let name = raw.name;
+    let name = raw.name.clone();
     let line = (*header > 0).then_some(*header);
     let err = |key: &str, message: String| {
         ConfigError::at(
@@ -678,6 +678,7 @@ pub(super) fn validate_service(
         errors.push(err("name", m));
         return None;
     }
+    let backend = super::backend::validate_backend(&raw, errors, &err);
     let mut command = raw.command;
     if let Some(c) = &command {
         if let Some(p) = command_problem(c) {
@@ -692,7 +693,7 @@ pub(super) fn validate_service(
                 .into(),
         ));
     }
-    if raw.launcher != LauncherKind::Exec {
+    if matches!(raw.launcher, LauncherKind::Auto | LauncherKind::Systemd) {
         let escaped = libsystemd::unit::escape_name(&name).len();
         if escaped > MAX_ESCAPED_NAME_LEN {
             errors.push(err(
@@ -777,6 +778,8 @@ pub(super) fn validate_service(
     // group (or the user's primary group), else [tcpmux]'s. A group alone
     // is an error, as it would not change the user.
     let (credentials, inherited) = match (&raw.user, &raw.group, &defaults.default_credentials) {
+        // No program runs as anyone (its own user and group are errors).
+        _ if !raw.launcher.starts_programs() => (None, false),
         (None, None, Some(default)) => (Some(default.clone()), true),
         _ => (
             resolve_credentials(raw.user.as_deref(), raw.group.as_deref()).unwrap_or_else(
@@ -793,6 +796,7 @@ pub(super) fn validate_service(
         command,
         plus: raw.plus,
         launcher: raw.launcher,
+        backend,
         max_instances,
         max_instances_per_source,
         max_starts_per_second,

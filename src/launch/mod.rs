@@ -5,7 +5,9 @@
 
 pub mod child;
 pub mod exec;
+pub mod forward;
 pub mod handover;
+pub mod pass;
 pub mod spawn;
 pub mod systemd;
 pub mod warm;
@@ -171,6 +173,10 @@ pub enum LaunchError {
     /// No turn to start a unit came in time (`[tcpmux] max_starting_units`).
     #[error("systemd launcher: {0}")]
     NoTurn(String),
+    /// The daemon a forward or pass service hands its connections to
+    /// cannot take this one.
+    #[error("{0}")]
+    Backend(String),
 }
 
 /// A launch that failed, with the client's connection when it can still be

@@ -3,8 +3,10 @@
 
 use super::State;
 use crate::admission::{FdGuard, Limit, SourceGuard, WaitingPlace, source_key};
-use crate::config::{self, Config, Service};
+use crate::config::{self, Config, LauncherKind, Service};
 use crate::launch::exec::ExecLauncher;
+use crate::launch::forward::ForwardLauncher;
+use crate::launch::pass::PassLauncher;
 use crate::launch::systemd::SystemdLauncher;
 use crate::launch::{ClientSocket, Connection, Failed, LaunchError, Launcher};
 use crate::limits;
@@ -809,6 +811,8 @@ async fn leave_then_refuse(
 enum Chosen<'a> {
     Exec(&'a ExecLauncher),
     Systemd(&'a SystemdLauncher),
+    Forward(&'a ForwardLauncher),
+    Pass(&'a PassLauncher),
     /// The systemd launcher was asked for but could not be set up.
     Missing,
 }
@@ -817,6 +821,11 @@ fn launcher_for<'a>(state: &'a State, service: &Service) -> Chosen<'a> {
     // Under systemd, `auto` is the systemd launcher even while the bus is
     // away: its clients are refused until it is back, never started as
     // tcpmuxd's children (as root) instead.
+    match service.launcher {
+        LauncherKind::Forward => return Chosen::Forward(&state.forward),
+        LauncherKind::Pass => return Chosen::Pass(&state.pass),
+        _ => {}
+    }
     match (service.launcher.runs_exec(&state.host), state.systemd.get()) {
         (true, _) => Chosen::Exec(&state.exec),
         (false, Some(l)) => Chosen::Systemd(l),
@@ -829,6 +838,8 @@ impl Launcher for Chosen<'_> {
         match self {
             Chosen::Exec(l) => l.start_fds(),
             Chosen::Systemd(l) => l.start_fds(),
+            Chosen::Forward(l) => l.start_fds(),
+            Chosen::Pass(l) => l.start_fds(),
             Chosen::Missing => 0,
         }
     }
@@ -837,6 +848,8 @@ impl Launcher for Chosen<'_> {
         match self {
             Chosen::Exec(l) => l.precheck(service),
             Chosen::Systemd(l) => l.precheck(service),
+            Chosen::Forward(l) => l.precheck(service),
+            Chosen::Pass(l) => l.precheck(service),
             Chosen::Missing => Err(LaunchError::Systemd("not available".into())),
         }
     }
@@ -851,6 +864,8 @@ impl Launcher for Chosen<'_> {
         match self {
             Chosen::Exec(l) => l.launch(service, conn, slot, fds).await,
             Chosen::Systemd(l) => l.launch(service, conn, slot, fds).await,
+            Chosen::Forward(l) => l.launch(service, conn, slot, fds).await,
+            Chosen::Pass(l) => l.launch(service, conn, slot, fds).await,
             Chosen::Missing => Err(LaunchError::Systemd("not available".into()).into()),
         }
     }

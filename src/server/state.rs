@@ -4,6 +4,8 @@
 use crate::admission::{FdBudget, Gauge, LimitHits, PerSource, StartRate, Waiting};
 use crate::config::{self, Config};
 use crate::launch::exec::ExecLauncher;
+use crate::launch::forward::ForwardLauncher;
+use crate::launch::pass::PassLauncher;
 use crate::launch::systemd::{self as systemd_launch, SystemdLauncher};
 use crate::notify::Notifier;
 use crate::sessions::SessionTable;
@@ -101,6 +103,8 @@ pub struct State {
     pub stats: Stats,
     pub notifier: Notifier,
     pub exec: ExecLauncher,
+    pub forward: ForwardLauncher,
+    pub pass: PassLauncher,
     /// Who tcpmuxd runs as, and whether as a systemd service:
     /// `launcher = "auto"` then means `systemd`, always.
     pub host: config::Host,
@@ -177,6 +181,8 @@ impl State {
             stats: Stats::default(),
             notifier,
             exec: ExecLauncher,
+            forward: ForwardLauncher,
+            pass: PassLauncher,
             warm_helper: None,
         }
     }
@@ -313,7 +319,7 @@ impl State {
             || config
                 .services
                 .iter()
-                .any(|s| !s.launcher.runs_exec(&self.host))
+                .any(|s| s.launcher.runs_systemd(&self.host))
     }
 
     /// Connects the systemd launcher when the configuration needs it, and

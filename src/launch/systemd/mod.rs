@@ -236,7 +236,7 @@ impl SystemdLauncher {
             .map(|s| (libsystemd::unit::escape_name(&s.name), s.name.clone()))
             .collect();
         *lock(&self.inner.services) = map;
-        let launched = |s: &&Arc<Service>| !s.launcher.runs_exec(host);
+        let launched = |s: &&Arc<Service>| s.launcher.runs_systemd(host);
         *lock(&self.inner.launched) = config
             .services
             .iter()
