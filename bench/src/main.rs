@@ -5,6 +5,7 @@
 //! several rounds and servers, into the comparison table.
 
 mod args;
+mod bulk;
 mod load;
 mod memory;
 mod ops;
@@ -30,6 +31,13 @@ usage:
       the time from connect to its first byte after '+'; --rate R starts R
       sessions a second (open loop) instead of N clients in a closed loop;
       --burst N starts N sessions at the same moment, once
+  tcpmux-bench echo ADDR [SERVICE] [--concurrency N] [--seconds S] [--label NAME] [--once]
+      one line echoed through a forwarder: as dispatch when SERVICE is given
+      (name, '+'), else from the first byte (sslh, HAProxy), then EOF, close
+  tcpmux-bench bulk ADDR [SERVICE] [--mib M] [--pairs P] [--pid PID] [--label NAME]
+      P connections at once (default 1), each sending M MiB (default 1024) to
+      an echoing backend while reading them back and checking them; records
+      MiB/s each way and, with --pid, PID's CPU ms per GiB relayed
   tcpmux-bench msp ADDR --file FILE [--concurrency N] [--seconds S] [--label NAME] [--once]
       MSP version B over UDP, retransmitted until acknowledged; FILE is where
       the server's delivery command appends the text, read back to count
@@ -66,7 +74,8 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(&e),
     };
     let result = match args.command.as_str() {
-        "help" | "dispatch" | "first-byte" | "msp" => measure(&args),
+        "help" | "dispatch" | "echo" | "first-byte" | "msp" => measure(&args),
+        "bulk" => bulk_cmd(&args),
         "memory" => memory_cmd(&args),
         "slowloris" => slowloris_cmd(&args),
         "soak" => soak_cmd(&args),
@@ -112,6 +121,9 @@ fn measure(args: &Args) -> Result<(), String> {
         "help" => ops::Op::Help,
         "dispatch" => ops::Op::Dispatch {
             service: args.positional(1, "SERVICE")?.to_string(),
+        },
+        "echo" => ops::Op::Echo {
+            service: args.positional(1, "SERVICE").ok().map(str::to_string),
         },
         "first-byte" => ops::Op::FirstByte {
             service: args.positional(1, "SERVICE")?.to_string(),
@@ -182,6 +194,27 @@ fn join_notes(notes: &[String]) -> String {
         .cloned()
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+fn bulk_cmd(args: &Args) -> Result<(), String> {
+    let target = addr(args, 0)?;
+    let service = args.positional(1, "SERVICE").ok();
+    let mib: u64 = args.number("mib", 1024)?;
+    let pairs: usize = args.number("pairs", 1)?;
+    if mib == 0 || pairs == 0 || pairs > MAX_BURST {
+        return Err(format!(
+            "--mib must be positive and --pairs 1 to {MAX_BURST}"
+        ));
+    }
+    let pid = match args.number("pid", 0u32)? {
+        0 => None,
+        pid => Some(pid),
+    };
+    let label = args.value("label").unwrap_or("server");
+    for r in bulk::run(target, service, mib * 1024 * 1024, pairs, pid, label)? {
+        r.print();
+    }
+    Ok(())
 }
 
 fn memory_cmd(args: &Args) -> Result<(), String> {

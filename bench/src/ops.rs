@@ -25,6 +25,12 @@ pub enum Op {
     Dispatch {
         service: String,
     },
+    /// One line echoed through a forwarder: as [`Op::Dispatch`] after the
+    /// name and `+` when a service is named, from the first byte when not
+    /// (a forwarder that takes no name: sslh, HAProxy).
+    Echo {
+        service: Option<String>,
+    },
     /// Name a service that writes first (`/bin/echo`): the latency is the
     /// time from connect to the service's first byte after `+`.
     FirstByte {
@@ -51,6 +57,7 @@ pub async fn perform(op: &Op, target: SocketAddr, worker: usize, seq: u64) -> Re
     match op {
         Op::Help => help(target, None).await,
         Op::Dispatch { service } => dispatch(target, None, service, worker, seq).await,
+        Op::Echo { service } => echo(target, service.as_deref(), worker, seq).await,
         Op::FirstByte { service } => first_byte(target, service).await,
         Op::Msp { run } => msp(target, None, run, worker, seq).await,
     }
@@ -145,19 +152,47 @@ pub async fn dispatch(
 ) -> Result<Done, String> {
     let mut stream = connect_from(target, source).await?;
     send(&mut stream, format!("{service}\r\n").as_bytes()).await?;
+    let echoed = plus_line(&mut stream).await?;
+    echo_line(stream, echoed, worker, seq).await
+}
+
+async fn echo(
+    target: SocketAddr,
+    service: Option<&str>,
+    worker: usize,
+    seq: u64,
+) -> Result<Done, String> {
+    match service {
+        Some(service) => dispatch(target, None, service, worker, seq).await,
+        None => echo_line(connect(target).await?, Vec::new(), worker, seq).await,
+    }
+}
+
+/// Reads the reply line, which must be `+`; what came after it.
+async fn plus_line(stream: &mut TcpStream) -> Result<Vec<u8>, String> {
     let mut buf = Vec::with_capacity(128);
     let line_end = loop {
         if let Some(i) = buf.iter().position(|&b| b == b'\n') {
             break i;
         }
-        read_more(&mut stream, &mut buf, "the reply line").await?;
+        read_more(stream, &mut buf, "the reply line").await?;
     };
     if buf.first() != Some(&b'+') {
         return Err(format!("refused: {}", printable(&buf[..line_end])));
     }
-    // Whatever followed the `+` line is the service's output already. Some
-    // servers end their reply line with a NUL: not part of the echo.
-    let mut echoed: Vec<u8> = buf[line_end + 1..].to_vec();
+    // Whatever followed the `+` line is the service's output already.
+    Ok(buf[line_end + 1..].to_vec())
+}
+
+/// Sends a line, reads it echoed back (after `echoed`, what came already),
+/// then ends the session as a client would.
+async fn echo_line(
+    mut stream: TcpStream,
+    mut echoed: Vec<u8>,
+    worker: usize,
+    seq: u64,
+) -> Result<Done, String> {
+    // Some servers end their reply line with a NUL: not part of the echo.
     let payload = format!("bench {worker} {seq}\r\n");
     send(&mut stream, payload.as_bytes()).await?;
     loop {
