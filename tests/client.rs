@@ -119,3 +119,48 @@ fn cannot_connect_is_exit_69() {
     assert_eq!(out.status.code(), Some(69));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
 }
+
+/// As a ProxyCommand (ssh -o ProxyCommand='tcpmux --quiet %h ssh'): bytes
+/// reach stdout as they come, without a newline and long before the end,
+/// and --quiet keeps the `+` line off the terminal.
+#[test]
+fn relays_bytes_as_they_come_and_quiet_keeps_the_plus_line_off_stderr() {
+    use std::io::Read;
+    let d = Daemon::start(CONFIG);
+    let mut child = Command::new(CLIENT)
+        .args(["--quiet", &d.addr.to_string(), "echo"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    // A banner-like exchange with no newline: it must come back while the
+    // session is still open.
+    stdin.write_all(b"SSH-\x00\x01\xff").unwrap();
+    stdin.flush().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut got = [0u8; 7];
+        let read = stdout.read_exact(&mut got).map(|()| got);
+        let _ = tx.send(read.map_err(|e| e.to_string()));
+    });
+    let echoed = rx.recv_timeout(std::time::Duration::from_secs(10));
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        echoed.expect("the bytes did not come back before the end of the session"),
+        Ok(*b"SSH-\x00\x01\xff")
+    );
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}
+
+#[test]
+fn quiet_still_says_why_a_service_was_refused() {
+    let d = Daemon::start(CONFIG);
+    let (code, _, err) = client(&d, &["--quiet", "nosuch"], b"");
+    assert_eq!(code, 1);
+    assert!(err.starts_with("-"), "{err}");
+}

@@ -91,8 +91,10 @@ fn run(args: &Args) -> Result<ExitCode, Failure> {
 
     let line = read_reply_line(&mut stream)
         .map_err(|e| io_error(format!("{}: reading the reply: {e}", args.server)))?;
-    let shown = String::from_utf8_lossy(&line);
-    eprintln!("{}", shown.trim_end_matches(['\r', '\n']));
+    if !(args.quiet && line.first() == Some(&b'+')) {
+        let shown = String::from_utf8_lossy(&line);
+        eprintln!("{}", shown.trim_end_matches(['\r', '\n']));
+    }
     match line.first() {
         Some(b'+') => {}
         Some(b'-') => return Ok(ExitCode::from(exit::REFUSED)),
@@ -173,8 +175,13 @@ fn read_reply_line(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
     ))
 }
 
+/// Bytes read from the connection at a time.
+const RELAY_CHUNK: usize = 64 * 1024;
+
 /// Copies stdin to the connection and the connection to stdout, until the
-/// service closes the connection.
+/// service closes the connection. What the service sends is written out
+/// and flushed as it comes: io::copy to stdout can hold bytes back, which
+/// stalls a binary protocol (an SSH session as ProxyCommand).
 fn bridge(stream: TcpStream) -> io::Result<()> {
     let mut to_server = stream.try_clone()?;
     std::thread::spawn(move || {
@@ -183,8 +190,17 @@ fn bridge(stream: TcpStream) -> io::Result<()> {
     });
     let mut from_server = stream;
     let mut out = io::stdout().lock();
-    io::copy(&mut from_server, &mut out)?;
-    out.flush()
+    let mut buf = vec![0u8; RELAY_CHUNK];
+    loop {
+        let n = match from_server.read(&mut buf) {
+            Ok(0) => return out.flush(),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        out.write_all(&buf[..n])?;
+        out.flush()?;
+    }
 }
 
 #[cfg(test)]

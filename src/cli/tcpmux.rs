@@ -7,10 +7,14 @@ Examples:
   tcpmux localhost --list          list the services
   tcpmux example.org:1 echo        talk to the \"echo\" service
   echo hello | tcpmux [::1] echo
+  ssh -o ProxyCommand='tcpmux --quiet %h ssh' example.org
+                                   SSH through the server's \"ssh\" service
 
 The server's reply line (\"+...\" or \"-...\") goes to stderr; what the service
-sends goes to stdout. --list prints the names on stdout, one a line; when the
-server offers this client no service, stdout stays empty and stderr says so.
+sends goes to stdout as it comes (binary safe, nothing held back for a
+newline); --quiet leaves a \"+\" line out. --list prints the names on stdout,
+one a line; when the server offers this client no service, stdout stays
+empty and stderr says so.
 Sending stops at the end of stdin; the program ends when the service closes
 the connection.
 
@@ -43,6 +47,11 @@ pub struct Args {
     /// Print the list of services (HELP) and exit.
     #[arg(short, long)]
     pub list: bool,
+
+    /// Print the server's reply line only when it is a refusal ("-..."):
+    /// for use as ssh's ProxyCommand, where stderr is the terminal.
+    #[arg(short, long)]
+    pub quiet: bool,
 
     /// Time allowed to connect and to get the reply line, in seconds.
     #[arg(short, long, value_name = "SECONDS", default_value_t = 10.0)]
