@@ -574,6 +574,62 @@ impl Direction {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    /// Relays a pair of socketpairs both ways, a prefix first, each way
+    /// ended by a half-close: what each end read, and how the relay ended.
+    async fn relay_both_ways(copying: bool) -> (Vec<u8>, Vec<u8>, End, Moved) {
+        let (mut client, client_side) = UnixStream::pair().unwrap();
+        let (backend_side, mut backend) = UnixStream::pair().unwrap();
+        client_side.set_nonblocking(true).unwrap();
+        backend_side.set_nonblocking(true).unwrap();
+        let mut relay =
+            Relay::new(client_side.into(), backend_side.into(), b"HEADER ".to_vec()).unwrap();
+        if copying {
+            // As after splice(2) refused a socket (EINVAL).
+            for d in [&mut relay.up, &mut relay.down] {
+                d.carrier = Carrier::Buffer {
+                    buf: vec![0u8; FORWARD_COPY_BUFFER].into_boxed_slice(),
+                    start: 0,
+                };
+            }
+        }
+        let run = tokio::spawn(relay.run(Duration::from_secs(60)));
+        let peers = tokio::task::spawn_blocking(move || {
+            let up: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+            client.write_all(&up).unwrap();
+            client.shutdown(std::net::Shutdown::Write).unwrap();
+            backend.write_all(b"answer").unwrap();
+            backend.shutdown(std::net::Shutdown::Write).unwrap();
+            let (mut at_backend, mut at_client) = (Vec::new(), Vec::new());
+            backend.read_to_end(&mut at_backend).unwrap();
+            client.read_to_end(&mut at_client).unwrap();
+            (at_backend, at_client)
+        });
+        let (at_backend, at_client) = peers.await.unwrap();
+        let (end, moved) = run.await.unwrap();
+        (at_backend, at_client, end, moved)
+    }
+
+    #[tokio::test]
+    async fn both_carriers_relay_each_way_in_order_and_pass_the_ends_on() {
+        for copying in [false, true] {
+            let (at_backend, at_client, end, moved) = relay_both_ways(copying).await;
+            let mut want = b"HEADER ".to_vec();
+            want.extend((0..100_000u32).map(|i| i as u8));
+            assert!(at_backend == want, "copying: {copying}");
+            assert_eq!(at_client, b"answer");
+            assert_eq!(end, End::Closed);
+            assert_eq!(
+                moved,
+                Moved {
+                    to_backend: 100_000,
+                    to_client: 6
+                }
+            );
+        }
+    }
 
     #[test]
     fn headers_name_the_clients_connection_in_one_family() {
