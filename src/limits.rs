@@ -442,3 +442,12 @@ pub const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Longest path of a Unix socket: `sun_path` holds 108 bytes with the NUL.
 pub const MAX_UNIX_PATH: usize = 107;
+
+/// Capacity asked for each direction's pipe of a forwarded pair: what
+/// the kernel holds between the two sockets, beside their own buffers.
+/// Kept at the default capacity when the kernel refuses it.
+pub const FORWARD_PIPE_SIZE: usize = 64 * 1024;
+
+/// Buffer of a direction of a forwarded pair that splice(2) cannot carry
+/// (a socket type without it): copied through this many bytes at a time.
+pub const FORWARD_COPY_BUFFER: usize = 16 * 1024;

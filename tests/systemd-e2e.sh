@@ -235,6 +235,91 @@ else
         "$(ct journalctl -u tcpmuxd.service --no-pager -n 10)"
 fi
 
+# ---- forwarded sessions -----------------------------------------------------
+
+section "forwarded sessions (launcher = \"forward\") under the unit's sandbox"
+# A backend on loopback TCP and one on a Unix socket under /run, each a unit
+# of its own: it answers what it got (the PROXY header's line too), then
+# waits for the client's end.
+backend_py='
+import os, socket, sys
+if sys.argv[1] == "tcp":
+    l = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    l.bind(("127.0.0.1", 7001))
+else:
+    l = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    l.bind(sys.argv[1])
+    os.chmod(sys.argv[1], 0o666)
+l.listen(8)
+while True:
+    c, _ = l.accept()
+    f = c.makefile("rb")
+    lines = [f.readline().rstrip(b"\r\n")]
+    if lines[0].startswith(b"PROXY "):
+        lines.append(f.readline().rstrip(b"\r\n"))
+    c.sendall(b"backend got: " + b" | ".join(lines) + b"\n")
+    while f.read(4096):
+        pass
+    # The file holds the socket open: both are closed.
+    f.close()
+    c.close()
+'
+ct systemd-run --quiet --unit=e2e-backend-tcp python3 -c "$backend_py" tcp
+ct systemd-run --quiet --unit=e2e-backend-unix python3 -c "$backend_py" /run/e2e-backend.sock
+cat >"$etc/tcpmuxd/conf.d/40-forward.toml" <<'EOF'
+[[service]]
+name = "fwd-tcp"
+launcher = "forward"
+forward = "127.0.0.1:7001"
+proxy_protocol = "v1"
+
+[[service]]
+name = "fwd-unix"
+launcher = "forward"
+forward = "/run/e2e-backend.sock"
+EOF
+backend_up() { ct test -S /run/e2e-backend.sock && ct python3 -c 'import socket; socket.create_connection(("127.0.0.1", 7001)).close()'; }
+if ! ct systemctl reload tcpmuxd.service || ! wait_until "$WAIT_TIMEOUT" lists fwd-unix ||
+    ! wait_until "$WAIT_TIMEOUT" backend_up; then
+    fail "reload serves fwd-tcp and fwd-unix, backends listening" \
+        "$(ct journalctl --no-pager -n 20 -u tcpmuxd.service -u e2e-backend-tcp.service -u e2e-backend-unix.service)"
+else
+    out=$(printf 'hello over tcp\n' | ct "$CLIENT" localhost fwd-tcp 2>"$work/err")
+    if printf '%s\n' "$out" | grep -Eqx 'backend got: PROXY TCP[46] [0-9a-f.:]+ [0-9a-f.:]+ [0-9]+ 1 \| hello over tcp'; then
+        pass "a session forwarded to a TCP backend on loopback, the PROXY header first: $out"
+    else
+        fail "tcpmux localhost fwd-tcp reaches the backend at 127.0.0.1:7001 with a v1 header" \
+            "stdout: $out" "stderr: $(cat "$work/err")" "$(ct journalctl --no-pager -n 10 -u tcpmuxd.service)"
+    fi
+    out=$(printf 'hello over unix\n' | ct "$CLIENT" localhost fwd-unix 2>"$work/err")
+    if [ "$out" = "backend got: hello over unix" ]; then
+        pass "a session forwarded to a Unix socket under /run"
+    else
+        fail "tcpmux localhost fwd-unix reaches the backend at /run/e2e-backend.sock" \
+            "stdout: $out" "stderr: $(cat "$work/err")" "$(ct journalctl --no-pager -n 10 -u tcpmuxd.service)"
+    fi
+    # The end's entry: how it ended and the bytes each way (the client's
+    # line, 16 bytes; the backend's answer, 29).
+    forward_end_logged() {
+        local entries
+        entries=$(ct journalctl -u tcpmuxd.service -o json --no-pager 2>/dev/null) || return 1
+        printf '%s\n' "$entries" | grep -F '"TCPMUX_SERVICE":"fwd-unix"' | grep -F '"FORWARD_END":"closed"' |
+            grep -F '"BYTES_TO_BACKEND":"16"' | grep -F '"BYTES_TO_CLIENT":"29"' |
+            grep -F '"BACKEND":"/run/e2e-backend.sock"' | grep -qF '"REMOTE_ADDR":"'
+    }
+    if wait_until "$WAIT_TIMEOUT" journal_has fwd-tcp served && wait_until "$WAIT_TIMEOUT" forward_end_logged &&
+        journal_message_has "fwd-unix from " && journal_message_has ": session started, forwarded to /run/e2e-backend.sock"; then
+        pass "journal: a forwarded session's start (OUTCOME=served) and end (FORWARD_END, BYTES_TO_BACKEND, BYTES_TO_CLIENT)"
+    else
+        fail "journalctl -u tcpmuxd has the forwarded sessions' start and end" \
+            "$(ct journalctl -u tcpmuxd.service -o json --no-pager -n 6)"
+    fi
+fi
+ct systemctl stop e2e-backend-tcp.service e2e-backend-unix.service
+rm -f "$etc/tcpmuxd/conf.d/40-forward.toml"
+ct systemctl reload tcpmuxd.service
+
 # ---- reload ---------------------------------------------------------------
 
 section "reload"

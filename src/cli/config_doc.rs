@@ -130,6 +130,14 @@ fn default_share(of: &str) -> String {
         }
     )
 }
+fn when_hit_backend() -> String {
+    "`-Service unavailable` when the backend refuses the connection or does not accept it in \
+     time; the log says why"
+        .into()
+}
+fn when_hit_idle() -> &'static str {
+    "both connections are closed (reset, when bytes for it were left undelivered)"
+}
 fn when_hit_master_acl() -> String {
     "`-Access denied`, to every request, HELP too".into()
 }
@@ -675,11 +683,56 @@ pub fn keys() -> Vec<Key> {
             "launcher",
             "string",
             "\"auto\"".into(),
-            "\"exec\", \"systemd\" or \"auto\"".into(),
+            "\"exec\", \"systemd\", \"auto\" or \"forward\"".into(),
             None,
             "How a session is started: as a child of tcpmuxd, or as a transient unit \
              tcpmux-NAME@INSTANCE.service; \"auto\" picks systemd when tcpmuxd runs as a systemd \
-             service.",
+             service. \"forward\" starts no program: tcpmuxd relays the connection to the \
+             daemon at forward.",
+        ),
+        key(
+            "service",
+            "forward",
+            "string",
+            "none (required with launcher = \"forward\")".into(),
+            format!(
+                "IP:port ([IPv6]:port), not a host name, or the absolute path of a Unix stream \
+                 socket (at most {} bytes); only with launcher = \"forward\"",
+                limits::MAX_UNIX_PATH
+            ),
+            Some(when_hit_backend()),
+            "The running daemon each connection is relayed to, both ways (with splice(2), \
+             without a copy through tcpmuxd), after `+` in plus mode: \"127.0.0.1:22\", \
+             \"/run/app.sock\". Only this address is ever connected to; nothing a client sends \
+             chooses it. The backend must accept within the connect time of the table of \
+             limits, or the client is told `-Service unavailable` and the cause is logged. \
+             Half-closes and resets are passed on each way; the pair counts as a session for \
+             every limit until both sides are closed.",
+        ),
+        key(
+            "service",
+            "proxy_protocol",
+            "string",
+            "none (no header)".into(),
+            "\"v1\" or \"v2\"; only with launcher = \"forward\"".into(),
+            None,
+            "A PROXY protocol header (HAProxy's, version 1 text or version 2 binary) sent to \
+             the backend before anything of the client's, naming the client's connection: its \
+             address and port, and the address it connected to (those a trusted balancer's \
+             header gave, when tcpmuxd is behind one). A Unix backend gets the same TCP \
+             addresses. The backend must believe the header from tcpmuxd only.",
+        ),
+        key(
+            "service",
+            "idle_timeout",
+            "string (duration)",
+            duration(limits::DEFAULT_IDLE_TIMEOUT),
+            format!(
+                "{}; only with launcher = \"forward\"",
+                at_most(limits::MAX_IDLE_TIMEOUT)
+            ),
+            Some(when_hit_idle().into()),
+            "A forwarded pair on which no byte moved either way for this long is closed.",
         ),
         key(
             "service",
@@ -893,6 +946,20 @@ pub fn limits_table() -> Vec<Limit> {
                 limits::DEFAULT_MAX_STARTS_PER_SECOND
             ),
             when_hit_start_rate(),
+        ),
+        row(
+            "`[[service]] idle_timeout`",
+            format!(
+                "{} without a byte either way, forwarded services (at most {})",
+                duration(limits::DEFAULT_IDLE_TIMEOUT),
+                duration(limits::MAX_IDLE_TIMEOUT)
+            ),
+            when_hit_idle().into(),
+        ),
+        row(
+            "a forwarded service's backend: accepting the connection",
+            duration(limits::FORWARD_CONNECT_TIMEOUT),
+            when_hit_backend(),
         ),
         row(
             "listen backlog (sockets tcpmuxd binds)",

@@ -330,6 +330,7 @@ pub fn sections() -> Vec<Section> {
         session_units(),
         warm_units(),
         exec_launcher(),
+        forwarded_services(),
         msp(),
         journal(),
         notify(),
@@ -590,6 +591,37 @@ fn exec_launcher() -> Section {
     }
 }
 
+fn forwarded_services() -> Section {
+    Section {
+        title: "FORWARDED SERVICES",
+        blocks: vec![
+            para(format!(
+                "With `launcher = \"forward\"`, no program is started: tcpmuxd connects to the \
+                 daemon at the service's `forward` address (TCP, or a Unix stream socket) and \
+                 relays the pair both ways itself, with splice(2) through a pipe per direction \
+                 (bytes do not pass through tcpmuxd's memory). Only that address is ever \
+                 connected to. A plus-mode client is told `+` once the backend has accepted; a \
+                 backend that refuses, or does not accept within {}, means `-Service \
+                 unavailable` (`OUTCOME=unavailable`, with the cause). With `proxy_protocol`, \
+                 a PROXY header naming the client goes to the backend first; then whatever the \
+                 client sent behind its request line. An end of writing is passed on once all \
+                 before it was, a reset as a reset, and a pair on which no byte moved for \
+                 `idle_timeout` is closed. The pair holds its session slot and 6 descriptors \
+                 until both sides are closed, and ends when tcpmuxd stops.",
+                humantime::format_duration(crate::limits::FORWARD_CONNECT_TIMEOUT)
+            )),
+            para(
+                "Its start is logged as `NAME from ADDR:PORT: session started, forwarded to \
+                 BACKEND` (`OUTCOME=served`, `BACKEND=`), its end as `NAME from ADDR:PORT: \
+                 session ended, forwarded to BACKEND: HOW; N bytes from the client, M bytes to \
+                 it, in DURATION`, with `FORWARD_END=` (`closed`: both sides ended their \
+                 writing; `client-reset`, `backend-reset`, `idle-timeout`, or `error` with the \
+                 cause), `BYTES_TO_BACKEND=`, `BYTES_TO_CLIENT=` and `DURATION_MS=`.",
+            ),
+        ],
+    }
+}
+
 fn msp() -> Section {
     Section {
         title: "MESSAGE SEND PROTOCOL",
@@ -672,6 +704,14 @@ fn journal() -> Section {
                     "on the entry of a session's end, with systemd's names and meaning: \
                      `exited` and the exit status, or `killed`/`dumped` and the signal's name \
                      (`TERM`)"
+                        .to_string(),
+                ),
+                (
+                    "`BACKEND`, `FORWARD_END`, `BYTES_TO_BACKEND`, `BYTES_TO_CLIENT`, \
+                     `DURATION_MS`",
+                    "on the entries of a forwarded session: the backend's address; at its \
+                     end how it ended, the bytes each way and its duration (see FORWARDED \
+                     SERVICES)"
                         .to_string(),
                 ),
                 (

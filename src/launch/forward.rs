@@ -1,11 +1,37 @@
 //! The `forward` launcher: each connection is relayed to a daemon that
 //! already runs, at the fixed address of the service's `forward` key.
+//!
+//! Only that address is ever connected to: nothing the client sends
+//! chooses where its bytes go, so tcpmuxd is no open proxy. The backend
+//! must have accepted before a plus-mode client is told `+`; a refused or
+//! slow connect leaves the client unanswered, for `-Service unavailable`.
+//!
+//! The pair is then relayed both ways by one task: each direction moves
+//! bytes with splice(2) through a pipe of its own (no copy through
+//! tcpmuxd's memory), or, for a socket splice cannot read, through a
+//! small buffer. What the client sent behind its request line is still in
+//! its socket (the handshake never reads past the line end), so it
+//! reaches the backend first, after the PROXY header when there is one.
+//! An end of one side's writing is passed on to the other once everything
+//! before it was; a reset is passed on as a reset; a pair on which no byte
+//! moved for the service's `idle_timeout` is closed. The session's slot
+//! and descriptors are held until both sides are closed.
 
 use super::{Connection, Failed, LaunchError, Launcher};
 use crate::admission::FdGuard;
-use crate::config::Service;
+use crate::config::{Backend, Forward, ForwardAddress, ProxyVersion, Service};
+use crate::limits::{FORWARD_CONNECT_TIMEOUT, FORWARD_COPY_BUFFER, FORWARD_PIPE_SIZE};
+use crate::server::Outcome;
 use crate::sessions::SessionSlot;
+use rustix::io::Errno;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+use tokio::time::Instant;
 
 /// Descriptors the daemon holds for a forwarded pair: the client's
 /// connection, the backend's, and the two ends of each direction's pipe.
@@ -16,8 +42,8 @@ pub const FORWARD_SESSION_FDS: usize = 6;
 pub struct ForwardLauncher;
 
 impl Launcher for ForwardLauncher {
-    fn precheck(&self, _service: &Service) -> Result<(), LaunchError> {
-        Ok(())
+    fn precheck(&self, service: &Service) -> Result<(), LaunchError> {
+        forward_of(service).map(|_| ())
     }
 
     fn start_fds(&self) -> usize {
@@ -26,14 +52,604 @@ impl Launcher for ForwardLauncher {
 
     async fn launch(
         &self,
-        _service: Arc<Service>,
+        service: Arc<Service>,
         conn: Connection,
-        _slot: SessionSlot,
-        _fds: FdGuard,
+        slot: SessionSlot,
+        fds: FdGuard,
     ) -> Result<(), Failed> {
-        Err(Failed {
-            error: LaunchError::Backend("the forward launcher is not built yet".into()),
-            conn: conn.unanswered(),
+        let forward = forward_of(&service)?.clone();
+        let to = &forward.to;
+        let header = forward
+            .proxy_protocol
+            .map(|version| proxy_header(version, conn.peer, conn.local))
+            .transpose();
+        let header = match header {
+            Ok(header) => header.unwrap_or_default(),
+            Err(e) => {
+                return Err(Failed {
+                    error: LaunchError::Backend(format!("backend {to}: PROXY header: {e}")),
+                    conn: conn.unanswered(),
+                });
+            }
+        };
+        let backend = match tokio::time::timeout(FORWARD_CONNECT_TIMEOUT, connect(to)).await {
+            Ok(Ok(backend)) => backend,
+            Ok(Err(e)) => {
+                return Err(Failed {
+                    error: LaunchError::Backend(format!("backend {to}: cannot connect: {e}")),
+                    conn: conn.unanswered(),
+                });
+            }
+            Err(_) => {
+                return Err(Failed {
+                    error: LaunchError::Backend(format!(
+                        "backend {to}: did not accept the connection within {}",
+                        humantime::format_duration(FORWARD_CONNECT_TIMEOUT)
+                    )),
+                    conn: conn.unanswered(),
+                });
+            }
+        };
+        // The backend took the connection: only now is a plus-mode client
+        // told `+`. A dedicated service's backend answers itself.
+        let conn = conn.send_plus(&service).await?;
+        let peer = SocketAddr::new(conn.peer.ip().to_canonical(), conn.peer.port());
+        let client = conn
+            .stream
+            .into_std()
+            .map(OwnedFd::from)
+            .map_err(LaunchError::Socket)?;
+        let relay = Relay::new(client, backend, header).map_err(|e| {
+            LaunchError::Backend(format!("backend {to}: cannot relay the connection: {e}"))
+        })?;
+        tracing::info!(
+            tcpmux_service = %service.name,
+            remote_addr = %peer.ip(),
+            remote_port = peer.port(),
+            outcome = Outcome::Served.as_str(),
+            backend = %to,
+            "{} from {peer}: session started, forwarded to {to}",
+            service.name
+        );
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let (end, bytes) = relay.run(forward.idle_timeout).await;
+            // Both sides are closed: the pair no longer counts.
+            drop(slot);
+            drop(fds);
+            log_end(&service, peer, &forward, end, bytes, started.elapsed());
+        });
+        Ok(())
+    }
+}
+
+/// The service's backend, or why it has none.
+fn forward_of(service: &Service) -> Result<&Forward, LaunchError> {
+    match &service.backend {
+        Some(Backend::Forward(forward)) => Ok(forward),
+        _ => Err(LaunchError::Backend(
+            "no backend address (the forward key) for launcher = \"forward\"".into(),
+        )),
+    }
+}
+
+/// Connects to the backend, without blocking the runtime. A Unix socket
+/// whose listen queue is full refuses at once (`EAGAIN`), a TCP one lets
+/// the connect wait (the caller bounds it).
+async fn connect(to: &ForwardAddress) -> std::io::Result<OwnedFd> {
+    match to {
+        ForwardAddress::Tcp(addr) => {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            // The relay passes on what it has at once; Nagle's delay would
+            // only hold back the small writes of interactive protocols.
+            stream.set_nodelay(true)?;
+            Ok(stream.into_std()?.into())
+        }
+        ForwardAddress::Unix(path) => {
+            let stream = tokio::net::UnixStream::connect(path).await?;
+            Ok(stream.into_std()?.into())
+        }
+    }
+}
+
+/// The PROXY header that names the client's connection, `peer` to
+/// `local`, to the backend (a Unix one too: the header describes the
+/// client's connection, not the backend's).
+pub fn proxy_header(
+    version: ProxyVersion,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> std::io::Result<Vec<u8>> {
+    let (source, destination) = one_family(peer, local);
+    Ok(match version {
+        ProxyVersion::V1 => ppp::v1::Addresses::from((source, destination))
+            .to_string()
+            .into_bytes(),
+        ProxyVersion::V2 => {
+            use ppp::v2::{Builder, Command, Protocol, Version};
+            Builder::with_addresses(
+                Version::Two | Command::Proxy,
+                Protocol::Stream,
+                (source, destination),
+            )
+            .build()?
+        }
+    })
+}
+
+/// Both addresses in one family, as a header holds them: IPv4 where both
+/// are (IPv4-mapped IPv6 read as IPv4), else both IPv6.
+fn one_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
+    let (a, b) = (canonical(a), canonical(b));
+    let v6 = |s: SocketAddr| match s {
+        SocketAddr::V4(v4) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+        v6 => v6,
+    };
+    if a.is_ipv4() == b.is_ipv4() {
+        (a, b)
+    } else {
+        (v6(a), v6(b))
+    }
+}
+
+fn canonical(s: SocketAddr) -> SocketAddr {
+    SocketAddr::new(s.ip().to_canonical(), s.port())
+}
+
+/// One side of a pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Client,
+    Backend,
+}
+
+/// How a forwarded pair ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// Both sides ended their writing, and all of it was passed on.
+    Closed,
+    /// The client reset its connection; the backend's was reset too.
+    ResetByClient,
+    /// The backend reset its connection; the client's was reset too.
+    ResetByBackend,
+    /// Nothing moved either way for the service's `idle_timeout`.
+    Idle,
+    /// A failure of the relay itself: both connections were reset.
+    Error(String),
+}
+
+impl End {
+    /// The journal's `FORWARD_END=`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            End::Closed => "closed",
+            End::ResetByClient => "client-reset",
+            End::ResetByBackend => "backend-reset",
+            End::Idle => "idle-timeout",
+            End::Error(_) => "error",
+        }
+    }
+
+    fn reset_by(side: Side) -> End {
+        match side {
+            Side::Client => End::ResetByClient,
+            Side::Backend => End::ResetByBackend,
+        }
+    }
+}
+
+/// Bytes passed on each way: from the client to the backend, and back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Moved {
+    pub to_backend: u64,
+    pub to_client: u64,
+}
+
+fn log_end(
+    service: &Service,
+    peer: SocketAddr,
+    forward: &Forward,
+    end: End,
+    bytes: Moved,
+    took: Duration,
+) {
+    let how = match &end {
+        End::Closed => "both sides closed".to_string(),
+        End::ResetByClient => "reset by the client".to_string(),
+        End::ResetByBackend => "reset by the backend".to_string(),
+        End::Idle => format!(
+            "idle for {} (idle_timeout), both sides closed",
+            humantime::format_duration(forward.idle_timeout)
+        ),
+        End::Error(cause) => format!("error: {cause}"),
+    };
+    // Whole milliseconds: humantime would print every nanosecond.
+    let took = Duration::from_millis(u64::try_from(took.as_millis()).unwrap_or(u64::MAX));
+    macro_rules! entry {
+        ($level:ident) => {
+            tracing::$level!(
+                tcpmux_service = %service.name,
+                remote_addr = %peer.ip(),
+                remote_port = peer.port(),
+                backend = %forward.to,
+                forward_end = end.as_str(),
+                bytes_to_backend = bytes.to_backend,
+                bytes_to_client = bytes.to_client,
+                duration_ms = took.as_millis() as u64,
+                "{} from {peer}: session ended, forwarded to {}: {how}; {} bytes from the \
+                 client, {} bytes to it, in {}",
+                service.name,
+                forward.to,
+                bytes.to_backend,
+                bytes.to_client,
+                humantime::format_duration(took),
+            )
+        };
+    }
+    match end {
+        End::Error(_) => entry!(warn),
+        _ => entry!(info),
+    }
+}
+
+/// Why a direction stopped short of its end.
+enum Stop {
+    /// This side reset its connection.
+    Reset(Side),
+    /// Anything else: the cause.
+    Error(String),
+}
+
+/// A forwarded pair: both connections on the event loop, and a direction
+/// for each way.
+pub struct Relay {
+    client: AsyncFd<OwnedFd>,
+    backend: AsyncFd<OwnedFd>,
+    up: Direction,
+    down: Direction,
+}
+
+impl Relay {
+    /// A relay of `client` and `backend` (both non-blocking), `prefix`
+    /// sent to the backend before anything of the client's.
+    pub fn new(client: OwnedFd, backend: OwnedFd, prefix: Vec<u8>) -> std::io::Result<Relay> {
+        let mut up = Direction::new(Side::Client, Side::Backend)?;
+        up.prefix = prefix;
+        Ok(Relay {
+            client: register(client)?,
+            backend: register(backend)?,
+            up,
+            down: Direction::new(Side::Backend, Side::Client)?,
         })
+    }
+
+    /// Relays until both sides are closed, one is reset, the pair is idle
+    /// for `idle`, or an error; then closes both connections (a reset of
+    /// one side, an error, and bytes left undelivered at the idle
+    /// timeout are passed on as resets).
+    pub async fn run(mut self, idle: Duration) -> (End, Moved) {
+        let mut last = Instant::now();
+        let mut moved = 0u64;
+        let sleep = tokio::time::sleep_until(last + idle);
+        tokio::pin!(sleep);
+        let end = poll_fn(|cx| {
+            let up = self.up.poll(cx, &self.client, &self.backend);
+            let down = self.down.poll(cx, &self.backend, &self.client);
+            match (up, down) {
+                (Poll::Ready(Err(stop)), _) | (_, Poll::Ready(Err(stop))) => {
+                    return Poll::Ready(match stop {
+                        Stop::Reset(side) => End::reset_by(side),
+                        Stop::Error(cause) => End::Error(cause),
+                    });
+                }
+                (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(End::Closed),
+                _ => {}
+            }
+            let now_moved = self.up.moved + self.down.moved;
+            if now_moved != moved {
+                moved = now_moved;
+                last = Instant::now();
+            }
+            // The timer is moved only when it fires: not for every write.
+            while sleep.as_mut().poll(cx).is_ready() {
+                if Instant::now() >= last + idle {
+                    return Poll::Ready(End::Idle);
+                }
+                sleep.as_mut().reset(last + idle);
+            }
+            Poll::Pending
+        })
+        .await;
+        let bytes = Moved {
+            to_backend: self.up.moved,
+            to_client: self.down.moved,
+        };
+        self.close(&end);
+        (end, bytes)
+    }
+
+    fn close(self, end: &End) {
+        let reset = |fd: &AsyncFd<OwnedFd>| {
+            let _ = rustix::net::sockopt::set_socket_linger(fd, Some(Duration::ZERO));
+        };
+        match end {
+            End::Closed => {}
+            End::ResetByClient => reset(&self.backend),
+            End::ResetByBackend => reset(&self.client),
+            End::Error(_) => {
+                reset(&self.client);
+                reset(&self.backend);
+            }
+            End::Idle => {
+                // What could not be delivered is not left to the kernel.
+                if self.up.held() > 0 {
+                    reset(&self.backend);
+                }
+                if self.down.held() > 0 {
+                    reset(&self.client);
+                }
+            }
+        }
+        // Dropped here: both connections and the pipes are closed.
+    }
+}
+
+/// `fd` on the event loop, for reading and writing.
+fn register(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: the AsyncFd owns the OwnedFd, which stays open and the same
+    // descriptor until the AsyncFd is dropped.
+    unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
+}
+
+/// How a direction carries its bytes.
+enum Carrier {
+    /// splice(2) in and out of a pipe: the bytes never enter tcpmuxd's
+    /// memory.
+    Pipe { read: OwnedFd, write: OwnedFd },
+    /// A copy through a buffer, for a socket splice cannot read.
+    Buffer { buf: Box<[u8]>, start: usize },
+}
+
+/// One way of a pair: from one side's connection to the other's.
+struct Direction {
+    from: Side,
+    to: Side,
+    carrier: Carrier,
+    /// Bytes taken from `from` and not yet passed on.
+    held: usize,
+    /// Sent before anything else (the PROXY header), and how much of it
+    /// went.
+    prefix: Vec<u8>,
+    prefix_sent: usize,
+    /// `from` ended its writing.
+    eof: bool,
+    /// The end was passed on: this direction is done.
+    finished: bool,
+    /// Bytes passed on.
+    moved: u64,
+}
+
+impl Direction {
+    fn new(from: Side, to: Side) -> std::io::Result<Direction> {
+        use rustix::pipe::{PipeFlags, fcntl_setpipe_size, pipe_with};
+        let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+        // Bounded; the default capacity stands when the kernel refuses
+        // (above fs.pipe-max-size, or over the user's pipe quota).
+        let _ = fcntl_setpipe_size(&write, FORWARD_PIPE_SIZE);
+        Ok(Direction {
+            from,
+            to,
+            carrier: Carrier::Pipe { read, write },
+            held: 0,
+            prefix: Vec::new(),
+            prefix_sent: 0,
+            eof: false,
+            finished: false,
+            moved: 0,
+        })
+    }
+
+    /// Bytes taken and not passed on, the prefix's rest included.
+    fn held(&self) -> usize {
+        self.held + (self.prefix.len() - self.prefix_sent)
+    }
+
+    /// Moves what can be moved now: ready when this direction is done
+    /// (its end passed on) or stopped; pending, with a wake-up asked for,
+    /// when it waits for one of the sockets.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &AsyncFd<OwnedFd>,
+        to: &AsyncFd<OwnedFd>,
+    ) -> Poll<Result<(), Stop>> {
+        if self.finished {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            // What is held goes first, all of it: then the pipe is empty
+            // when it is filled again, and a splice that cannot go on
+            // means the socket has nothing more.
+            while self.held() > 0 {
+                let mut guard = ready!(to.poll_write_ready(cx)).map_err(|e| self.error(e))?;
+                match self.write_out(to.get_ref()) {
+                    Ok(()) => {}
+                    Err(Errno::AGAIN) => guard.clear_ready(),
+                    Err(Errno::INTR) => {}
+                    Err(Errno::PIPE | Errno::CONNRESET) => {
+                        return Poll::Ready(Err(Stop::Reset(self.to)));
+                    }
+                    Err(e) => return Poll::Ready(Err(self.error(e.into()))),
+                }
+            }
+            if self.eof {
+                // The other side may be gone already (ENOTCONN): nothing
+                // is left to tell it.
+                let _ = rustix::net::shutdown(to.get_ref(), rustix::net::Shutdown::Write);
+                self.finished = true;
+                return Poll::Ready(Ok(()));
+            }
+            let mut guard = ready!(from.poll_read_ready(cx)).map_err(|e| self.error(e))?;
+            match self.read_in(from.get_ref()) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.held = n,
+                Err(Errno::AGAIN) => guard.clear_ready(),
+                Err(Errno::INTR) => {}
+                Err(Errno::INVAL) if matches!(self.carrier, Carrier::Pipe { .. }) => {
+                    // A socket splice cannot read: copied from now on.
+                    self.carrier = Carrier::Buffer {
+                        buf: vec![0u8; FORWARD_COPY_BUFFER].into_boxed_slice(),
+                        start: 0,
+                    };
+                }
+                Err(Errno::CONNRESET) => return Poll::Ready(Err(Stop::Reset(self.from))),
+                Err(e) => return Poll::Ready(Err(self.error(e.into()))),
+            }
+        }
+    }
+
+    /// Takes what `from` has (the pipe or buffer is empty): the count, 0
+    /// at its end.
+    fn read_in(&mut self, from: &OwnedFd) -> Result<usize, Errno> {
+        use rustix::pipe::{SpliceFlags, splice};
+        match &mut self.carrier {
+            Carrier::Pipe { write, .. } => splice(
+                from,
+                None,
+                &*write,
+                None,
+                FORWARD_PIPE_SIZE,
+                SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
+            ),
+            Carrier::Buffer { buf, start } => {
+                *start = 0;
+                rustix::net::recv(from, &mut buf[..], rustix::net::RecvFlags::DONTWAIT)
+                    .map(|(n, _)| n)
+            }
+        }
+    }
+
+    /// Passes on what it can of the prefix, then of what is held.
+    fn write_out(&mut self, to: &OwnedFd) -> Result<(), Errno> {
+        use rustix::net::{SendFlags, send};
+        use rustix::pipe::{SpliceFlags, splice};
+        let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+        if self.prefix_sent < self.prefix.len() {
+            self.prefix_sent += send(to, &self.prefix[self.prefix_sent..], flags)?;
+            return Ok(());
+        }
+        let n = match &mut self.carrier {
+            Carrier::Pipe { read, .. } => splice(
+                &*read,
+                None,
+                to,
+                None,
+                self.held,
+                SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
+            )?,
+            Carrier::Buffer { buf, start } => {
+                let n = send(to, &buf[*start..*start + self.held], flags)?;
+                *start += n;
+                n
+            }
+        };
+        self.held -= n;
+        self.moved += n as u64;
+        Ok(())
+    }
+
+    fn error(&self, e: std::io::Error) -> Stop {
+        let side = |s: Side| match s {
+            Side::Client => "client",
+            Side::Backend => "backend",
+        };
+        Stop::Error(format!(
+            "relaying from the {} to the {}: {e}",
+            side(self.from),
+            side(self.to)
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    /// Relays a pair of socketpairs both ways, a prefix first, each way
+    /// ended by a half-close: what each end read, and how the relay ended.
+    async fn relay_both_ways(copying: bool) -> (Vec<u8>, Vec<u8>, End, Moved) {
+        let (mut client, client_side) = UnixStream::pair().unwrap();
+        let (backend_side, mut backend) = UnixStream::pair().unwrap();
+        client_side.set_nonblocking(true).unwrap();
+        backend_side.set_nonblocking(true).unwrap();
+        let mut relay =
+            Relay::new(client_side.into(), backend_side.into(), b"HEADER ".to_vec()).unwrap();
+        if copying {
+            // As after splice(2) refused a socket (EINVAL).
+            for d in [&mut relay.up, &mut relay.down] {
+                d.carrier = Carrier::Buffer {
+                    buf: vec![0u8; FORWARD_COPY_BUFFER].into_boxed_slice(),
+                    start: 0,
+                };
+            }
+        }
+        let run = tokio::spawn(relay.run(Duration::from_secs(60)));
+        let peers = tokio::task::spawn_blocking(move || {
+            let up: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+            client.write_all(&up).unwrap();
+            client.shutdown(std::net::Shutdown::Write).unwrap();
+            backend.write_all(b"answer").unwrap();
+            backend.shutdown(std::net::Shutdown::Write).unwrap();
+            let (mut at_backend, mut at_client) = (Vec::new(), Vec::new());
+            backend.read_to_end(&mut at_backend).unwrap();
+            client.read_to_end(&mut at_client).unwrap();
+            (at_backend, at_client)
+        });
+        let (at_backend, at_client) = peers.await.unwrap();
+        let (end, moved) = run.await.unwrap();
+        (at_backend, at_client, end, moved)
+    }
+
+    #[tokio::test]
+    async fn both_carriers_relay_each_way_in_order_and_pass_the_ends_on() {
+        for copying in [false, true] {
+            let (at_backend, at_client, end, moved) = relay_both_ways(copying).await;
+            let mut want = b"HEADER ".to_vec();
+            want.extend((0..100_000u32).map(|i| i as u8));
+            assert!(at_backend == want, "copying: {copying}");
+            assert_eq!(at_client, b"answer");
+            assert_eq!(end, End::Closed);
+            assert_eq!(
+                moved,
+                Moved {
+                    to_backend: 100_000,
+                    to_client: 6
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn headers_name_the_clients_connection_in_one_family() {
+        let peer: SocketAddr = "192.0.2.7:51234".parse().unwrap();
+        let local: SocketAddr = "[::ffff:198.51.100.1]:1".parse().unwrap();
+        assert_eq!(
+            proxy_header(ProxyVersion::V1, peer, local).unwrap(),
+            b"PROXY TCP4 192.0.2.7 198.51.100.1 51234 1\r\n"
+        );
+        let v2 = proxy_header(ProxyVersion::V2, peer, local).unwrap();
+        let mut want = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+        want.extend_from_slice(&[192, 0, 2, 7, 198, 51, 100, 1]);
+        want.extend_from_slice(&51234u16.to_be_bytes());
+        want.extend_from_slice(&1u16.to_be_bytes());
+        assert_eq!(v2, want);
+        // An IPv4 client of an IPv6 address: both written as IPv6.
+        let local6: SocketAddr = "[2001:db8::1]:1".parse().unwrap();
+        assert_eq!(
+            proxy_header(ProxyVersion::V1, peer, local6).unwrap(),
+            b"PROXY TCP6 ::ffff:192.0.2.7 2001:db8::1 51234 1\r\n"
+        );
     }
 }

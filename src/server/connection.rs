@@ -748,6 +748,22 @@ async fn handshake(
             Some(stream) => refuse(stream, reply::SESSIONS_FULL, limit, Outcome::NoTurn).await,
             None => Outcome::NoTurn,
         },
+        // A backend that is down or slow is a refusal, its entries within
+        // the source's budget: a flood of clients must not flood the log.
+        Err(Failed {
+            error: error @ LaunchError::Backend(_),
+            conn,
+        }) => {
+            if crate::log::budget::REFUSALS.admit(ip, Instant::now()) {
+                log_failure(service, peer, Outcome::Unavailable, &error);
+            }
+            match answerable(conn) {
+                Some(stream) => {
+                    refuse(stream, reply::UNAVAILABLE, limit, Outcome::Unavailable).await
+                }
+                None => Outcome::Unavailable,
+            }
+        }
         Err(Failed { error, conn }) => {
             log_failure(service, peer, Outcome::SpawnFailed, &error);
             if let Some(stream) = answerable(conn) {
