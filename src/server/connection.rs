@@ -748,6 +748,24 @@ async fn handshake(
             Some(stream) => refuse(stream, reply::SESSIONS_FULL, limit, Outcome::NoTurn).await,
             None => Outcome::NoTurn,
         },
+        // The daemon a pass service hands its clients to cannot take this
+        // one (not running, its queue full): a refusal a client can cause
+        // at will, logged with the cause while its source has refusal
+        // entries left.
+        Err(Failed {
+            error: error @ LaunchError::Backend(_),
+            conn,
+        }) => {
+            if crate::log::budget::REFUSALS.admit(ip, Instant::now()) {
+                log_failure(service, peer, Outcome::Unavailable, &error);
+            }
+            match answerable(conn) {
+                Some(stream) => {
+                    refuse(stream, reply::UNAVAILABLE, limit, Outcome::Unavailable).await
+                }
+                None => Outcome::Unavailable,
+            }
+        }
         Err(Failed { error, conn }) => {
             log_failure(service, peer, Outcome::SpawnFailed, &error);
             if let Some(stream) = answerable(conn) {
