@@ -129,7 +129,7 @@ impl Launcher for PassLauncher {
         let (socket, peer, _) = conn.into_blocking()?;
         let link = self.link(path);
         let where_to = path.display();
-        match link.pass(&socket, &message, service.plus) {
+        match link.pass(&socket, &message, service.plus, slot) {
             Ok(()) => {}
             Err(Refused::Before(cause)) => {
                 return Err(Failed {
@@ -148,8 +148,8 @@ impl Launcher for PassLauncher {
             }
         }
         // The connection is the daemon's now: tcpmuxd no longer sees its
-        // end, and the session's place is given back.
-        drop((socket, slot, fds));
+        // end.
+        drop((socket, fds));
         let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
         tracing::info!(
             tcpmux_service = %service.name,
@@ -187,12 +187,16 @@ impl Link {
     /// Passes `client` with `message`, `+` first for a plus-mode service.
     /// A connection that dropped since the last pass, or drops under a
     /// dedicated-mode send, is made again once and the client tried again.
+    /// The session's place is given back as the message is sent: once the
+    /// daemon can have the client, the pass holds none.
     fn pass(
         &self,
         client: &std::net::TcpStream,
         message: &[u8],
         plus: bool,
+        slot: SessionSlot,
     ) -> Result<(), Refused> {
+        let mut slot = Some(slot);
         let mut socket = lock(&self.socket);
         let mut told_plus = false;
         for attempt in 0..2 {
@@ -224,6 +228,7 @@ impl Link {
                 send_plus(client)?;
                 told_plus = true;
             }
+            drop(slot.take());
             match send_with_fd(&link, message, client) {
                 Ok(()) => {
                     *socket = Some(link);
