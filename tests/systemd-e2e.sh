@@ -486,6 +486,67 @@ else
     fail "a transient $probe starts" "$out"
 fi
 
+# ---- pass: a client handed to a running daemon -------------------------------
+
+section "pass launcher"
+# The receiving daemon: a unit of its own listening on a SOCK_SEQPACKET
+# socket under /run, greeting each client it is handed with the
+# REMOTE_ADDR its message names.
+receiver='
+import os, socket, sys
+listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+listener.bind(sys.argv[1])
+listener.listen(4)
+while True:
+    link, _ = listener.accept()
+    while True:
+        message, fds, flags, _ = socket.recv_fds(link, 1024, 4)
+        if not message and not fds:
+            break
+        if len(fds) != 1 or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+            for fd in fds:
+                os.close(fd)
+            continue
+        variables = dict(line.split("=", 1) for line in message.decode().splitlines())
+        client = socket.socket(fileno=fds[0])
+        client.sendall(("hello " + variables["REMOTE_ADDR"] + "\n").encode())
+        client.close()
+'
+printf '[[service]]\nname = "app"\nlauncher = "pass"\npass = "/run/e2e-pass/app.sock"\n' \
+    >"$etc/tcpmuxd/conf.d/55-pass.toml"
+pass_socket_there() { ct test -S /run/e2e-pass/app.sock; }
+if ct systemctl reload tcpmuxd.service && wait_until "$WAIT_TIMEOUT" lists app &&
+    ct systemd-run --quiet --unit=e2e-pass-receiver.service -p RuntimeDirectory=e2e-pass \
+        /usr/bin/python3 -c "$receiver" /run/e2e-pass/app.sock &&
+    wait_until "$WAIT_TIMEOUT" pass_socket_there; then
+    out=$(ct "$CLIENT" localhost app </dev/null 2>"$work/err")
+    case "$out" in
+    "hello 127.0.0.1" | "hello ::1")
+        pass "tcpmux localhost app: + from tcpmuxd, then the running daemon's greeting ($out)" ;;
+    *) fail "a pass service's client is greeted by the receiving daemon" "stdout: $out" \
+        "stderr: $(cat "$work/err")" "$(ct journalctl -u tcpmuxd.service --no-pager -n 10)" ;;
+    esac
+    if wait_until "$WAIT_TIMEOUT" journal_has app served &&
+        journal_message_has ": passed to /run/e2e-pass/app.sock"; then
+        pass "journal: TCPMUX_SERVICE=app OUTCOME=served, 'app from ADDR:PORT: passed to /run/e2e-pass/app.sock'"
+    else
+        fail "journal entry of the pass" "$(ct journalctl -u tcpmuxd.service --no-pager -n 10)"
+    fi
+    ct systemctl stop e2e-pass-receiver.service
+    out=$(ct "$CLIENT" localhost app </dev/null 2>&1)
+    if printf '%s\n' "$out" | grep -q -- '-Service unavailable' &&
+        wait_until "$WAIT_TIMEOUT" journal_message_has "pass socket /run/e2e-pass/app.sock: "; then
+        pass "receiving daemon stopped: -Service unavailable, the cause in the journal"
+    else
+        fail "a pass service without its daemon answers -Service unavailable" "$out" \
+            "$(ct journalctl -u tcpmuxd.service --no-pager -n 10)"
+    fi
+else
+    fail "a pass service and its receiving daemon are set up" \
+        "$(ct journalctl -u tcpmuxd.service -u e2e-pass-receiver.service --no-pager -n 20)"
+fi
+rm -f "$etc/tcpmuxd/conf.d/55-pass.toml"
+
 # ---- watchdog ---------------------------------------------------------------
 
 section "watchdog"

@@ -683,12 +683,13 @@ pub fn keys() -> Vec<Key> {
             "launcher",
             "string",
             "\"auto\"".into(),
-            "\"exec\", \"systemd\", \"auto\" or \"forward\"".into(),
+            "\"exec\", \"systemd\", \"auto\", \"forward\" or \"pass\"".into(),
             None,
             "How a session is started: as a child of tcpmuxd, or as a transient unit \
              tcpmux-NAME@INSTANCE.service; \"auto\" picks systemd when tcpmuxd runs as a systemd \
              service. \"forward\" starts no program: tcpmuxd relays the connection to the \
-             daemon at forward.",
+             daemon at forward. \"pass\" starts nothing either: each connection is handed to \
+             a daemon that already runs (see pass).",
         ),
         key(
             "service",
@@ -774,6 +775,30 @@ pub fn keys() -> Vec<Key> {
             "Under the systemd launcher: session units kept started ahead of need, sandbox and \
              all, so that a client waits only for a hand-over and an exec. 0 turns them off. \
              A service without command always starts cold.",
+        ),
+        key(
+            "service",
+            "pass",
+            "string",
+            "none (required with launcher = \"pass\")".into(),
+            format!(
+                "the absolute path of a Unix SOCK_SEQPACKET socket, at most {} bytes",
+                limits::MAX_UNIX_PATH
+            ),
+            Some(
+                "`-Service unavailable` when no daemon listens on it, or its queue of clients \
+                 not yet received is full"
+                    .into(),
+            ),
+            "With launcher = \"pass\": the socket of a running daemon to which tcpmuxd hands \
+             each client's connection, as a descriptor with the client's TCPMUX_SERVICE, \
+             REMOTE_ADDR, REMOTE_PORT, LOCAL_ADDR and LOCAL_PORT; the message is described in \
+             tcpmuxd(8), PASSING CONNECTIONS TO A RUNNING DAEMON. Whoever listens on this path \
+             receives the clients. No program is started (command, user, group, umask, \
+             environment, limits and warm are errors). The session's place is given back once \
+             the daemon's socket has taken the message: max_instances, \
+             max_instances_per_source and the shares of [tcpmux] bound passes in progress, \
+             max_starts_per_second their rate, and the daemon bounds the sessions it serves.",
         ),
         key(
             "service",

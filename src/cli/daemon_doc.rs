@@ -331,6 +331,7 @@ pub fn sections() -> Vec<Section> {
         warm_units(),
         exec_launcher(),
         forwarded_services(),
+        pass_launcher(),
         msp(),
         journal(),
         notify(),
@@ -618,6 +619,92 @@ fn forwarded_services() -> Section {
                  writing; `client-reset`, `backend-reset`, `idle-timeout`, or `error` with the \
                  cause), `BYTES_TO_BACKEND=`, `BYTES_TO_CLIENT=` and `DURATION_MS=`.",
             ),
+        ],
+    }
+}
+
+fn pass_launcher() -> Section {
+    use crate::launch::pass::MAX_PASS_MESSAGE;
+    Section {
+        title: "PASSING CONNECTIONS TO A RUNNING DAEMON",
+        blocks: vec![
+            para(
+                "With `launcher = \"pass\"` tcpmuxd starts nothing: it hands each client's \
+                 connection to a daemon that already runs and listens on the Unix \
+                 `SOCK_SEQPACKET` socket named by the service's `pass` key. tcpmuxd connects to \
+                 that socket when the first client comes and keeps the connection; when the \
+                 daemon has closed it (it restarted), tcpmuxd connects again for the next \
+                 client. Each client is one message on it, taken by one recvmsg(2):",
+            ),
+            terms([
+                (
+                    "payload",
+                    format!(
+                        "`KEY=VALUE` lines, each ended by a line feed (`\\n`), at most \
+                         {MAX_PASS_MESSAGE} bytes in all: `TCPMUX_SERVICE` (the service's \
+                         name as configured), `REMOTE_ADDR` and `REMOTE_PORT` (the client; an \
+                         IPv4 client in dotted-quad form), `LOCAL_ADDR` and `LOCAL_PORT` (the \
+                         address it connected to), in that order, with the values a program \
+                         started by tcpmuxd gets (behind a trusted balancer, the client its \
+                         PROXY header names). A later version may add lines: ignore keys you \
+                         do not know."
+                    ),
+                ),
+                (
+                    "ancillary data",
+                    "`SCM_RIGHTS` with exactly one descriptor: the client's TCP connection, \
+                     connected, in blocking mode (`O_NONBLOCK` clear, as for a program), its \
+                     request line read and nothing after it: what the client sent after \
+                     its line is the daemon's to read. tcpmuxd closes its own copy once the \
+                     message is sent."
+                        .into(),
+                ),
+            ]),
+            para(
+                "A plus-mode service's client is told `+` before the message is sent, so the \
+                 daemon may write to it at once (a banner); a dedicated one (`plus = false`) \
+                 hears nothing from tcpmuxd, and the daemon answers `+` or `-` itself.",
+            ),
+            para(
+                "A client hears `+` only once its message is sure to be queued. With the \
+                 connection to the daemon locked, tcpmuxd checks that it is writable (poll(2), \
+                 no wait), writes `+`, then sends the message. Linux calls a connected \
+                 `SOCK_SEQPACKET` socket writable while what the daemon has not received yet \
+                 takes at most a quarter of the socket's send buffer, and fails a send only \
+                 once it takes all of it: a writable connection takes the message. With \
+                 Linux's default send buffer (`net.core.wmem_default`, 212992 bytes) that is \
+                 about 70 clients waiting for the daemon to receive them; past that, clients \
+                 are told `-Service unavailable` (queue full) until the daemon catches up. \
+                 Not covered: clients still in the queue when the daemon exits are closed by \
+                 the kernel (they heard `+`, then the end); and tcpmuxd not run as root \
+                 fails a send with `ETOOMANYREFS` once its user has more descriptors in \
+                 flight than its limit on open files: such a client, told `+` already, is \
+                 closed, and the log says why.",
+            ),
+            para(
+                "When the socket file is missing, nobody listens on it, the daemon's backlog \
+                 is full, the socket is not `SOCK_SEQPACKET`, or tcpmuxd may not connect to \
+                 it, the client is told `-Service unavailable` and the log says which (within \
+                 its source's share of log entries, outcome `unavailable`). Each pass is \
+                 logged: `NAME from ADDR:PORT: passed to PATH`.",
+            ),
+            para(
+                "Once sent, the connection is the daemon's: tcpmuxd does not see it end. The \
+                 session's place is given back when the message is taken, so \
+                 `max_instances`, `max_instances_per_source` and the shares of `[tcpmux]` \
+                 bound passes in progress, and `max_starts_per_second` their rate; how many \
+                 clients the daemon serves at once is its own to bound.",
+            ),
+            para(format!(
+                "A receiver reads with a buffer of at least {MAX_PASS_MESSAGE} bytes and \
+                 control room for at least one descriptor, with `MSG_CMSG_CLOEXEC`; skips a message with \
+                 `MSG_TRUNC` or `MSG_CTRUNC` set; and closes every descriptor it receives and \
+                 does not use. `examples/pass-receiver.rs` in tcpmuxd's sources is one, in \
+                 Rust. Whoever listens on the socket's path receives the clients: keep it in \
+                 a directory only the daemon's user can write (under `/run`; under systemd, \
+                 tcpmuxd cannot reach sockets under `/tmp`, `/home`, `/root` or \
+                 `/run/user`)."
+            )),
         ],
     }
 }

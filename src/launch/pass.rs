@@ -1,19 +1,98 @@
 //! The `pass` launcher: each connection is handed, as a descriptor, to a
-//! daemon that already runs and listens on the service's `pass` socket.
+//! daemon that already runs and listens on the service's `pass` socket, a
+//! Unix `SOCK_SEQPACKET` socket.
+//!
+//! tcpmuxd keeps one connection to each such socket, made when first
+//! needed and again when it drops. Each client is one message on it: the
+//! client's connection in `SCM_RIGHTS` (one descriptor, in blocking mode)
+//! and as payload the variables a program gets ([`session_environment`]),
+//! one `KEY=VALUE\n` line each ([`pass_message`]). Sends on one connection
+//! are serialized, so that nothing fills its queue between the check that
+//! it has room and the send.
+//!
+//! A plus-mode client hears `+` only once its message is sure to be
+//! taken: under the connection's lock, (1) the connection is writable now
+//! (poll, no wait), (2) `+` goes to the client, (3) the message is sent.
+//! For a connected `SOCK_SEQPACKET` socket Linux reports it writable only
+//! while what it holds unreceived is at most a quarter of its send buffer,
+//! and a send fails with `EAGAIN` only once that reaches the whole buffer:
+//! with no other sender between (1) and (3), (3) does not find the queue
+//! full. (The receiver's `net.unix.max_dgram_qlen` applies to datagram
+//! sockets, not to a connected seqpacket pair.) The `+` is in the client's
+//! connection before the daemon can receive it, so the daemon may speak at
+//! once.
 
-use super::{Connection, Failed, LaunchError, Launcher};
+use super::{Connection, Failed, LaunchError, Launcher, session_environment};
 use crate::admission::FdGuard;
-use crate::config::Service;
+use crate::config::{Backend, Service};
+use crate::server::Outcome;
 use crate::sessions::SessionSlot;
-use std::sync::Arc;
+use crate::tcpmux::reply;
+use rustix::event::{PollFd, PollFlags, poll};
+use rustix::io::Errno;
+use rustix::net::{
+    AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix,
+    SocketFlags, SocketType, connect, sendmsg, socket_with,
+};
+use std::collections::HashMap;
+use std::io::IoSlice;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Descriptors the daemon holds while it passes a connection: the
 /// client's, and its connection to the receiving daemon's socket.
 pub const PASS_START_FDS: usize = 2;
 
-/// The pass launcher.
+/// Longest payload of a pass message. The longest there is (a service name
+/// of the longest kind and two IPv6 addresses) takes under 450 bytes; a
+/// receiver that reads with a buffer this large never gets one cut.
+pub const MAX_PASS_MESSAGE: usize = 1024;
+
+/// The pass launcher: one connection to each receiving daemon's socket.
 #[derive(Debug, Default)]
-pub struct PassLauncher;
+pub struct PassLauncher {
+    links: Mutex<HashMap<PathBuf, Arc<Link>>>,
+}
+
+/// tcpmuxd's connection to one receiving daemon's socket, none until it is
+/// first needed or after it dropped. The lock is held for a pass's check
+/// and sends, never across a wait.
+#[derive(Debug)]
+struct Link {
+    path: PathBuf,
+    socket: Mutex<Option<OwnedFd>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // What the locks guard stays consistent whatever panicked: a map of
+    // links, and a socket or none.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl PassLauncher {
+    fn link(&self, path: &Path) -> Arc<Link> {
+        let mut links = lock(&self.links);
+        Arc::clone(links.entry(path.to_path_buf()).or_insert_with(|| {
+            Arc::new(Link {
+                path: path.to_path_buf(),
+                socket: Mutex::new(None),
+            })
+        }))
+    }
+
+    /// Closes the connections to sockets no service of `config` passes to
+    /// any more (after a reload).
+    pub fn retain(&self, config: &crate::config::Config) {
+        lock(&self.links).retain(|path, _| {
+            config
+                .services
+                .iter()
+                .any(|s| matches!(&s.backend, Some(Backend::Pass(p)) if p == path))
+        });
+    }
+}
 
 impl Launcher for PassLauncher {
     fn precheck(&self, _service: &Service) -> Result<(), LaunchError> {
@@ -26,14 +105,351 @@ impl Launcher for PassLauncher {
 
     async fn launch(
         &self,
-        _service: Arc<Service>,
+        service: Arc<Service>,
         conn: Connection,
-        _slot: SessionSlot,
-        _fds: FdGuard,
+        slot: SessionSlot,
+        fds: FdGuard,
     ) -> Result<(), Failed> {
-        Err(Failed {
-            error: LaunchError::Backend("the pass launcher is not built yet".into()),
-            conn: conn.unanswered(),
-        })
+        let Some(Backend::Pass(path)) = &service.backend else {
+            return Err(Failed {
+                error: LaunchError::Backend("no pass socket configured".into()),
+                conn: conn.unanswered(),
+            });
+        };
+        let message = match pass_message(&session_environment(&service, conn.peer, conn.local)) {
+            Ok(message) => message,
+            Err(cause) => {
+                return Err(Failed {
+                    error: LaunchError::Backend(format!("pass message: {cause}")),
+                    conn: conn.unanswered(),
+                });
+            }
+        };
+        // The daemon gets an ordinary blocking socket, as a program does.
+        let (socket, peer, _) = conn.into_blocking()?;
+        let link = self.link(path);
+        let where_to = path.display();
+        match link.pass(&socket, &message, service.plus, slot) {
+            Ok(()) => {}
+            Err(Refused::Before(cause)) => {
+                return Err(Failed {
+                    error: LaunchError::Backend(format!("pass socket {where_to}: {cause}")),
+                    conn: Some(socket),
+                });
+            }
+            Err(Refused::ClientGone(cause)) => {
+                return Err(LaunchError::ClientGone(cause).into());
+            }
+            Err(Refused::AfterPlus(cause)) => {
+                return Err(LaunchError::Backend(format!(
+                    "pass socket {where_to}: {cause}; the client, told + already, is closed"
+                ))
+                .into());
+            }
+        }
+        // The connection is the daemon's now: tcpmuxd no longer sees its
+        // end.
+        drop((socket, fds));
+        let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        tracing::info!(
+            tcpmux_service = %service.name,
+            remote_addr = %peer.ip(),
+            remote_port = peer.port(),
+            outcome = Outcome::Served.as_str(),
+            "{} from {peer}: passed to {where_to}",
+            service.name
+        );
+        Ok(())
+    }
+}
+
+/// Why a client was not passed.
+#[derive(Debug)]
+enum Refused {
+    /// Before anything was said to the client: it can be told
+    /// `-Service unavailable`.
+    Before(String),
+    /// After `+`: the client can only be closed.
+    AfterPlus(String),
+    /// The client's connection did not take `+`.
+    ClientGone(String),
+}
+
+/// What a look at the connection to the daemon found.
+enum Room {
+    Writable,
+    Full,
+    /// The daemon closed its end (or the connection failed).
+    Dropped,
+}
+
+impl Link {
+    /// Passes `client` with `message`, `+` first for a plus-mode service.
+    /// A connection that dropped since the last pass, or drops under a
+    /// dedicated-mode send, is made again once and the client tried again.
+    /// The session's place is given back as the message is sent: once the
+    /// daemon can have the client, the pass holds none.
+    fn pass(
+        &self,
+        client: &std::net::TcpStream,
+        message: &[u8],
+        plus: bool,
+        slot: SessionSlot,
+    ) -> Result<(), Refused> {
+        let mut slot = Some(slot);
+        let mut socket = lock(&self.socket);
+        let mut told_plus = false;
+        for attempt in 0..2 {
+            let retry = attempt == 0;
+            let fresh = socket.is_none();
+            let link = match socket.take() {
+                Some(link) => link,
+                None => connect_to(&self.path).map_err(Refused::Before)?,
+            };
+            match room(&link) {
+                Room::Writable => {}
+                Room::Full => {
+                    *socket = Some(link);
+                    return Err(Refused::Before(
+                        "queue full: the receiving daemon is not taking connections as fast as \
+                         they come"
+                            .into(),
+                    ));
+                }
+                // Dropped: `link` is closed here; made again on the retry.
+                Room::Dropped if retry && !fresh => continue,
+                Room::Dropped => {
+                    return Err(Refused::Before(
+                        "the receiving daemon closed tcpmuxd's connection at once".into(),
+                    ));
+                }
+            }
+            if plus && !told_plus {
+                send_plus(client)?;
+                told_plus = true;
+            }
+            drop(slot.take());
+            match send_with_fd(&link, message, client) {
+                Ok(()) => {
+                    *socket = Some(link);
+                    return Ok(());
+                }
+                Err(e) if dropped(e) && retry && !told_plus => continue,
+                Err(e) => {
+                    let cause = send_error(e);
+                    if !dropped(e) {
+                        *socket = Some(link);
+                    }
+                    return Err(if told_plus {
+                        Refused::AfterPlus(cause)
+                    } else {
+                        Refused::Before(cause)
+                    });
+                }
+            }
+        }
+        Err(Refused::Before(
+            "the receiving daemon dropped tcpmuxd's connection twice".into(),
+        ))
+    }
+}
+
+/// The errors of a send that mean the daemon's end is gone.
+fn dropped(e: Errno) -> bool {
+    matches!(
+        e,
+        Errno::PIPE | Errno::CONNRESET | Errno::CONNREFUSED | Errno::NOTCONN
+    )
+}
+
+/// A new connection to the daemon's socket, without waiting: a daemon
+/// whose backlog is full cannot take this client now.
+fn connect_to(path: &Path) -> Result<OwnedFd, String> {
+    let address = SocketAddrUnix::new(path).map_err(|e| format!("not a socket address: {e}"))?;
+    let link = socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )
+    .map_err(|e| format!("cannot make a socket: {e}"))?;
+    match connect(&link, &address) {
+        Ok(()) => Ok(link),
+        Err(e) => Err(connect_error(e)),
+    }
+}
+
+/// Why the daemon's socket could not be connected to, in words.
+fn connect_error(e: Errno) -> String {
+    match e {
+        Errno::NOENT => "no such socket file: the receiving daemon is not running".into(),
+        Errno::CONNREFUSED => {
+            "nobody listens on it (connection refused): the receiving daemon is not running".into()
+        }
+        Errno::AGAIN => {
+            "the receiving daemon's backlog is full: it is not accepting connections".into()
+        }
+        Errno::ACCESS | Errno::PERM => {
+            "permission denied: tcpmuxd may not write to the socket file".into()
+        }
+        Errno::PROTOTYPE => "not a SOCK_SEQPACKET socket (wrong socket type)".into(),
+        Errno::NOTSOCK => "not a socket".into(),
+        e => format!("cannot connect: {e}"),
+    }
+}
+
+/// Why a send to the daemon failed, in words.
+fn send_error(e: Errno) -> String {
+    match e {
+        Errno::AGAIN => "queue full: the receiving daemon is not taking connections".into(),
+        Errno::TOOMANYREFS => "too many descriptors in flight to receiving daemons (more than \
+                               tcpmuxd's limit on open files)"
+            .into(),
+        e if dropped(e) => format!("the receiving daemon is gone ({e})"),
+        e => format!("cannot send: {e}"),
+    }
+}
+
+/// Whether the connection has room for a message now.
+fn room(link: &OwnedFd) -> Room {
+    let mut fds = [PollFd::new(link, PollFlags::OUT)];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match poll(&mut fds, Some(&zero)) {
+        Ok(_) => {
+            let got = fds[0].revents();
+            if got.intersects(PollFlags::HUP | PollFlags::ERR) {
+                Room::Dropped
+            } else if got.contains(PollFlags::OUT) {
+                Room::Writable
+            } else {
+                Room::Full
+            }
+        }
+        Err(_) => Room::Dropped,
+    }
+}
+
+/// Writes `+` to the client without waiting: it is three bytes to the
+/// empty send buffer of a connection nothing was written to yet, which
+/// takes them whole. A connection that does not is closed, not waited for
+/// (the link's lock is held).
+fn send_plus(client: &std::net::TcpStream) -> Result<(), Refused> {
+    let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+    match rustix::net::send(client, reply::PLUS, flags) {
+        Ok(n) if n == reply::PLUS.len() => Ok(()),
+        Ok(_) => Err(Refused::ClientGone(
+            "did not take the + line at once".into(),
+        )),
+        Err(e) => Err(Refused::ClientGone(format!("cannot be told +: {e}"))),
+    }
+}
+
+/// Sends `message` with `client`'s descriptor, without waiting.
+fn send_with_fd(link: &OwnedFd, message: &[u8], client: &std::net::TcpStream) -> Result<(), Errno> {
+    let fds = [client.as_fd()];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(Errno::NOBUFS);
+    }
+    let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+    let sent = sendmsg(link, &[IoSlice::new(message)], &mut control, flags)?;
+    // A seqpacket message goes whole or not at all.
+    if sent != message.len() {
+        return Err(Errno::MSGSIZE);
+    }
+    Ok(())
+}
+
+/// The payload of a pass message: `KEY=VALUE\n` for each of `variables`,
+/// in order. A value with a line end or a NUL, or a message longer than
+/// [`MAX_PASS_MESSAGE`], is an error.
+pub fn pass_message(variables: &[(&str, String)]) -> Result<Vec<u8>, String> {
+    let mut message = Vec::with_capacity(MAX_PASS_MESSAGE);
+    for (key, value) in variables {
+        if value.contains(['\n', '\r', '\0']) {
+            return Err(format!("{key} holds a line end or a NUL"));
+        }
+        message.extend_from_slice(key.as_bytes());
+        message.push(b'=');
+        message.extend_from_slice(value.as_bytes());
+        message.push(b'\n');
+    }
+    if message.len() > MAX_PASS_MESSAGE {
+        return Err(format!(
+            "{} bytes, more than {MAX_PASS_MESSAGE}",
+            message.len()
+        ));
+    }
+    Ok(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::MAX_NAME_LEN;
+
+    #[test]
+    fn the_message_is_key_value_lines_and_the_longest_fits() {
+        let v4 = vec![
+            ("TCPMUX_SERVICE", "app".to_string()),
+            ("REMOTE_ADDR", "192.0.2.1".into()),
+            ("REMOTE_PORT", "40000".into()),
+        ];
+        assert_eq!(
+            pass_message(&v4).unwrap(),
+            b"TCPMUX_SERVICE=app\nREMOTE_ADDR=192.0.2.1\nREMOTE_PORT=40000\n"
+        );
+        let v6 = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255".to_string();
+        let longest = vec![
+            ("TCPMUX_SERVICE", "n".repeat(MAX_NAME_LEN)),
+            ("REMOTE_ADDR", v6.clone()),
+            ("REMOTE_PORT", "65535".into()),
+            ("LOCAL_ADDR", v6),
+            ("LOCAL_PORT", "65535".into()),
+        ];
+        let message = pass_message(&longest).unwrap();
+        assert!(message.len() < 450, "{}", message.len());
+        assert!(pass_message(&[("TCPMUX_SERVICE", "a\nb".into())]).is_err());
+        let huge = vec![("TCPMUX_SERVICE", "n".repeat(MAX_PASS_MESSAGE))];
+        assert!(pass_message(&huge).unwrap_err().contains("more than"));
+    }
+
+    /// What the launcher relies on, on the kernel it runs on: a connected
+    /// seqpacket socket that poll calls writable takes the next message
+    /// (with a descriptor) without EAGAIN, and is called full well before
+    /// its sends fail; the receiver's max_dgram_qlen does not stop it.
+    #[test]
+    fn writable_predicts_that_a_send_goes_through() {
+        use rustix::net::socketpair;
+        let (ours, theirs) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )
+        .unwrap();
+        let client = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(client.local_addr().unwrap()).unwrap();
+        let message = pass_message(&[("REMOTE_ADDR", "192.0.2.1".into())]).unwrap();
+        let mut sent = 0;
+        while matches!(room(&ours), Room::Writable) {
+            send_with_fd(&ours, &message, &client).expect("a writable link takes a message");
+            sent += 1;
+            assert!(sent < 1_000_000, "never full");
+        }
+        assert!(matches!(room(&ours), Room::Full));
+        let mut more = 0;
+        while send_with_fd(&ours, &message, &client).is_ok() {
+            more += 1;
+            assert!(more < 1_000_000, "sends never fail");
+        }
+        assert!(more > 0, "full before the sends fail");
+        drop(theirs);
+        assert!(matches!(room(&ours), Room::Dropped));
+        assert!(dropped(send_with_fd(&ours, &message, &client).unwrap_err()));
     }
 }

@@ -748,8 +748,11 @@ async fn handshake(
             Some(stream) => refuse(stream, reply::SESSIONS_FULL, limit, Outcome::NoTurn).await,
             None => Outcome::NoTurn,
         },
-        // A backend that is down or slow is a refusal, its entries within
-        // the source's budget: a flood of clients must not flood the log.
+        // The daemon a forward or pass service hands its clients to cannot
+        // take this one (down, slow to accept, its queue full): a refusal a
+        // client can cause at will, logged with the cause while its source
+        // has refusal entries left, so that a flood of clients does not
+        // flood the log.
         Err(Failed {
             error: error @ LaunchError::Backend(_),
             conn,

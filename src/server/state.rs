@@ -182,7 +182,7 @@ impl State {
             notifier,
             exec: ExecLauncher,
             forward: ForwardLauncher,
-            pass: PassLauncher,
+            pass: PassLauncher::default(),
             warm_helper: None,
         }
     }
@@ -285,6 +285,7 @@ impl State {
                 self.config_path.display()
             );
             self.starts.retain(|name| new.service(name).is_some());
+            self.pass.retain(&new);
             self.summary
                 .set_ipv6_source_prefix(new.tcpmux.ipv6_source_prefix);
             crate::log::budget::BUDGET.set_ipv6_source_prefix(new.tcpmux.ipv6_source_prefix);
