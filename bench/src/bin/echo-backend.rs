@@ -10,14 +10,16 @@
 //!                                   pass launcher (one descriptor per
 //!                                   message, SCM_RIGHTS) and echoes on them
 //!
-//! A fixed pool of threads serves the connections (no thread started per
-//! connection): the connection rate measures the forwarder, not this.
+//! A pool of threads serves the connections (no thread started per
+//! connection while one is idle): the connection rate measures the
+//! forwarder, not this.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
-/// Connections echoed at once; more wait for a free thread.
-const WORKERS: usize = 96;
+/// Threads started at once; more are started when all are busy.
+const WORKERS: usize = 64;
 
 /// Bytes moved by one splice call.
 const CHUNK: usize = 1 << 20;
@@ -31,28 +33,13 @@ fn main() {
         [mode, at] => (mode.as_str(), at.as_str()),
         _ => usage(),
     };
-    let (jobs, queue) = mpsc::channel::<OwnedFd>();
-    let queue = Arc::new(Mutex::new(queue));
-    for _ in 0..WORKERS {
-        let queue = Arc::clone(&queue);
-        std::thread::spawn(move || {
-            loop {
-                let next = match queue.lock() {
-                    Ok(q) => q.recv(),
-                    Err(_) => return,
-                };
-                match next {
-                    Ok(fd) => echo(&fd),
-                    Err(_) => return,
-                }
-            }
-        });
-    }
+    let pool = Pool::new();
+    let jobs = pool.clone();
     match mode {
         "tcp" => {
             let listener = std::net::TcpListener::bind(at).unwrap_or_else(|e| fail(at, e));
             for s in listener.incoming().flatten() {
-                let _ = jobs.send(OwnedFd::from(s));
+                jobs.serve(OwnedFd::from(s));
             }
         }
         "unix" => {
@@ -60,11 +47,62 @@ fn main() {
             let listener =
                 std::os::unix::net::UnixListener::bind(at).unwrap_or_else(|e| fail(at, e));
             for s in listener.incoming().flatten() {
-                let _ = jobs.send(OwnedFd::from(s));
+                jobs.serve(OwnedFd::from(s));
             }
         }
         "pass" => receive_passed(at, jobs),
         _ => usage(),
+    }
+}
+
+/// Threads that echo, started as needed and kept: a connection is served
+/// by an idle one, or by a new one when none is idle, so that no
+/// connection ever waits for another to end (a peer that leaves its
+/// backend connections open must not stall the next relay measured).
+#[derive(Clone)]
+struct Pool {
+    queue: Arc<Mutex<mpsc::Receiver<OwnedFd>>>,
+    jobs: mpsc::Sender<OwnedFd>,
+    idle: Arc<AtomicUsize>,
+}
+
+impl Pool {
+    fn new() -> Pool {
+        let (jobs, queue) = mpsc::channel::<OwnedFd>();
+        let pool = Pool {
+            queue: Arc::new(Mutex::new(queue)),
+            jobs,
+            idle: Arc::new(AtomicUsize::new(0)),
+        };
+        for _ in 0..WORKERS {
+            pool.add_worker();
+        }
+        pool
+    }
+
+    fn add_worker(&self) {
+        let (queue, idle) = (Arc::clone(&self.queue), Arc::clone(&self.idle));
+        idle.fetch_add(1, Ordering::SeqCst);
+        std::thread::spawn(move || {
+            loop {
+                let next = match queue.lock() {
+                    Ok(q) => q.recv(),
+                    Err(_) => return,
+                };
+                let Ok(fd) = next else { return };
+                idle.fetch_sub(1, Ordering::SeqCst);
+                echo(&fd);
+                drop(fd);
+                idle.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
+
+    fn serve(&self, fd: OwnedFd) {
+        if self.idle.load(Ordering::SeqCst) == 0 {
+            self.add_worker();
+        }
+        let _ = self.jobs.send(fd);
     }
 }
 
@@ -145,7 +183,7 @@ fn echo(socket: &OwnedFd) {
 
 /// Accepts tcpmuxd's connections to the pass socket; each message brings
 /// one client's connection.
-fn receive_passed(path: &str, jobs: mpsc::Sender<OwnedFd>) {
+fn receive_passed(path: &str, jobs: Pool) {
     let _ = std::fs::remove_file(path);
     // SAFETY: plain socket calls on descriptors owned right after.
     let listener =
@@ -190,7 +228,7 @@ fn receive_passed(path: &str, jobs: mpsc::Sender<OwnedFd>) {
         std::thread::spawn(move || {
             while let Some(fd) = receive_one(&conn) {
                 if let Some(fd) = fd {
-                    let _ = jobs.send(fd);
+                    jobs.serve(fd);
                 }
             }
         });
