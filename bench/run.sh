@@ -32,7 +32,10 @@
 #   DEFER_ACCEPT=DURATION    tcpmuxd's [tcpmux] defer_accept (TCP_DEFER_ACCEPT on its
 #                            listener; unset: off). Leave it unset for the memory
 #                            figure: its silent connections would wait in the kernel
-#   TIME_LIMIT=900           seconds before the whole run is stopped
+#   RELAY=1 [0]              then bench/relay.sh: the forward and pass launchers
+#                            against HAProxy, sslh, HELP and the exec floor
+#                            (RELAY=0 leaves it out; its settings apply)
+#   TIME_LIMIT=2400 [900]    seconds before the whole run is stopped
 #   KEEP_WORK=1              keep the scratch directory (logs, raw records)
 set -euo pipefail
 
@@ -40,7 +43,8 @@ set -euo pipefail
 # SIGTERM and its trap stops the servers.
 if [ -z "${TCPMUX_BENCH_TIMED:-}" ]; then
     export TCPMUX_BENCH_TIMED=1
-    exec timeout --foreground "${TIME_LIMIT:-900}" "$0" "$@"
+    if [ "${1:-}" = --quick ]; then limit=${TIME_LIMIT:-900}; else limit=${TIME_LIMIT:-2400}; fi
+    exec timeout --foreground "$limit" "$0" "$@"
 fi
 
 say() { printf '%s\n' "$*" >&2; }
@@ -438,3 +442,8 @@ echo "$(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | 
     )"
 echo
 "$BENCH" report "$RESULTS"
+if [ "${RELAY:-1}" != 0 ]; then
+    echo
+    # Its own ports, clear of this run's servers (still up).
+    PORT_BASE=$((PORT_BASE + 500)) "$BENCH_DIR/relay.sh"
+fi
