@@ -10,9 +10,12 @@
 #                 pairs at once (BULK_MIB each), checked byte by byte; and
 #                 each relay's CPU per GiB relayed (both directions counted)
 #   pass      tcpmuxd (launcher = "pass") handing each connection to a
-#             running receiver that echoes, next to tcpmuxd's own HELP and
-#             the exec dispatch floor (posix_spawn of /bin/cat), at 1, 8
-#             and 32 clients
+#             running receiver, at 1, 8 and 32 clients:
+#               - against tcpmuxd's own HELP, the same exchange: name, a
+#                 reply, EOF (the receiver writes one line and closes)
+#               - against the exec dispatch floor (posix_spawn of /bin/cat),
+#                 the same exchange: name, '+', one line echoed, EOF (the
+#                 receiver echoes)
 # and prints one table of medians with the ratios the targets are set in.
 #
 #   sudo bench/relay.sh
@@ -88,6 +91,7 @@ P_FLOOR=127.0.0.1:$((PORT_BASE + 5))
 "$BENCH" free "$P_BACKEND" "$P_TCPMUXD" "$P_HAPROXY" "$P_SSLH" "$P_FLOOR" ||
     die "ports $((PORT_BASE + 1))-$((PORT_BASE + 5)) are not free: set PORT_BASE"
 PASS_SOCKET=$WORK/pass.sock
+GREET_SOCKET=$WORK/greet.sock
 
 # The limits that protect tcpmuxd from one hostile source are raised out of
 # the way: all the load comes from one client address, on purpose.
@@ -120,6 +124,14 @@ pass = "$PASS_SOCKET"
 max_instances = 100000
 max_instances_per_source = 100000
 max_starts_per_second = 1000000
+
+[[service]]
+name = "greet"
+launcher = "pass"
+pass = "$GREET_SOCKET"
+max_instances = 100000
+max_instances_per_source = 100000
+max_starts_per_second = 1000000
 CONFIG
 
 cat >"$WORK/haproxy.cfg" <<CONFIG
@@ -148,8 +160,9 @@ start() {
 }
 start backend "$BIN/echo-backend" tcp "$P_BACKEND"
 start receiver "$BIN/echo-backend" pass "$PASS_SOCKET"
+start greeter "$BIN/echo-backend" greet "$GREET_SOCKET"
 "$BENCH" wait "$P_BACKEND"
-for _ in $(seq 50); do [ -S "$PASS_SOCKET" ] && break; sleep 0.1; done
+for _ in $(seq 50); do [ -S "$PASS_SOCKET" ] && [ -S "$GREET_SOCKET" ] && break; sleep 0.1; done
 "$TCPMUXD" --config "$WORK/tcpmuxd.toml" --check >/dev/null ||
     die "tcpmuxd rejects the benchmark configuration"
 start tcpmuxd "$TCPMUXD" --config "$WORK/tcpmuxd.toml" --log-target stderr --log-level warn
@@ -174,6 +187,7 @@ for r in "${RELAYS[@]}"; do
     relay echo "$r" --once || die "$r: forwarding fails (logs: $WORK)"
 done
 "$BENCH" dispatch "$P_TCPMUXD" app --once || die "tcpmuxd: pass fails (logs: $WORK)"
+"$BENCH" greet "$P_TCPMUXD" greet --once || die "tcpmuxd: pass fails (logs: $WORK)"
 "$BENCH" dispatch "$P_FLOOR" echo --once || die "the dispatch floor fails"
 "$BENCH" help "$P_TCPMUXD" --once || die "tcpmuxd: HELP fails"
 
@@ -191,9 +205,10 @@ for ((round = 0; round < ROUNDS; round++)); do
         for r in $(rotate "$round" "${RELAYS[@]}"); do
             relay echo "$r" --concurrency "$c" --seconds "$CELL_SECONDS" --label "$r" >>"$RESULTS"
         done
-        for way in $(rotate "$round" pass help floor); do
+        for way in $(rotate "$round" pass greet help floor); do
             case $way in
             pass) op=(dispatch "$P_TCPMUXD" app) ;;
+            greet) op=(greet "$P_TCPMUXD" greet) ;;
             help) op=(help "$P_TCPMUXD") ;;
             floor) op=(dispatch "$P_FLOOR" echo) ;;
             esac
@@ -249,10 +264,11 @@ awk -F'\t' -v clients="$CLIENTS" '
         for (p = 1; p <= 8; p += 7)
             printf "| %s | %.0f | %.0f | %.0f |\n", plural(p, "pair"), med("bulk-cpu", p, "tcpmuxd"), med("bulk-cpu", p, "haproxy"), med("bulk-cpu", p, "sslh")
         print ""
-        print "| pass: dispatches/s | pass | tcpmuxd HELP | exec floor | pass / HELP (target 0.8x) | pass / floor (target 10x) | errors |"
-        print "|---|---|---|---|---|---|---|"
+        print "| pass: dispatches/s | pass, one line and EOF | tcpmuxd HELP | pass / HELP (target 0.8x) | pass, a line echoed | exec floor, a line echoed | pass / floor (target 10x) | errors |"
+        print "|---|---|---|---|---|---|---|---|"
         for (i = 1; i <= nc; i++) {
-            c = cs[i]; p = med("dispatch", c, "pass"); h = med("help", c, "help"); f = med("dispatch", c, "floor")
-            printf "| %s | %.0f/s | %.0f/s | %.0f/s | %s | %s | %d |\n", plural(c, "client"), p, h, f, ratio(p, h), ratio(p, f), err["dispatch\t" c] + err["help\t" c]
+            c = cs[i]; g = med("greet", c, "greet"); h = med("help", c, "help")
+            p = med("dispatch", c, "pass"); f = med("dispatch", c, "floor")
+            printf "| %s | %.0f/s | %.0f/s | %s | %.0f/s | %.0f/s | %s | %d |\n", plural(c, "client"), g, h, ratio(g, h), p, f, ratio(p, f), err["dispatch\t" c] + err["help\t" c] + err["greet\t" c]
         }
     }' "$RESULTS"

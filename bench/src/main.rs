@@ -26,6 +26,8 @@ usage:
   tcpmux-bench dispatch ADDR SERVICE [--concurrency N] [--seconds S] [--label NAME] [--once]
       plus-mode dispatch to an echoing service: name, '+', one line echoed,
       then our end of input and the service's exit (EOF), then close
+  tcpmux-bench greet ADDR SERVICE [--concurrency N] [--seconds S] [--label NAME] [--once]
+      name a service that answers one line and closes: '+', the line, EOF
   tcpmux-bench first-byte ADDR SERVICE [--concurrency N | --rate R | --burst N] [--seconds S] [--label NAME] [--once]
       name a service that writes first (as /bin/echo does): the latency is
       the time from connect to its first byte after '+'; --rate R starts R
@@ -74,7 +76,7 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(&e),
     };
     let result = match args.command.as_str() {
-        "help" | "dispatch" | "echo" | "first-byte" | "msp" => measure(&args),
+        "help" | "dispatch" | "echo" | "greet" | "first-byte" | "msp" => measure(&args),
         "bulk" => bulk_cmd(&args),
         "memory" => memory_cmd(&args),
         "slowloris" => slowloris_cmd(&args),
@@ -124,6 +126,9 @@ fn measure(args: &Args) -> Result<(), String> {
         },
         "echo" => ops::Op::Echo {
             service: args.positional(1, "SERVICE").ok().map(str::to_string),
+        },
+        "greet" => ops::Op::Greet {
+            service: args.positional(1, "SERVICE")?.to_string(),
         },
         "first-byte" => ops::Op::FirstByte {
             service: args.positional(1, "SERVICE")?.to_string(),

@@ -31,6 +31,11 @@ pub enum Op {
     Echo {
         service: Option<String>,
     },
+    /// Name a service that answers one line and closes: `+`, the line, EOF
+    /// (the least a session can be: what HELP is for the server itself).
+    Greet {
+        service: String,
+    },
     /// Name a service that writes first (`/bin/echo`): the latency is the
     /// time from connect to the service's first byte after `+`.
     FirstByte {
@@ -59,6 +64,7 @@ pub async fn perform(op: &Op, target: SocketAddr, worker: usize, seq: u64) -> Re
         Op::Dispatch { service } => dispatch(target, None, service, worker, seq).await,
         Op::Echo { service } => echo(target, service.as_deref(), worker, seq).await,
         Op::FirstByte { service } => first_byte(target, service).await,
+        Op::Greet { service } => greet(target, service).await,
         Op::Msp { run } => msp(target, None, run, worker, seq).await,
     }
 }
@@ -140,6 +146,22 @@ pub async fn help(target: SocketAddr, source: Option<IpAddr>) -> Result<Done, St
         Some(b'-') => Err(format!("refused: {}", printable(&reply))),
         Some(_) if reply.len() > MAX_REPLY => Err("HELP reply too long".into()),
         Some(_) => Ok(Done::default()),
+    }
+}
+
+async fn greet(target: SocketAddr, service: &str) -> Result<Done, String> {
+    let mut stream = connect(target).await?;
+    send(&mut stream, format!("{service}\r\n").as_bytes()).await?;
+    let mut reply = Vec::with_capacity(64);
+    stream
+        .take(MAX_REPLY as u64 + 1)
+        .read_to_end(&mut reply)
+        .await
+        .map_err(|e| format!("reading the reply: {e}"))?;
+    match reply.strip_prefix(b"+\r\n") {
+        Some(rest) if !rest.is_empty() => Ok(Done::default()),
+        Some(_) => Err("nothing after the + line".into()),
+        None => Err(format!("refused: {}", printable(&reply))),
     }
 }
 

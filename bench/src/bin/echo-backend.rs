@@ -9,6 +9,9 @@
 //!                                   receives connections from tcpmuxd's
 //!                                   pass launcher (one descriptor per
 //!                                   message, SCM_RIGHTS) and echoes on them
+//!        echo-backend greet PATH    as pass, but writes one line ("hello")
+//!                                   on each connection and closes it, at
+//!                                   once: the least a daemon can do
 //!
 //! A pool of threads serves the connections (no thread started per
 //! connection while one is idle): the connection rate measures the
@@ -50,7 +53,8 @@ fn main() {
                 jobs.serve(OwnedFd::from(s));
             }
         }
-        "pass" => receive_passed(at, jobs),
+        "pass" => receive_passed(at, Some(jobs)),
+        "greet" => receive_passed(at, None),
         _ => usage(),
     }
 }
@@ -107,7 +111,7 @@ impl Pool {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: echo-backend tcp ADDR | unix PATH | pass PATH");
+    eprintln!("usage: echo-backend tcp ADDR | unix PATH | pass PATH | greet PATH");
     std::process::exit(2);
 }
 
@@ -182,8 +186,9 @@ fn echo(socket: &OwnedFd) {
 }
 
 /// Accepts tcpmuxd's connections to the pass socket; each message brings
-/// one client's connection.
-fn receive_passed(path: &str, jobs: Pool) {
+/// one client's connection, echoed on by `jobs`, or without, greeted and
+/// closed at once.
+fn receive_passed(path: &str, jobs: Option<Pool>) {
     let _ = std::fs::remove_file(path);
     // SAFETY: plain socket calls on descriptors owned right after.
     let listener =
@@ -228,10 +233,27 @@ fn receive_passed(path: &str, jobs: Pool) {
         std::thread::spawn(move || {
             while let Some(fd) = receive_one(&conn) {
                 if let Some(fd) = fd {
-                    jobs.serve(fd);
+                    match &jobs {
+                        Some(jobs) => jobs.serve(fd),
+                        None => greet(fd),
+                    }
                 }
             }
         });
+    }
+}
+
+/// Writes one line on a passed connection and closes it.
+fn greet(fd: OwnedFd) {
+    let line = b"hello\r\n";
+    // SAFETY: a valid socket and buffer; a failure only loses the line.
+    unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            line.as_ptr().cast(),
+            line.len(),
+            libc::MSG_NOSIGNAL,
+        );
     }
 }
 
