@@ -133,23 +133,59 @@ fn forward_of(service: &Service) -> Result<&Forward, LaunchError> {
     }
 }
 
-/// Connects to the backend, without blocking the runtime. A Unix socket
-/// whose listen queue is full refuses at once (`EAGAIN`), a TCP one lets
-/// the connect wait (the caller bounds it).
-async fn connect(to: &ForwardAddress) -> std::io::Result<OwnedFd> {
-    match to {
+/// Connects to the backend without blocking the runtime, and puts the
+/// connection on the event loop once, for the relay too. A Unix socket
+/// whose listen queue is full refuses at once (`EAGAIN`); a TCP connect
+/// may take a while (the caller bounds it). On loopback the handshake is
+/// usually over by the time connect(2) returns `EINPROGRESS`: one look
+/// saves the trip through the event loop then.
+async fn connect(to: &ForwardAddress) -> std::io::Result<AsyncFd<OwnedFd>> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType, sockopt};
+    let family = match to {
+        ForwardAddress::Tcp(addr) if addr.is_ipv4() => AddressFamily::INET,
+        ForwardAddress::Tcp(_) => AddressFamily::INET6,
+        ForwardAddress::Unix(_) => AddressFamily::UNIX,
+    };
+    let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
+    let socket = rustix::net::socket_with(family, SocketType::STREAM, flags, None)?;
+    let started = match to {
         ForwardAddress::Tcp(addr) => {
-            let stream = tokio::net::TcpStream::connect(addr).await?;
             // The relay passes on what it has at once; Nagle's delay would
             // only hold back the small writes of interactive protocols.
-            stream.set_nodelay(true)?;
-            Ok(stream.into_std()?.into())
+            sockopt::set_tcp_nodelay(&socket, true)?;
+            rustix::net::connect(&socket, addr)
         }
-        ForwardAddress::Unix(path) => {
-            let stream = tokio::net::UnixStream::connect(path).await?;
-            Ok(stream.into_std()?.into())
-        }
+        ForwardAddress::Unix(path) => rustix::net::connect(&socket, &SocketAddrUnix::new(path)?),
+    };
+    match started {
+        Ok(()) => return register(socket),
+        Err(Errno::INPROGRESS) => {}
+        Err(e) => return Err(e.into()),
     }
+    let socket = register(socket)?;
+    while !writable_now(socket.get_ref()) {
+        socket.writable().await?.clear_ready();
+    }
+    match sockopt::socket_error(&socket)? {
+        Ok(()) => Ok(socket),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether `fd` polls writable (or failed) now, without waiting: for a
+/// connecting socket, whether the connect has ended.
+fn writable_now(fd: &OwnedFd) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let mut fds = [PollFd::new(fd, PollFlags::OUT)];
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // A failed poll says nothing: the event loop is asked.
+    poll(&mut fds, Some(&zero)).is_ok()
+        && fds[0]
+            .revents()
+            .intersects(PollFlags::OUT | PollFlags::ERR | PollFlags::HUP)
 }
 
 /// The PROXY header that names the client's connection, `peer` to
@@ -312,12 +348,16 @@ pub struct Relay {
 impl Relay {
     /// A relay of `client` and `backend` (both non-blocking), `prefix`
     /// sent to the backend before anything of the client's.
-    pub fn new(client: OwnedFd, backend: OwnedFd, prefix: Vec<u8>) -> std::io::Result<Relay> {
+    pub fn new(
+        client: OwnedFd,
+        backend: AsyncFd<OwnedFd>,
+        prefix: Vec<u8>,
+    ) -> std::io::Result<Relay> {
         let mut up = Direction::new(Side::Client, Side::Backend)?;
         up.prefix = prefix;
         Ok(Relay {
             client: register(client)?,
-            backend: register(backend)?,
+            backend,
             up,
             down: Direction::new(Side::Backend, Side::Client)?,
         })
@@ -584,8 +624,12 @@ mod tests {
         let (backend_side, mut backend) = UnixStream::pair().unwrap();
         client_side.set_nonblocking(true).unwrap();
         backend_side.set_nonblocking(true).unwrap();
-        let mut relay =
-            Relay::new(client_side.into(), backend_side.into(), b"HEADER ".to_vec()).unwrap();
+        let mut relay = Relay::new(
+            client_side.into(),
+            register(backend_side.into()).unwrap(),
+            b"HEADER ".to_vec(),
+        )
+        .unwrap();
         if copying {
             // As after splice(2) refused a socket (EINVAL).
             for d in [&mut relay.up, &mut relay.down] {
