@@ -438,3 +438,43 @@ fn ten_thousand_passes_leave_no_descriptor_behind() {
         open_fds(d.pid())
     );
 }
+
+/// A daemon that stops taking messages on tcpmuxd's connection (it shut
+/// down its reading end: the connection still polls writable) while it
+/// still listens: the next client, told `+` already when the send fails,
+/// is passed on a new connection, never left with `+` and then nothing.
+#[test]
+fn a_client_told_plus_when_the_daemon_dropped_the_connection_is_passed_on_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("app.sock");
+    let listener = raw_listener(&socket);
+    let d = Daemon::start(&config(&socket, ""));
+    // Accepts and receives wait at most WAIT.
+    let timeout = |link: &OwnedFd| {
+        rustix::net::sockopt::set_socket_timeout(
+            link,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(WAIT),
+        )
+        .unwrap();
+    };
+    timeout(&listener);
+    // The first client makes tcpmuxd's connection; then the daemon stops
+    // reading it.
+    let mut first = ask(&d, "app");
+    assert_eq!(read_line(&mut first), b"+\r\n");
+    let old = accept_with(&listener, SocketFlags::CLOEXEC).unwrap();
+    timeout(&old);
+    assert!(raw_receive(&old, true).is_some(), "the first client");
+    rustix::net::shutdown(&old, rustix::net::Shutdown::Read).unwrap();
+    let mut second = ask(&d, "app");
+    assert_eq!(read_line(&mut second), b"+\r\n");
+    let new = accept_with(&listener, SocketFlags::CLOEXEC)
+        .expect("tcpmuxd connects again for the client it told +");
+    timeout(&new);
+    let (_, mut fds) = raw_receive(&new, true).expect("the second client, on a new connection");
+    let client = TcpStream::from(fds.remove(0));
+    (&client).write_all(b"served\n").unwrap();
+    assert_eq!(read_line(&mut second), b"served\n");
+    drop(old);
+}

@@ -185,8 +185,9 @@ enum Room {
 
 impl Link {
     /// Passes `client` with `message`, `+` first for a plus-mode service.
-    /// A connection that dropped since the last pass, or drops under a
-    /// dedicated-mode send, is made again once and the client tried again.
+    /// A connection that dropped since the last pass, or is found gone by
+    /// the send (after `+` too), is made again once and the client tried
+    /// again.
     /// The session's place is given back as the message is sent: once the
     /// daemon can have the client, the pass holds none.
     fn pass(
@@ -199,18 +200,28 @@ impl Link {
         let mut slot = Some(slot);
         let mut socket = lock(&self.socket);
         let mut told_plus = false;
+        // What went wrong, said as the client can still be told: before
+        // `+`, an answer; after it, only a close.
+        let refused = |told_plus: bool, cause: String| {
+            if told_plus {
+                Refused::AfterPlus(cause)
+            } else {
+                Refused::Before(cause)
+            }
+        };
         for attempt in 0..2 {
             let retry = attempt == 0;
             let fresh = socket.is_none();
             let link = match socket.take() {
                 Some(link) => link,
-                None => connect_to(&self.path).map_err(Refused::Before)?,
+                None => connect_to(&self.path).map_err(|cause| refused(told_plus, cause))?,
             };
             match room(&link) {
                 Room::Writable => {}
                 Room::Full => {
                     *socket = Some(link);
-                    return Err(Refused::Before(
+                    return Err(refused(
+                        told_plus,
                         "queue full: the receiving daemon is not taking connections as fast as \
                          they come"
                             .into(),
@@ -219,7 +230,8 @@ impl Link {
                 // Dropped: `link` is closed here; made again on the retry.
                 Room::Dropped if retry && !fresh => continue,
                 Room::Dropped => {
-                    return Err(Refused::Before(
+                    return Err(refused(
+                        told_plus,
                         "the receiving daemon closed tcpmuxd's connection at once".into(),
                     ));
                 }
@@ -234,21 +246,21 @@ impl Link {
                     *socket = Some(link);
                     return Ok(());
                 }
-                Err(e) if dropped(e) && retry && !told_plus => continue,
+                // The daemon's end is gone (closed, or it stopped reading:
+                // that still polls writable): nothing was queued, and a
+                // new connection is tried once, after `+` too.
+                Err(e) if dropped(e) && retry => continue,
                 Err(e) => {
                     let cause = send_error(e);
                     if !dropped(e) {
                         *socket = Some(link);
                     }
-                    return Err(if told_plus {
-                        Refused::AfterPlus(cause)
-                    } else {
-                        Refused::Before(cause)
-                    });
+                    return Err(refused(told_plus, cause));
                 }
             }
         }
-        Err(Refused::Before(
+        Err(refused(
+            told_plus,
             "the receiving daemon dropped tcpmuxd's connection twice".into(),
         ))
     }
