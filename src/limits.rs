@@ -451,3 +451,12 @@ pub const FORWARD_PIPE_SIZE: usize = 64 * 1024;
 /// Buffer of a direction of a forwarded pair that splice(2) cannot carry
 /// (a socket type without it): copied through this many bytes at a time.
 pub const FORWARD_COPY_BUFFER: usize = 16 * 1024;
+
+/// Forwarded pairs that relay through pipes at once; the pairs past it
+/// copy through a buffer of [`FORWARD_COPY_BUFFER`] each way instead. A
+/// pipe is charged to the pipe quota of tcpmuxd's user (root's, under the
+/// shipped unit), shared with every other process of that user on the
+/// host: at this bound, tcpmuxd's pipes take 4096 pages, a quarter of
+/// Linux's default `fs.pipe-user-pages-soft` (16384), past which every
+/// process of the user without CAP_SYS_RESOURCE gets small pipes.
+pub const FORWARD_MAX_PIPED_PAIRS: usize = 128;

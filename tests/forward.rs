@@ -649,3 +649,47 @@ fn ten_thousand_forwarded_sessions_leak_no_descriptor() {
         d.log()
     );
 }
+
+/// The pipes a pair relays through are charged to the pipe quota of
+/// tcpmuxd's user, shared with every process of that user on the host:
+/// pairs past a bound copy instead, so that idle pairs held open by
+/// clients cannot use up that quota. Every pair still relays.
+#[test]
+fn idle_pairs_past_the_bound_hold_no_pipes_and_still_relay() {
+    const PAIRS: usize = 160;
+    let backend = Backend::start(Kind::Tcp, |mut c| {
+        let mut buf = [0u8; 64];
+        while let Ok(n) = c.read(&mut buf) {
+            if n == 0 || c.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    let d = Daemon::start(&config(
+        "max_sessions = 1024\nmax_sessions_per_source = 1024",
+        &backend.address,
+        "max_instances = 1024\nmax_instances_per_source = 1024\n\
+         max_starts_per_second = 1000000",
+    ));
+    let pipes = |pid: i32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("/proc/PID/fd")
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target.to_string_lossy().starts_with("pipe:"))
+            .count()
+    };
+    let idle = pipes(d.pid());
+    let mut held: Vec<TcpStream> = (0..PAIRS).map(|_| open(&d)).collect();
+    // Two pipes of two descriptors each per pair with pipes.
+    let most = 4 * tcpmuxd::limits::FORWARD_MAX_PIPED_PAIRS;
+    let now = pipes(d.pid()) - idle;
+    assert!(
+        now <= most,
+        "{now} pipe descriptors for {PAIRS} pairs, at most {most}"
+    );
+    // The first pair (a pipe) and the last (a copy) both relay.
+    for i in [0, PAIRS - 1] {
+        held[i].write_all(b"ping\n").unwrap();
+        assert_eq!(read_line(&mut held[i]), b"ping\n");
+    }
+}

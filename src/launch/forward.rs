@@ -20,7 +20,9 @@
 use super::{Connection, Failed, LaunchError, Launcher};
 use crate::admission::FdGuard;
 use crate::config::{Backend, Forward, ForwardAddress, ProxyVersion, Service};
-use crate::limits::{FORWARD_CONNECT_TIMEOUT, FORWARD_COPY_BUFFER, FORWARD_PIPE_SIZE};
+use crate::limits::{
+    FORWARD_CONNECT_TIMEOUT, FORWARD_COPY_BUFFER, FORWARD_MAX_PIPED_PAIRS, FORWARD_PIPE_SIZE,
+};
 use crate::server::Outcome;
 use crate::sessions::SessionSlot;
 use rustix::io::Errno;
@@ -343,6 +345,33 @@ pub struct Relay {
     backend: AsyncFd<OwnedFd>,
     up: Direction,
     down: Direction,
+    /// The pair's place among those relaying through pipes, if it has one.
+    _piped: Option<PipedPlace>,
+}
+
+/// Pairs relaying through pipes now, at most [`FORWARD_MAX_PIPED_PAIRS`].
+static PIPED_PAIRS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A pair's place among those relaying through pipes, given back when the
+/// pair ends.
+struct PipedPlace;
+
+impl PipedPlace {
+    fn take() -> Option<PipedPlace> {
+        use std::sync::atomic::Ordering;
+        PIPED_PAIRS
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < FORWARD_MAX_PIPED_PAIRS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| PipedPlace)
+    }
+}
+
+impl Drop for PipedPlace {
+    fn drop(&mut self) {
+        PIPED_PAIRS.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl Relay {
@@ -353,13 +382,17 @@ impl Relay {
         backend: AsyncFd<OwnedFd>,
         prefix: Vec<u8>,
     ) -> std::io::Result<Relay> {
-        let mut up = Direction::new(Side::Client, Side::Backend)?;
+        // Past the bound on pairs with pipes, a pair copies instead: the
+        // pipes are charged to the quota of tcpmuxd's user on the host.
+        let piped = PipedPlace::take();
+        let mut up = Direction::new(Side::Client, Side::Backend, piped.is_some())?;
         up.prefix = prefix;
         Ok(Relay {
             client: register(client)?,
             backend,
             up,
-            down: Direction::new(Side::Backend, Side::Client)?,
+            down: Direction::new(Side::Backend, Side::Client, piped.is_some())?,
+            _piped: piped,
         })
     }
 
@@ -441,6 +474,15 @@ fn register(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
     unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
 }
 
+impl Carrier {
+    fn copying() -> Carrier {
+        Carrier::Buffer {
+            buf: vec![0u8; FORWARD_COPY_BUFFER].into_boxed_slice(),
+            start: 0,
+        }
+    }
+}
+
 /// How a direction carries its bytes.
 enum Carrier {
     /// splice(2) in and out of a pipe: the bytes never enter tcpmuxd's
@@ -470,16 +512,23 @@ struct Direction {
 }
 
 impl Direction {
-    fn new(from: Side, to: Side) -> std::io::Result<Direction> {
+    /// A direction `from` one side `to` the other, through a pipe when
+    /// `piped`, else through a buffer.
+    fn new(from: Side, to: Side, piped: bool) -> std::io::Result<Direction> {
         use rustix::pipe::{PipeFlags, fcntl_setpipe_size, pipe_with};
-        let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
-        // Bounded; the default capacity stands when the kernel refuses
-        // (above fs.pipe-max-size, or over the user's pipe quota).
-        let _ = fcntl_setpipe_size(&write, FORWARD_PIPE_SIZE);
+        let carrier = if piped {
+            let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+            // Bounded; the default capacity stands when the kernel refuses
+            // (above fs.pipe-max-size, or over the user's pipe quota).
+            let _ = fcntl_setpipe_size(&write, FORWARD_PIPE_SIZE);
+            Carrier::Pipe { read, write }
+        } else {
+            Carrier::copying()
+        };
         Ok(Direction {
             from,
             to,
-            carrier: Carrier::Pipe { read, write },
+            carrier,
             held: 0,
             prefix: Vec::new(),
             prefix_sent: 0,
@@ -537,10 +586,7 @@ impl Direction {
                 Err(Errno::INTR) => {}
                 Err(Errno::INVAL) if matches!(self.carrier, Carrier::Pipe { .. }) => {
                     // A socket splice cannot read: copied from now on.
-                    self.carrier = Carrier::Buffer {
-                        buf: vec![0u8; FORWARD_COPY_BUFFER].into_boxed_slice(),
-                        start: 0,
-                    };
+                    self.carrier = Carrier::copying();
                 }
                 Err(Errno::CONNRESET) => return Poll::Ready(Err(Stop::Reset(self.from))),
                 Err(e) => return Poll::Ready(Err(self.error(e.into()))),
