@@ -796,9 +796,11 @@ pub fn keys() -> Vec<Key> {
              tcpmuxd(8), PASSING CONNECTIONS TO A RUNNING DAEMON. Whoever listens on this path \
              receives the clients. No program is started (command, user, group, umask, \
              environment, limits and warm are errors). The session's place is given back once \
-             the daemon's socket has taken the message: max_instances, \
-             max_instances_per_source and the shares of [tcpmux] bound passes in progress, \
-             max_starts_per_second their rate, and the daemon bounds the sessions it serves.",
+             the message is queued on tcpmuxd's connection to the daemon: max_instances, \
+             max_instances_per_source and the shares of [tcpmux] bound passes being made, \
+             max_starts_per_second their rate (its fair share per source too), and the daemon \
+             bounds the sessions it serves. The daemon's queue (about 70 clients) has no \
+             share per source: a daemon that falls behind lets one source fill it (SECURITY.md).",
         ),
         key(
             "service",
