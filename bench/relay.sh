@@ -272,3 +272,9 @@ awk -F'\t' -v clients="$CLIENTS" '
             printf "| %s | %.0f/s | %.0f/s | %s | %.0f/s | %.0f/s | %s | %d |\n", plural(c, "client"), g, h, ratio(g, h), p, f, ratio(p, f), err["dispatch\t" c] + err["help\t" c] + err["greet\t" c]
         }
     }' "$RESULTS"
+# What went wrong, where anything did: the records with errors, whole.
+if awk -F'\t' '$7 > 0 { found = 1 } END { exit !found }' "$RESULTS"; then
+    echo
+    echo "Records with errors (test, clients, server, value, p50, p99, errors, note):"
+    awk -F'\t' '$7 > 0' "$RESULTS"
+fi
