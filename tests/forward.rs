@@ -465,20 +465,6 @@ fn received(d: &Daemon, got: &mpsc::Receiver<Vec<u8>>, s: &mut TcpStream) -> Vec
     got.recv_timeout(WAIT).unwrap()
 }
 
-/// A version 2 header for TCP over IPv4, as the specification lays it
-/// out.
-fn v2_header(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
-    let (SocketAddr::V4(s), SocketAddr::V4(d)) = (source, destination) else {
-        panic!("IPv4 only");
-    };
-    let mut h = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
-    h.extend_from_slice(&s.ip().octets());
-    h.extend_from_slice(&d.ip().octets());
-    h.extend_from_slice(&s.port().to_be_bytes());
-    h.extend_from_slice(&d.port().to_be_bytes());
-    h
-}
-
 #[test]
 fn the_proxy_header_names_the_client_byte_for_byte_before_its_bytes() {
     for kind in [Kind::Tcp, Kind::Unix] {

@@ -329,19 +329,6 @@ fn silent_clients_behind_haproxy_leave_another_client_served() {
 
 // Directly, without HAProxy: what the daemon does with headers.
 
-/// A version 2 header for a TCP/IPv4 client.
-fn v2_header(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
-    let (SocketAddr::V4(s), SocketAddr::V4(d)) = (source, destination) else {
-        panic!("IPv4 only");
-    };
-    let mut h = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
-    h.extend_from_slice(&s.ip().octets());
-    h.extend_from_slice(&d.ip().octets());
-    h.extend_from_slice(&s.port().to_be_bytes());
-    h.extend_from_slice(&d.port().to_be_bytes());
-    h
-}
-
 /// The version 2 LOCAL header HAProxy's health checks send.
 const V2_LOCAL: &[u8] = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00";
 

@@ -661,3 +661,17 @@ pub fn sockets_on_port(port: u16) -> Vec<KernelSocket> {
         .filter(|s| s.local_port == port)
         .collect()
 }
+
+/// A PROXY protocol version 2 header for TCP over IPv4, as the
+/// specification lays it out: what a trusted balancer sends first.
+pub fn v2_header(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
+    let (SocketAddr::V4(s), SocketAddr::V4(d)) = (source, destination) else {
+        panic!("IPv4 only");
+    };
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    h.extend_from_slice(&s.ip().octets());
+    h.extend_from_slice(&d.ip().octets());
+    h.extend_from_slice(&s.port().to_be_bytes());
+    h.extend_from_slice(&d.port().to_be_bytes());
+    h
+}
