@@ -580,6 +580,18 @@ fn a_forwarded_pair_counts_against_the_sources_share() {
     assert_eq!(read_line(&mut other), b"+\r\n");
 }
 
+/// A TCP backend that echoes what it gets, in small reads.
+fn echo_backend() -> Backend {
+    Backend::start(Kind::Tcp, |mut c| {
+        let mut buf = [0u8; 64];
+        while let Ok(n) = c.read(&mut buf) {
+            if n == 0 || c.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    })
+}
+
 fn open_fds(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
@@ -590,14 +602,7 @@ fn open_fds(pid: i32) -> usize {
 fn ten_thousand_forwarded_sessions_leak_no_descriptor() {
     const SESSIONS: usize = 10_000;
     const CLIENTS: usize = 4;
-    let backend = Backend::start(Kind::Tcp, |mut c| {
-        let mut buf = [0u8; 64];
-        while let Ok(n) = c.read(&mut buf) {
-            if n == 0 || c.write_all(&buf[..n]).is_err() {
-                break;
-            }
-        }
-    });
+    let backend = echo_backend();
     let d = Daemon::start_opts(
         &config(
             "",
@@ -643,14 +648,7 @@ fn ten_thousand_forwarded_sessions_leak_no_descriptor() {
 #[test]
 fn idle_pairs_past_the_bound_hold_no_pipes_and_still_relay() {
     const PAIRS: usize = 160;
-    let backend = Backend::start(Kind::Tcp, |mut c| {
-        let mut buf = [0u8; 64];
-        while let Ok(n) = c.read(&mut buf) {
-            if n == 0 || c.write_all(&buf[..n]).is_err() {
-                break;
-            }
-        }
-    });
+    let backend = echo_backend();
     let d = Daemon::start(&config(
         "max_sessions = 1024\nmax_sessions_per_source = 1024",
         &backend.address,
