@@ -3,10 +3,11 @@
 //! and systemd's STATUS= line).
 
 use crate::limits::{START_MAX_SOURCES, START_SOURCE_IDLE};
+use crate::sync::lock;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -25,11 +26,6 @@ pub fn source_key(ip: IpAddr, v6_prefix: u8) -> IpAddr {
         }
         v4 => v4,
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Plain counters: a panic elsewhere cannot leave them inconsistent.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A count of things in progress (handshakes, MSP connections), each held

@@ -17,4 +17,5 @@ pub mod server;
 pub mod sessions;
 pub mod startup;
 pub mod summary;
+pub mod sync;
 pub mod tcpmux;

@@ -177,17 +177,10 @@ async fn connect(to: &ForwardAddress) -> std::io::Result<AsyncFd<OwnedFd>> {
 /// Whether `fd` polls writable (or failed) now, without waiting: for a
 /// connecting socket, whether the connect has ended.
 fn writable_now(fd: &OwnedFd) -> bool {
-    use rustix::event::{PollFd, PollFlags, Timespec, poll};
-    let mut fds = [PollFd::new(fd, PollFlags::OUT)];
-    let zero = Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    use rustix::event::PollFlags;
     // A failed poll says nothing: the event loop is asked.
-    poll(&mut fds, Some(&zero)).is_ok()
-        && fds[0]
-            .revents()
-            .intersects(PollFlags::OUT | PollFlags::ERR | PollFlags::HUP)
+    super::poll_now(fd, PollFlags::OUT)
+        .is_some_and(|got| got.intersects(PollFlags::OUT | PollFlags::ERR | PollFlags::HUP))
 }
 
 /// The PROXY header that names the client's connection, `peer` to

@@ -317,6 +317,22 @@ pub fn session_environment(
     ]
 }
 
+/// What `fd` polls for `events` now, without waiting; none when the poll
+/// itself fails.
+pub fn poll_now(
+    fd: &impl std::os::fd::AsFd,
+    events: rustix::event::PollFlags,
+) -> Option<rustix::event::PollFlags> {
+    use rustix::event::{PollFd, Timespec, poll};
+    let mut fds = [PollFd::new(fd, events)];
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    poll(&mut fds, Some(&zero)).ok()?;
+    Some(fds[0].revents())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,8 +27,9 @@ use crate::admission::FdGuard;
 use crate::config::{Backend, Service};
 use crate::server::Outcome;
 use crate::sessions::SessionSlot;
+use crate::sync::lock;
 use crate::tcpmux::reply;
-use rustix::event::{PollFd, PollFlags, poll};
+use rustix::event::PollFlags;
 use rustix::io::Errno;
 use rustix::net::{
     AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix,
@@ -39,7 +40,7 @@ use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 /// Descriptors the daemon holds while it passes a connection: the
 /// client's, and its connection to the receiving daemon's socket.
@@ -65,15 +66,13 @@ struct Link {
     socket: Mutex<Option<OwnedFd>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // What the locks guard stays consistent whatever panicked: a map of
-    // links, and a socket or none.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl PassLauncher {
     fn link(&self, path: &Path) -> Arc<Link> {
         let mut links = lock(&self.links);
+        // Looked up first: the key is copied only for a new link.
+        if let Some(link) = links.get(path) {
+            return Arc::clone(link);
+        }
         Arc::clone(links.entry(path.to_path_buf()).or_insert_with(|| {
             Arc::new(Link {
                 path: path.to_path_buf(),
@@ -324,23 +323,11 @@ fn send_error(e: Errno) -> String {
 
 /// Whether the connection has room for a message now.
 fn room(link: &OwnedFd) -> Room {
-    let mut fds = [PollFd::new(link, PollFlags::OUT)];
-    let zero = rustix::event::Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    match poll(&mut fds, Some(&zero)) {
-        Ok(_) => {
-            let got = fds[0].revents();
-            if got.intersects(PollFlags::HUP | PollFlags::ERR) {
-                Room::Dropped
-            } else if got.contains(PollFlags::OUT) {
-                Room::Writable
-            } else {
-                Room::Full
-            }
-        }
-        Err(_) => Room::Dropped,
+    match super::poll_now(link, PollFlags::OUT) {
+        Some(got) if got.intersects(PollFlags::HUP | PollFlags::ERR) => Room::Dropped,
+        Some(got) if got.contains(PollFlags::OUT) => Room::Writable,
+        Some(_) => Room::Full,
+        None => Room::Dropped,
     }
 }
 

@@ -21,6 +21,7 @@ use crate::limits;
 use crate::log::escaped;
 use crate::proxy::{HeaderError, ProxyHeader};
 use crate::server::State;
+use crate::sync::lock;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -111,10 +112,6 @@ impl MspState {
     pub fn remembered(&self) -> usize {
         lock(&self.dedup).len() + lock(&self.answers).len()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What became of a message.

@@ -19,6 +19,7 @@ mod turns;
 mod unit;
 mod warm_start;
 
+use crate::sync::lock;
 use bus::*;
 pub use bus::{Connector, system_bus};
 use cold::*;
@@ -43,7 +44,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 use zbus::{Fd, OwnedVariant, Variant};
 use zbus_systemd::systemd1::ManagerProxy;
@@ -127,11 +128,6 @@ struct Inner {
     turns: Mutex<(usize, Arc<Semaphore>)>,
     /// Clients waiting for a turn now.
     waiting: AtomicUsize,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Plain maps: a panic elsewhere cannot leave them half-updated.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A command run to its end as a unit: MSP's delivery.
