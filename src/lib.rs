@@ -12,6 +12,7 @@ pub mod listen;
 pub mod log;
 pub mod msp;
 pub mod notify;
+pub mod probe;
 pub mod proxy;
 pub mod server;
 pub mod sessions;

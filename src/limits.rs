@@ -460,3 +460,8 @@ pub const FORWARD_COPY_BUFFER: usize = 16 * 1024;
 /// Linux's default `fs.pipe-user-pages-soft` (16384), past which every
 /// process of the user without CAP_SYS_RESOURCE gets small pipes.
 pub const FORWARD_MAX_PIPED_PAIRS: usize = 128;
+
+/// How often, at the least, tcpmuxd looks whether a receiving daemon has
+/// taken the clients passed to it, to give their session places back
+/// (between the wake-ups the kernel gives as the daemon receives).
+pub const PASS_SETTLE_INTERVAL: Duration = Duration::from_millis(200);

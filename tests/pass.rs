@@ -343,9 +343,9 @@ fn session_limits_and_the_start_rate_apply_to_passes() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("app.sock");
     let _receiver = Receiver::start(&socket);
-    // The place is given back once the client is passed: with one
+    // The place is given back once the daemon took the client: with one
     // instance, passed clients the daemon still serves do not stop the
-    // next.
+    // next (which may come before tcpmuxd saw the last one taken).
     let d = Daemon::start(&format!(
         "[tcpmux]\nmax_sessions_per_source = 2\n\
          [[service]]\nname = \"app\"\nlauncher = \"pass\"\npass = \"{}\"\n\
@@ -356,7 +356,12 @@ fn session_limits_and_the_start_rate_apply_to_passes() {
     let mut served = Vec::new();
     for _ in 0..3 {
         let mut s = ask(&d, "app");
-        assert_eq!(read_line(&mut s), b"+\r\n", "{}", d.log());
+        let deadline = Instant::now() + WAIT;
+        while read_line(&mut s) != b"+\r\n" {
+            assert!(Instant::now() < deadline, "{}", d.log());
+            std::thread::sleep(Duration::from_millis(10));
+            s = ask(&d, "app");
+        }
         assert!(read_line(&mut s).starts_with(b"hello "));
         served.push(s);
     }
@@ -477,4 +482,85 @@ fn a_client_told_plus_when_the_daemon_dropped_the_connection_is_passed_on_a_new_
     (&client).write_all(b"served\n").unwrap();
     assert_eq!(read_line(&mut second), b"served\n");
     drop(old);
+}
+
+/// A daemon that falls behind: each source holds at most its
+/// `max_instances_per_source` of the clients waiting in the daemon's
+/// queue, so one address cannot fill it; the places come back as the
+/// daemon takes its clients, and when it closes its connection.
+#[test]
+fn one_source_holds_no_more_than_its_share_of_the_daemons_queue() {
+    const SHARE: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("app.sock");
+    let listener = raw_listener(&socket);
+    let d = Daemon::start(&config(&socket, "").replace(
+        "max_instances_per_source = 1024",
+        &format!("max_instances_per_source = {SHARE}"),
+    ));
+    // The daemon reads nothing yet: one source's clients wait.
+    let mut waiting = Vec::new();
+    let mut refused = 0;
+    for _ in 0..3 * SHARE {
+        let mut s = ask(&d, "app");
+        let line = read_line(&mut s);
+        match line.as_slice() {
+            b"+\r\n" => waiting.push(s),
+            b"-Too many sessions from your address, try again later\r\n" => refused += 1,
+            other => panic!("{:?}; log:\n{}", String::from_utf8_lossy(other), d.log()),
+        }
+    }
+    assert_eq!(waiting.len(), SHARE, "{refused} refused; log:\n{}", d.log());
+    // Another source still gets its place in the queue.
+    let mut other = common::connect_from("127.0.0.2", d.addr);
+    other.write_all(b"app\r\n").unwrap();
+    assert_eq!(read_line(&mut other), b"+\r\n");
+    // The daemon takes two clients: two places come back.
+    let link = accept_with(&listener, SocketFlags::CLOEXEC).unwrap();
+    for _ in 0..2 {
+        raw_receive(&link, false).expect("a queued client");
+    }
+    let mut more = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while more.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "places not given back; log:\n{}",
+            d.log()
+        );
+        let mut s = ask(&d, "app");
+        if read_line(&mut s) == b"+\r\n" {
+            more.push(s);
+        } else {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let mut s = ask(&d, "app");
+    assert_eq!(
+        read_line(&mut s),
+        b"-Too many sessions from your address, try again later\r\n",
+        "two taken, two more passed: the share is held again"
+    );
+    // The daemon closes its connection with clients queued: the kernel
+    // closes them, and their places come back.
+    drop(link);
+    drop(listener);
+    let listener = raw_listener(&{
+        std::fs::remove_file(&socket).unwrap();
+        socket.clone()
+    });
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "places not given back; log:\n{}",
+            d.log()
+        );
+        let mut s = ask(&d, "app");
+        if read_line(&mut s) == b"+\r\n" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(listener);
 }

@@ -796,11 +796,11 @@ pub fn keys() -> Vec<Key> {
              tcpmuxd(8), PASSING CONNECTIONS TO A RUNNING DAEMON. Whoever listens on this path \
              receives the clients. No program is started (command, user, group, umask, \
              environment, limits and warm are errors). The session's place is given back once \
-             the message is queued on tcpmuxd's connection to the daemon: max_instances, \
-             max_instances_per_source and the shares of [tcpmux] bound passes being made, \
+             the daemon has taken the client from its queue: max_instances, \
+             max_instances_per_source and the shares of [tcpmux] bound the clients waiting \
+             there (so one source holds at most its share of the queue, about 70 clients), \
              max_starts_per_second their rate (its fair share per source too), and the daemon \
-             bounds the sessions it serves. The daemon's queue (about 70 clients) has no \
-             share per source: a daemon that falls behind lets one source fill it (SECURITY.md).",
+             bounds the sessions it serves.",
         ),
         key(
             "service",

@@ -694,9 +694,10 @@ fn pass_launcher() -> Section {
             ),
             para(
                 "Once sent, the connection is the daemon's: tcpmuxd does not see it end. The \
-                 session's place is given back when the message is taken, so \
-                 `max_instances`, `max_instances_per_source` and the shares of `[tcpmux]` \
-                 bound passes in progress, and `max_starts_per_second` their rate; how many \
+                 session's place is given back when the daemon has taken the message from \
+                 its queue (tcpmuxd watches the queue's size), so `max_instances`, \
+                 `max_instances_per_source` and the shares of `[tcpmux]` bound the clients \
+                 waiting there, and `max_starts_per_second` their rate; how many \
                  clients the daemon serves at once is its own to bound.",
             ),
             para(format!(

@@ -17,7 +17,7 @@
 //! moved for the service's `idle_timeout` is closed. The session's slot
 //! and descriptors are held until both sides are closed.
 
-use super::{Connection, Failed, LaunchError, Launcher};
+use super::{Connection, Failed, LaunchError, Launcher, register};
 use crate::admission::FdGuard;
 use crate::config::{Backend, Forward, ForwardAddress, ProxyVersion, Service};
 use crate::limits::{
@@ -179,7 +179,7 @@ async fn connect(to: &ForwardAddress) -> std::io::Result<AsyncFd<OwnedFd>> {
 fn writable_now(fd: &OwnedFd) -> bool {
     use rustix::event::PollFlags;
     // A failed poll says nothing: the event loop is asked.
-    super::poll_now(fd, PollFlags::OUT)
+    crate::probe::poll_now(fd, PollFlags::OUT)
         .is_some_and(|got| got.intersects(PollFlags::OUT | PollFlags::ERR | PollFlags::HUP))
 }
 
@@ -458,13 +458,6 @@ impl Relay {
         }
         // Dropped here: both connections and the pipes are closed.
     }
-}
-
-/// `fd` on the event loop, for reading and writing.
-fn register(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
-    // SAFETY: the AsyncFd owns the OwnedFd, which stays open and the same
-    // descriptor until the AsyncFd is dropped.
-    unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
 }
 
 impl Carrier {

@@ -317,20 +317,13 @@ pub fn session_environment(
     ]
 }
 
-/// What `fd` polls for `events` now, without waiting; none when the poll
-/// itself fails.
-pub fn poll_now(
-    fd: &impl std::os::fd::AsFd,
-    events: rustix::event::PollFlags,
-) -> Option<rustix::event::PollFlags> {
-    use rustix::event::{PollFd, Timespec, poll};
-    let mut fds = [PollFd::new(fd, events)];
-    let zero = Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    poll(&mut fds, Some(&zero)).ok()?;
-    Some(fds[0].revents())
+/// `fd` on the event loop, for reading and writing.
+pub fn register(
+    fd: std::os::fd::OwnedFd,
+) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    // SAFETY: the AsyncFd owns the OwnedFd, which stays open and the same
+    // descriptor until the AsyncFd is dropped.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
 }
 
 #[cfg(test)]

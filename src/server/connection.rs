@@ -1015,14 +1015,8 @@ async fn drain_and_close(
 /// yet sent, or sent and not acknowledged (our FIN too). Asked only when
 /// a client did not close in time, never on the way of a prompt one.
 fn holds_unsent(socket: &impl std::os::fd::AsFd) -> bool {
-    use rustix::ioctl::{Getter, Opcode, ioctl};
-    // SIOCOUTQ, which Linux numbers as TIOCOUTQ.
-    const OUTQ: Opcode = libc::TIOCOUTQ as Opcode;
-    // SAFETY: SIOCOUTQ on a TCP socket writes one int, which Getter
-    // provides.
-    let queued = unsafe { ioctl(socket, Getter::<OUTQ, libc::c_int>::new()) };
     // Unknown: as if it did, so that nothing is left to the kernel.
-    !matches!(queued, Ok(0))
+    crate::probe::unsent(socket) != Some(0)
 }
 
 /// Makes the coming close of the connection a reset (SO_LINGER 0), so

@@ -21,10 +21,22 @@
 //! sockets, not to a connected seqpacket pair.) The `+` is in the client's
 //! connection before the daemon can receive it, so the daemon may speak at
 //! once.
+//!
+//! A pass holds its session's place until the daemon has taken its
+//! message, not only until it is sent ([`waiting`]): the places of the
+//! clients still in a daemon's queue count for every limit and share, so
+//! one source cannot fill the queue of a daemon that falls behind. A task
+//! watches each connection while it holds clients, and gives their places
+//! back as the daemon takes them (on each wake-up the kernel gives as the
+//! queue shrinks, and every [`PASS_SETTLE_INTERVAL`] at least).
+
+mod waiting;
 
 use super::{Connection, Failed, LaunchError, Launcher, session_environment};
 use crate::admission::FdGuard;
 use crate::config::{Backend, Service};
+use crate::limits::PASS_SETTLE_INTERVAL;
+use crate::probe::{poll_now, unsent};
 use crate::server::Outcome;
 use crate::sessions::SessionSlot;
 use crate::sync::lock;
@@ -40,7 +52,9 @@ use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use tokio::io::unix::AsyncFd;
+use waiting::Waiting;
 
 /// Descriptors the daemon holds while it passes a connection: the
 /// client's, and its connection to the receiving daemon's socket.
@@ -57,13 +71,36 @@ pub struct PassLauncher {
     links: Mutex<HashMap<PathBuf, Arc<Link>>>,
 }
 
-/// tcpmuxd's connection to one receiving daemon's socket, none until it is
-/// first needed or after it dropped. The lock is held for a pass's check
-/// and sends, never across a wait.
+/// tcpmuxd's connection to one receiving daemon's socket. The lock is held
+/// for a pass's check and sends, and for a look at the queue, never across
+/// a wait.
 #[derive(Debug)]
 struct Link {
     path: PathBuf,
-    socket: Mutex<Option<OwnedFd>>,
+    state: Mutex<LinkState>,
+}
+
+#[derive(Debug, Default)]
+struct LinkState {
+    /// The connection: none until it is first needed, or after it
+    /// dropped.
+    socket: Option<Arc<AsyncFd<OwnedFd>>>,
+    /// The clients sent on it that the daemon has not taken yet.
+    waiting: Waiting<SessionSlot>,
+    /// Whether a task watches the connection to let them go.
+    watched: bool,
+}
+
+impl LinkState {
+    /// Lets the connection go, and with it the clients its queue held:
+    /// the daemon's end is gone, and with it its queue.
+    fn forget(&mut self) {
+        self.socket = None;
+        self.waiting.clear();
+        // A watcher of the old connection stops by itself; the new one
+        // gets its own.
+        self.watched = false;
+    }
 }
 
 impl PassLauncher {
@@ -76,7 +113,7 @@ impl PassLauncher {
         Arc::clone(links.entry(path.to_path_buf()).or_insert_with(|| {
             Arc::new(Link {
                 path: path.to_path_buf(),
-                socket: Mutex::new(None),
+                state: Mutex::new(LinkState::default()),
             })
         }))
     }
@@ -187,17 +224,16 @@ impl Link {
     /// A connection that dropped since the last pass, or is found gone by
     /// the send (after `+` too), is made again once and the client tried
     /// again.
-    /// The session's place is given back as the message is sent: once the
-    /// daemon can have the client, the pass holds none.
+    /// Once sent, the client waits in the daemon's queue with its
+    /// session's place (`slot`), until the daemon takes it.
     fn pass(
-        &self,
+        self: &Arc<Self>,
         client: &std::net::TcpStream,
         message: &[u8],
         plus: bool,
         slot: SessionSlot,
     ) -> Result<(), Refused> {
-        let mut slot = Some(slot);
-        let mut socket = lock(&self.socket);
+        let mut state = lock(&self.state);
         let mut told_plus = false;
         // What went wrong, said as the client can still be told: before
         // `+`, an answer; after it, only a close.
@@ -210,15 +246,28 @@ impl Link {
         };
         for attempt in 0..2 {
             let retry = attempt == 0;
-            let fresh = socket.is_none();
-            let link = match socket.take() {
-                Some(link) => link,
-                None => connect_to(&self.path).map_err(|cause| refused(told_plus, cause))?,
+            let fresh = state.socket.is_none();
+            let link = match &state.socket {
+                Some(link) => Arc::clone(link),
+                None => {
+                    let link = connect_to(&self.path)
+                        .and_then(|link| {
+                            super::register(link)
+                                .map_err(|e| format!("cannot watch the socket: {e}"))
+                        })
+                        .map_err(|cause| refused(told_plus, cause))?;
+                    let link = Arc::new(link);
+                    state.socket = Some(Arc::clone(&link));
+                    link
+                }
             };
-            match room(&link) {
+            let before = unsent(link.get_ref());
+            if let Some(queued) = before {
+                state.waiting.settle(queued);
+            }
+            match room(link.get_ref()) {
                 Room::Writable => {}
                 Room::Full => {
-                    *socket = Some(link);
                     return Err(refused(
                         told_plus,
                         "queue full: the receiving daemon is not taking connections as fast as \
@@ -226,9 +275,13 @@ impl Link {
                             .into(),
                     ));
                 }
-                // Dropped: `link` is closed here; made again on the retry.
-                Room::Dropped if retry && !fresh => continue,
+                // Made again on the retry.
+                Room::Dropped if retry && !fresh => {
+                    state.forget();
+                    continue;
+                }
                 Room::Dropped => {
+                    state.forget();
                     return Err(refused(
                         told_plus,
                         "the receiving daemon closed tcpmuxd's connection at once".into(),
@@ -239,22 +292,33 @@ impl Link {
                 send_plus(client)?;
                 told_plus = true;
             }
-            drop(slot.take());
-            match send_with_fd(&link, message, client) {
+            match send_with_fd(link.get_ref(), message, client) {
                 Ok(()) => {
-                    *socket = Some(link);
+                    // A queue the kernel cannot measure (never seen on
+                    // Linux) cannot tell when the client is taken: its
+                    // place is given back now, as if it were.
+                    let (Some(before), Some(after)) = (before, unsent(link.get_ref())) else {
+                        return Ok(());
+                    };
+                    state.waiting.push(slot, message.len(), before, after);
+                    if !state.watched {
+                        state.watched = true;
+                        tokio::spawn(watch(Arc::downgrade(self), link));
+                    }
                     return Ok(());
                 }
                 // The daemon's end is gone (closed, or it stopped reading:
                 // that still polls writable): nothing was queued, and a
                 // new connection is tried once, after `+` too.
-                Err(e) if dropped(e) && retry => continue,
+                Err(e) if dropped(e) && retry => {
+                    state.forget();
+                    continue;
+                }
                 Err(e) => {
-                    let cause = send_error(e);
-                    if !dropped(e) {
-                        *socket = Some(link);
+                    if dropped(e) {
+                        state.forget();
                     }
-                    return Err(refused(told_plus, cause));
+                    return Err(refused(told_plus, send_error(e)));
                 }
             }
         }
@@ -262,6 +326,41 @@ impl Link {
             told_plus,
             "the receiving daemon dropped tcpmuxd's connection twice".into(),
         ))
+    }
+}
+
+/// Watches `socket`, the connection of `link`, while clients wait in its
+/// queue: lets them go (gives their places back) as the daemon takes
+/// them. Stops once none waits, when the connection was let go, or when
+/// the link is (after a reload).
+async fn watch(link: Weak<Link>, socket: Arc<AsyncFd<OwnedFd>>) {
+    loop {
+        // Woken as the queue shrinks (while it has room) or when the
+        // daemon's end closes; at the latest after the interval.
+        let ready = tokio::time::timeout(PASS_SETTLE_INTERVAL, socket.writable()).await;
+        let Some(link) = link.upgrade() else {
+            return;
+        };
+        {
+            let mut state = lock(&link.state);
+            let current = state
+                .socket
+                .as_ref()
+                .is_some_and(|s| Arc::ptr_eq(s, &socket));
+            if !current {
+                return;
+            }
+            if let Some(queued) = unsent(socket.get_ref()) {
+                state.waiting.settle(queued);
+            }
+            if state.waiting.is_empty() {
+                state.watched = false;
+                return;
+            }
+        }
+        if let Ok(Ok(mut ready)) = ready {
+            ready.clear_ready();
+        }
     }
 }
 
@@ -323,7 +422,7 @@ fn send_error(e: Errno) -> String {
 
 /// Whether the connection has room for a message now.
 fn room(link: &OwnedFd) -> Room {
-    match super::poll_now(link, PollFlags::OUT) {
+    match poll_now(link, PollFlags::OUT) {
         Some(got) if got.intersects(PollFlags::HUP | PollFlags::ERR) => Room::Dropped,
         Some(got) if got.contains(PollFlags::OUT) => Room::Writable,
         Some(_) => Room::Full,
