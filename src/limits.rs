@@ -448,20 +448,25 @@ pub const MAX_UNIX_PATH: usize = 107;
 /// Kept at the default capacity when the kernel refuses it.
 pub const FORWARD_PIPE_SIZE: usize = 64 * 1024;
 
-/// Buffer of a direction of a forwarded pair that splice(2) cannot carry
-/// (a socket type without it): copied through this many bytes at a time.
+/// Buffer through which a direction of a forwarded pair copies its bytes
+/// until it moves to a pipe (or for good, when splice(2) cannot carry
+/// them or no pipe is free); made at the direction's first read. A read
+/// that fills it whole marks the direction as moving bulk.
 pub const FORWARD_COPY_BUFFER: usize = 16 * 1024;
 
-/// Forwarded pairs that relay through pipes at once; the pairs past it
-/// copy through a buffer of [`FORWARD_COPY_BUFFER`] each way instead. A
+/// Directions of forwarded pairs that relay through a pipe at once: a
+/// direction takes one once a read fills its copy buffer (bulk), and
+/// keeps it until its pair ends; past this bound it goes on copying. A
 /// pipe is charged to the pipe quota of tcpmuxd's user (root's, under the
 /// shipped unit), shared with every other process of that user on the
 /// host: at this bound, tcpmuxd's pipes take 4096 pages, a quarter of
 /// Linux's default `fs.pipe-user-pages-soft` (16384), past which every
 /// process of the user without CAP_SYS_RESOURCE gets small pipes.
-pub const FORWARD_MAX_PIPED_PAIRS: usize = 128;
+pub const FORWARD_MAX_PIPES: usize = 256;
 
-/// How often, at the least, tcpmuxd looks whether a receiving daemon has
-/// taken the clients passed to it, to give their session places back
-/// (between the wake-ups the kernel gives as the daemon receives).
-pub const PASS_SETTLE_INTERVAL: Duration = Duration::from_millis(200);
+/// How often, while clients passed to a receiving daemon wait in its
+/// queue, tcpmuxd looks whether the daemon has taken them, to give their
+/// session places back. (It looks at each pass too, and before refusing a
+/// client for a full limit: this only keeps the counts true in quiet
+/// times.)
+pub const PASS_SETTLE_INTERVAL: Duration = Duration::from_secs(1);

@@ -641,14 +641,32 @@ fn ten_thousand_forwarded_sessions_leak_no_descriptor() {
     );
 }
 
-/// The pipes a pair relays through are charged to the pipe quota of
-/// tcpmuxd's user, shared with every process of that user on the host:
-/// pairs past a bound copy instead, so that idle pairs held open by
-/// clients cannot use up that quota. Every pair still relays.
+/// Pipes are taken only by directions that move bulk, and at most
+/// `FORWARD_MAX_PIPES` at once (they are charged to the pipe quota of
+/// tcpmuxd's user, which every process of that user shares): idle pairs
+/// hold none, and directions past the bound copy, and still relay.
 #[test]
-fn idle_pairs_past_the_bound_hold_no_pipes_and_still_relay() {
+fn pipes_are_taken_only_for_bulk_and_bounded() {
     const PAIRS: usize = 160;
-    let backend = echo_backend();
+    const BULK: usize = 64 * 1024;
+    // To a client that starts with `c`: BULK bytes at once, then the
+    // count of what the client sent in all; to one that starts with `p`,
+    // `pong`.
+    let backend = Backend::start(Kind::Tcp, |mut c| {
+        let mut first = [0u8];
+        if c.read_exact(&mut first).is_err() {
+            return;
+        }
+        if first[0] == b'p' {
+            let _ = c.write_all(b"pong\n");
+            return;
+        }
+        if c.write_all(&[b'b'; BULK]).is_err() {
+            return;
+        }
+        let (got, _) = read_all(&mut c);
+        let _ = c.write_all(format!("{}\n", got.len() + 1).as_bytes());
+    });
     let d = Daemon::start(&config(
         "max_sessions = 1024\nmax_sessions_per_source = 1024",
         &backend.address,
@@ -662,18 +680,45 @@ fn idle_pairs_past_the_bound_hold_no_pipes_and_still_relay() {
             .filter(|target| target.to_string_lossy().starts_with("pipe:"))
             .count()
     };
-    let idle = pipes(d.pid());
-    let mut held: Vec<TcpStream> = (0..PAIRS).map(|_| open(&d)).collect();
-    // Two pipes of two descriptors each per pair with pipes.
-    let most = 4 * tcpmuxd::limits::FORWARD_MAX_PIPED_PAIRS;
-    let now = pipes(d.pid()) - idle;
-    assert!(
-        now <= most,
-        "{now} pipe descriptors for {PAIRS} pairs, at most {most}"
-    );
-    // The first pair (a pipe) and the last (a copy) both relay.
-    for i in [0, PAIRS - 1] {
-        held[i].write_all(b"ping\n").unwrap();
-        assert_eq!(read_line(&mut held[i]), b"ping\n");
+    let before = pipes(d.pid());
+    // Idle pairs hold no pipe.
+    let mut pairs: Vec<TcpStream> = (0..PAIRS).map(|_| open(&d)).collect();
+    assert_eq!(pipes(d.pid()), before, "idle pairs hold pipes");
+    // Each client sends bulk, and reads nothing yet; the backend answers
+    // with bulk: 2 * PAIRS directions move bulk, more than the bound.
+    for p in &mut pairs {
+        p.write_all(&[b'c'; BULK]).unwrap();
     }
+    // Two descriptors a pipe, up to the bound, and no more.
+    let most = 2 * tcpmuxd::limits::FORWARD_MAX_PIPES;
+    assert!(
+        wait_until(|| pipes(d.pid()) - before >= most),
+        "{} pipe descriptors for {} bulk directions; log:\n{}",
+        pipes(d.pid()) - before,
+        2 * PAIRS,
+        d.log()
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(pipes(d.pid()) - before, most, "no more than the bound");
+    // Every pair relays all of it, the piped and the copying ones.
+    for (i, p) in pairs.iter_mut().enumerate() {
+        let mut got = vec![0u8; BULK];
+        p.read_exact(&mut got).unwrap();
+        assert!(got.iter().all(|&b| b == b'b'), "pair {i}");
+        p.shutdown(Shutdown::Write).unwrap();
+        let (answer, err) = read_all(p);
+        assert_eq!(err.map(|e| e.kind()), None, "pair {i}");
+        assert_eq!(answer, format!("{BULK}\n").as_bytes(), "pair {i}");
+    }
+    drop(pairs);
+    assert!(
+        wait_until(|| pipes(d.pid()) == before),
+        "pipes left after the pairs ended: {}",
+        pipes(d.pid()) - before
+    );
+    // A short exchange takes no pipe at all.
+    let mut s = open(&d);
+    s.write_all(b"p").unwrap();
+    assert_eq!(read_line(&mut s), b"pong\n");
+    assert_eq!(pipes(d.pid()), before);
 }

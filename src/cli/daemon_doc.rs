@@ -599,11 +599,12 @@ fn forwarded_services() -> Section {
             para(format!(
                 "With `launcher = \"forward\"`, no program is started: tcpmuxd connects to the \
                  daemon at the service's `forward` address (TCP, or a Unix stream socket) and \
-                 relays the pair both ways itself, with splice(2) through a pipe per direction \
-                 (bytes do not pass through tcpmuxd's memory); past {} such pairs at once \
-                 (pipes count against the pipe quota of tcpmuxd's user, shared with every \
-                 process of that user), a pair copies through a buffer of {} KiB each way. Only that address is ever \
-                 connected to. A plus-mode client is told `+` once the backend has accepted; a \
+                 relays the pair both ways itself. Each direction copies through a buffer of \
+                 {} KiB until it moves bulk (a read fills the buffer); then it moves to \
+                 splice(2) through a pipe of its own (bytes do not pass through tcpmuxd's \
+                 memory), while fewer than {} directions hold one (pipes count against the \
+                 pipe quota of tcpmuxd's user, shared with every process of that user). Only \
+                 that address is ever connected to. A plus-mode client is told `+` once the backend has accepted; a \
                  backend that refuses, or does not accept within {}, means `-Service \
                  unavailable` (`OUTCOME=unavailable`, with the cause). With `proxy_protocol`, \
                  a PROXY header naming the client goes to the backend first; then whatever the \
@@ -611,8 +612,8 @@ fn forwarded_services() -> Section {
                  before it was, a reset as a reset, and a pair on which no byte moved for \
                  `idle_timeout` is closed. The pair holds its session slot and 6 descriptors \
                  until both sides are closed, and ends when tcpmuxd stops.",
-                crate::limits::FORWARD_MAX_PIPED_PAIRS,
                 crate::limits::FORWARD_COPY_BUFFER / 1024,
+                crate::limits::FORWARD_MAX_PIPES,
                 humantime::format_duration(crate::limits::FORWARD_CONNECT_TIMEOUT)
             )),
             para(

@@ -6,10 +6,11 @@
 //! must have accepted before a plus-mode client is told `+`; a refused or
 //! slow connect leaves the client unanswered, for `-Service unavailable`.
 //!
-//! The pair is then relayed both ways by one task: each direction moves
-//! bytes with splice(2) through a pipe of its own (no copy through
-//! tcpmuxd's memory), or, for a socket splice cannot read, through a
-//! small buffer. What the client sent behind its request line is still in
+//! The pair is then relayed both ways by one task. Each direction copies
+//! through a small buffer, made at its first read; once a read fills it
+//! (bulk), the direction moves its bytes with splice(2) through a pipe of
+//! its own (no copy through tcpmuxd's memory), while a pipe is free. A
+//! short exchange thus makes no pipe at all. What the client sent behind its request line is still in
 //! its socket (the handshake never reads past the line end), so it
 //! reaches the backend first, after the PROXY header when there is one.
 //! An end of one side's writing is passed on to the other once everything
@@ -21,7 +22,7 @@ use super::{Connection, Failed, LaunchError, Launcher, register};
 use crate::admission::FdGuard;
 use crate::config::{Backend, Forward, ForwardAddress, ProxyVersion, Service};
 use crate::limits::{
-    FORWARD_CONNECT_TIMEOUT, FORWARD_COPY_BUFFER, FORWARD_MAX_PIPED_PAIRS, FORWARD_PIPE_SIZE,
+    FORWARD_CONNECT_TIMEOUT, FORWARD_COPY_BUFFER, FORWARD_MAX_PIPES, FORWARD_PIPE_SIZE,
 };
 use crate::server::Outcome;
 use crate::sessions::SessionSlot;
@@ -36,7 +37,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::time::Instant;
 
 /// Descriptors the daemon holds for a forwarded pair: the client's
-/// connection, the backend's, and the two ends of each direction's pipe.
+/// connection, the backend's, and the two ends of each direction's pipe
+/// (counted from the start: a direction may take its pipe at any time).
 pub const FORWARD_SESSION_FDS: usize = 6;
 
 /// The forward launcher.
@@ -165,8 +167,13 @@ async fn connect(to: &ForwardAddress) -> std::io::Result<AsyncFd<OwnedFd>> {
         Err(e) => return Err(e.into()),
     }
     let socket = register(socket)?;
-    while !writable_now(socket.get_ref()) {
-        socket.writable().await?.clear_ready();
+    loop {
+        match connect_ended(socket.get_ref()) {
+            // Writable with no error: connected, nothing more to ask.
+            Some(true) => return Ok(socket),
+            Some(false) => break,
+            None => socket.writable().await?.clear_ready(),
+        }
     }
     match sockopt::socket_error(&socket)? {
         Ok(()) => Ok(socket),
@@ -174,13 +181,20 @@ async fn connect(to: &ForwardAddress) -> std::io::Result<AsyncFd<OwnedFd>> {
     }
 }
 
-/// Whether `fd` polls writable (or failed) now, without waiting: for a
-/// connecting socket, whether the connect has ended.
-fn writable_now(fd: &OwnedFd) -> bool {
+/// Whether the connect of `fd` has ended, without waiting: none while it
+/// goes on (or when the poll itself fails: the event loop is asked), true
+/// when the socket is writable with no error, false when it failed (the
+/// error is then read from the socket).
+fn connect_ended(fd: &OwnedFd) -> Option<bool> {
     use rustix::event::PollFlags;
-    // A failed poll says nothing: the event loop is asked.
-    crate::probe::poll_now(fd, PollFlags::OUT)
-        .is_some_and(|got| got.intersects(PollFlags::OUT | PollFlags::ERR | PollFlags::HUP))
+    let got = crate::probe::poll_now(fd, PollFlags::OUT)?;
+    if got.intersects(PollFlags::ERR | PollFlags::HUP) {
+        Some(false)
+    } else if got.contains(PollFlags::OUT) {
+        Some(true)
+    } else {
+        None
+    }
 }
 
 /// The PROXY header that names the client's connection, `peer` to
@@ -338,32 +352,30 @@ pub struct Relay {
     backend: AsyncFd<OwnedFd>,
     up: Direction,
     down: Direction,
-    /// The pair's place among those relaying through pipes, if it has one.
-    _piped: Option<PipedPlace>,
 }
 
-/// Pairs relaying through pipes now, at most [`FORWARD_MAX_PIPED_PAIRS`].
-static PIPED_PAIRS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Pipes of forwarded pairs now, at most [`FORWARD_MAX_PIPES`].
+static PIPES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// A pair's place among those relaying through pipes, given back when the
-/// pair ends.
-struct PipedPlace;
+/// A direction's place among those relaying through pipes, given back
+/// with its pipe.
+struct PipePlace;
 
-impl PipedPlace {
-    fn take() -> Option<PipedPlace> {
+impl PipePlace {
+    fn take() -> Option<PipePlace> {
         use std::sync::atomic::Ordering;
-        PIPED_PAIRS
+        PIPES
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < FORWARD_MAX_PIPED_PAIRS).then_some(n + 1)
+                (n < FORWARD_MAX_PIPES).then_some(n + 1)
             })
             .ok()
-            .map(|_| PipedPlace)
+            .map(|_| PipePlace)
     }
 }
 
-impl Drop for PipedPlace {
+impl Drop for PipePlace {
     fn drop(&mut self) {
-        PIPED_PAIRS.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        PIPES.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -375,17 +387,13 @@ impl Relay {
         backend: AsyncFd<OwnedFd>,
         prefix: Vec<u8>,
     ) -> std::io::Result<Relay> {
-        // Past the bound on pairs with pipes, a pair copies instead: the
-        // pipes are charged to the quota of tcpmuxd's user on the host.
-        let piped = PipedPlace::take();
-        let mut up = Direction::new(Side::Client, Side::Backend, piped.is_some())?;
+        let mut up = Direction::new(Side::Client, Side::Backend);
         up.prefix = prefix;
         Ok(Relay {
             client: register(client)?,
             backend,
             up,
-            down: Direction::new(Side::Backend, Side::Client, piped.is_some())?,
-            _piped: piped,
+            down: Direction::new(Side::Backend, Side::Client),
         })
     }
 
@@ -461,11 +469,28 @@ impl Relay {
 }
 
 impl Carrier {
+    /// A copy, its buffer made at the first read.
     fn copying() -> Carrier {
         Carrier::Buffer {
-            buf: vec![0u8; FORWARD_COPY_BUFFER].into_boxed_slice(),
+            buf: Box::default(),
             start: 0,
         }
+    }
+
+    /// splice(2) through a pipe of its own, when one of the
+    /// [`FORWARD_MAX_PIPES`] is free and the kernel makes it.
+    fn piped() -> Option<Carrier> {
+        use rustix::pipe::{PipeFlags, fcntl_setpipe_size, pipe_with};
+        let place = PipePlace::take()?;
+        let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).ok()?;
+        // Bounded; the default capacity stands when the kernel refuses
+        // (above fs.pipe-max-size, or over the user's pipe quota).
+        let _ = fcntl_setpipe_size(&write, FORWARD_PIPE_SIZE);
+        Some(Carrier::Pipe {
+            read,
+            write,
+            _place: place,
+        })
     }
 }
 
@@ -473,8 +498,12 @@ impl Carrier {
 enum Carrier {
     /// splice(2) in and out of a pipe: the bytes never enter tcpmuxd's
     /// memory.
-    Pipe { read: OwnedFd, write: OwnedFd },
-    /// A copy through a buffer, for a socket splice cannot read.
+    Pipe {
+        read: OwnedFd,
+        write: OwnedFd,
+        _place: PipePlace,
+    },
+    /// A copy through a buffer (empty until the first read).
     Buffer { buf: Box<[u8]>, start: usize },
 }
 
@@ -489,6 +518,11 @@ struct Direction {
     /// went.
     prefix: Vec<u8>,
     prefix_sent: usize,
+    /// The last read filled the copy buffer: the direction moves bulk,
+    /// and takes a pipe once what it holds is passed on.
+    bulk: bool,
+    /// splice(2) cannot read `from`: the direction copies for good.
+    copy_only: bool,
     /// `from` ended its writing.
     eof: bool,
     /// The end was passed on: this direction is done.
@@ -498,30 +532,22 @@ struct Direction {
 }
 
 impl Direction {
-    /// A direction `from` one side `to` the other, through a pipe when
-    /// `piped`, else through a buffer.
-    fn new(from: Side, to: Side, piped: bool) -> std::io::Result<Direction> {
-        use rustix::pipe::{PipeFlags, fcntl_setpipe_size, pipe_with};
-        let carrier = if piped {
-            let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
-            // Bounded; the default capacity stands when the kernel refuses
-            // (above fs.pipe-max-size, or over the user's pipe quota).
-            let _ = fcntl_setpipe_size(&write, FORWARD_PIPE_SIZE);
-            Carrier::Pipe { read, write }
-        } else {
-            Carrier::copying()
-        };
-        Ok(Direction {
+    /// A direction `from` one side `to` the other, copying until it moves
+    /// bulk.
+    fn new(from: Side, to: Side) -> Direction {
+        Direction {
             from,
             to,
-            carrier,
+            carrier: Carrier::copying(),
             held: 0,
             prefix: Vec::new(),
             prefix_sent: 0,
+            bulk: false,
+            copy_only: false,
             eof: false,
             finished: false,
             moved: 0,
-        })
+        }
     }
 
     /// Bytes taken and not passed on, the prefix's rest included.
@@ -564,6 +590,13 @@ impl Direction {
                 self.finished = true;
                 return Poll::Ready(Ok(()));
             }
+            if std::mem::take(&mut self.bulk) {
+                // All held was passed on: the buffer is empty, and the
+                // pipe takes over (the buffer stays when none is free).
+                if let Some(pipe) = Carrier::piped() {
+                    self.carrier = pipe;
+                }
+            }
             let mut guard = ready!(from.poll_read_ready(cx)).map_err(|e| self.error(e))?;
             match self.read_in(from.get_ref()) {
                 Ok(0) => self.eof = true,
@@ -573,6 +606,7 @@ impl Direction {
                 Err(Errno::INVAL) if matches!(self.carrier, Carrier::Pipe { .. }) => {
                     // A socket splice cannot read: copied from now on.
                     self.carrier = Carrier::copying();
+                    self.copy_only = true;
                 }
                 Err(Errno::CONNRESET) => return Poll::Ready(Err(Stop::Reset(self.from))),
                 Err(e) => return Poll::Ready(Err(self.error(e.into()))),
@@ -594,9 +628,14 @@ impl Direction {
                 SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
             ),
             Carrier::Buffer { buf, start } => {
+                if buf.is_empty() {
+                    *buf = vec![0u8; FORWARD_COPY_BUFFER].into_boxed_slice();
+                }
                 *start = 0;
-                rustix::net::recv(from, &mut buf[..], rustix::net::RecvFlags::DONTWAIT)
-                    .map(|(n, _)| n)
+                let (n, _) =
+                    rustix::net::recv(from, &mut buf[..], rustix::net::RecvFlags::DONTWAIT)?;
+                self.bulk = n == buf.len() && !self.copy_only;
+                Ok(n)
             }
         }
     }
@@ -665,10 +704,7 @@ mod tests {
         if copying {
             // As after splice(2) refused a socket (EINVAL).
             for d in [&mut relay.up, &mut relay.down] {
-                d.carrier = Carrier::Buffer {
-                    buf: vec![0u8; FORWARD_COPY_BUFFER].into_boxed_slice(),
-                    start: 0,
-                };
+                d.copy_only = true;
             }
         }
         let run = tokio::spawn(relay.run(Duration::from_secs(60)));
@@ -688,6 +724,9 @@ mod tests {
         (at_backend, at_client, end, moved)
     }
 
+    /// Bulk (100,000 bytes up) moves to a pipe after its first full
+    /// buffer; a copy-only direction stays a copy; the short answer down
+    /// never takes a pipe.
     #[tokio::test]
     async fn both_carriers_relay_each_way_in_order_and_pass_the_ends_on() {
         for copying in [false, true] {

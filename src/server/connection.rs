@@ -676,10 +676,21 @@ async fn handshake(
         max_sessions: config.tcpmux.max_sessions,
         max_sessions_per_source: config.tcpmux.max_sessions_per_source,
     };
-    let slot = match state
-        .sessions
-        .try_acquire(&service.name, source, &session_limits)
-    {
+    let acquire = || {
+        state
+            .sessions
+            .try_acquire(&service.name, source, &session_limits)
+    };
+    // Before a client is refused for a full limit, the places of passed
+    // clients their daemons have taken since are given back.
+    let acquired = acquire().or_else(|full| {
+        if state.pass.settle() {
+            acquire()
+        } else {
+            Err(full)
+        }
+    });
+    let slot = match acquired {
         Ok(slot) => slot,
         Err(Full::Service) => return refuse(stream, reply::BUSY, limit, Outcome::Busy).await,
         Err(Full::All) => {

@@ -25,10 +25,11 @@
 //! A pass holds its session's place until the daemon has taken its
 //! message, not only until it is sent ([`waiting`]): the places of the
 //! clients still in a daemon's queue count for every limit and share, so
-//! one source cannot fill the queue of a daemon that falls behind. A task
-//! watches each connection while it holds clients, and gives their places
-//! back as the daemon takes them (on each wake-up the kernel gives as the
-//! queue shrinks, and every [`PASS_SETTLE_INTERVAL`] at least).
+//! one source cannot fill the queue of a daemon that falls behind. Taken
+//! clients are let go, their places given back, whenever tcpmuxd looks at
+//! the queue: at each pass, before a client would be refused for a full
+//! limit ([`PassLauncher::settle`]), and every [`PASS_SETTLE_INTERVAL`]
+//! while any waits. No wake-up is spent on each message the daemon takes.
 
 mod waiting;
 
@@ -53,7 +54,6 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
-use tokio::io::unix::AsyncFd;
 use waiting::Waiting;
 
 /// Descriptors the daemon holds while it passes a connection: the
@@ -84,22 +84,29 @@ struct Link {
 struct LinkState {
     /// The connection: none until it is first needed, or after it
     /// dropped.
-    socket: Option<Arc<AsyncFd<OwnedFd>>>,
+    socket: Option<OwnedFd>,
     /// The clients sent on it that the daemon has not taken yet.
     waiting: Waiting<SessionSlot>,
-    /// Whether a task watches the connection to let them go.
+    /// Whether a task looks at the queue now and then while any waits.
     watched: bool,
 }
 
 impl LinkState {
+    /// Lets the clients the daemon has taken go: how many.
+    fn settle(&mut self) -> usize {
+        let Some(queued) = self.socket.as_ref().and_then(unsent) else {
+            return 0;
+        };
+        let before = self.waiting.len();
+        self.waiting.settle(queued);
+        before - self.waiting.len()
+    }
+
     /// Lets the connection go, and with it the clients its queue held:
     /// the daemon's end is gone, and with it its queue.
     fn forget(&mut self) {
         self.socket = None;
         self.waiting.clear();
-        // A watcher of the old connection stops by itself; the new one
-        // gets its own.
-        self.watched = false;
     }
 }
 
@@ -116,6 +123,21 @@ impl PassLauncher {
                 state: Mutex::new(LinkState::default()),
             })
         }))
+    }
+
+    /// Lets go the waiting clients that their daemons have taken since
+    /// tcpmuxd last looked, giving their places back: whether any was.
+    /// Asked before a client is refused for a full limit, so that a place
+    /// only tcpmuxd's bookkeeping still holds never refuses anyone.
+    /// A pass in progress finishes first (its link's lock): a client it
+    /// sent is let go here too once taken.
+    pub fn settle(&self) -> bool {
+        let links: Vec<Arc<Link>> = lock(&self.links).values().cloned().collect();
+        let mut gone = 0;
+        for link in links {
+            gone += lock(&link.state).settle();
+        }
+        gone > 0
     }
 
     /// Closes the connections to sockets no service of `config` passes to
@@ -247,25 +269,15 @@ impl Link {
         for attempt in 0..2 {
             let retry = attempt == 0;
             let fresh = state.socket.is_none();
-            let link = match &state.socket {
-                Some(link) => Arc::clone(link),
-                None => {
-                    let link = connect_to(&self.path)
-                        .and_then(|link| {
-                            super::register(link)
-                                .map_err(|e| format!("cannot watch the socket: {e}"))
-                        })
-                        .map_err(|cause| refused(told_plus, cause))?;
-                    let link = Arc::new(link);
-                    state.socket = Some(Arc::clone(&link));
-                    link
-                }
-            };
-            let before = unsent(link.get_ref());
-            if let Some(queued) = before {
-                state.waiting.settle(queued);
+            if fresh {
+                let link = connect_to(&self.path).map_err(|cause| refused(told_plus, cause))?;
+                state.socket = Some(link);
             }
-            match room(link.get_ref()) {
+            state.settle();
+            let Some(link) = state.socket.as_ref() else {
+                unreachable!("connected above");
+            };
+            match room(link) {
                 Room::Writable => {}
                 Room::Full => {
                     return Err(refused(
@@ -292,18 +304,19 @@ impl Link {
                 send_plus(client)?;
                 told_plus = true;
             }
-            match send_with_fd(link.get_ref(), message, client) {
+            let before = unsent(link);
+            match send_with_fd(link, message, client) {
                 Ok(()) => {
                     // A queue the kernel cannot measure (never seen on
                     // Linux) cannot tell when the client is taken: its
                     // place is given back now, as if it were.
-                    let (Some(before), Some(after)) = (before, unsent(link.get_ref())) else {
+                    let (Some(before), Some(after)) = (before, unsent(link)) else {
                         return Ok(());
                     };
                     state.waiting.push(slot, message.len(), before, after);
                     if !state.watched {
                         state.watched = true;
-                        tokio::spawn(watch(Arc::downgrade(self), link));
+                        tokio::spawn(watch(Arc::downgrade(self)));
                     }
                     return Ok(());
                 }
@@ -329,37 +342,21 @@ impl Link {
     }
 }
 
-/// Watches `socket`, the connection of `link`, while clients wait in its
-/// queue: lets them go (gives their places back) as the daemon takes
-/// them. Stops once none waits, when the connection was let go, or when
-/// the link is (after a reload).
-async fn watch(link: Weak<Link>, socket: Arc<AsyncFd<OwnedFd>>) {
+/// Looks at the queue of `link` every [`PASS_SETTLE_INTERVAL`] while
+/// clients wait in it, and lets the taken ones go (their places given
+/// back), so that the daemon's quiet times leave no place held. Stops once
+/// none waits, or with the link (after a reload).
+async fn watch(link: Weak<Link>) {
     loop {
-        // Woken as the queue shrinks (while it has room) or when the
-        // daemon's end closes; at the latest after the interval.
-        let ready = tokio::time::timeout(PASS_SETTLE_INTERVAL, socket.writable()).await;
+        tokio::time::sleep(PASS_SETTLE_INTERVAL).await;
         let Some(link) = link.upgrade() else {
             return;
         };
-        {
-            let mut state = lock(&link.state);
-            let current = state
-                .socket
-                .as_ref()
-                .is_some_and(|s| Arc::ptr_eq(s, &socket));
-            if !current {
-                return;
-            }
-            if let Some(queued) = unsent(socket.get_ref()) {
-                state.waiting.settle(queued);
-            }
-            if state.waiting.is_empty() {
-                state.watched = false;
-                return;
-            }
-        }
-        if let Ok(Ok(mut ready)) = ready {
-            ready.clear_ready();
+        let mut state = lock(&link.state);
+        state.settle();
+        if state.waiting.is_empty() {
+            state.watched = false;
+            return;
         }
     }
 }

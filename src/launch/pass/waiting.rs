@@ -84,6 +84,10 @@ impl<P> Waiting<P> {
         self.bytes = 0;
     }
 
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.clients.is_empty()
     }
