@@ -92,14 +92,12 @@ struct LinkState {
 }
 
 impl LinkState {
-    /// Lets the clients the daemon has taken go: how many.
-    fn settle(&mut self) -> usize {
-        let Some(queued) = self.socket.as_ref().and_then(unsent) else {
-            return 0;
-        };
-        let before = self.waiting.len();
+    /// Lets the clients the daemon has taken go: what the queue holds
+    /// now, in bytes (none when unknown, or with no connection).
+    fn settle(&mut self) -> Option<usize> {
+        let queued = self.socket.as_ref().and_then(unsent)?;
         self.waiting.settle(queued);
-        before - self.waiting.len()
+        Some(queued)
     }
 
     /// Lets the connection go, and with it the clients its queue held:
@@ -133,11 +131,14 @@ impl PassLauncher {
     /// sent is let go here too once taken.
     pub fn settle(&self) -> bool {
         let links: Vec<Arc<Link>> = lock(&self.links).values().cloned().collect();
-        let mut gone = 0;
+        let mut gone = false;
         for link in links {
-            gone += lock(&link.state).settle();
+            let mut state = lock(&link.state);
+            let waited = state.waiting.len();
+            state.settle();
+            gone |= state.waiting.len() < waited;
         }
-        gone > 0
+        gone
     }
 
     /// Closes the connections to sockets no service of `config` passes to
@@ -273,7 +274,7 @@ impl Link {
                 let link = connect_to(&self.path).map_err(|cause| refused(told_plus, cause))?;
                 state.socket = Some(link);
             }
-            state.settle();
+            let before = state.settle();
             let Some(link) = state.socket.as_ref() else {
                 unreachable!("connected above");
             };
@@ -304,7 +305,6 @@ impl Link {
                 send_plus(client)?;
                 told_plus = true;
             }
-            let before = unsent(link);
             match send_with_fd(link, message, client) {
                 Ok(()) => {
                     // A queue the kernel cannot measure (never seen on
