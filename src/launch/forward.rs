@@ -600,7 +600,16 @@ impl Direction {
             let mut guard = ready!(from.poll_read_ready(cx)).map_err(|e| self.error(e))?;
             match self.read_in(from.get_ref()) {
                 Ok(0) => self.eof = true,
-                Ok(n) => self.held = n,
+                Ok(n) => {
+                    self.held = n;
+                    // A copy that did not fill the buffer took all the
+                    // socket had (as tokio's own streams reckon): the next
+                    // read waits for the event loop instead of finding
+                    // EAGAIN. What comes meanwhile marks it ready again.
+                    if matches!(&self.carrier, Carrier::Buffer { buf, .. } if n < buf.len()) {
+                        guard.clear_ready();
+                    }
+                }
                 Err(Errno::AGAIN) => guard.clear_ready(),
                 Err(Errno::INTR) => {}
                 Err(Errno::INVAL) if matches!(self.carrier, Carrier::Pipe { .. }) => {
