@@ -464,6 +464,13 @@ pub const FORWARD_COPY_BUFFER: usize = 16 * 1024;
 /// process of the user without CAP_SYS_RESOURCE gets small pipes.
 pub const FORWARD_MAX_PIPES: usize = 256;
 
+/// Connections to one receiving daemon's socket that tcpmuxd gave up
+/// (the daemon shut its end down) while clients still waited in them,
+/// kept so that those clients keep their places until the daemon takes
+/// them or closes the connection. Past this, the oldest is closed and its
+/// clients' places are given back.
+pub const PASS_MAX_RETIRED: usize = 8;
+
 /// How often, while clients passed to a receiving daemon wait in its
 /// queue, tcpmuxd looks whether the daemon has taken them, to give their
 /// session places back. (It looks at each pass too, and before refusing a

@@ -512,8 +512,14 @@ fn one_source_holds_no_more_than_its_share_of_the_daemons_queue() {
     assert_eq!(read_line(&mut other), b"+\r\n");
     // The daemon takes two clients: two places come back.
     let link = accept_with(&listener, SocketFlags::CLOEXEC).unwrap();
+    rustix::net::sockopt::set_socket_timeout(
+        &link,
+        rustix::net::sockopt::Timeout::Recv,
+        Some(WAIT),
+    )
+    .unwrap();
     for _ in 0..2 {
-        raw_receive(&link, false).expect("a queued client");
+        raw_receive(&link, true).expect("a queued client");
     }
     let mut more = Vec::new();
     for _ in 0..2 {
@@ -550,4 +556,92 @@ fn one_source_holds_no_more_than_its_share_of_the_daemons_queue() {
         );
     }
     drop(listener);
+}
+
+/// One source's clients queued, then the daemon shuts down its end of
+/// tcpmuxd's connection both ways (or only its reading) and keeps it
+/// open: tcpmuxd stays responsive, passes the next clients on a new
+/// connection, and still counts the clients queued on the old one until
+/// the daemon takes them.
+#[test]
+fn clients_queued_on_a_connection_the_daemon_shut_down_keep_their_places() {
+    const SHARE: usize = 2;
+    let timeout = |link: &OwnedFd| {
+        rustix::net::sockopt::set_socket_timeout(
+            link,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(WAIT),
+        )
+        .unwrap();
+    };
+    for how in [rustix::net::Shutdown::Both, rustix::net::Shutdown::Read] {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("app.sock");
+        let listener = raw_listener(&socket);
+        let d = Daemon::start(&config(&socket, "").replace(
+            "max_instances_per_source = 1024",
+            &format!("max_instances_per_source = {SHARE}"),
+        ));
+        let mut queued = Vec::new();
+        for _ in 0..SHARE {
+            let mut s = ask(&d, "app");
+            assert_eq!(read_line(&mut s), b"+\r\n", "{how:?}");
+            queued.push(s);
+        }
+        // A refusal (which waits for passes in progress) says both are
+        // in the queue, not only told `+`.
+        let mut s = ask(&d, "app");
+        assert_eq!(
+            read_line(&mut s),
+            b"-Too many sessions from your address, try again later\r\n"
+        );
+        let old = accept_with(&listener, SocketFlags::CLOEXEC).unwrap();
+        rustix::net::shutdown(&old, how).unwrap();
+        // Still answering.
+        assert_eq!(d.exchange(b"HELP\r\n"), b"app\r\n", "{how:?}");
+        // Another source is passed on a new connection.
+        let mut other = common::connect_from("127.0.0.2", d.addr);
+        other.write_all(b"app\r\n").unwrap();
+        assert_eq!(read_line(&mut other), b"+\r\n", "{how:?}: {}", d.log());
+        let new = accept_with(&listener, SocketFlags::CLOEXEC).unwrap();
+        timeout(&new);
+        // (`+` goes out just before the message.)
+        assert!(raw_receive(&new, true).is_some(), "{how:?}");
+        // The first source's clients still wait on the old connection:
+        // its share is held.
+        let mut s = ask(&d, "app");
+        assert_eq!(
+            read_line(&mut s),
+            b"-Too many sessions from your address, try again later\r\n",
+            "{how:?}: its clients on the old connection no longer counted"
+        );
+        // Taken: the places come back.
+        for client in &queued {
+            let (_, mut fds) = raw_receive(&old, false).expect("a client on the old connection");
+            let passed = TcpStream::from(fds.remove(0));
+            assert_eq!(passed.peer_addr().unwrap(), client.local_addr().unwrap());
+        }
+        let mut s = ask(&d, "app");
+        assert_eq!(read_line(&mut s), b"+\r\n", "{how:?}: {}", d.log());
+    }
+}
+
+/// tcpmuxd never reads its connection to a daemon, and shuts its reading
+/// side: a daemon cannot park anything there (its own socket, to outlive
+/// its exit), and learns at once that writing to it is a mistake.
+#[test]
+fn a_daemon_cannot_send_anything_to_tcpmuxd() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("app.sock");
+    let listener = raw_listener(&socket);
+    let d = Daemon::start(&config(&socket, ""));
+    let mut s = ask(&d, "app");
+    assert_eq!(read_line(&mut s), b"+\r\n");
+    let link = accept_with(&listener, SocketFlags::CLOEXEC).unwrap();
+    let sent = rustix::net::send(
+        &link,
+        b"hello tcpmuxd",
+        rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
+    );
+    assert_eq!(sent, Err(rustix::io::Errno::PIPE));
 }

@@ -638,8 +638,10 @@ fn pass_launcher() -> Section {
                  connection to a daemon that already runs and listens on the Unix \
                  `SOCK_SEQPACKET` socket named by the service's `pass` key. tcpmuxd connects to \
                  that socket when the first client comes and keeps the connection; when the \
-                 daemon has closed it (it restarted), tcpmuxd connects again for the next \
-                 client. Each client is one message on it, taken by one recvmsg(2):",
+                 daemon has closed it (it restarted) or shut it down, tcpmuxd connects again \
+                 for the next client. tcpmuxd never reads the connection and shuts down its \
+                 reading side: the daemon does not write to it (a write fails with `EPIPE`). \
+                 Each client is one message on it, taken by one recvmsg(2):",
             ),
             terms([
                 (

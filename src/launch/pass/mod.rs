@@ -36,7 +36,7 @@ mod waiting;
 use super::{Connection, Failed, LaunchError, Launcher, session_environment};
 use crate::admission::FdGuard;
 use crate::config::{Backend, Service};
-use crate::limits::PASS_SETTLE_INTERVAL;
+use crate::limits::{PASS_MAX_RETIRED, PASS_SETTLE_INTERVAL};
 use crate::probe::{poll_now, unsent};
 use crate::server::Outcome;
 use crate::sessions::SessionSlot;
@@ -48,7 +48,7 @@ use rustix::net::{
     AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix,
     SocketFlags, SocketType, connect, sendmsg, socket_with,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
@@ -87,24 +87,53 @@ struct LinkState {
     socket: Option<OwnedFd>,
     /// The clients sent on it that the daemon has not taken yet.
     waiting: Waiting<SessionSlot>,
-    /// Whether a task looks at the queue now and then while any waits.
+    /// Connections given up while clients still waited in them, oldest
+    /// first, at most [`PASS_MAX_RETIRED`]: a daemon that shut its end
+    /// down may still take them, so they keep their places until it does
+    /// or closes the connection (which closes them).
+    retired: VecDeque<(OwnedFd, Waiting<SessionSlot>)>,
+    /// Whether a task looks at the queues now and then while any waits.
     watched: bool,
 }
 
 impl LinkState {
-    /// Lets the clients the daemon has taken go: what the queue holds
-    /// now, in bytes (none when unknown, or with no connection).
+    /// Lets the clients the daemon has taken go, from the retired
+    /// connections too: what the connection's queue holds now, in bytes
+    /// (none when unknown, or with no connection).
     fn settle(&mut self) -> Option<usize> {
+        self.retired.retain_mut(|(socket, waiting)| {
+            match unsent(socket) {
+                Some(queued) => waiting.settle(queued),
+                None => waiting.clear(),
+            }
+            // Closed once none waits.
+            !waiting.is_empty()
+        });
         let queued = self.socket.as_ref().and_then(unsent)?;
         self.waiting.settle(queued);
         Some(queued)
     }
 
-    /// Lets the connection go, and with it the clients its queue held:
-    /// the daemon's end is gone, and with it its queue.
-    fn forget(&mut self) {
-        self.socket = None;
-        self.waiting.clear();
+    /// Clients waiting, in the connection's queue and the retired ones'.
+    fn waiting(&self) -> usize {
+        self.waiting.len() + self.retired.iter().map(|(_, w)| w.len()).sum::<usize>()
+    }
+
+    /// Gives the connection up (the daemon's end is gone or shut down):
+    /// a new one is made for the next client. Clients still waiting in it
+    /// stay counted while it is kept, retired.
+    fn retire(&mut self) {
+        let Some(socket) = self.socket.take() else {
+            return;
+        };
+        let waiting = std::mem::take(&mut self.waiting);
+        if waiting.is_empty() {
+            return;
+        }
+        if self.retired.len() == PASS_MAX_RETIRED {
+            self.retired.pop_front();
+        }
+        self.retired.push_back((socket, waiting));
     }
 }
 
@@ -134,9 +163,9 @@ impl PassLauncher {
         let mut gone = false;
         for link in links {
             let mut state = lock(&link.state);
-            let waited = state.waiting.len();
+            let waited = state.waiting();
             state.settle();
-            gone |= state.waiting.len() < waited;
+            gone |= state.waiting() < waited;
         }
         gone
     }
@@ -290,11 +319,11 @@ impl Link {
                 }
                 // Made again on the retry.
                 Room::Dropped if retry && !fresh => {
-                    state.forget();
+                    state.retire();
                     continue;
                 }
                 Room::Dropped => {
-                    state.forget();
+                    state.retire();
                     return Err(refused(
                         told_plus,
                         "the receiving daemon closed tcpmuxd's connection at once".into(),
@@ -324,12 +353,12 @@ impl Link {
                 // that still polls writable): nothing was queued, and a
                 // new connection is tried once, after `+` too.
                 Err(e) if dropped(e) && retry => {
-                    state.forget();
+                    state.retire();
                     continue;
                 }
                 Err(e) => {
                     if dropped(e) {
-                        state.forget();
+                        state.retire();
                     }
                     return Err(refused(told_plus, send_error(e)));
                 }
@@ -354,7 +383,7 @@ async fn watch(link: Weak<Link>) {
         };
         let mut state = lock(&link.state);
         state.settle();
-        if state.waiting.is_empty() {
+        if state.waiting() == 0 {
             state.watched = false;
             return;
         }
@@ -380,10 +409,12 @@ fn connect_to(path: &Path) -> Result<OwnedFd, String> {
         None,
     )
     .map_err(|e| format!("cannot make a socket: {e}"))?;
-    match connect(&link, &address) {
-        Ok(()) => Ok(link),
-        Err(e) => Err(connect_error(e)),
-    }
+    connect(&link, &address).map_err(connect_error)?;
+    // tcpmuxd never reads it: nothing the daemon sends can wait there (a
+    // descriptor of its own would outlive the daemon in tcpmuxd's queue),
+    // and a daemon that writes to it learns its mistake at once (EPIPE).
+    let _ = rustix::net::shutdown(&link, rustix::net::Shutdown::Read);
+    Ok(link)
 }
 
 /// Why the daemon's socket could not be connected to, in words.
