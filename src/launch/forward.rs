@@ -472,7 +472,7 @@ impl Carrier {
     /// A copy, its buffer made at the first read.
     fn copying() -> Carrier {
         Carrier::Buffer {
-            buf: Box::default(),
+            buf: Vec::new(),
             start: 0,
         }
     }
@@ -503,8 +503,10 @@ enum Carrier {
         write: OwnedFd,
         _place: PipePlace,
     },
-    /// A copy through a buffer (empty until the first read).
-    Buffer { buf: Box<[u8]>, start: usize },
+    /// A copy through a buffer: what the last read took, from `start` on
+    /// not passed on yet. No room is made until the first read, and none
+    /// is ever zeroed.
+    Buffer { buf: Vec<u8>, start: usize },
 }
 
 /// One way of a pair: from one side's connection to the other's.
@@ -606,7 +608,7 @@ impl Direction {
                     // socket had (as tokio's own streams reckon): the next
                     // read waits for the event loop instead of finding
                     // EAGAIN. What comes meanwhile marks it ready again.
-                    if matches!(&self.carrier, Carrier::Buffer { buf, .. } if n < buf.len()) {
+                    if matches!(&self.carrier, Carrier::Buffer { buf, .. } if n < buf.capacity()) {
                         guard.clear_ready();
                     }
                 }
@@ -637,13 +639,15 @@ impl Direction {
                 SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
             ),
             Carrier::Buffer { buf, start } => {
-                if buf.is_empty() {
-                    *buf = vec![0u8; FORWARD_COPY_BUFFER].into_boxed_slice();
-                }
+                buf.clear();
+                buf.reserve_exact(FORWARD_COPY_BUFFER);
                 *start = 0;
-                let (n, _) =
-                    rustix::net::recv(from, &mut buf[..], rustix::net::RecvFlags::DONTWAIT)?;
-                self.bulk = n == buf.len() && !self.copy_only;
+                let (n, _) = rustix::net::recv(
+                    from,
+                    rustix::buffer::spare_capacity(buf),
+                    rustix::net::RecvFlags::DONTWAIT,
+                )?;
+                self.bulk = n == buf.capacity() && !self.copy_only;
                 Ok(n)
             }
         }
