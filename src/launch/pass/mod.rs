@@ -30,6 +30,10 @@
 //! the queue: at each pass, before a client would be refused for a full
 //! limit ([`PassLauncher::settle`]), and every [`PASS_SETTLE_INTERVAL`]
 //! while any waits. No wake-up is spent on each message the daemon takes.
+//! A connection the daemon shut down while clients wait in it is kept,
+//! retired, until they are taken or it is closed; and tcpmuxd shuts down
+//! its own reading side at once, so that nothing the daemon sends (its own
+//! socket, say) can wait, unread, in tcpmuxd.
 
 mod waiting;
 
