@@ -467,8 +467,8 @@ pub const FORWARD_MAX_PIPES: usize = 256;
 /// Connections to one receiving daemon's socket that tcpmuxd gave up
 /// (the daemon shut its end down) while clients still waited in them,
 /// kept so that those clients keep their places until the daemon takes
-/// them or closes the connection. Past this, the oldest is closed and its
-/// clients' places are given back.
+/// them or closes the connection. With this many kept, no new connection
+/// is made (clients hear `-Service unavailable`) until one is let go.
 pub const PASS_MAX_RETIRED: usize = 8;
 
 /// How often, while clients passed to a receiving daemon wait in its

@@ -645,3 +645,55 @@ fn a_daemon_cannot_send_anything_to_tcpmuxd() {
     );
     assert_eq!(sent, Err(rustix::io::Errno::PIPE));
 }
+
+/// A daemon that shuts down connection after connection with clients
+/// still in them: tcpmuxd keeps at most 8 such connections, and then
+/// makes no new one (clients hear `-Service unavailable`) until the daemon
+/// takes or closes what they hold: the places of clients the daemon can
+/// still take are never given back early.
+#[test]
+fn past_eight_shut_down_connections_with_clients_waiting_no_new_one_is_made() {
+    const KEPT: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("app.sock");
+    let listener = raw_listener(&socket);
+    let d = Daemon::start(&config(&socket, ""));
+    let mut links = Vec::new();
+    let mut clients = Vec::new();
+    for i in 0..KEPT {
+        let mut s = ask(&d, "app");
+        assert_eq!(read_line(&mut s), b"+\r\n", "client {i}: {}", d.log());
+        clients.push(s);
+        let link = accept_with(&listener, SocketFlags::CLOEXEC).unwrap();
+        rustix::net::sockopt::set_socket_timeout(
+            &link,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(WAIT),
+        )
+        .unwrap();
+        // The client is in it (`+` goes out just before the message).
+        rustix::net::recv(&link, &mut [0u8; 1], rustix::net::RecvFlags::PEEK)
+            .expect("a client in the connection");
+        rustix::net::shutdown(&link, rustix::net::Shutdown::Read).unwrap();
+        links.push(link);
+    }
+    let mut s = ask(&d, "app");
+    assert_eq!(
+        read_to_end(&mut s),
+        b"-Service unavailable\r\n",
+        "a ninth connection was made"
+    );
+    assert!(
+        d.wait_log("shut down 8 of tcpmuxd's connections"),
+        "{}",
+        d.log()
+    );
+    // The daemon takes the client of the first one: it is let go, and a
+    // new connection is made.
+    let (_, mut fds) = raw_receive(&links[0], true).expect("the first client");
+    let first = TcpStream::from(fds.remove(0));
+    assert_eq!(first.peer_addr().unwrap(), clients[0].local_addr().unwrap());
+    let mut s = common::connect_from("127.0.0.2", d.addr);
+    s.write_all(b"app\r\n").unwrap();
+    assert_eq!(read_line(&mut s), b"+\r\n", "{}", d.log());
+}

@@ -125,19 +125,16 @@ impl LinkState {
 
     /// Gives the connection up (the daemon's end is gone or shut down):
     /// a new one is made for the next client. Clients still waiting in it
-    /// stay counted while it is kept, retired.
+    /// stay counted while it is kept, retired. (No connection is made
+    /// while [`PASS_MAX_RETIRED`] are kept, so they never grow past it.)
     fn retire(&mut self) {
         let Some(socket) = self.socket.take() else {
             return;
         };
         let waiting = std::mem::take(&mut self.waiting);
-        if waiting.is_empty() {
-            return;
+        if !waiting.is_empty() {
+            self.retired.push_back((socket, waiting));
         }
-        if self.retired.len() == PASS_MAX_RETIRED {
-            self.retired.pop_front();
-        }
-        self.retired.push_back((socket, waiting));
     }
 }
 
@@ -303,11 +300,25 @@ impl Link {
         for attempt in 0..2 {
             let retry = attempt == 0;
             let fresh = state.socket.is_none();
+            let mut before = state.settle();
             if fresh {
+                // A daemon that shut down so many connections with clients
+                // in them gets no more until it takes or closes those: it
+                // may still take them, so their places are not given back.
+                if state.retired.len() >= PASS_MAX_RETIRED {
+                    return Err(refused(
+                        told_plus,
+                        format!(
+                            "the receiving daemon shut down {PASS_MAX_RETIRED} of tcpmuxd's \
+                             connections with clients still waiting in them; no new one is \
+                             made until it takes or closes those"
+                        ),
+                    ));
+                }
                 let link = connect_to(&self.path).map_err(|cause| refused(told_plus, cause))?;
+                before = unsent(&link);
                 state.socket = Some(link);
             }
-            let before = state.settle();
             let Some(link) = state.socket.as_ref() else {
                 unreachable!("connected above");
             };
