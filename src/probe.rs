@@ -29,3 +29,14 @@ pub fn unsent(socket: &impl AsFd) -> Option<usize> {
     let queued = unsafe { ioctl(socket, Getter::<OUTQ, libc::c_int>::new()) };
     queued.ok().and_then(|n| usize::try_from(n).ok())
 }
+
+/// Whether the next byte to read from the TCP `socket` is at its urgent
+/// mark (`SIOCATMARK`); false for other sockets, or when unknown.
+pub fn at_urgent_mark(socket: &impl AsFd) -> bool {
+    // SIOCATMARK: Linux's generic number (every architecture but Alpha,
+    // MIPS, PA-RISC and SPARC; the libc crate does not name it).
+    const ATMARK: Opcode = 0x8905;
+    // SAFETY: SIOCATMARK on a socket writes one int, which Getter provides.
+    let at = unsafe { ioctl(socket, Getter::<ATMARK, libc::c_int>::new()) };
+    matches!(at, Ok(n) if n != 0)
+}

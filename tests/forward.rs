@@ -722,3 +722,56 @@ fn pipes_are_taken_only_for_bulk_and_bounded() {
     assert_eq!(read_line(&mut s), b"pong\n");
     assert_eq!(pipes(d.pid()), before);
 }
+
+/// TCP urgent data in the middle of bulk (telnet's interrupt, FTP's
+/// abort): splice(2) stops at the urgent mark, so a relay that only
+/// spliced would stall there for good. The stream goes on past it each
+/// way, whole; the urgent byte itself is not passed on (as a program's
+/// plain read does not see it either).
+#[test]
+fn urgent_data_in_the_middle_of_bulk_neither_stalls_nor_cuts_the_stream() {
+    const HALF: usize = 300_000;
+    let pattern =
+        |seed: usize| -> Vec<u8> { (0..HALF).map(|i| ((i + seed) % 251) as u8).collect() };
+    let (tx, got) = mpsc::channel();
+    let down = [pattern(7), pattern(11)];
+    let backend = Backend::start(Kind::Tcp, move |mut c| {
+        let (up, _) = read_all(&mut *c);
+        let _ = tx.send(up);
+        // Bulk back, with an urgent byte in the middle.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(c.fd()) };
+        let _ = c.write_all(&down[0]);
+        let _ = rustix::net::send(fd, b"!", rustix::net::SendFlags::OOB);
+        let _ = c.write_all(&down[1]);
+        c.shut_write();
+    });
+    let d = Daemon::start(&config("", &backend.address, "idle_timeout = \"5s\""));
+    let mut s = open(&d);
+    let (a, b) = (pattern(1), pattern(3));
+    s.write_all(&a).unwrap();
+    rustix::net::send(&s, b"U", rustix::net::SendFlags::OOB).unwrap();
+    s.write_all(&b).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let up = got
+        .recv_timeout(WAIT)
+        .expect("the backend got the stream's end");
+    assert_eq!(
+        up.len(),
+        2 * HALF,
+        "bytes to the backend; log:\n{}",
+        d.log()
+    );
+    assert!(up == [a, b].concat(), "the stream to the backend, in order");
+    let (back, err) = read_all(&mut s);
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(
+        back.len(),
+        2 * HALF,
+        "bytes to the client; log:\n{}",
+        d.log()
+    );
+    assert!(
+        back == [pattern(7), pattern(11)].concat(),
+        "the stream to the client"
+    );
+}

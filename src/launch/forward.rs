@@ -601,6 +601,17 @@ impl Direction {
             }
             let mut guard = ready!(from.poll_read_ready(cx)).map_err(|e| self.error(e))?;
             match self.read_in(from.get_ref()) {
+                // splice(2) stops at TCP urgent data for good, and says 0
+                // there, not EAGAIN, once the peer's FIN is in: past the
+                // mark, only a read goes on (leaving out the urgent byte,
+                // as a plain read does). That read copies; the pipe, empty
+                // now, is let go, and bulk takes one again.
+                Ok(0) | Err(Errno::AGAIN)
+                    if matches!(self.carrier, Carrier::Pipe { .. })
+                        && crate::probe::at_urgent_mark(from.get_ref()) =>
+                {
+                    self.carrier = Carrier::copying();
+                }
                 Ok(0) => self.eof = true,
                 Ok(n) => {
                     self.held = n;
