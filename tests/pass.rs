@@ -189,6 +189,21 @@ fn raw_receive(link: &OwnedFd, wait: bool) -> Option<(Vec<u8>, Vec<OwnedFd>)> {
     Some((buf[..got.bytes].to_vec(), fds))
 }
 
+/// Makes receives on `link` (and accepts, on a listener) wait at most
+/// [`WAIT`].
+fn wait_at_most(link: &OwnedFd) {
+    rustix::net::sockopt::set_socket_timeout(link, rustix::net::sockopt::Timeout::Recv, Some(WAIT))
+        .unwrap();
+}
+
+/// [`config`] with `share` as the service's `max_instances_per_source`.
+fn config_with_share(socket: &Path, share: usize) -> String {
+    config(socket, "").replace(
+        "max_instances_per_source = 1024",
+        &format!("max_instances_per_source = {share}"),
+    )
+}
+
 #[test]
 fn the_message_is_key_value_lines_with_one_blocking_descriptor() {
     let dir = tempfile::tempdir().unwrap();
@@ -198,12 +213,7 @@ fn the_message_is_key_value_lines_with_one_blocking_descriptor() {
     let mut s = ask(&d, "app");
     assert_eq!(read_line(&mut s), b"+\r\n");
     let link = accept_with(&listener, SocketFlags::CLOEXEC).unwrap();
-    rustix::net::sockopt::set_socket_timeout(
-        &link,
-        rustix::net::sockopt::Timeout::Recv,
-        Some(WAIT),
-    )
-    .unwrap();
+    wait_at_most(&link);
     let (payload, mut fds) = raw_receive(&link, true).expect("a message");
     let me = s.local_addr().unwrap();
     let want = format!(
@@ -450,28 +460,20 @@ fn a_client_told_plus_when_the_daemon_dropped_the_connection_is_passed_on_a_new_
     let listener = raw_listener(&socket);
     let d = Daemon::start(&config(&socket, ""));
     // Accepts and receives wait at most WAIT.
-    let timeout = |link: &OwnedFd| {
-        rustix::net::sockopt::set_socket_timeout(
-            link,
-            rustix::net::sockopt::Timeout::Recv,
-            Some(WAIT),
-        )
-        .unwrap();
-    };
-    timeout(&listener);
+    wait_at_most(&listener);
     // The first client makes tcpmuxd's connection; then the daemon stops
     // reading it.
     let mut first = ask(&d, "app");
     assert_eq!(read_line(&mut first), b"+\r\n");
     let old = accept_with(&listener, SocketFlags::CLOEXEC).unwrap();
-    timeout(&old);
+    wait_at_most(&old);
     assert!(raw_receive(&old, true).is_some(), "the first client");
     rustix::net::shutdown(&old, rustix::net::Shutdown::Read).unwrap();
     let mut second = ask(&d, "app");
     assert_eq!(read_line(&mut second), b"+\r\n");
     let new = accept_with(&listener, SocketFlags::CLOEXEC)
         .expect("tcpmuxd connects again for the client it told +");
-    timeout(&new);
+    wait_at_most(&new);
     let (_, mut fds) = raw_receive(&new, true).expect("the second client, on a new connection");
     let client = TcpStream::from(fds.remove(0));
     (&client).write_all(b"served\n").unwrap();
@@ -489,10 +491,7 @@ fn one_source_holds_no_more_than_its_share_of_the_daemons_queue() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("app.sock");
     let listener = raw_listener(&socket);
-    let d = Daemon::start(&config(&socket, "").replace(
-        "max_instances_per_source = 1024",
-        &format!("max_instances_per_source = {SHARE}"),
-    ));
+    let d = Daemon::start(&config_with_share(&socket, SHARE));
     // The daemon reads nothing yet: one source's clients wait.
     let mut waiting = Vec::new();
     let mut refused = 0;
@@ -512,12 +511,7 @@ fn one_source_holds_no_more_than_its_share_of_the_daemons_queue() {
     assert_eq!(read_line(&mut other), b"+\r\n");
     // The daemon takes two clients: two places come back.
     let link = accept_with(&listener, SocketFlags::CLOEXEC).unwrap();
-    rustix::net::sockopt::set_socket_timeout(
-        &link,
-        rustix::net::sockopt::Timeout::Recv,
-        Some(WAIT),
-    )
-    .unwrap();
+    wait_at_most(&link);
     for _ in 0..2 {
         raw_receive(&link, true).expect("a queued client");
     }
@@ -566,22 +560,11 @@ fn one_source_holds_no_more_than_its_share_of_the_daemons_queue() {
 #[test]
 fn clients_queued_on_a_connection_the_daemon_shut_down_keep_their_places() {
     const SHARE: usize = 2;
-    let timeout = |link: &OwnedFd| {
-        rustix::net::sockopt::set_socket_timeout(
-            link,
-            rustix::net::sockopt::Timeout::Recv,
-            Some(WAIT),
-        )
-        .unwrap();
-    };
     for how in [rustix::net::Shutdown::Both, rustix::net::Shutdown::Read] {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("app.sock");
         let listener = raw_listener(&socket);
-        let d = Daemon::start(&config(&socket, "").replace(
-            "max_instances_per_source = 1024",
-            &format!("max_instances_per_source = {SHARE}"),
-        ));
+        let d = Daemon::start(&config_with_share(&socket, SHARE));
         let mut queued = Vec::new();
         for _ in 0..SHARE {
             let mut s = ask(&d, "app");
@@ -604,7 +587,7 @@ fn clients_queued_on_a_connection_the_daemon_shut_down_keep_their_places() {
         other.write_all(b"app\r\n").unwrap();
         assert_eq!(read_line(&mut other), b"+\r\n", "{how:?}: {}", d.log());
         let new = accept_with(&listener, SocketFlags::CLOEXEC).unwrap();
-        timeout(&new);
+        wait_at_most(&new);
         // (`+` goes out just before the message.)
         assert!(raw_receive(&new, true).is_some(), "{how:?}");
         // The first source's clients still wait on the old connection:
@@ -665,12 +648,7 @@ fn past_eight_shut_down_connections_with_clients_waiting_no_new_one_is_made() {
         assert_eq!(read_line(&mut s), b"+\r\n", "client {i}: {}", d.log());
         clients.push(s);
         let link = accept_with(&listener, SocketFlags::CLOEXEC).unwrap();
-        rustix::net::sockopt::set_socket_timeout(
-            &link,
-            rustix::net::sockopt::Timeout::Recv,
-            Some(WAIT),
-        )
-        .unwrap();
+        wait_at_most(&link);
         // The client is in it (`+` goes out just before the message).
         rustix::net::recv(&link, &mut [0u8; 1], rustix::net::RecvFlags::PEEK)
             .expect("a client in the connection");
