@@ -610,7 +610,9 @@ fn forwarded_services() -> Section {
                  a PROXY header naming the client goes to the backend first; then whatever the \
                  client sent behind its request line. An end of writing is passed on once all \
                  before it was, a reset as a reset, and a pair on which no byte moved for \
-                 `idle_timeout` is closed. The pair holds its session slot and 6 descriptors \
+                 `idle_timeout` is closed. TCP urgent data goes on as ordinary data: the \
+                 stream is passed on whole, the urgent byte itself is not (as a plain read(2) \
+                 does not see it). The pair holds its session slot and 6 descriptors \
                  until both sides are closed, and ends when tcpmuxd stops.",
                 crate::limits::FORWARD_COPY_BUFFER / 1024,
                 crate::limits::FORWARD_MAX_PIPES,
