@@ -10,9 +10,10 @@
 //! through a small buffer, made at its first read; once a read fills it
 //! (bulk), the direction moves its bytes with splice(2) through a pipe of
 //! its own (no copy through tcpmuxd's memory), while a pipe is free. A
-//! short exchange thus makes no pipe at all. What the client sent behind its request line is still in
-//! its socket (the handshake never reads past the line end), so it
-//! reaches the backend first, after the PROXY header when there is one.
+//! short exchange thus makes no pipe at all. What the client sent behind
+//! its request line is still in its socket (the handshake never reads past
+//! the line end), so it reaches the backend first, after the PROXY header
+//! when there is one.
 //! An end of one side's writing is passed on to the other once everything
 //! before it was; a reset is passed on as a reset; a pair on which no byte
 //! moved for the service's `idle_timeout` is closed. The session's slot
