@@ -1,5 +1,6 @@
 //! No-wait looks at a socket's state that the server and the launchers
-//! share: what it polls for now, and what its send queue still holds.
+//! share: what it polls for now, what its send queue still holds, and
+//! whether its reading stands at TCP urgent data.
 
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::ioctl::{Getter, Opcode, ioctl};
