@@ -74,7 +74,7 @@ fn config(socket: &Path, extra: &str) -> String {
     format!(
         "[tcpmux]\nmax_sessions_per_source = 1024\n\
          [[service]]\nname = \"app\"\nlauncher = \"pass\"\npass = \"{}\"\n\
-         max_instances = 1024\nmax_instances_per_source = 1024\n\
+         max_instances = 1024\nmax_instances_per_source = {DEFAULT_SHARE}\n\
          max_starts_per_second = 1000000\n{extra}",
         socket.display()
     )
@@ -196,20 +196,27 @@ fn wait_at_most(link: &OwnedFd) {
         .unwrap();
 }
 
-/// [`config`] with `share` as the service's `max_instances_per_source`.
-fn config_with_share(socket: &Path, share: usize) -> String {
-    config(socket, "").replace(
-        "max_instances_per_source = 1024",
+/// The per-source share of [`config`].
+const DEFAULT_SHARE: usize = 1024;
+
+/// tcpmuxd with pass service `app` ([`config`], `share` its
+/// `max_instances_per_source`) to a socket the test listens on itself:
+/// the scratch directory that holds it, its path, the listener, tcpmuxd.
+fn with_raw_listener(share: usize) -> (tempfile::TempDir, PathBuf, OwnedFd, Daemon) {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("app.sock");
+    let listener = raw_listener(&socket);
+    let config = config(&socket, "").replace(
+        &format!("max_instances_per_source = {DEFAULT_SHARE}"),
         &format!("max_instances_per_source = {share}"),
-    )
+    );
+    let d = Daemon::start(&config);
+    (dir, socket, listener, d)
 }
 
 #[test]
 fn the_message_is_key_value_lines_with_one_blocking_descriptor() {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("app.sock");
-    let listener = raw_listener(&socket);
-    let d = Daemon::start(&config(&socket, ""));
+    let (_dir, _, listener, d) = with_raw_listener(DEFAULT_SHARE);
     let mut s = ask(&d, "app");
     assert_eq!(read_line(&mut s), b"+\r\n");
     let link = accept_with(&listener, SocketFlags::CLOEXEC).unwrap();
@@ -296,10 +303,7 @@ fn a_daemon_that_restarts_gets_the_next_client() {
 
 #[test]
 fn a_full_queue_means_service_unavailable_never_plus_then_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("app.sock");
-    let listener = raw_listener(&socket);
-    let d = Daemon::start(&config(&socket, ""));
+    let (_dir, _, listener, d) = with_raw_listener(DEFAULT_SHARE);
     // The daemon accepts tcpmuxd's connection and reads nothing.
     let mut link = None;
     let mut plus = Vec::new();
@@ -455,10 +459,7 @@ fn ten_thousand_passes_leave_no_descriptor_behind() {
 /// is passed on a new connection, never left with `+` and then nothing.
 #[test]
 fn a_client_told_plus_when_the_daemon_dropped_the_connection_is_passed_on_a_new_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("app.sock");
-    let listener = raw_listener(&socket);
-    let d = Daemon::start(&config(&socket, ""));
+    let (_dir, _, listener, d) = with_raw_listener(DEFAULT_SHARE);
     // Accepts and receives wait at most WAIT.
     wait_at_most(&listener);
     // The first client makes tcpmuxd's connection; then the daemon stops
@@ -488,10 +489,7 @@ fn a_client_told_plus_when_the_daemon_dropped_the_connection_is_passed_on_a_new_
 #[test]
 fn one_source_holds_no_more_than_its_share_of_the_daemons_queue() {
     const SHARE: usize = 4;
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("app.sock");
-    let listener = raw_listener(&socket);
-    let d = Daemon::start(&config_with_share(&socket, SHARE));
+    let (_dir, socket, listener, d) = with_raw_listener(SHARE);
     // The daemon reads nothing yet: one source's clients wait.
     let mut waiting = Vec::new();
     let mut refused = 0;
@@ -561,10 +559,7 @@ fn one_source_holds_no_more_than_its_share_of_the_daemons_queue() {
 fn clients_queued_on_a_connection_the_daemon_shut_down_keep_their_places() {
     const SHARE: usize = 2;
     for how in [rustix::net::Shutdown::Both, rustix::net::Shutdown::Read] {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("app.sock");
-        let listener = raw_listener(&socket);
-        let d = Daemon::start(&config_with_share(&socket, SHARE));
+        let (_dir, _, listener, d) = with_raw_listener(SHARE);
         let mut queued = Vec::new();
         for _ in 0..SHARE {
             let mut s = ask(&d, "app");
@@ -614,10 +609,7 @@ fn clients_queued_on_a_connection_the_daemon_shut_down_keep_their_places() {
 /// its exit), and learns at once that writing to it is a mistake.
 #[test]
 fn a_daemon_cannot_send_anything_to_tcpmuxd() {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("app.sock");
-    let listener = raw_listener(&socket);
-    let d = Daemon::start(&config(&socket, ""));
+    let (_dir, _, listener, d) = with_raw_listener(DEFAULT_SHARE);
     let mut s = ask(&d, "app");
     assert_eq!(read_line(&mut s), b"+\r\n");
     let link = accept_with(&listener, SocketFlags::CLOEXEC).unwrap();
@@ -637,10 +629,7 @@ fn a_daemon_cannot_send_anything_to_tcpmuxd() {
 #[test]
 fn past_eight_shut_down_connections_with_clients_waiting_no_new_one_is_made() {
     const KEPT: usize = 8;
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("app.sock");
-    let listener = raw_listener(&socket);
-    let d = Daemon::start(&config(&socket, ""));
+    let (_dir, _, listener, d) = with_raw_listener(DEFAULT_SHARE);
     let mut links = Vec::new();
     let mut clients = Vec::new();
     for i in 0..KEPT {
