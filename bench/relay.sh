@@ -5,7 +5,9 @@
 #             splice-auto) and sslh (sslh-select --anyprot), each relaying
 #             to the same zero-copy echo backend:
 #               - connection rate: connect, (the name and '+' for tcpmuxd),
-#                 one line echoed, EOF, close; at 1, 8 and 32 clients
+#                 one line echoed, EOF, close; at 1, 8 and 32 clients; and
+#                 the CPU each connection costs the client, the relay and
+#                 the backend (where a shortfall in rate comes from)
 #               - bulk: BULK_MIB each way through one pair, then through 8
 #                 pairs at once (BULK_MIB each), checked byte by byte; and
 #                 each relay's CPU per GiB relayed (both directions counted)
@@ -16,6 +18,8 @@
 #               - against the exec dispatch floor (posix_spawn of /bin/cat),
 #                 the same exchange: name, '+', one line echoed, EOF (the
 #                 receiver echoes)
+#               - the CPU and the median latency of each dispatch, next to
+#                 HELP's and the floor's
 # and prints one table of medians with the ratios the targets are set in.
 #
 #   sudo bench/relay.sh
@@ -203,14 +207,15 @@ say "== load: $ROUNDS rounds"
 for ((round = 0; round < ROUNDS; round++)); do
     for c in $CLIENTS; do
         for r in $(rotate "$round" "${RELAYS[@]}"); do
-            relay echo "$r" --concurrency "$c" --seconds "$CELL_SECONDS" --label "$r" >>"$RESULTS"
+            relay echo "$r" --concurrency "$c" --seconds "$CELL_SECONDS" --label "$r" \
+                --pid "${PID_OF[$r]}" --backend-pid "${PID_OF[backend]}" >>"$RESULTS"
         done
         for way in $(rotate "$round" pass greet help floor); do
             case $way in
-            pass) op=(dispatch "$P_TCPMUXD" app) ;;
-            greet) op=(greet "$P_TCPMUXD" greet) ;;
-            help) op=(help "$P_TCPMUXD") ;;
-            floor) op=(dispatch "$P_FLOOR" echo) ;;
+            pass) op=(dispatch "$P_TCPMUXD" app --pid "${PID_OF[tcpmuxd]}" --backend-pid "${PID_OF[receiver]}") ;;
+            greet) op=(greet "$P_TCPMUXD" greet --pid "${PID_OF[tcpmuxd]}" --backend-pid "${PID_OF[greeter]}") ;;
+            help) op=(help "$P_TCPMUXD" --pid "${PID_OF[tcpmuxd]}") ;;
+            floor) op=(dispatch "$P_FLOOR" echo --pid "${PID_OF[floor]}") ;;
             esac
             "$BENCH" "${op[@]}" --concurrency "$c" --seconds "$CELL_SECONDS" --label "$way" >>"$RESULTS"
         done
@@ -233,7 +238,9 @@ echo
 # Records: test, clients, label, value, p50, p99, errors. Medians over
 # the rounds; the errors summed.
 awk -F'\t' -v clients="$CLIENTS" '
-    { key = $1 "\t" $2 "\t" $3; n = ++count[key]; v[key, n] = $4; err[$1 "\t" $2] += $7 }
+    # CPU records are told apart by whose CPU they count (the note).
+    { label = ($1 ~ /-cpu$/ && $8 != "") ? $3 "/" $8 : $3
+      key = $1 "\t" $2 "\t" label; n = ++count[key]; v[key, n] = $4; lat[key, n] = $5; err[$1 "\t" $2] += $7 }
     function med(test, c, label,   key, n, i, j, t, a) {
         key = test "\t" c "\t" label; n = count[key]
         if (n == 0) return 0
@@ -242,6 +249,21 @@ awk -F'\t' -v clients="$CLIENTS" '
         return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
     }
     function ratio(a, b) { return b ? sprintf("%.2fx", a / b) : "-" }
+    # Median p50 latency of a cell, in microseconds.
+    function medlat(test, c, label,   key, n, i, j, t, a) {
+        key = test "\t" c "\t" label; n = count[key]
+        if (n == 0) return 0
+        for (i = 1; i <= n; i++) a[i] = lat[key, i]
+        for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+        return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    # CPU microseconds per operation: the client, the server, the daemon
+    # behind it (when there is one), and their sum.
+    function cpu(test, c, label,   k, s, b) {
+        k = med(test "-cpu", c, label "/client"); s = med(test "-cpu", c, label "/server")
+        b = med(test "-cpu", c, label "/backend")
+        return b ? sprintf("%.0f + %.0f + %.0f = %.0f", k, s, b, k + s + b) : sprintf("%.0f + %.0f = %.0f", k, s, k + s)
+    }
     function plural(n, word) { return n " " word (n == 1 ? "" : "s") }
     END {
         nc = split(clients, cs, " ")
@@ -250,6 +272,13 @@ awk -F'\t' -v clients="$CLIENTS" '
         for (i = 1; i <= nc; i++) {
             c = cs[i]; t = med("echo", c, "tcpmuxd"); h = med("echo", c, "haproxy"); s = med("echo", c, "sslh")
             printf "| %s | %.0f/s | %.0f/s | %.0f/s | %s | %s | %d |\n", plural(c, "client"), t, h, s, ratio(t, s), ratio(t, h), err["echo\t" c]
+        }
+        print ""
+        print "| forward: CPU us per connection, client + relay + backend | tcpmuxd | HAProxy | sslh |"
+        print "|---|---|---|---|"
+        for (i = 1; i <= nc; i++) {
+            c = cs[i]
+            printf "| %s | %s | %s | %s |\n", plural(c, "client"), cpu("echo", c, "tcpmuxd"), cpu("echo", c, "haproxy"), cpu("echo", c, "sslh")
         }
         print ""
         print "| forward: bulk, MiB/s each way | tcpmuxd | HAProxy (splice-auto) | sslh | tcpmuxd / HAProxy (target 1.0x) | tcpmuxd / sslh (target 1.5x) | errors |"
@@ -270,6 +299,13 @@ awk -F'\t' -v clients="$CLIENTS" '
             c = cs[i]; g = med("greet", c, "greet"); h = med("help", c, "help")
             p = med("dispatch", c, "pass"); f = med("dispatch", c, "floor")
             printf "| %s | %.0f/s | %.0f/s | %s | %.0f/s | %.0f/s | %s | %d |\n", plural(c, "client"), g, h, ratio(g, h), p, f, ratio(p, f), err["dispatch\t" c] + err["help\t" c] + err["greet\t" c]
+        }
+        print ""
+        print "| pass: per dispatch | pass, one line and EOF: CPU us, client + tcpmuxd + receiver | p50 | tcpmuxd HELP: CPU us, client + tcpmuxd | p50 | exec floor: CPU us, client + floor | p50 |"
+        print "|---|---|---|---|---|---|---|"
+        for (i = 1; i <= nc; i++) {
+            c = cs[i]
+            printf "| %s | %s | %.0f us | %s | %.0f us | %s | %.0f us |\n", plural(c, "client"), cpu("greet", c, "greet"), medlat("greet", c, "greet"), cpu("help", c, "help"), medlat("help", c, "help"), cpu("dispatch", c, "floor"), medlat("dispatch", c, "floor")
         }
     }' "$RESULTS"
 # What went wrong, where anything did: the records with errors, whole.

@@ -97,7 +97,8 @@ fn transfer(target: SocketAddr, service: Option<&str>, bytes: u64) -> Result<(),
     Ok(())
 }
 
-/// CPU seconds PID has used so far (all its threads).
+/// CPU seconds PID has used so far: all its threads, and its children
+/// that ended (the programs an exec server started).
 pub fn cpu_seconds(pid: u32) -> Result<f64, String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
@@ -105,10 +106,11 @@ pub fn cpu_seconds(pid: u32) -> Result<f64, String> {
     let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime: fields 14 and 15 of the line, 12 and 13 here.
+    // utime, stime, cutime and cstime: fields 14 to 17 of the line, 12
+    // to 15 here.
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok((ticks(11) + ticks(12)) / hz)
+    Ok((ticks(11) + ticks(12) + ticks(13) + ticks(14)) / hz)
 }
 
 /// Runs `pairs` transfers of `bytes` each way at once. Records MiB/s each

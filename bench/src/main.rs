@@ -36,6 +36,9 @@ usage:
   tcpmux-bench echo ADDR [SERVICE] [--concurrency N] [--seconds S] [--label NAME] [--once]
       one line echoed through a forwarder: as dispatch when SERVICE is given
       (name, '+'), else from the first byte (sslh, HAProxy), then EOF, close
+  help, dispatch, greet and echo also take --pid PID [--backend-pid PID]: then
+      the CPU microseconds per operation of this client, of PID (the server)
+      and of the backend are recorded too (test NAME-cpu, the note says whose)
   tcpmux-bench bulk ADDR [SERVICE] [--mib M] [--pairs P] [--pid PID] [--label NAME]
       P connections at once (default 1), each sending M MiB (default 1024) to
       an echoing backend while reading them back and checking them; records
@@ -173,7 +176,36 @@ fn measure(args: &Args) -> Result<(), String> {
             .print();
         return Ok(());
     }
+    // Whose CPU to count per operation: this client's own, and with
+    // --pid and --backend-pid the server's and the daemon behind it.
+    let mut watched = vec![("client", std::process::id())];
+    for (who, flag) in [("server", "pid"), ("backend", "backend-pid")] {
+        match args.number(flag, 0u32)? {
+            0 => {}
+            pid => watched.push((who, pid)),
+        }
+    }
+    let cpu_before = watched
+        .iter()
+        .map(|&(_, pid)| bulk::cpu_seconds(pid))
+        .collect::<Result<Vec<_>, _>>()?;
     let summary = load::run(target, &op, concurrency, Duration::from_secs_f64(seconds));
+    if watched.len() > 1 {
+        for (&(who, pid), before) in watched.iter().zip(cpu_before) {
+            let used = bulk::cpu_seconds(pid)? - before;
+            record::Record {
+                test: format!("{}-cpu", args.command),
+                concurrency,
+                server: label.clone(),
+                value: 1e6 * used / summary.ok.max(1) as f64,
+                p50_us: 0.0,
+                p99_us: 0.0,
+                errors: 0,
+                note: who.to_string(),
+            }
+            .print();
+        }
+    }
     let mut note = summary.error_note();
     if let ops::Op::Msp { run } = &op {
         let file = args.required("file")?;

@@ -408,8 +408,12 @@ impl Relay {
         let sleep = tokio::time::sleep_until(last + idle);
         tokio::pin!(sleep);
         let end = poll_fn(|cx| {
-            let up = self.up.poll(cx, &self.client, &self.backend);
-            let down = self.down.poll(cx, &self.backend, &self.client);
+            let up = self
+                .up
+                .poll(cx, &self.client, &self.backend, self.down.finished);
+            let down = self
+                .down
+                .poll(cx, &self.backend, &self.client, self.up.finished);
             match (up, down) {
                 (Poll::Ready(Err(stop)), _) | (_, Poll::Ready(Err(stop))) => {
                     return Poll::Ready(match stop {
@@ -560,12 +564,15 @@ impl Direction {
 
     /// Moves what can be moved now: ready when this direction is done
     /// (its end passed on) or stopped; pending, with a wake-up asked for,
-    /// when it waits for one of the sockets.
+    /// when it waits for one of the sockets. When the other direction is
+    /// done (`last`), this one's end is passed on by the close of both
+    /// connections that follows at once, not by a shutdown of its own.
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
         from: &AsyncFd<OwnedFd>,
         to: &AsyncFd<OwnedFd>,
+        last: bool,
     ) -> Poll<Result<(), Stop>> {
         if self.finished {
             return Poll::Ready(Ok(()));
@@ -588,8 +595,12 @@ impl Direction {
             }
             if self.eof {
                 // The other side may be gone already (ENOTCONN): nothing
-                // is left to tell it.
-                let _ = rustix::net::shutdown(to.get_ref(), rustix::net::Shutdown::Write);
+                // is left to tell it. Everything `to` sent was read (its
+                // end too, as `last` says), so the close ends the
+                // connection with a FIN, not a reset.
+                if !last {
+                    let _ = rustix::net::shutdown(to.get_ref(), rustix::net::Shutdown::Write);
+                }
                 self.finished = true;
                 return Poll::Ready(Ok(()));
             }
