@@ -241,22 +241,18 @@ awk -F'\t' -v clients="$CLIENTS" '
     # CPU records are told apart by whose CPU they count (the note).
     { label = ($1 ~ /-cpu$/ && $8 != "") ? $3 "/" $8 : $3
       key = $1 "\t" $2 "\t" label; n = ++count[key]; v[key, n] = $4; lat[key, n] = $5; err[$1 "\t" $2] += $7 }
-    function med(test, c, label,   key, n, i, j, t, a) {
+    # The median over the rounds of the values (v) or p50s (lat) of a cell.
+    function median(values, test, c, label,   key, n, i, j, t, a) {
         key = test "\t" c "\t" label; n = count[key]
         if (n == 0) return 0
-        for (i = 1; i <= n; i++) a[i] = v[key, i]
+        for (i = 1; i <= n; i++) a[i] = values[key, i]
         for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
         return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
     }
+    function med(test, c, label) { return median(v, test, c, label) }
+    # The median p50 latency of a cell, in microseconds.
+    function medlat(test, c, label) { return median(lat, test, c, label) }
     function ratio(a, b) { return b ? sprintf("%.2fx", a / b) : "-" }
-    # Median p50 latency of a cell, in microseconds.
-    function medlat(test, c, label,   key, n, i, j, t, a) {
-        key = test "\t" c "\t" label; n = count[key]
-        if (n == 0) return 0
-        for (i = 1; i <= n; i++) a[i] = lat[key, i]
-        for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
-        return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-    }
     # CPU microseconds per operation: the client, the server, the daemon
     # behind it (when there is one), and their sum.
     function cpu(test, c, label,   k, s, b) {
