@@ -454,6 +454,11 @@ pub const FORWARD_PIPE_SIZE: usize = 64 * 1024;
 /// that fills it whole marks the direction as moving bulk.
 pub const FORWARD_COPY_BUFFER: usize = 16 * 1024;
 
+/// Bytes one way of a forwarded pair moves before the other way has its
+/// turn: a client (or backend) that always has more to send does not keep
+/// the answer from moving, nor fill the other side's buffers first.
+pub const FORWARD_TURN: u64 = 256 * 1024;
+
 /// Directions of forwarded pairs that relay through a pipe at once: a
 /// direction takes one once a read fills its copy buffer (bulk), and
 /// keeps it until its pair ends; past this bound it goes on copying. A

@@ -24,6 +24,7 @@ use crate::admission::FdGuard;
 use crate::config::{Backend, Forward, ForwardAddress, ProxyVersion, Service};
 use crate::limits::{
     FORWARD_CONNECT_TIMEOUT, FORWARD_COPY_BUFFER, FORWARD_MAX_PIPES, FORWARD_PIPE_SIZE,
+    FORWARD_TURN,
 };
 use crate::server::Outcome;
 use crate::sessions::SessionSlot;
@@ -562,11 +563,13 @@ impl Direction {
         self.held + (self.prefix.len() - self.prefix_sent)
     }
 
-    /// Moves what can be moved now: ready when this direction is done
-    /// (its end passed on) or stopped; pending, with a wake-up asked for,
-    /// when it waits for one of the sockets. When the other direction is
-    /// done (`last`), this one's end is passed on by the close of both
-    /// connections that follows at once, not by a shutdown of its own.
+    /// Moves what can be moved now, up to [`FORWARD_TURN`] bytes: ready
+    /// when this direction is done (its end passed on) or stopped;
+    /// pending, with a wake-up asked for, when it waits for one of the
+    /// sockets or its turn is over (the other way goes next). When the
+    /// other direction is done (`last`), this one's end is passed on by
+    /// the close of both connections that follows at once, not by a
+    /// shutdown of its own.
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
@@ -577,6 +580,7 @@ impl Direction {
         if self.finished {
             return Poll::Ready(Ok(()));
         }
+        let turn_ends = self.moved + FORWARD_TURN;
         loop {
             // What is held goes first, all of it: then the pipe is empty
             // when it is filled again, and a splice that cannot go on
@@ -603,6 +607,11 @@ impl Direction {
                 }
                 self.finished = true;
                 return Poll::Ready(Ok(()));
+            }
+            if self.moved >= turn_ends {
+                // Everything taken was passed on: the other way's turn.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
             if std::mem::take(&mut self.bulk) {
                 // All held was passed on: the buffer is empty, and the
@@ -780,6 +789,57 @@ mod tests {
                 }
             );
         }
+    }
+
+    /// Bytes queued at `end` for its peer to read, without blocking: how
+    /// many went, up to `len`.
+    fn queue(mut end: &UnixStream, len: usize) -> usize {
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size_force(end, 2 * len)
+            .or_else(|_| rustix::net::sockopt::set_socket_send_buffer_size(end, 2 * len));
+        end.set_nonblocking(true).unwrap();
+        let chunk = vec![7u8; 64 * 1024];
+        let mut sent = 0;
+        while sent < len {
+            match end.write(&chunk) {
+                Ok(n) => sent += n,
+                Err(_) => break,
+            }
+        }
+        sent
+    }
+
+    /// A client that always has more to send does not keep what the
+    /// backend sends from moving: each way gets its turn in every round
+    /// of the relay, however much the other has. (Before, the way polled
+    /// first could spend the task's whole budget, and the other waited
+    /// until the backend's buffers were full: with a backend that stops
+    /// reading while its write waits, a pair could stall.)
+    #[tokio::test]
+    async fn a_direction_that_always_has_bytes_leaves_the_other_its_turn() {
+        let (client, client_side) = UnixStream::pair().unwrap();
+        let (backend_side, backend) = UnixStream::pair().unwrap();
+        for relay_end in [&client_side, &backend_side] {
+            relay_end.set_nonblocking(true).unwrap();
+            let big = 16 << 20;
+            let _ = rustix::net::sockopt::set_socket_send_buffer_size_force(relay_end, big);
+        }
+        let up = queue(&client, 8 << 20);
+        let down = queue(&backend, 1 << 20);
+        assert!(up > 0 && down > 0);
+        let relay = Relay::new(
+            client_side.into(),
+            register(backend_side.into()).unwrap(),
+            Vec::new(),
+        )
+        .unwrap();
+        let mut run = Box::pin(relay.run(Duration::from_secs(60)));
+        // The event loop sees both connections readable and writable.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(run.as_mut().poll(&mut cx).is_pending());
+        let mut came = vec![0u8; 2 << 20];
+        let got = (&client).read(&mut came).unwrap_or(0);
+        assert!(got > 0, "nothing came down while {up} bytes went up");
     }
 
     #[test]
