@@ -454,6 +454,20 @@ pub const FORWARD_PIPE_SIZE: usize = 64 * 1024;
 /// that fills it whole marks the direction as moving bulk.
 pub const FORWARD_COPY_BUFFER: usize = 16 * 1024;
 
+/// Receive buffer of each TCP connection of a forwarded pair (the kernel
+/// books up to twice this): fixed, so that a client sending to a backend
+/// that takes nothing (or the reverse) fills a bounded buffer, not one
+/// the kernel's tuning grows to the host's `net.ipv4.tcp_rmem` maximum.
+/// Enough for the window of a fast path: about 80 Mbit/s of upload per
+/// pair at 100 ms round trip, more over shorter ones.
+pub const FORWARD_RECEIVE_BUFFER: usize = 1024 * 1024;
+
+/// Bytes a forwarded pair's TCP connection holds unsent
+/// (`TCP_NOTSENT_LOWAT`): tcpmuxd writes more only when fewer are
+/// waiting. Bytes in flight are bounded by the peer's window; what the
+/// peer has not taken waits in the other connection's receive buffer.
+pub const FORWARD_UNSENT: u32 = 256 * 1024;
+
 /// Bytes one way of a forwarded pair moves before the other way has its
 /// turn: a client (or backend) that always has more to send does not keep
 /// the answer from moving, nor fill the other side's buffers first.

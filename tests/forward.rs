@@ -580,6 +580,65 @@ fn a_forwarded_pair_counts_against_the_sources_share() {
     assert_eq!(read_line(&mut other), b"+\r\n");
 }
 
+/// A client that sends without pause to a backend that takes nothing
+/// makes tcpmuxd hold a bounded amount of it: each pair's receive buffers
+/// are fixed and its unsent bytes kept low, not grown by the kernel's
+/// tuning to the host's maximum (megabytes a pair, across many pairs the
+/// machine's TCP memory).
+#[test]
+fn a_pair_holds_a_bounded_amount_of_what_its_client_sends() {
+    let (stop, stopped) = mpsc::channel::<()>();
+    let stopped = std::sync::Mutex::new(stopped);
+    let backend = Backend::start(Kind::Tcp, move |_c| {
+        // Holds the connection, reads nothing.
+        let _ = stopped.lock().unwrap().recv_timeout(WAIT);
+    });
+    let d = Daemon::start(&config("", &backend.address, ""));
+    let client = open(&d);
+    client.set_nonblocking(true).unwrap();
+    // The client's own send buffer fixed small too: what is measured is
+    // what went past it.
+    set_send_buffer(client.as_raw_fd(), 64 * 1024);
+    let chunk = vec![b'x'; 64 * 1024];
+    let (mut sent, mut still) = (0usize, 0);
+    // Until nothing more goes for a second, or far past any bound.
+    while still < 10 && sent < 64 << 20 {
+        match (&client).write(&chunk) {
+            Ok(n) => {
+                sent += n;
+                still = 0;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                still += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("send: {e}\n{}", d.log()),
+        }
+    }
+    let _ = stop.send(());
+    // The client's own send buffer and the backend's receive buffer are
+    // in it too (a few hundred KiB).
+    assert!(
+        sent < 3 << 20,
+        "{sent} bytes went in before the pair was full\n{}",
+        d.log()
+    );
+}
+
+fn set_send_buffer(fd: i32, size: libc::c_int) {
+    // SAFETY: a valid socket, and an int option read from `size`.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "SO_SNDBUF");
+}
+
 /// A TCP backend that echoes what it gets, in small reads.
 fn echo_backend() -> Backend {
     Backend::start(Kind::Tcp, |mut c| {

@@ -24,7 +24,7 @@ use crate::admission::FdGuard;
 use crate::config::{Backend, Forward, ForwardAddress, ProxyVersion, Service};
 use crate::limits::{
     FORWARD_CONNECT_TIMEOUT, FORWARD_COPY_BUFFER, FORWARD_MAX_PIPES, FORWARD_PIPE_SIZE,
-    FORWARD_TURN,
+    FORWARD_RECEIVE_BUFFER, FORWARD_TURN, FORWARD_UNSENT,
 };
 use crate::server::Outcome;
 use crate::sessions::SessionSlot;
@@ -105,6 +105,7 @@ impl Launcher for ForwardLauncher {
             .into_std()
             .map(OwnedFd::from)
             .map_err(LaunchError::Socket)?;
+        bound_buffers(&client).map_err(LaunchError::Socket)?;
         let relay = Relay::new(client, backend, header).map_err(|e| {
             LaunchError::Backend(format!("backend {to}: cannot relay the connection: {e}"))
         })?;
@@ -159,6 +160,8 @@ async fn connect(to: &ForwardAddress) -> std::io::Result<AsyncFd<OwnedFd>> {
             // The relay passes on what it has at once; Nagle's delay would
             // only hold back the small writes of interactive protocols.
             sockopt::set_tcp_nodelay(&socket, true)?;
+            // Before the connect, so that the window offered fits.
+            bound_buffers(&socket)?;
             rustix::net::connect(&socket, addr)
         }
         ForwardAddress::Unix(path) => rustix::net::connect(&socket, &SocketAddrUnix::new(path)?),
@@ -181,6 +184,16 @@ async fn connect(to: &ForwardAddress) -> std::io::Result<AsyncFd<OwnedFd>> {
         Ok(()) => Ok(socket),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Fixes what a TCP connection of a pair may hold: its receive buffer
+/// ([`FORWARD_RECEIVE_BUFFER`]) and its unsent bytes ([`FORWARD_UNSENT`]).
+/// (A Unix stream socket's queue is bounded by the kernel's default send
+/// buffer already.)
+fn bound_buffers(socket: &OwnedFd) -> std::io::Result<()> {
+    let socket = socket2::SockRef::from(socket);
+    socket.set_recv_buffer_size(FORWARD_RECEIVE_BUFFER)?;
+    socket.set_tcp_notsent_lowat(FORWARD_UNSENT)
 }
 
 /// Whether the connect of `fd` has ended, without waiting: none while it
