@@ -359,6 +359,34 @@ fn a_reset_by_the_client_resets_the_backends_connection() {
     assert!(d.wait_log("reset by the client"), "{}", d.log());
 }
 
+/// A forwarded pair is relayed by tcpmuxd itself and ends when it stops:
+/// both connections are reset, so that neither side takes a stream cut
+/// short for a complete one, and the log says so.
+#[test]
+fn stopping_tcpmuxd_resets_its_forwarded_pairs() {
+    let (tx, rx) = mpsc::channel();
+    let backend = Backend::start(Kind::Tcp, move |mut c| {
+        let (_, err) = read_all(&mut *c);
+        tx.send(err.map(|e| e.kind())).unwrap();
+    });
+    let d = Daemon::start(&config("", &backend.address, ""));
+    let mut s = open(&d);
+    s.write_all(b"partway\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    d.signal(libc::SIGTERM);
+    let (_, err) = read_all(&mut s);
+    assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::ConnectionReset));
+    assert_eq!(
+        rx.recv_timeout(WAIT).unwrap(),
+        Some(ErrorKind::ConnectionReset)
+    );
+    assert!(
+        d.wait_log("1 forwarded pair ends with tcpmuxd: both its connections are reset"),
+        "{}",
+        d.log()
+    );
+}
+
 #[test]
 fn a_reset_by_the_backend_resets_the_clients_connection() {
     let backend = Backend::start(Kind::Tcp, move |mut c| {

@@ -925,7 +925,10 @@ fn signals() -> Section {
                  log the interval's summary and exit 0. Sessions of the systemd launcher are \
                  units of their own and keep running; those of the exec launcher keep running \
                  when tcpmuxd stops on its own, but under systemd stopping the service stops \
-                 them with it."
+                 them with it. Connections handed to a pass daemon are that daemon's. A \
+                 forwarded pair is relayed by tcpmuxd itself and ends with it: both its \
+                 connections are reset (and the number of such pairs logged), so that neither \
+                 side takes a stream cut short for a complete one."
                     .to_string(),
             ),
         ])],

@@ -361,12 +361,39 @@ enum Stop {
 }
 
 /// A forwarded pair: both connections on the event loop, and a direction
-/// for each way.
+/// for each way. A pair dropped before its end (tcpmuxd stops) resets
+/// both connections: neither side is to take a stream cut short for a
+/// complete one.
 pub struct Relay {
     client: AsyncFd<OwnedFd>,
     backend: AsyncFd<OwnedFd>,
     up: Direction,
     down: Direction,
+    /// Its end was passed on to both sides (`close`).
+    closed: bool,
+}
+
+/// Forwarded pairs being relayed now.
+static RELAYS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many forwarded pairs tcpmuxd relays now: they end with it.
+pub fn relaying() -> usize {
+    RELAYS.load(std::sync::atomic::Ordering::Acquire)
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        RELAYS.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        if !self.closed {
+            reset(&self.client);
+            reset(&self.backend);
+        }
+    }
+}
+
+/// Has the close of `fd` reset its connection instead of ending it.
+fn reset(fd: &AsyncFd<OwnedFd>) {
+    let _ = rustix::net::sockopt::set_socket_linger(fd, Some(Duration::ZERO));
 }
 
 /// Pipes of forwarded pairs now, at most [`FORWARD_MAX_PIPES`].
@@ -404,11 +431,14 @@ impl Relay {
     ) -> std::io::Result<Relay> {
         let mut up = Direction::new(Side::Client, Side::Backend);
         up.prefix = prefix;
+        let client = register(client)?;
+        RELAYS.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Ok(Relay {
-            client: register(client)?,
+            client,
             backend,
             up,
             down: Direction::new(Side::Backend, Side::Client),
+            closed: false,
         })
     }
 
@@ -461,10 +491,8 @@ impl Relay {
         (end, bytes)
     }
 
-    fn close(self, end: &End) {
-        let reset = |fd: &AsyncFd<OwnedFd>| {
-            let _ = rustix::net::sockopt::set_socket_linger(fd, Some(Duration::ZERO));
-        };
+    fn close(mut self, end: &End) {
+        self.closed = true;
         match end {
             End::Closed => {}
             End::ResetByClient => reset(&self.backend),

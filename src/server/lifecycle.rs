@@ -116,11 +116,21 @@ pub async fn serve(sockets: crate::listen::Sockets, state: Arc<State>) -> io::Re
     // The interval in progress is logged too, handshakes finished.
     stopped.cancel();
     let _ = background.await;
-    tracing::info!(
-        sessions = state.sessions.total(),
-        "stopped; {} sessions keep running",
-        state.sessions.total()
-    );
+    // A forwarded pair is relayed by tcpmuxd itself: it cannot outlive
+    // it, and is reset as the runtime goes (see `launch::forward::Relay`).
+    let pairs = crate::launch::forward::relaying();
+    if pairs > 0 {
+        let (pairs_are, their) = match pairs {
+            1 => ("1 forwarded pair ends".to_string(), "its"),
+            n => (format!("{n} forwarded pairs end"), "their"),
+        };
+        tracing::info!(
+            forwarded_pairs = pairs,
+            "{pairs_are} with tcpmuxd: both {their} connections are reset"
+        );
+    }
+    let sessions = state.sessions.total().saturating_sub(pairs);
+    tracing::info!(sessions, "stopped; {sessions} sessions keep running");
     Ok(())
 }
 
