@@ -468,6 +468,11 @@ pub const FORWARD_RECEIVE_BUFFER: usize = 1024 * 1024;
 /// peer has not taken waits in the other connection's receive buffer.
 pub const FORWARD_UNSENT: u32 = 256 * 1024;
 
+/// How often a forwarded pair that waits for one side to take bytes looks
+/// at both connections for a reset: the side it waits to read from next
+/// is not read meanwhile, and its reset would wait for the other side.
+pub const FORWARD_RESET_LOOK: Duration = Duration::from_secs(1);
+
 /// Bytes one way of a forwarded pair moves before the other way has its
 /// turn: a client (or backend) that always has more to send does not keep
 /// the answer from moving, nor fill the other side's buffers first.

@@ -359,6 +359,51 @@ fn a_reset_by_the_client_resets_the_backends_connection() {
     assert!(d.wait_log("reset by the client"), "{}", d.log());
 }
 
+/// A client that resets while its pair waits for a backend that takes
+/// nothing (tcpmuxd holds bytes for it, and reads nothing more from the
+/// client) is seen all the same: the backend's connection is reset and the
+/// pair ends, its place given back, without waiting for the backend.
+#[test]
+fn a_reset_by_the_client_is_passed_on_while_the_backend_takes_nothing() {
+    let (tx, rx) = mpsc::channel();
+    let backend = Backend::start(Kind::Tcp, move |c| {
+        // Reads nothing: waits for its connection to fail.
+        let mut fds = libc::pollfd {
+            fd: c.fd(),
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: one pollfd for a socket this thread holds.
+        unsafe { libc::poll(&mut fds, 1, WAIT.as_millis() as i32) };
+        let mut err: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: SO_ERROR writes one int into `err`.
+        unsafe {
+            libc::getsockopt(
+                c.fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                (&mut err as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        tx.send((err != 0).then(|| std::io::Error::from_raw_os_error(err).kind()))
+            .unwrap();
+    });
+    let d = Daemon::start(&config("", &backend.address, ""));
+    let s = open(&d);
+    fill(&s, &d);
+    set_linger_zero(s.as_raw_fd());
+    drop(s);
+    assert_eq!(
+        rx.recv_timeout(2 * WAIT).unwrap(),
+        Some(ErrorKind::ConnectionReset),
+        "{}",
+        d.log()
+    );
+    assert!(d.wait_log("reset by the client"), "{}", d.log());
+}
+
 /// A forwarded pair is relayed by tcpmuxd itself and ends when it stops:
 /// both connections are reset, so that neither side takes a stream cut
 /// short for a complete one, and the log says so.
@@ -623,15 +668,28 @@ fn a_pair_holds_a_bounded_amount_of_what_its_client_sends() {
     });
     let d = Daemon::start(&config("", &backend.address, ""));
     let client = open(&d);
-    client.set_nonblocking(true).unwrap();
     // The client's own send buffer fixed small too: what is measured is
     // what went past it.
     set_send_buffer(client.as_raw_fd(), 64 * 1024);
+    let sent = fill(&client, &d);
+    let _ = stop.send(());
+    // The client's own send buffer and the backend's receive buffer are
+    // in it too (a few hundred KiB).
+    assert!(
+        sent < 3 << 20,
+        "{sent} bytes went in before the pair was full\n{}",
+        d.log()
+    );
+}
+
+/// Sends on `s` until nothing more goes for a second (or far past any
+/// bound a pair has): how much went.
+fn fill(s: &TcpStream, d: &Daemon) -> usize {
+    s.set_nonblocking(true).unwrap();
     let chunk = vec![b'x'; 64 * 1024];
     let (mut sent, mut still) = (0usize, 0);
-    // Until nothing more goes for a second, or far past any bound.
     while still < 10 && sent < 64 << 20 {
-        match (&client).write(&chunk) {
+        match (&*s).write(&chunk) {
             Ok(n) => {
                 sent += n;
                 still = 0;
@@ -643,14 +701,7 @@ fn a_pair_holds_a_bounded_amount_of_what_its_client_sends() {
             Err(e) => panic!("send: {e}\n{}", d.log()),
         }
     }
-    let _ = stop.send(());
-    // The client's own send buffer and the backend's receive buffer are
-    // in it too (a few hundred KiB).
-    assert!(
-        sent < 3 << 20,
-        "{sent} bytes went in before the pair was full\n{}",
-        d.log()
-    );
+    sent
 }
 
 fn set_send_buffer(fd: i32, size: libc::c_int) {

@@ -24,7 +24,7 @@ use crate::admission::FdGuard;
 use crate::config::{Backend, Forward, ForwardAddress, ProxyVersion, Service};
 use crate::limits::{
     FORWARD_CONNECT_TIMEOUT, FORWARD_COPY_BUFFER, FORWARD_MAX_PIPES, FORWARD_PIPE_SIZE,
-    FORWARD_RECEIVE_BUFFER, FORWARD_TURN, FORWARD_UNSENT,
+    FORWARD_RECEIVE_BUFFER, FORWARD_RESET_LOOK, FORWARD_TURN, FORWARD_UNSENT,
 };
 use crate::server::Outcome;
 use crate::sessions::SessionSlot;
@@ -263,6 +263,15 @@ enum Side {
     Backend,
 }
 
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Backend => "backend",
+        }
+    }
+}
+
 /// How a forwarded pair ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum End {
@@ -451,6 +460,10 @@ impl Relay {
         let mut moved = 0u64;
         let sleep = tokio::time::sleep_until(last + idle);
         tokio::pin!(sleep);
+        // Armed while a direction holds bytes its peer does not take.
+        let look = tokio::time::sleep_until(last + FORWARD_RESET_LOOK);
+        tokio::pin!(look);
+        let mut looking = false;
         let end = poll_fn(|cx| {
             let up = self
                 .up
@@ -473,6 +486,26 @@ impl Relay {
                 moved = now_moved;
                 last = Instant::now();
             }
+            // A direction that waits to pass bytes on reads nothing more
+            // from its side meanwhile: a reset there (or of the side that
+            // takes nothing) is looked for now and then instead.
+            if self.up.held() > 0 || self.down.held() > 0 {
+                if !looking {
+                    look.as_mut().reset(Instant::now() + FORWARD_RESET_LOOK);
+                    looking = true;
+                }
+                while look.as_mut().poll(cx).is_ready() {
+                    if let Some(stop) = self.reset_seen() {
+                        return Poll::Ready(match stop {
+                            Stop::Reset(side) => End::reset_by(side),
+                            Stop::Error(cause) => End::Error(cause),
+                        });
+                    }
+                    look.as_mut().reset(Instant::now() + FORWARD_RESET_LOOK);
+                }
+            } else {
+                looking = false;
+            }
             // The timer is moved only when it fires: not for every write.
             while sleep.as_mut().poll(cx).is_ready() {
                 if Instant::now() >= last + idle {
@@ -489,6 +522,27 @@ impl Relay {
         };
         self.close(&end);
         (end, bytes)
+    }
+
+    /// A reset (or another failure) of either connection, without
+    /// reading: the error the kernel holds for it.
+    fn reset_seen(&self) -> Option<Stop> {
+        use rustix::event::PollFlags;
+        for (side, fd) in [(Side::Client, &self.client), (Side::Backend, &self.backend)] {
+            let failed = crate::probe::poll_now(fd, PollFlags::empty())
+                .is_some_and(|got| got.contains(PollFlags::ERR));
+            if !failed {
+                continue;
+            }
+            match rustix::net::sockopt::socket_error(fd) {
+                Ok(Ok(())) => {}
+                Ok(Err(Errno::CONNRESET | Errno::PIPE)) => return Some(Stop::Reset(side)),
+                Ok(Err(e)) | Err(e) => {
+                    return Some(Stop::Error(format!("the {}: {e}", side.name())));
+                }
+            }
+        }
+        None
     }
 
     fn close(mut self, end: &End) {
@@ -756,14 +810,10 @@ impl Direction {
     }
 
     fn error(&self, e: std::io::Error) -> Stop {
-        let side = |s: Side| match s {
-            Side::Client => "client",
-            Side::Backend => "backend",
-        };
         Stop::Error(format!(
             "relaying from the {} to the {}: {e}",
-            side(self.from),
-            side(self.to)
+            self.from.name(),
+            self.to.name()
         ))
     }
 }
