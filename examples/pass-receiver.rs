@@ -57,12 +57,26 @@ const MAX_FDS: usize = 4;
 /// Connections tcpmuxd may have waiting to be accepted.
 const BACKLOG: i32 = 16;
 
+const USAGE: &str = "usage: pass-receiver SOCKET-PATH\n\
+    Listens on SOCKET-PATH (a Unix SOCK_SEQPACKET socket) for the connections\n\
+    tcpmuxd passes (launcher = \"pass\"), and answers each client with the\n\
+    variables that came with it, then echoes its lines until it closes.";
+
 fn main() -> ExitCode {
-    let Some(path) = std::env::args_os().nth(1) else {
-        eprintln!("usage: pass-receiver SOCKET-PATH");
-        return ExitCode::from(2);
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    let path = match args.as_slice() {
+        [flag] if flag == "--help" || flag == "-h" => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        // Anything else that looks like an option is a mistake, not a path.
+        [path] if !path.to_string_lossy().starts_with('-') => path,
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
     };
-    match run(std::path::Path::new(&path)) {
+    match run(std::path::Path::new(path)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pass-receiver: {}: {e}", path.to_string_lossy());
