@@ -861,6 +861,39 @@ fn pipes_are_taken_only_for_bulk_and_bounded() {
     assert_eq!(pipes(d.pid()), before);
 }
 
+/// TCP urgent data in a short exchange: a read stops at the urgent mark,
+/// and what follows it came with the same segment, with no new readiness
+/// to come. It is passed on all the same, without waiting for more.
+#[test]
+fn bytes_right_behind_urgent_data_are_passed_on_at_once() {
+    let (tx, got) = mpsc::channel();
+    let backend = Backend::start(Kind::Tcp, move |mut c| {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 64];
+        while seen.len() < 6 {
+            match c.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = tx.send(seen);
+        // Held open: only the bytes already sent may arrive.
+        let _ = c.read(&mut buf);
+    });
+    let d = Daemon::start(&config("", &backend.address, ""));
+    let s = open(&d);
+    // One write each, back to back: usually one segment with its mark.
+    (&s).write_all(b"abc").unwrap();
+    rustix::net::send(&s, b"!", rustix::net::SendFlags::OOB).unwrap();
+    (&s).write_all(b"def").unwrap();
+    assert_eq!(
+        got.recv_timeout(WAIT).expect("the backend got 6 bytes"),
+        b"abcdef",
+        "{}",
+        d.log()
+    );
+}
+
 /// TCP urgent data in the middle of bulk (telnet's interrupt, FTP's
 /// abort): splice(2) stops at the urgent mark, so a relay that only
 /// spliced would stall there for good. The stream goes on past it each

@@ -25,7 +25,9 @@ Signals:
   SIGHUP reloads the configuration (an invalid one is rejected, logged, and
   the old one kept; check it first with --check, as the units' ExecReload=
   does); SIGTERM and SIGINT stop accepting, finish handshakes in progress and
-  exit. Running sessions are left running.
+  exit. Sessions of programs and units are left running, and passed
+  connections are their daemon's; forwarded pairs, relayed by tcpmuxd
+  itself, end with it (both connections reset).
 
 Exit status:
   0 success; 64 bad arguments; 69 the journal was asked for and is not

@@ -735,7 +735,12 @@ impl Direction {
                     // socket had (as tokio's own streams reckon): the next
                     // read waits for the event loop instead of finding
                     // EAGAIN. What comes meanwhile marks it ready again.
-                    if matches!(&self.carrier, Carrier::Buffer { buf, .. } if n < buf.capacity()) {
+                    // But a read also stops short at TCP urgent data, with
+                    // the rest of its segment behind the mark and nothing
+                    // more to mark the socket ready: read on then.
+                    if matches!(&self.carrier, Carrier::Buffer { buf, .. } if n < buf.capacity())
+                        && !crate::probe::at_urgent_mark(from.get_ref())
+                    {
                         guard.clear_ready();
                     }
                 }
