@@ -612,9 +612,9 @@ fn forwarded_services() -> Section {
                  before it was, a reset as a reset (also while the other side takes nothing: \
                  a pair that waits looks for one every {}), and a pair on which no byte moved \
                  for `idle_timeout` is closed. Each way moves at most {} KiB before the other \
-                 has its turn. Each TCP connection of a pair has a fixed receive buffer of {} \
-                 KiB and keeps at most {} KiB unsent, so that what a pair holds in the kernel \
-                 is bounded (not grown to the host's `net.ipv4.tcp_rmem` and `tcp_wmem` \
+                 has its turn. Each TCP connection of a pair keeps at most {} KiB unsent, and \
+                 has a fixed receive buffer of {} KiB from the first time the pair waits for a \
+                 side to take bytes, so that what a pair holds in the kernel is bounded (not grown to the host's `net.ipv4.tcp_rmem` and `tcp_wmem` \
                  maxima). TCP urgent data goes on as ordinary data: the stream is passed on \
                  whole, the urgent byte itself is not (as a plain read(2) does not see it). \
                  The pair holds its session slot and 6 descriptors until both sides are \
@@ -624,8 +624,8 @@ fn forwarded_services() -> Section {
                 humantime::format_duration(crate::limits::FORWARD_CONNECT_TIMEOUT),
                 humantime::format_duration(crate::limits::FORWARD_RESET_LOOK),
                 crate::limits::FORWARD_TURN / 1024,
-                crate::limits::FORWARD_RECEIVE_BUFFER / 1024,
                 crate::limits::FORWARD_UNSENT / 1024,
+                crate::limits::FORWARD_RECEIVE_BUFFER / 1024,
             )),
             para(
                 "Its start is logged as `NAME from ADDR:PORT: session started, forwarded to \

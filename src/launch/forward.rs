@@ -105,7 +105,7 @@ impl Launcher for ForwardLauncher {
             .into_std()
             .map(OwnedFd::from)
             .map_err(LaunchError::Socket)?;
-        bound_buffers(&client).map_err(LaunchError::Socket)?;
+        keep_unsent_low(&client).map_err(LaunchError::Socket)?;
         let relay = Relay::new(client, backend, header).map_err(|e| {
             LaunchError::Backend(format!("backend {to}: cannot relay the connection: {e}"))
         })?;
@@ -160,8 +160,7 @@ async fn connect(to: &ForwardAddress) -> std::io::Result<AsyncFd<OwnedFd>> {
             // The relay passes on what it has at once; Nagle's delay would
             // only hold back the small writes of interactive protocols.
             sockopt::set_tcp_nodelay(&socket, true)?;
-            // Before the connect, so that the window offered fits.
-            bound_buffers(&socket)?;
+            keep_unsent_low(&socket)?;
             rustix::net::connect(&socket, addr)
         }
         ForwardAddress::Unix(path) => rustix::net::connect(&socket, &SocketAddrUnix::new(path)?),
@@ -186,14 +185,24 @@ async fn connect(to: &ForwardAddress) -> std::io::Result<AsyncFd<OwnedFd>> {
     }
 }
 
-/// Fixes what a TCP connection of a pair may hold: its receive buffer
-/// ([`FORWARD_RECEIVE_BUFFER`]) and its unsent bytes ([`FORWARD_UNSENT`]).
-/// (A Unix stream socket's queue is bounded by the kernel's default send
-/// buffer already.)
-fn bound_buffers(socket: &OwnedFd) -> std::io::Result<()> {
-    let socket = socket2::SockRef::from(socket);
-    socket.set_recv_buffer_size(FORWARD_RECEIVE_BUFFER)?;
-    socket.set_tcp_notsent_lowat(FORWARD_UNSENT)
+/// Bounds what a TCP connection of a pair holds unsent
+/// ([`FORWARD_UNSENT`]), from its start: its send queue never grows to
+/// what the kernel's tuning would allow. (A Unix stream socket's queue is
+/// bounded by the kernel's default send buffer already.)
+fn keep_unsent_low(socket: &OwnedFd) -> std::io::Result<()> {
+    socket2::SockRef::from(socket).set_tcp_notsent_lowat(FORWARD_UNSENT)
+}
+
+/// Fixes the receive buffer of a TCP connection of a pair
+/// ([`FORWARD_RECEIVE_BUFFER`]) once the pair first waits for a side to
+/// take bytes: until then tcpmuxd reads all that comes, and the queue
+/// stays short whatever the buffer's size; from then on what the other
+/// side sends fills a bounded buffer, not one the kernel's tuning grew.
+/// A short exchange that never waits spends no call on it.
+fn fix_receive_buffer(socket: &AsyncFd<OwnedFd>) {
+    // Not an error to act on: a TCP socket takes any size (the kernel
+    // clamps it), and a Unix one's receiving side has no use for it.
+    let _ = socket2::SockRef::from(socket.get_ref()).set_recv_buffer_size(FORWARD_RECEIVE_BUFFER);
 }
 
 /// Whether the connect of `fd` has ended, without waiting: none while it
@@ -464,6 +473,8 @@ impl Relay {
         let look = tokio::time::sleep_until(last + FORWARD_RESET_LOOK);
         tokio::pin!(look);
         let mut looking = false;
+        // The pair has waited for a side to take bytes at least once.
+        let mut waited = false;
         let end = poll_fn(|cx| {
             let up = self
                 .up
@@ -490,6 +501,11 @@ impl Relay {
             // from its side meanwhile: a reset there (or of the side that
             // takes nothing) is looked for now and then instead.
             if self.up.held() > 0 || self.down.held() > 0 {
+                if !waited {
+                    waited = true;
+                    fix_receive_buffer(&self.client);
+                    fix_receive_buffer(&self.backend);
+                }
                 if !looking {
                     look.as_mut().reset(Instant::now() + FORWARD_RESET_LOOK);
                     looking = true;
