@@ -307,11 +307,14 @@ impl End {
             End::Error(_) => "error",
         }
     }
+}
 
-    fn reset_by(side: Side) -> End {
-        match side {
-            Side::Client => End::ResetByClient,
-            Side::Backend => End::ResetByBackend,
+impl From<Stop> for End {
+    fn from(stop: Stop) -> End {
+        match stop {
+            Stop::Reset(Side::Client) => End::ResetByClient,
+            Stop::Reset(Side::Backend) => End::ResetByBackend,
+            Stop::Error(cause) => End::Error(cause),
         }
     }
 }
@@ -484,10 +487,7 @@ impl Relay {
                 .poll(cx, &self.backend, &self.client, self.up.finished);
             match (up, down) {
                 (Poll::Ready(Err(stop)), _) | (_, Poll::Ready(Err(stop))) => {
-                    return Poll::Ready(match stop {
-                        Stop::Reset(side) => End::reset_by(side),
-                        Stop::Error(cause) => End::Error(cause),
-                    });
+                    return Poll::Ready(End::from(stop));
                 }
                 (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(End::Closed),
                 _ => {}
@@ -512,10 +512,7 @@ impl Relay {
                 }
                 while look.as_mut().poll(cx).is_ready() {
                     if let Some(stop) = self.reset_seen() {
-                        return Poll::Ready(match stop {
-                            Stop::Reset(side) => End::reset_by(side),
-                            Stop::Error(cause) => End::Error(cause),
-                        });
+                        return Poll::Ready(End::from(stop));
                     }
                     look.as_mut().reset(Instant::now() + FORWARD_RESET_LOOK);
                 }
