@@ -368,26 +368,16 @@ fn a_reset_by_the_client_is_passed_on_while_the_backend_takes_nothing() {
     let (tx, rx) = mpsc::channel();
     let backend = Backend::start(Kind::Tcp, move |c| {
         // Reads nothing: waits for its connection to fail.
-        let mut fds = libc::pollfd {
-            fd: c.fd(),
-            events: 0,
-            revents: 0,
-        };
-        // SAFETY: one pollfd for a socket this thread holds.
-        unsafe { libc::poll(&mut fds, 1, WAIT.as_millis() as i32) };
-        let mut err: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: SO_ERROR writes one int into `err`.
-        unsafe {
-            libc::getsockopt(
-                c.fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ERROR,
-                (&mut err as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        tx.send((err != 0).then(|| std::io::Error::from_raw_os_error(err).kind()))
+        // SAFETY: the connection's descriptor, open while `c` lives.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(c.fd()) };
+        let mut fds = [rustix::event::PollFd::new(
+            &fd,
+            rustix::event::PollFlags::empty(),
+        )];
+        let wait = rustix::event::Timespec::try_from(WAIT).unwrap();
+        let _ = rustix::event::poll(&mut fds, Some(&wait));
+        let err = rustix::net::sockopt::socket_error(fd).unwrap().err();
+        tx.send(err.map(|e| std::io::Error::from(e).kind()))
             .unwrap();
     });
     let d = Daemon::start(&config("", &backend.address, ""));
@@ -670,7 +660,7 @@ fn a_pair_holds_a_bounded_amount_of_what_its_client_sends() {
     let client = open(&d);
     // The client's own send buffer fixed small too: what is measured is
     // what went past it.
-    set_send_buffer(client.as_raw_fd(), 64 * 1024);
+    rustix::net::sockopt::set_socket_send_buffer_size(&client, 64 * 1024).unwrap();
     let sent = fill(&client, &d);
     let _ = stop.send(());
     // The client's own send buffer and the backend's receive buffer are
@@ -702,20 +692,6 @@ fn fill(s: &TcpStream, d: &Daemon) -> usize {
         }
     }
     sent
-}
-
-fn set_send_buffer(fd: i32, size: libc::c_int) {
-    // SAFETY: a valid socket, and an int option read from `size`.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0, "SO_SNDBUF");
 }
 
 /// A TCP backend that echoes what it gets, in small reads.
